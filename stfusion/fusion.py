@@ -1,0 +1,132 @@
+"""Basic fusion units (METHOD.md §2): a spatial path S, a spatiotemporal path ST, each behind its own gate.
+
+Two instantiations of the units, chosen by ``unit``:
+
+* ``full``: S = 1x3x3 conv, ST = 3x3x3 conv (C3D / I3D style, the natural reading of the paper's Fig. 1).
+* ``factorised``: S = 1x1x1 conv, ST = 3x1x1 temporal conv; the layer that owns the paths follows their sum with a
+  shared 1x3x3 conv, so S = 2D, ST = (2+1)D (the paper's template and experimental code).
+
+Temporal stride is 1 and temporal padding keeps T, so every unit maps ``(N, C, T, H, W)`` to ``(N, C', T, H, W)``.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from .droppath import VariationalDropPath
+from .strategies import BOTH, NONE, S, ST, STATE_NAMES
+
+UNITS = ("full", "factorised")
+
+
+def conv_s(cin: int, cout: int, unit: str) -> nn.Conv3d:
+    """The spatial unit's conv: 1x3x3 (full) or 1x1x1 (factorised)."""
+    if unit == "full":
+        return nn.Conv3d(cin, cout, (1, 3, 3), padding=(0, 1, 1), bias=False)
+    if unit == "factorised":
+        return nn.Conv3d(cin, cout, 1, bias=False)
+    raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+
+
+def conv_st(cin: int, cout: int, unit: str) -> nn.Conv3d:
+    """The spatiotemporal unit's conv: 3x3x3 (full) or 3x1x1 (factorised)."""
+    if unit == "full":
+        return nn.Conv3d(cin, cout, 3, padding=1, bias=False)
+    if unit == "factorised":
+        return nn.Conv3d(cin, cout, (3, 1, 1), padding=(1, 0, 0), bias=False)
+    raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+
+
+def conv_bn(conv: nn.Conv3d) -> nn.Sequential:
+    """torchvision-style path: conv -> BN (the ReLU comes after the gated sum)."""
+    return nn.Sequential(conv, nn.BatchNorm3d(conv.out_channels))
+
+
+def bn_relu_conv(conv: nn.Conv3d) -> nn.Sequential:
+    """Pre-activated path of the paper's DenseNet template: BN -> ReLU -> conv."""
+    return nn.Sequential(nn.BatchNorm3d(conv.in_channels), nn.ReLU(inplace=False), conv)
+
+
+def weight_sq(module: nn.Module) -> Tensor:
+    """``||W||^2`` over the conv weights of a path (the quantity the KL term prices)."""
+    return sum(m.weight.pow(2).sum() for m in module.modules() if isinstance(m, nn.Conv3d))
+
+
+class FusionPaths(nn.Module):
+    """The gated pair ``y = z_S * S(x) + z_ST * ST(x)`` on the same input ``x: (N, C, T, H, W)``.
+
+    Modes:
+      * template, gated (``state is None``, training, ``gates_active``): one relaxed-Bernoulli mask per sample
+        and path, shape ``(N, 1, 1, 1, 1)``;
+      * template, gate-free (warm-up, or evaluation without a strategy): both paths, no masks;
+      * hard (``state`` set by a strategy): only the kept paths are computed; a dropped path costs nothing.
+        ``forward`` returns ``None`` for the state ``none``; the owning layer decides what that means.
+
+    ``allow_none`` says whether the owning layer has a bypass (residual or dense connection) that makes the state
+    ``none`` meaningful.
+    """
+
+    def __init__(self, s_path: nn.Module, st_path: nn.Module, *, gate: dict | None = None, allow_none: bool = False):
+        super().__init__()
+        gate = gate or {}
+        self.s = s_path
+        self.st = st_path
+        self.gate_s = VariationalDropPath(**gate)
+        self.gate_st = VariationalDropPath(**gate)
+        self.allow_none = allow_none
+        self.state: int | None = None
+        self.gates_active = True
+        self.frozen = False
+
+    def set_state(self, state: int | None) -> None:
+        if state is not None and state not in STATE_NAMES:
+            raise ValueError(f"unknown state {state!r}")
+        if state == NONE and not self.allow_none:
+            raise ValueError("this layer has no bypass, so the state 'none' is not allowed")
+        if self.frozen and state != self.state:
+            raise ValueError("this layer was exported for one strategy and cannot change state")
+        self.state = state
+
+    def forward(self, x: Tensor) -> Tensor | None:
+        state = self.state
+        if state is None:
+            ys, yst = self.s(x), self.st(x)
+            if self.training and self.gates_active:
+                n = x.shape[0]
+                ms = self.gate_s.sample_mask(n, x.device, ys.dtype)
+                mst = self.gate_st.sample_mask(n, x.device, yst.dtype)
+                return torch.addcmul(yst * mst, ys, ms)
+            return ys + yst
+        if state == BOTH:
+            return self.s(x) + self.st(x)
+        if state == S:
+            return self.s(x)
+        if state == ST:
+            return self.st(x)
+        return None
+
+    def drop_rates(self) -> Tensor:
+        """``(2,)`` drop rates (p_S, p_ST), detached."""
+        return torch.stack([self.gate_s.p, self.gate_st.p]).detach()
+
+    def kl(self, n_train: int, k: float, form: str) -> Tensor:
+        """Sum of the two gates' KL terms (METHOD.md §4)."""
+        return self.gate_s.kl(weight_sq(self.s), n_train, k, form) + self.gate_st.kl(
+            weight_sq(self.st), n_train, k, form
+        )
+
+    def freeze(self, state: int) -> None:
+        """Turn into a plain unit for ``state``: drop the unused path's modules and both gates (no logits left)."""
+        self.set_state(state)
+        if not state & S:
+            self.s = None
+        if not state & ST:
+            self.st = None
+        self.gate_s = None
+        self.gate_st = None
+        self.frozen = True
+
+    def extra_repr(self) -> str:
+        state = "template" if self.state is None else STATE_NAMES[self.state]
+        return f"state={state}, allow_none={self.allow_none}"

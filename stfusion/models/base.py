@@ -1,0 +1,94 @@
+"""What every template network shares: its fusion layers, strategies, gates and KL term."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from ..errors import StfusionError
+from ..fusion import FusionPaths
+from ..strategies import Posterior, Strategy
+
+
+class FusionNetwork(nn.Module):
+    """Base class of template networks. Subclasses build their modules; this class finds the gated
+    :class:`~stfusion.fusion.FusionPaths` in definition order and offers the strategy-level API."""
+
+    arch: dict  # the constructor arguments, stored in checkpoints to detect a different architecture
+
+    @property
+    def fusion_layers(self) -> list[FusionPaths]:
+        return [m for m in self.modules() if isinstance(m, FusionPaths)]
+
+    @property
+    def n_fusion_layers(self) -> int:
+        return len(self.fusion_layers)
+
+    @property
+    def allow_none(self) -> list[bool]:
+        return [f.allow_none for f in self.fusion_layers]
+
+    @property
+    def stage_of_layer(self) -> list[int]:
+        """Stage index of each fusion layer (for per-stage families and plots)."""
+        return list(self._stage_of_layer)
+
+    def sequence(self) -> list[nn.Module]:
+        """The network as a chain of modules: ``forward(x)`` equals applying them in order, and every fusion
+        layer lies inside exactly one of them. Prefix-shared scoring walks this chain."""
+        raise NotImplementedError(f"{type(self).__name__} does not expose a module chain")
+
+    def set_strategy(self, strategy: Strategy | None) -> None:
+        """Hard-gate mode for ``strategy`` (only kept paths run), or back to the template with ``None``."""
+        layers = self.fusion_layers
+        if strategy is None:
+            for f in layers:
+                f.set_state(None)
+            return
+        if len(strategy) != len(layers):
+            raise StfusionError(f"strategy has {len(strategy)} layers but the network has {len(layers)}")
+        for i, (f, s) in enumerate(zip(layers, strategy.states)):
+            try:
+                f.set_state(s)
+            except ValueError as exc:
+                raise StfusionError(f"layer {i}: {exc}") from None
+
+    @property
+    def strategy(self) -> Strategy | None:
+        states = [f.state for f in self.fusion_layers]
+        return None if any(s is None for s in states) else Strategy(tuple(states))
+
+    def set_gates_active(self, active: bool) -> None:
+        """``False`` for the gate-free warm-up: both paths on, no masks, no KL."""
+        for f in self.fusion_layers:
+            f.gates_active = active
+
+    def gate_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if n.endswith("p_logit")]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        return [p for n, p in self.named_parameters() if not n.endswith("p_logit")]
+
+    def drop_rates(self) -> np.ndarray:
+        """``(L, 2)`` learned drop rates (p_S, p_ST) of every fusion layer."""
+        return torch.stack([f.drop_rates() for f in self.fusion_layers]).cpu().double().numpy()
+
+    def posterior(self, rule: str = "paper") -> Posterior:
+        return Posterior.from_drop_rates(self.drop_rates(), self.allow_none, rule)
+
+    def kl(self, n_train: int, k: float, form: str = "linear") -> Tensor:
+        """Sum of the KL terms of every gate."""
+        return sum(f.kl(n_train, k, form) for f in self.fusion_layers)
+
+    def export(self, strategy: Strategy) -> "FusionNetwork":
+        """A plain copy for ``strategy``: only the kept convs, no gates and no trainable logits; weights are the
+        template's (a derived network, METHOD.md §6)."""
+        net = copy.deepcopy(self)
+        net.set_strategy(strategy)
+        net.arch = {**self.arch, "strategy": strategy.id}
+        for f, s in zip(net.fusion_layers, strategy.states):
+            f.freeze(s)
+        return net

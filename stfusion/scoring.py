@@ -1,0 +1,116 @@
+"""Network-level evaluation without training (METHOD.md §5): fix a strategy's hard gates, optionally
+recalibrate BatchNorm statistics on a calibration subset ("precise BN"), evaluate.
+
+BN recalibration uses :func:`torch.optim.swa_utils.update_bn`, the maintained utility that resets the running
+statistics and re-estimates them as a cumulative average over the given batches in train mode. The template's
+own statistics are restored before every strategy, so the plain mode (``recalibrate=False``, the paper's) and
+the recalibrated mode never leak into each other.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.optim.swa_utils import update_bn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from .models.base import FusionNetwork
+from .strategies import Strategy
+
+log = logging.getLogger(__name__)
+
+
+def eval_loader(dataset: Dataset, batch_size: int) -> DataLoader:
+    """Deterministic, unshuffled batches."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+
+
+def calibration_batches(dataset: Dataset, batch_size: int, n_batches: int, seed: int) -> list[torch.Tensor]:
+    """A fixed list of input batches ``(B, 3, T, H, W)`` drawn once (seeded) and reused for every strategy."""
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(len(dataset), generator=gen)[: batch_size * n_batches].tolist()
+    state = torch.get_rng_state()
+    torch.manual_seed(seed)  # the dataset's augmentation draws from the global RNG
+    xs = [dataset[i][0] for i in order]
+    torch.set_rng_state(state)
+    return [torch.stack(xs[i : i + batch_size]) for i in range(0, len(xs), batch_size)]
+
+
+def bn_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: Iterable, num_classes: int, device: torch.device) -> dict:
+    """Top-1, top-5, mean loss and per-class correct / total counts over ``loader`` in eval mode."""
+    model.eval()
+    correct1 = correct5 = 0
+    loss_sum, n = 0.0, 0
+    per_correct = np.zeros(num_classes, np.int64)
+    per_total = np.zeros(num_classes, np.int64)
+    for x, y in loader:
+        x, y = x.to(device), y.to(device)
+        logits = model(x)
+        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hit1 = (top[:, 0] == y).cpu().numpy()
+        correct1 += int(hit1.sum())
+        correct5 += int((top == y[:, None]).any(1).sum())
+        yc = y.cpu().numpy()
+        np.add.at(per_correct, yc, hit1.astype(np.int64))
+        np.add.at(per_total, yc, 1)
+        n += len(yc)
+    n = max(n, 1)
+    return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n, "n": n,
+            "per_class_correct": per_correct, "per_class_total": per_total}
+
+
+def group_accuracy(result: dict, groups: dict[str, Sequence[int]]) -> dict[str, float]:
+    """Top-1 within each named group of classes (e.g. ``motion`` and ``appearance``)."""
+    out = {}
+    for name, idx in groups.items():
+        idx = list(idx)
+        total = result["per_class_total"][idx].sum()
+        out[f"top1_{name}"] = float(result["per_class_correct"][idx].sum() / total) if total else float("nan")
+    return out
+
+
+def score_strategies(
+    model: FusionNetwork,
+    strategies: Sequence[Strategy],
+    val_loader: Iterable,
+    num_classes: int,
+    *,
+    calib_batches: Sequence[torch.Tensor] | None = None,
+    recalibrate: bool = True,
+    groups: dict[str, Sequence[int]] | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Score every strategy with the template's shared weights. One row a strategy:
+    ``strategy`` (text), ``id``, ``top1``, ``top5``, ``loss``, ``n`` and ``top1_<group>`` per class group."""
+    device = torch.device(device)
+    model.to(device)
+    saved = bn_state(model)
+    rows = []
+    for strategy in tqdm(strategies, desc="score", disable=not progress, leave=False):
+        model.load_state_dict(saved, strict=False)
+        model.set_strategy(strategy)
+        if recalibrate:
+            if not calib_batches:
+                raise ValueError("recalibrate=True needs calibration batches")
+            update_bn(calib_batches, model, device=device)
+        res = evaluate(model, val_loader, num_classes, device)
+        row = {"strategy": strategy.text, "id": strategy.id, "top1": res["top1"], "top5": res["top5"],
+               "loss": res["loss"], "n": res["n"]}
+        row.update(group_accuracy(res, groups or {}))
+        rows.append(row)
+    model.load_state_dict(saved, strict=False)
+    model.set_strategy(None)
+    return pd.DataFrame(rows)

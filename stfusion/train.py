@@ -1,0 +1,223 @@
+"""Training loops: the supernet (gate-free warm-up, then Variational DropPath with the KL term) and plain
+networks (derived or stand-alone strategies). Both resume from the last atomic checkpoint.
+
+Files in ``out_dir``:
+  ``last.pt``          checkpoint after the last finished epoch (model, optimizer, scheduler, epoch, RNG, history)
+  ``model.pt``         the final weights (written once training is complete)
+  ``history.csv``      one row an epoch: phase, lr, loss, cross-entropy, KL, train accuracy, seconds
+  ``drop_rates.csv``   one row per epoch, layer and path: the drop rate p (gated networks only)
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, RandomSampler
+from tqdm import tqdm
+
+from .checkpoint import load_checkpoint, rng_state, save_torch, set_rng_state, write_csv
+from .errors import StfusionError
+from .models.base import FusionNetwork
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """One training run. ``epochs`` counts the gated (or plain) epochs; ``warmup_epochs`` come before them."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    warmup_epochs: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    milestones: tuple[float, ...] = (0.45, 0.67, 0.9)
+    seed: int = 0
+    device: str = "cpu"
+    kl_k: float | None = None  # None: plain training, no KL term
+    kl_form: str = "linear"
+    n_train: int | None = None  # N of the KL term; None = len(train_set)
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def total_epochs(self) -> int:
+        return self.warmup_epochs + self.epochs
+
+
+class EpochSchedule:
+    """Learning-rate factor per epoch: constant during warm-up, then cosine (to 0) or x0.1 steps at
+    ``milestones`` (fractions of the gated phase) — the paper's step schedule is the ``step`` option."""
+
+    def __init__(self, warmup_epochs: int, epochs: int, schedule: str, milestones):
+        self.warmup_epochs, self.epochs, self.schedule, self.milestones = warmup_epochs, epochs, schedule, milestones
+
+    def __call__(self, epoch: int) -> float:
+        if epoch < self.warmup_epochs:
+            return 1.0
+        t = epoch - self.warmup_epochs
+        if self.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * t / self.epochs))
+        return 0.1 ** sum(t >= m * self.epochs for m in self.milestones)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StfusionError("device 'cuda' was asked for but no CUDA GPU is available (set supernet.device: cpu)")
+    return torch.device(name)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum; weight decay on weights only, never on the gate logits."""
+    gates = [p for n, p in model.named_parameters() if n.endswith("p_logit")]
+    weights = [p for n, p in model.named_parameters() if not n.endswith("p_logit")]
+    groups = [{"params": weights, "weight_decay": cfg.weight_decay}]
+    if gates:
+        groups.append({"params": gates, "weight_decay": 0.0})
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def epoch_loader(train_set: Dataset, cfg: TrainConfig, epoch: int) -> DataLoader:
+    """The epoch's batches: a shuffle seeded by (seed, epoch), so a resumed run sees the same order."""
+    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    drop_last = len(train_set) > cfg.batch_size
+    return DataLoader(
+        train_set, batch_size=cfg.batch_size, sampler=RandomSampler(train_set, generator=gen), drop_last=drop_last
+    )
+
+
+def fit(
+    model: FusionNetwork,
+    train_set: Dataset,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+) -> pd.DataFrame:
+    """Train ``model`` on ``train_set`` (items ``((3, T, H, W) float, label)``), resuming from ``out_dir/last.pt``.
+
+    With ``cfg.kl_k`` set, the model is a supernet: gate-free for ``warmup_epochs``, then gated with loss
+    ``CE + KL`` (METHOD.md §4). Returns the history table.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    model.to(device)
+    gated = cfg.kl_k is not None
+    n_train = cfg.n_train or len(train_set)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, EpochSchedule(cfg.warmup_epochs, cfg.epochs, cfg.schedule, tuple(cfg.milestones))
+    )
+    history: list[dict] = []
+    rates: list[dict] = []
+    start = 0
+    torch.manual_seed(cfg.seed)
+    ckpt_path = out_dir / "last.pt"
+    if ckpt_path.exists():
+        ckpt = load_checkpoint(ckpt_path, arch=model.arch)
+        if ckpt.get("config") != asdict(cfg):
+            raise StfusionError(
+                f"{ckpt_path} was written with different training settings; delete {out_dir} to start over"
+            )
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        set_rng_state(ckpt["rng"])
+        history, rates, start = ckpt["history"], ckpt["drop_rates"], ckpt["epoch"]
+        log.info("resuming %s from epoch %d of %d", out_dir, start, cfg.total_epochs)
+
+    bar = tqdm(range(start, cfg.total_epochs), desc=f"train {out_dir.name}", disable=not progress, leave=False)
+    for epoch in bar:
+        phase = "warmup" if epoch < cfg.warmup_epochs else ("gated" if gated else "train")
+        if gated:
+            model.set_gates_active(phase == "gated")
+        model.train()
+        sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "correct": 0, "n": 0}
+        t0 = time.perf_counter()
+        for step, (x, y) in enumerate(epoch_loader(train_set, cfg, epoch)):
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            logits = model(x)
+            ce = F.cross_entropy(logits, y)
+            kl = model.kl(n_train, cfg.kl_k, cfg.kl_form) if phase == "gated" else torch.zeros((), device=device)
+            loss = ce + kl
+            if not torch.isfinite(loss):
+                raise StfusionError(
+                    f"training stopped: loss is {loss.item()} at epoch {epoch + 1}, step {step + 1}; "
+                    f"the last good checkpoint is kept at {ckpt_path} (try a lower learning rate)"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            b = y.numel()
+            sums["loss"] += loss.item() * b
+            sums["ce"] += ce.item() * b
+            sums["kl"] += kl.item() * b
+            sums["correct"] += int((logits.argmax(1) == y).sum())
+            sums["n"] += b
+        lr = optimizer.param_groups[0]["lr"]
+        scheduler.step()
+        n = max(sums["n"], 1)
+        row = {
+            "epoch": epoch + 1, "phase": phase, "lr": lr, "loss": sums["loss"] / n, "ce": sums["ce"] / n,
+            "kl": sums["kl"] / n, "train_top1": sums["correct"] / n, "seconds": time.perf_counter() - t0,
+        }
+        history.append(row)
+        if gated:
+            p = model.drop_rates()
+            for li, stage in enumerate(model.stage_of_layer):
+                rates.append({"epoch": epoch + 1, "layer": li, "stage": stage, "p_S": p[li, 0], "p_ST": p[li, 1]})
+        bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_top1']:.2f}")
+        log.info("epoch %d/%d %s loss %.4f ce %.4f kl %.4f acc %.3f lr %.4g (%.1fs)", epoch + 1,
+                 cfg.total_epochs, phase, row["loss"], row["ce"], row["kl"], row["train_top1"], lr, row["seconds"])
+        save_torch(
+            {
+                "arch": model.arch, "config": asdict(cfg), "epoch": epoch + 1, "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+                "history": history, "drop_rates": rates,
+            },
+            ckpt_path,
+        )
+        _write_tables(out_dir, history, rates)
+    _write_tables(out_dir, history, rates)
+    save_torch({"arch": model.arch, "model": model.state_dict(), "config": asdict(cfg)}, out_dir / "model.pt")
+    return pd.DataFrame(history)
+
+
+def _write_tables(out_dir: Path, history: list[dict], rates: list[dict]) -> None:
+    hist = pd.DataFrame(history).drop(columns=["seconds"], errors="ignore")
+    write_csv(hist, out_dir / "history.csv")
+    if rates:
+        write_csv(pd.DataFrame(rates), out_dir / "drop_rates.csv")
+
+
+def supernet_config(params: dict, n_train: int | None = None) -> TrainConfig:
+    """The supernet's :class:`TrainConfig` from ``params`` (sections ``supernet`` and ``gate``)."""
+    s, g = params["supernet"], params.get("gate", {})
+    return TrainConfig(
+        epochs=s["epochs"], warmup_epochs=s.get("warmup_epochs", 0), batch_size=s["batch_size"], lr=s["lr"],
+        momentum=s.get("momentum", 0.9), weight_decay=s.get("weight_decay", 0.0),
+        schedule=s.get("schedule", "cosine"), milestones=tuple(s.get("milestones", (0.45, 0.67, 0.9))),
+        seed=params.get("seed", 0), device=s.get("device", "auto"), kl_k=float(g.get("kl_k", 50.0)),
+        kl_form=g.get("kl_form", "linear"), n_train=g.get("n_train") or n_train,
+    )
+
+
+def plain_config(params: dict, section: str, seed_offset: int = 0) -> TrainConfig:
+    """A plain (gate-free) :class:`TrainConfig` from ``params[section]`` (``finetune`` or ``validate``)."""
+    s = params[section]
+    return TrainConfig(
+        epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"], weight_decay=s.get("weight_decay", 0.0),
+        momentum=params["supernet"].get("momentum", 0.9), schedule=params["supernet"].get("schedule", "cosine"),
+        seed=params.get("seed", 0) + seed_offset, device=params["supernet"].get("device", "auto"),
+    )
