@@ -1,0 +1,412 @@
+"""Reading (and writing) videos: decord first, PyAV as the fallback, JPEG frame folders for Something-Something V1.
+
+Every call opens its own reader and closes it before returning: nothing holds a decoder between calls, so the
+functions are safe in DataLoader workers and in the processes of :func:`stfusion.data.cache.preprocess`.
+
+Import order matters and is fixed here: ``av`` first, then ``torch``, then ``decord``.  decord loads its
+bundled FFmpeg libraries with ``RTLD_GLOBAL``; imported before ``av`` its libvpx shadows PyAV's and PyAV can
+no longer encode webm ("ABI version mismatch").  torch goes before decord as decord's documentation asks.
+
+Known decord 0.6.0 bug: frames of width 8, 12, 16, 24, 48 or 72 come back with 4 channels and batched reads
+fail ("DECORDArrayCopyFromTo: The size must exactly match").  Such reads are detected and redone with PyAV
+(with a warning); the built-in benchmark is written at width 64 so it never meets the bug.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import av  # noqa: I001  (before decord, see the module docstring)
+import numpy as np
+import torch  # noqa: F401  (before decord)
+
+try:
+    import decord
+except ImportError:  # pragma: no cover - decord is a hard dependency, but keep PyAV usable without it
+    decord = None
+
+from ..errors import StfusionError
+from .sampling import uniform_indices
+
+__all__ = [
+    "BACKENDS",
+    "DecoderFallbackWarning",
+    "VideoReadError",
+    "count_frames",
+    "read_frames",
+    "read_uniform",
+    "write_video",
+    "DECORD_BAD_WIDTHS",
+]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("decord", "pyav")
+#: widths at which decord 0.6.0 returns 4-channel frames / fails on batched reads (found by a width sweep)
+DECORD_BAD_WIDTHS = (8, 12, 16, 24, 48, 72)
+FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+class VideoReadError(StfusionError):
+    """A video that cannot be used. ``status`` is ``missing``, ``empty`` (no frames) or ``unreadable``."""
+
+    def __init__(self, message: str, status: str = "unreadable"):
+        super().__init__(message)
+        self.status = status
+
+
+class DecoderFallbackWarning(UserWarning):
+    """decord could not read a file and PyAV was used instead."""
+
+
+# --------------------------------------------------------------------------------------------- helpers
+def _check_backend(backend: str) -> str:
+    if backend == "av":
+        backend = "pyav"
+    if backend not in BACKENDS:
+        raise StfusionError(f"unknown video backend {backend!r} (choose one of: {', '.join(BACKENDS)})")
+    if backend == "decord" and decord is None:
+        return "pyav"
+    return backend
+
+
+def _check_path(path) -> Path:
+    p = Path(path)
+    if not p.exists():
+        raise VideoReadError(f"video not found: {p}", "missing")
+    if p.is_file() and p.stat().st_size == 0:
+        raise VideoReadError(f"empty file (0 bytes): {p}", "empty")
+    return p
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip() or type(exc).__name__
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    # decord puts the useful sentence last, after a file:line prefix
+    line = lines[-1] if lines else text
+    if "] " in line and line.startswith("["):
+        line = line.split("] ", 1)[1]
+    return line.strip()[:200]
+
+
+def _as_indices(indices, n: int | None = None) -> np.ndarray:
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if idx.size and idx.min() < 0:
+        raise StfusionError(f"frame indices must be non-negative, got {int(idx.min())}")
+    if n is not None and idx.size and idx.max() >= n:
+        raise StfusionError(f"frame index {int(idx.max())} out of range for a video of {n} frames")
+    return idx
+
+
+def _frame_files(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and p.is_file())
+
+
+# ----------------------------------------------------------------------------------------- JPEG folders
+def _read_folder(folder: Path, indices) -> tuple[np.ndarray, int]:
+    from PIL import Image, UnidentifiedImageError
+
+    files = _frame_files(folder)
+    if not files:
+        raise VideoReadError(f"no JPEG frames in folder {folder}", "empty")
+    idx = np.arange(len(files)) if indices is None else _as_indices(indices, len(files))
+    uniq, inverse = np.unique(idx, return_inverse=True)
+    frames = []
+    for i in uniq:
+        try:
+            with Image.open(files[i]) as im:
+                frames.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+        except (OSError, UnidentifiedImageError, SyntaxError) as exc:
+            raise VideoReadError(f"unreadable frame {files[i].name} in {folder}: {_one_line(exc)}") from None
+    if len({f.shape for f in frames}) > 1:
+        raise VideoReadError(f"frames of different sizes in folder {folder}")
+    out = np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)
+    return out[inverse], len(files)
+
+
+# ---------------------------------------------------------------------------------------------- decord
+def _decord_open(path: Path, threads: int):
+    return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
+
+
+def _decord_batch(vr, idx: np.ndarray) -> np.ndarray:
+    uniq, inverse = np.unique(idx, return_inverse=True)
+    batch = vr.get_batch(uniq.tolist())
+    arr = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)
+    if arr.ndim != 4 or arr.shape[0] != len(uniq) or arr.shape[-1] != 3:
+        raise RuntimeError(f"decord returned frames of shape {arr.shape}")
+    return np.ascontiguousarray(arr[inverse], dtype=np.uint8)
+
+
+def _read_decord(path: Path, indices, threads: int) -> tuple[np.ndarray, int]:
+    vr = _decord_open(path, threads)
+    try:
+        n = len(vr)
+        if n < 1:
+            raise VideoReadError(f"video has no frames: {path}", "empty")
+        idx = np.arange(n) if indices is None else _as_indices(indices, n)
+        return _decord_batch(vr, idx), n
+    finally:
+        del vr
+
+
+def _uniform_decord(path: Path, num: int, threads: int) -> tuple[np.ndarray, int]:
+    vr = _decord_open(path, threads)
+    try:
+        n = len(vr)
+        if n < 1:
+            raise VideoReadError(f"video has no frames: {path}", "empty")
+        return _decord_batch(vr, uniform_indices(n, num)), n
+    finally:
+        del vr
+
+
+# ------------------------------------------------------------------------------------------------ PyAV
+def _pyav_decode(path: Path, wanted: np.ndarray | None, threads: int) -> tuple[dict[int, np.ndarray], int, int]:
+    """Decode sequentially; keep frames whose index is in ``wanted`` (all when None).
+
+    Returns (kept frames by index, number of frames decoded, frames declared by the container or 0).
+    Stops after the last wanted frame.
+    """
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as exc:
+        raise VideoReadError(f"not a readable video: {path} ({_one_line(exc)})") from None
+    with container:
+        if not container.streams.video:
+            raise VideoReadError(f"no video stream in {path}", "empty")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO" if threads != 1 else "SLICE"
+        if threads > 0:
+            stream.codec_context.thread_count = threads
+        declared = int(stream.frames or 0)
+        want = None if wanted is None else set(int(i) for i in wanted)
+        last = None if wanted is None else int(max(wanted)) if len(wanted) else -1
+        kept: dict[int, np.ndarray] = {}
+        count = 0
+        try:
+            for frame in container.decode(stream):
+                if want is None or count in want:
+                    kept[count] = frame.to_ndarray(format="rgb24")
+                count += 1
+                if last is not None and count > last:
+                    break
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise VideoReadError(
+                f"corrupt or truncated video {path}: decoding failed after {count} frames ({_one_line(exc)})"
+            ) from None
+    if count == 0 and (last is None or last >= 0):
+        raise VideoReadError(f"video has no frames: {path}", "empty")
+    if wanted is None and declared and count < 0.9 * declared:
+        raise VideoReadError(f"truncated video {path}: the container declares {declared} frames, decoded {count}")
+    return kept, count, declared
+
+
+def _read_pyav(path: Path, indices, threads: int) -> tuple[np.ndarray, int]:
+    idx = None if indices is None else _as_indices(indices)
+    kept, count, _ = _pyav_decode(path, idx, threads)
+    if idx is None:
+        return np.stack([kept[i] for i in range(count)]), count
+    missing = [int(i) for i in idx if int(i) not in kept]
+    if missing:
+        raise StfusionError(f"frame index {max(missing)} out of range for {path} ({count} frames decoded)")
+    return np.stack([kept[int(i)] for i in idx]) if len(idx) else np.zeros((0, 1, 1, 3), np.uint8), count
+
+
+def _uniform_pyav(path: Path, num: int, threads: int) -> tuple[np.ndarray, int]:
+    # Trust the declared frame count to decode only the needed frames; redo keeping everything if it lied.
+    probe = None
+    try:
+        with av.open(str(path)) as c:
+            if c.streams.video:
+                probe = int(c.streams.video[0].frames or 0)
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError):
+        probe = None  # _pyav_decode reports it
+    if probe:
+        idx = uniform_indices(probe, num)
+        kept, count, declared = _pyav_decode(path, idx, threads)
+        if all(int(i) in kept for i in idx):
+            # count stops at the last wanted frame; the declared count is the video's length
+            return np.stack([kept[int(i)] for i in idx]), max(declared, count)
+    kept, count, _ = _pyav_decode(path, None, threads)
+    idx = uniform_indices(count, num)
+    return np.stack([kept[int(i)] for i in idx]), count
+
+
+# ---------------------------------------------------------------------------------------------- public
+def _dispatch(path, backend: str, threads: int, folder_fn, decord_fn, pyav_fn):
+    backend = _check_backend(backend)
+    p = _check_path(path)
+    if p.is_dir():
+        return folder_fn(p)
+    if backend == "decord":
+        try:
+            return decord_fn(p)
+        except StfusionError as exc:
+            if getattr(exc, "status", None) is None:  # a caller mistake (bad index): no point retrying
+                raise
+            reason = _one_line(exc)
+        except Exception as exc:  # decord raises DECORDError, RuntimeError, IndexError, ...
+            reason = _one_line(exc)
+        try:
+            result = pyav_fn(p)
+        except VideoReadError as exc:
+            raise VideoReadError(f"{exc} [decord: {reason}]", exc.status) from None
+        warnings.warn(f"decord could not read {p} ({reason}); used PyAV instead", DecoderFallbackWarning, stacklevel=3)
+        log.warning("decord could not read %s (%s); used PyAV instead", p, reason)
+        return result
+    return pyav_fn(p)
+
+
+def read_frames(path, indices=None, backend: str = "decord", *, threads: int = 1) -> np.ndarray:
+    """Decode frames of a video file or JPEG frame folder as ``uint8 (T, H, W, 3)`` RGB.
+
+    ``indices``: frame numbers to return, in the order given (repeats allowed); None = every frame.
+    ``backend``: ``decord`` (falls back to PyAV with a :class:`DecoderFallbackWarning` when decord fails) or
+    ``pyav``.  A directory is read as sorted ``.jpg``/``.jpeg``/``.png`` frames.  ``threads``: decoder
+    threads (0 = FFmpeg's choice).  Raises :class:`VideoReadError` (a :class:`StfusionError`) for missing,
+    empty, corrupt, truncated or non-video files and :class:`StfusionError` for out-of-range indices.
+    """
+    frames, _ = _dispatch(
+        path,
+        backend,
+        threads,
+        lambda p: _read_folder(p, indices),
+        lambda p: _read_decord(p, indices, threads),
+        lambda p: _read_pyav(p, indices, threads),
+    )
+    return frames
+
+
+def read_uniform(path, num: int, backend: str = "decord", *, threads: int = 1) -> tuple[np.ndarray, int]:
+    """Open once and return ``(frames, n_frames)``: ``num`` frames spread uniformly over the whole video
+    (:func:`~stfusion.data.sampling.uniform_indices`; frames repeat when the video is shorter than ``num``)
+    and the video's frame count."""
+    if int(num) < 1:
+        raise StfusionError(f"number of frames to read must be at least 1, got {num}")
+
+    def folder(p):
+        n = len(_frame_files(p))
+        if n == 0:
+            raise VideoReadError(f"no JPEG frames in folder {p}", "empty")
+        return _read_folder(p, uniform_indices(n, num))[0], n
+
+    return _dispatch(
+        path,
+        backend,
+        threads,
+        folder,
+        lambda p: _uniform_decord(p, num, threads),
+        lambda p: _uniform_pyav(p, num, threads),
+    )
+
+
+def count_frames(path, backend: str = "decord") -> int:
+    """Number of frames of a video file (decord's index, or decoded by PyAV) or JPEG frame folder."""
+    backend = _check_backend(backend)
+    p = _check_path(path)
+    if p.is_dir():
+        n = len(_frame_files(p))
+        if n == 0:
+            raise VideoReadError(f"no JPEG frames in folder {p}", "empty")
+        return n
+
+    def by_decord(q):
+        vr = _decord_open(q, 1)
+        try:
+            n = len(vr)
+        finally:
+            del vr
+        if n < 1:
+            raise VideoReadError(f"video has no frames: {q}", "empty")
+        return n
+
+    if backend == "decord":
+        return _dispatch(p, "decord", 1, None, by_decord, _pyav_count)
+    return _pyav_count(p)
+
+
+def _pyav_count(path: Path) -> int:
+    """Count frames by decoding (container metadata is missing in webm and unreliable elsewhere)."""
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as exc:
+        raise VideoReadError(f"not a readable video: {path} ({_one_line(exc)})") from None
+    with container:
+        if not container.streams.video:
+            raise VideoReadError(f"no video stream in {path}", "empty")
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        declared = int(stream.frames or 0)
+        count = 0
+        try:
+            for _ in container.decode(stream):
+                count += 1
+        except (av.error.FFmpegError, ValueError) as exc:
+            raise VideoReadError(
+                f"corrupt or truncated video {path}: decoding failed after {count} frames ({_one_line(exc)})"
+            ) from None
+    if count == 0:
+        raise VideoReadError(f"video has no frames: {path}", "empty")
+    if declared and count < 0.9 * declared:
+        raise VideoReadError(f"truncated video {path}: the container declares {declared} frames, decoded {count}")
+    return count
+
+
+# --------------------------------------------------------------------------------------------- writing
+def _lossless_h264() -> tuple[str, str, dict]:
+    # libx264rgb keeps RGB (gbrp planes): bit-exact with qp 0, and decord 0.6.0 decodes it.
+    if "libx264rgb" in av.codecs_available:
+        return "libx264rgb", "rgb24", {"qp": "0"}
+    return "libx264", "yuv444p", {"qp": "0"}
+
+
+def write_video(path, frames: np.ndarray, *, fps: int = 12, lossless: bool = True) -> Path:
+    """Write ``uint8 (T, H, W, 3)`` RGB frames with PyAV; the container follows the file suffix.
+
+    ``.mp4``/``.mkv``/``.avi``: H.264 (lossless: libx264rgb ``qp=0``, exact RGB; lossy: yuv420p crf 18);
+    ``.webm``: VP9 (lossless mode, or default quality).  The file is written under a temporary name and
+    renamed, so an interrupted write leaves no half file.
+    """
+    path = Path(path)
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8 or len(frames) == 0:
+        raise StfusionError(f"write_video needs uint8 frames of shape (T, H, W, 3), got {frames.dtype} {frames.shape}")
+    suffix = path.suffix.lower()
+    if suffix == ".webm":
+        codec, pix_fmt = "libvpx-vp9", "yuv444p" if lossless else "yuv420p"
+        options = {"lossless": "1"} if lossless else {"crf": "30", "b": "0"}
+        fmt = "webm"
+    elif suffix in (".mp4", ".mkv", ".avi", ".mov"):
+        codec, pix_fmt, options = _lossless_h264() if lossless else ("libx264", "yuv420p", {"crf": "18"})
+        fmt = {".mp4": "mp4", ".mkv": "matroska", ".avi": "avi", ".mov": "mov"}[suffix]
+        if not lossless and (frames.shape[1] % 2 or frames.shape[2] % 2):
+            raise StfusionError("lossy (yuv420p) videos need an even width and height")
+    else:
+        raise StfusionError(f"cannot write a video with suffix {suffix!r} (use .mp4, .mkv, .avi, .mov or .webm)")
+    if codec not in av.codecs_available:
+        raise StfusionError(f"this PyAV build has no {codec} encoder needed for {suffix} files")
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with av.open(str(tmp), "w", format=fmt) as container:
+            stream = container.add_stream(codec, rate=int(fps))
+            stream.width, stream.height = int(frames.shape[2]), int(frames.shape[1])
+            stream.pix_fmt = pix_fmt
+            stream.options = options
+            stream.codec_context.thread_count = 1
+            for frame in frames:
+                for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+                    container.mux(packet)
+            for packet in stream.encode():
+                container.mux(packet)
+        os.replace(tmp, path)
+    except av.error.FFmpegError as exc:
+        raise StfusionError(f"could not encode {path} with {codec}: {_one_line(exc)}") from None
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+    return path

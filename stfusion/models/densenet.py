@@ -1,0 +1,363 @@
+"""The paper's template: DenseNet-121 inflated to 3D (METHOD.md §3), and the 2D -> 3D inflation helpers.
+
+Layout (``unit="factorised"``, the paper's template)::
+
+    stem    5x7x7 conv 3->64, stride (1,2,2), pad (2,3,3) -> BN -> ReLU -> max-pool (1,3,3) / (1,2,2), pad (0,1,1)
+    block   dense layers (6, 12, 24, 16), growth 32, bottleneck width 128 (bn_size 4), each:
+              h = z_S * conv1x1x1(ReLU(BN(x))) + z_ST * conv3x1x1(ReLU(BN'(x)))      (two gated paths, own BNs)
+              new = conv1x3x3(ReLU(BN(h)))  -> 32 channels (not gated), concatenated to x
+    trans.  z_S * conv1x1x1(ReLU(BN(x))) + z_ST * conv3x1x1(ReLU(BN'(x)))  (C -> C/2, gated), avg-pool (1,2,2)
+    head    BN -> ReLU -> global average pool -> linear
+
+Paths are pre-activated (BN -> ReLU -> conv, the paper's experimental code). Spatial downsampling is by pooling
+only; time is never downsampled (temporal stride 1, temporal padding keeps T). Fusion layers, in order: the dense
+layers and the transitions of each block, 58 + 3 = 61 for DenseNet-121 (122 gate logits; METHOD.md mentions 123
+gates, a count we cannot reproduce from the architecture it describes: there is no further 1x1 conv to gate).
+
+``unit="full"``: the gated S / ST paths of dense layers and transitions are a 1x3x3 / 3x3x3 conv (to the same
+bottleneck width C_b resp. C/2); the dense layer's shared BN-ReLU-1x3x3 conv to the growth rate stays. So every
+gated 1x1 conv of the 2D net becomes the unit's S / ST pair.
+
+The state ``none``:
+
+* dense layer (``allow_none=True``): the layer computes nothing (no concatenation, no BN, no conv) and contributes
+  zeros for its new channels; its input still passes on through the dense concatenation. Later layers keep their
+  input widths, so the weights of the template still fit.
+* transition (``allow_none=False``): there is no bypass around a transition (it halves the channels), so ``none``
+  is refused.
+
+Stem: ``stem_temporal_kernel`` (default 5, the paper's) sets the stem's temporal extent. With a time-symmetric
+stem kernel (e.g. right after inflation, which repeats the 2D kernel over time) or with ``stem_temporal_kernel=1``,
+the all-S network (factorised or full) is exactly invariant to time reversal; a trained 5x7x7 stem in general is not.
+
+Inflation (``pretrained_2d``: a torchvision-format ``densenet121`` state dict, a local file read with
+``torch.load(weights_only=True)`` or the dict itself; nothing is ever downloaded): every 2D kernel gets a time
+axis; the stem kernel is repeated over its temporal extent and divided by it (5); each dense layer's / transition's
+1x1 kernel is copied into the S conv and repeated 3x over time, divided by 3, into the ST conv (for ``unit="full"``
+the 1x1 kernel is put at the spatial centre of the 1x3x3 / 3x3x3 kernel, zeros elsewhere, which computes the same
+function on a static clip); both paths' BNs copy the 2D BN before the 1x1 conv; 3x3 convs become 1x3x3; the
+classifier is loaded only when its shape fits (same ``num_classes``). Missing keys, mismatched shapes, an unreadable
+or missing file raise :class:`~stfusion.errors.StfusionError`. BNs of paths not loaded from weights keep gamma 1.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import OrderedDict
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import StfusionError
+from ..fusion import UNITS, FusionPaths, bn_relu_conv, conv_s, conv_st
+from ..strategies import NONE
+from .base import FusionNetwork
+
+DENSENET121_BLOCKS = (6, 12, 24, 16)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# 2D -> 3D inflation helpers (also used by resnet.py)
+# --------------------------------------------------------------------------------------------------------------
+
+
+def load_state_dict_2d(src, what: str) -> dict[str, Tensor]:
+    """A 2D state dict from ``src``: a mapping of tensors, or the path of a local file saved with ``torch.save``
+    (read with ``weights_only=True``). ``what`` names the expected model in error messages."""
+    if isinstance(src, Mapping):
+        sd = src
+    else:
+        path = Path(src)
+        if not path.is_file():
+            raise StfusionError(f"pretrained_2d: no such file: {path} (a local torchvision {what} state dict)")
+        try:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as exc:  # noqa: BLE001 - any read failure becomes one line
+            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise StfusionError(f"pretrained_2d: cannot read {path}: {msg}") from None
+        if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
+            sd = sd["state_dict"]
+    if not isinstance(sd, Mapping) or not all(isinstance(v, Tensor) for v in sd.values()):
+        raise StfusionError(f"pretrained_2d: expected a state dict (name -> tensor) of a torchvision {what}")
+    return dict(sd)
+
+
+class Inflator:
+    """Writes 2D weights into a 3D network, checking every key and shape (errors are one-line StfusionErrors).
+
+    Args:
+        net: the 3D network (its ``state_dict()`` tensors share storage with its parameters and buffers).
+        sd2d: the 2D state dict.
+        what: the expected 2D model, for messages.
+    """
+
+    def __init__(self, net: nn.Module, sd2d: Mapping[str, Tensor], what: str):
+        self.own = net.state_dict()
+        self.sd = sd2d
+        self.what = what
+
+    def _get(self, key2d: str) -> Tensor:
+        if key2d not in self.sd:
+            raise StfusionError(f"pretrained_2d: key {key2d!r} is missing (expected a torchvision {self.what} state dict)")
+        return self.sd[key2d]
+
+    def _mismatch(self, key2d: str, src: Tensor, key3d: str) -> StfusionError:
+        return StfusionError(
+            f"pretrained_2d: {key2d!r} has shape {tuple(src.shape)}, which does not fit {key3d!r} of shape "
+            f"{tuple(self.own[key3d].shape)} (different {self.what} variant or width?)"
+        )
+
+    def _put(self, key3d: str, value: Tensor) -> None:
+        dst = self.own[key3d]
+        with torch.no_grad():
+            dst.copy_(value.to(dst.dtype))
+
+    def copy(self, key3d: str, key2d: str) -> None:
+        """Copy a tensor of the same shape (BN statistics, linear layers)."""
+        src = self._get(key2d)
+        if src.shape != self.own[key3d].shape:
+            raise self._mismatch(key2d, src, key3d)
+        self._put(key3d, src)
+
+    def conv(self, key3d: str, key2d: str) -> None:
+        """Inflate a 2D conv weight ``(O, I, kh, kw)`` into the 3D weight ``(O, I, kt, kh', kw')``: a 1x1 kernel
+        goes to the spatial centre when the 3D kernel is larger; the kernel is repeated ``kt`` times over time and
+        divided by ``kt`` (so a static clip gives the 2D response wherever the temporal window is inside the clip).
+        """
+        src = self._get(key2d)
+        dst = self.own[key3d]
+        o, i, kt, kh, kw = dst.shape
+        if src.dim() != 4 or tuple(src.shape[:2]) != (o, i):
+            raise self._mismatch(key2d, src, key3d)
+        if tuple(src.shape[2:]) == (kh, kw):
+            w = src
+        elif tuple(src.shape[2:]) == (1, 1) and kh % 2 == 1 and kw % 2 == 1:
+            w = src.new_zeros(o, i, kh, kw)
+            w[:, :, kh // 2, kw // 2] = src[:, :, 0, 0]
+        else:
+            raise self._mismatch(key2d, src, key3d)
+        self._put(key3d, w.unsqueeze(2).repeat(1, 1, kt, 1, 1) / kt)
+
+    def bn(self, prefix3d: str, prefix2d: str) -> None:
+        """Copy a BatchNorm (affine parameters and running statistics)."""
+        for name in ("weight", "bias", "running_mean", "running_var"):
+            self.copy(f"{prefix3d}.{name}", f"{prefix2d}.{name}")
+        if f"{prefix2d}.num_batches_tracked" in self.sd and f"{prefix3d}.num_batches_tracked" in self.own:
+            self._put(f"{prefix3d}.num_batches_tracked", self.sd[f"{prefix2d}.num_batches_tracked"])
+
+    def identity(self, key3d: str) -> None:
+        """A square conv as the identity on a static clip: centre tap 1, repeated over time and divided by ``kt``."""
+        dst = self.own[key3d]
+        o, i, kt, kh, kw = dst.shape
+        if o != i:
+            raise StfusionError(f"cannot initialise {key3d!r} of shape {tuple(dst.shape)} as an identity")
+        w = torch.zeros_like(dst)
+        idx = torch.arange(o)
+        w[idx, idx, :, kh // 2, kw // 2] = 1.0 / kt
+        self._put(key3d, w)
+
+    def classifier(self, prefix3d: str, prefix2d: str) -> bool:
+        """Load the classifier only when its shape fits (same number of classes); returns whether it was loaded."""
+        w, b = self.sd.get(f"{prefix2d}.weight"), self.sd.get(f"{prefix2d}.bias")
+        if w is None or b is None or w.shape != self.own[f"{prefix3d}.weight"].shape:
+            return False
+        self.copy(f"{prefix3d}.weight", f"{prefix2d}.weight")
+        self.copy(f"{prefix3d}.bias", f"{prefix2d}.bias")
+        return True
+
+
+def init_weights(net: nn.Module, conv_mode: str = "fan_in") -> None:
+    """Kaiming-normal convs, BN gamma 1 / beta 0 (never 0 gamma: a dead path could never be chosen), zero linear bias."""
+    for m in net.modules():
+        if isinstance(m, nn.Conv3d):
+            nn.init.kaiming_normal_(m.weight, mode=conv_mode, nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm3d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.zeros_(m.bias)
+
+
+def scaled(width: int, multiplier: float) -> int:
+    """``width * multiplier`` rounded, at least 1."""
+    return max(1, int(round(width * multiplier)))
+
+
+_OLD_DENSE_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12])\.(weight|bias|running_mean|running_var)$")
+
+
+def _normalise_densenet_keys(sd: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Accept the old torchvision key style ``denselayer1.norm.1.weight`` next to ``denselayer1.norm1.weight``."""
+    out = {}
+    for k, v in sd.items():
+        m = _OLD_DENSE_KEY.match(k)
+        out[f"{m.group(1)}{m.group(2)}.{m.group(3)}" if m else k] = v
+    return out
+
+
+# --------------------------------------------------------------------------------------------------------------
+# The network
+# --------------------------------------------------------------------------------------------------------------
+
+
+class DenseLayer3d(nn.Module):
+    """One dense layer: ``list of (N, C_i, T, H, W) -> (N, growth, T, H, W)`` new channels.
+
+    The gated S / ST paths run from the concatenated input to the bottleneck width; their gated sum goes through
+    BN -> ReLU -> 1x3x3 conv to ``growth`` channels (not gated). State ``none``: nothing is computed and the new
+    channels are zeros (the input passes on through the block's concatenation).
+    """
+
+    def __init__(self, cin: int, growth: int, bottleneck: int, unit: str, gate: dict):
+        super().__init__()
+        self.paths = FusionPaths(
+            bn_relu_conv(conv_s(cin, bottleneck, unit)),
+            bn_relu_conv(conv_st(cin, bottleneck, unit)),
+            gate=gate,
+            allow_none=True,
+        )
+        self.norm2 = nn.BatchNorm3d(bottleneck)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv3d(bottleneck, growth, (1, 3, 3), padding=(0, 1, 1), bias=False)
+        self.growth = growth
+
+    def forward(self, features: list[Tensor]) -> Tensor:
+        if self.paths.state == NONE:
+            x0 = features[0]
+            n, _, t, h, w = x0.shape
+            return x0.new_zeros(n, self.growth, t, h, w)
+        x = torch.cat(features, 1) if len(features) > 1 else features[0]
+        return self.conv2(self.relu2(self.norm2(self.paths(x))))
+
+
+class DenseBlock3d(nn.ModuleDict):
+    """Dense layers ``denselayer1..n``; output: the input concatenated with every layer's new channels."""
+
+    def __init__(self, n_layers: int, cin: int, growth: int, bottleneck: int, unit: str, gate: dict):
+        super().__init__()
+        for i in range(n_layers):
+            self[f"denselayer{i + 1}"] = DenseLayer3d(cin + i * growth, growth, bottleneck, unit, gate)
+
+    def forward(self, x: Tensor) -> Tensor:
+        features = [x]
+        for layer in self.values():
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+class Transition3d(nn.Module):
+    """Gated S / ST paths ``C -> C_out`` (pre-activated), summed, then avg-pool (1,2,2). No bypass: no ``none``."""
+
+    def __init__(self, cin: int, cout: int, unit: str, gate: dict):
+        super().__init__()
+        self.paths = FusionPaths(
+            bn_relu_conv(conv_s(cin, cout, unit)), bn_relu_conv(conv_st(cin, cout, unit)), gate=gate, allow_none=False
+        )
+        self.pool = nn.AvgPool3d((1, 2, 2), stride=(1, 2, 2))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.pool(self.paths(x))
+
+
+class DenseNet121Template(FusionNetwork):
+    """DenseNet-121 template in 3D. Input ``(N, 3, T, H, W)``, output logits ``(N, num_classes)``.
+
+    Args:
+        num_classes: classifier outputs.
+        unit: ``"factorised"`` (the paper's: S = 1x1x1, ST = 3x1x1) or ``"full"`` (S = 1x3x3, ST = 3x3x3).
+        gate: keyword arguments of :class:`~stfusion.droppath.VariationalDropPath`.
+        width_multiplier: scales the growth rate, the bottleneck width and the stem width (CPU tests: 0.25).
+        pretrained_2d: a torchvision-format ``densenet121`` state dict or the path of a local file holding one.
+        block_config: dense layers per block (``(6, 12, 24, 16)`` = DenseNet-121; smaller for tests).
+        growth_rate, bn_size, stem_width: DenseNet hyper-parameters before ``width_multiplier``.
+        stem_temporal_kernel: temporal extent of the stem conv (odd; 5 in the paper, 1 = spatial-only stem).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        unit: str = "factorised",
+        gate: dict | None = None,
+        width_multiplier: float = 1.0,
+        pretrained_2d=None,
+        block_config=DENSENET121_BLOCKS,
+        growth_rate: int = 32,
+        bn_size: int = 4,
+        stem_width: int = 64,
+        stem_temporal_kernel: int = 5,
+    ):
+        super().__init__()
+        if unit not in UNITS:
+            raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+        if stem_temporal_kernel < 1 or stem_temporal_kernel % 2 == 0:
+            raise ValueError(f"stem_temporal_kernel must be odd and >= 1, got {stem_temporal_kernel}")
+        if not block_config or any(int(n) < 1 for n in block_config):
+            raise ValueError(f"block_config needs at least one block of at least one layer, got {block_config}")
+        block_config = [int(n) for n in block_config]
+        self.arch = dict(
+            backbone="densenet121", num_classes=num_classes, unit=unit, width_multiplier=float(width_multiplier),
+            block_config=block_config, growth_rate=growth_rate, bn_size=bn_size, stem_width=stem_width,
+            stem_temporal_kernel=stem_temporal_kernel,
+        )
+        gate = gate or {}
+        growth = scaled(growth_rate, width_multiplier)
+        bottleneck = bn_size * growth
+        c = scaled(stem_width, width_multiplier)
+        kt = stem_temporal_kernel
+
+        layers: OrderedDict[str, nn.Module] = OrderedDict(
+            conv0=nn.Conv3d(3, c, (kt, 7, 7), stride=(1, 2, 2), padding=(kt // 2, 3, 3), bias=False),
+            norm0=nn.BatchNorm3d(c),
+            relu0=nn.ReLU(inplace=True),
+            pool0=nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
+        )
+        stage_of_layer: list[int] = []
+        for bi, n in enumerate(block_config):
+            layers[f"denseblock{bi + 1}"] = DenseBlock3d(n, c, growth, bottleneck, unit, gate)
+            stage_of_layer += [bi] * n
+            c += n * growth
+            if bi != len(block_config) - 1:
+                layers[f"transition{bi + 1}"] = Transition3d(c, c // 2, unit, gate)
+                stage_of_layer.append(bi)
+                c //= 2
+        layers["norm5"] = nn.BatchNorm3d(c)
+        self.features = nn.Sequential(layers)
+        self.relu = nn.ReLU(inplace=True)
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.classifier = nn.Linear(c, num_classes)
+        self._stage_of_layer = stage_of_layer
+        self.num_features = c
+
+        init_weights(self)
+        if pretrained_2d is not None:
+            self.inflate_from_2d(pretrained_2d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.relu(self.features(x))
+        return self.classifier(self.pool(x).flatten(1))
+
+    def inflate_from_2d(self, src) -> bool:
+        """Load a torchvision-format 2D DenseNet state dict (module docstring); returns whether the classifier
+        was loaded too."""
+        sd = _normalise_densenet_keys(load_state_dict_2d(src, "densenet121"))
+        inf = Inflator(self, sd, "densenet121")
+        inf.conv("features.conv0.weight", "features.conv0.weight")
+        inf.bn("features.norm0", "features.norm0")
+        for name, module in self.features.named_children():
+            if isinstance(module, DenseBlock3d):
+                for lname in module:
+                    p3, p2 = f"features.{name}.{lname}", f"features.{name}.{lname}"
+                    for path in ("s", "st"):
+                        inf.bn(f"{p3}.paths.{path}.0", f"{p2}.norm1")
+                        inf.conv(f"{p3}.paths.{path}.2.weight", f"{p2}.conv1.weight")
+                    inf.bn(f"{p3}.norm2", f"{p2}.norm2")
+                    inf.conv(f"{p3}.conv2.weight", f"{p2}.conv2.weight")
+            elif isinstance(module, Transition3d):
+                for path in ("s", "st"):
+                    inf.bn(f"features.{name}.paths.{path}.0", f"features.{name}.norm")
+                    inf.conv(f"features.{name}.paths.{path}.2.weight", f"features.{name}.conv.weight")
+        inf.bn("features.norm5", "features.norm5")
+        return inf.classifier("classifier", "classifier")

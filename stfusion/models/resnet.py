@@ -1,0 +1,291 @@
+"""3D ResNet family with one gated S / ST fusion layer per residual block (METHOD.md §3, §6).
+
+torchvision style (conv -> BN, ReLU after the gated sum). The fusion point of each block:
+
+* Bottleneck (ResNet-50/101/152):
+    - ``factorised`` (the paper's derived ResNets): the block's first 1x1 conv becomes
+      ``ReLU(z_S * BN(conv1x1x1 x) + z_ST * BN'(conv3x1x1 x))``, followed by the usual 1x3x3 and 1x1x1 convs.
+    - ``full``: the block's 3x3 conv becomes ``ReLU(z_S * BN(conv1x3x3 h) + z_ST * BN'(conv3x3x3 h))`` (C3D / I3D
+      reading: the spatial conv is either 2D or 3D), after the usual 1x1x1 conv1 and before the 1x1x1 conv3. A
+      full-unit bottleneck therefore has exactly the convs of the 2D block.
+* BasicBlock (ResNet-18/34), whose first conv is a 3x3:
+    - ``factorised``: ``ReLU(z_S * BN(conv1x1x1 x) + z_ST * BN'(conv3x1x1 x))`` (C_in -> C_in), then the block's
+      first 3x3 conv as a 1x3x3 (C_in -> planes), BN, ReLU, then the second 1x3x3. So S = 2D and ST = (2+1)D, as in
+      the factorised unit; the gated convs keep the input width so the 2D conv1 inflates into the 1x3x3 as is
+      (inflation initialises the gated 1x1x1 / 3x1x1 as the identity: S = I, ST = I/3 over time).
+    - ``full``: the first 3x3 conv becomes the S (1x3x3) / ST (3x3x3) pair, then the second 1x3x3.
+
+Stem: a spatial-only 1x7x7 conv, stride (1,2,2) -> BN -> ReLU -> max-pool (1,3,3) / (1,2,2): with it (and BN
+statistics shared over time) the all-S network treats frames independently and, after global average pooling, is
+exactly invariant to time reversal.
+
+Spatial downsampling: unlike the plain and DenseNet templates (pooling only), the ResNets keep torchvision's strided
+convs, spatial only, stride (1,2,2): in the 1x3x3 conv of the first block of stages 2-4 (the bottleneck's conv2, the
+factorised BasicBlock's inflated conv1; for the full unit, the gated S / ST convs at that position) and in the
+1x1x1 projection shortcut. Derived networks are then standard 3D ResNets, and inflated 2D weights compute what they
+computed in 2D. Time is never downsampled.
+
+State ``none`` (``allow_none=True`` for every block): the residual branch is skipped entirely, nothing of it is
+computed, and the block outputs ``ReLU(shortcut(x))`` (``x`` itself for an identity shortcut, since ``x >= 0``).
+
+Inflation (``pretrained_2d``: a torchvision-format ``resnet18`` / ``resnet50`` / ... state dict or a local file):
+7x7 stem -> 1x7x7; 3x3 -> 1x3x3, and for a full-unit ST conv 3x3x3 (the 2D kernel repeated over time / 3); a 1x1
+conv that is a fusion conv -> copied into the S conv and repeated 3x over time / 3 into the ST conv; both paths' BNs
+copy the 2D BN that follows the conv; other 1x1 -> 1x1x1. The classifier is loaded only when ``num_classes`` matches.
+Missing keys or mismatched shapes raise :class:`~stfusion.errors.StfusionError`. BNs that no 2D BN maps to (the
+factorised BasicBlock's gated paths) keep gamma 1.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from ..errors import StfusionError
+from ..fusion import UNITS, FusionPaths, conv_bn, conv_s, conv_st
+from ..strategies import NONE
+from .base import FusionNetwork
+from .densenet import Inflator, init_weights, load_state_dict_2d, scaled
+
+RESNET_STAGE_WIDTHS = (64, 128, 256, 512)
+
+
+def _conv1x3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv3d:
+    return nn.Conv3d(cin, cout, (1, 3, 3), stride=(1, stride, stride), padding=(0, 1, 1), bias=False)
+
+
+def _conv1x1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv3d:
+    return nn.Conv3d(cin, cout, 1, stride=(1, stride, stride), bias=False)
+
+
+def _spatial_stride(conv: nn.Conv3d, stride: int) -> nn.Conv3d:
+    """Give a unit conv of :mod:`stfusion.fusion` the spatial stride ``(1, stride, stride)`` (time stride stays 1)."""
+    conv.stride = (1, stride, stride)
+    return conv
+
+
+def _fusion_paths(cin: int, cout: int, unit: str, gate: dict, stride: int = 1) -> FusionPaths:
+    return FusionPaths(
+        conv_bn(_spatial_stride(conv_s(cin, cout, unit), stride)),
+        conv_bn(_spatial_stride(conv_st(cin, cout, unit), stride)),
+        gate=gate,
+        allow_none=True,
+    )
+
+
+def _downsample(cin: int, cout: int, stride: int) -> nn.Sequential | None:
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(_conv1x1x1(cin, cout, stride), nn.BatchNorm3d(cout))
+
+
+class _Block(nn.Module):
+    """Shared forward logic: ``none`` skips the residual branch (nothing computed) -> ``ReLU(shortcut(x))``."""
+
+    paths: FusionPaths
+    downsample: nn.Module | None
+
+    def _branch(self, x: Tensor) -> Tensor | None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self._branch(x)
+        if out is None:
+            return self.relu(identity)
+        return self.relu(out + identity)
+
+
+class BasicBlock3d(_Block):
+    """ResNet-18/34 block, ``(N, C_in, T, H, W) -> (N, planes, T, H/s, W/s)`` (module docstring for the units)."""
+
+    expansion = 1
+
+    def __init__(self, cin: int, planes: int, stride: int, unit: str, gate: dict):
+        super().__init__()
+        self.unit = unit
+        if unit == "factorised":
+            self.paths = _fusion_paths(cin, cin, unit, gate)
+            self.conv1 = _conv1x3x3(cin, planes, stride)
+            self.bn1 = nn.BatchNorm3d(planes)
+        else:
+            self.paths = _fusion_paths(cin, planes, unit, gate, stride)
+            self.conv1 = self.bn1 = None
+        self.conv2 = _conv1x3x3(planes, planes)
+        self.bn2 = nn.BatchNorm3d(planes)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _downsample(cin, planes, stride)
+
+    def _branch(self, x: Tensor) -> Tensor | None:
+        h = self.paths(x)
+        if h is None:
+            return None
+        h = self.relu(h)
+        if self.conv1 is not None:
+            h = self.relu(self.bn1(self.conv1(h)))
+        return self.bn2(self.conv2(h))
+
+    def inflate(self, inf: Inflator, p3: str, p2: str) -> None:
+        if self.unit == "factorised":
+            for path in ("s", "st"):
+                inf.identity(f"{p3}.paths.{path}.0.weight")
+            inf.conv(f"{p3}.conv1.weight", f"{p2}.conv1.weight")
+            inf.bn(f"{p3}.bn1", f"{p2}.bn1")
+        else:
+            for path in ("s", "st"):
+                inf.conv(f"{p3}.paths.{path}.0.weight", f"{p2}.conv1.weight")
+                inf.bn(f"{p3}.paths.{path}.1", f"{p2}.bn1")
+        inf.conv(f"{p3}.conv2.weight", f"{p2}.conv2.weight")
+        inf.bn(f"{p3}.bn2", f"{p2}.bn2")
+
+
+class Bottleneck3d(_Block):
+    """ResNet-50/101/152 block (stride on the 3x3 conv, torchvision v1.5),
+    ``(N, C_in, T, H, W) -> (N, 4 * planes, T, H/s, W/s)`` (module docstring for the units)."""
+
+    expansion = 4
+
+    def __init__(self, cin: int, planes: int, stride: int, unit: str, gate: dict):
+        super().__init__()
+        self.unit = unit
+        if unit == "factorised":
+            self.paths = _fusion_paths(cin, planes, unit, gate)
+            self.conv1 = self.bn1 = None
+            self.conv2 = _conv1x3x3(planes, planes, stride)
+            self.bn2 = nn.BatchNorm3d(planes)
+        else:
+            self.conv1 = _conv1x1x1(cin, planes)
+            self.bn1 = nn.BatchNorm3d(planes)
+            self.paths = _fusion_paths(planes, planes, unit, gate, stride)
+            self.conv2 = self.bn2 = None
+        self.conv3 = _conv1x1x1(planes, planes * self.expansion)
+        self.bn3 = nn.BatchNorm3d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = _downsample(cin, planes * self.expansion, stride)
+
+    def _branch(self, x: Tensor) -> Tensor | None:
+        if self.paths.state == NONE:  # none: do not even run conv1 of the full unit
+            return None
+        if self.conv1 is not None:
+            x = self.relu(self.bn1(self.conv1(x)))
+        h = self.relu(self.paths(x))
+        if self.conv2 is not None:
+            h = self.relu(self.bn2(self.conv2(h)))
+        return self.bn3(self.conv3(h))
+
+    def inflate(self, inf: Inflator, p3: str, p2: str) -> None:
+        if self.unit == "factorised":
+            for path in ("s", "st"):
+                inf.conv(f"{p3}.paths.{path}.0.weight", f"{p2}.conv1.weight")
+                inf.bn(f"{p3}.paths.{path}.1", f"{p2}.bn1")
+            inf.conv(f"{p3}.conv2.weight", f"{p2}.conv2.weight")
+            inf.bn(f"{p3}.bn2", f"{p2}.bn2")
+        else:
+            inf.conv(f"{p3}.conv1.weight", f"{p2}.conv1.weight")
+            inf.bn(f"{p3}.bn1", f"{p2}.bn1")
+            for path in ("s", "st"):
+                inf.conv(f"{p3}.paths.{path}.0.weight", f"{p2}.conv2.weight")
+                inf.bn(f"{p3}.paths.{path}.1", f"{p2}.bn2")
+        inf.conv(f"{p3}.conv3.weight", f"{p2}.conv3.weight")
+        inf.bn(f"{p3}.bn3", f"{p2}.bn3")
+
+
+RESNET_SPECS = {
+    18: (BasicBlock3d, (2, 2, 2, 2)),
+    34: (BasicBlock3d, (3, 4, 6, 3)),
+    50: (Bottleneck3d, (3, 4, 6, 3)),
+    101: (Bottleneck3d, (3, 4, 23, 3)),
+    152: (Bottleneck3d, (3, 8, 36, 3)),
+}
+
+
+class ResNetTemplate(FusionNetwork):
+    """3D ResNet template, one fusion layer per residual block. Input ``(N, 3, T, H, W)``, logits ``(N, num_classes)``.
+
+    Args:
+        num_classes: classifier outputs.
+        depth: 18, 34 (BasicBlocks), 50, 101, 152 (Bottlenecks).
+        unit: ``"factorised"`` (default; the paper's derived ResNets) or ``"full"`` (module docstring).
+        gate: keyword arguments of :class:`~stfusion.droppath.VariationalDropPath`.
+        width_multiplier: scales the stem and stage widths (64, 128, 256, 512).
+        pretrained_2d: a torchvision-format 2D ResNet state dict of the same depth, or a local file holding one.
+        layers: blocks per stage (default: the depth's, e.g. ``(3, 4, 6, 3)``; ``(1, 1, 1, 1)`` for tests).
+    """
+
+    def __init__(
+        self,
+        num_classes: int,
+        depth: int = 50,
+        *,
+        unit: str = "factorised",
+        gate: dict | None = None,
+        width_multiplier: float = 1.0,
+        pretrained_2d=None,
+        layers=None,
+    ):
+        super().__init__()
+        if depth not in RESNET_SPECS:
+            raise ValueError(f"depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
+        if unit not in UNITS:
+            raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+        block, default_layers = RESNET_SPECS[depth]
+        layers = [int(n) for n in (default_layers if layers is None else layers)]
+        if len(layers) != 4 or any(n < 1 for n in layers):
+            raise ValueError(f"layers must give 4 stages of at least one block, got {layers}")
+        self.arch = dict(
+            backbone=f"resnet{depth}", num_classes=num_classes, depth=depth, unit=unit,
+            width_multiplier=float(width_multiplier), layers=layers,
+        )
+        gate = gate or {}
+        self.depth = depth
+        c = scaled(64, width_multiplier)
+        self.conv1 = nn.Conv3d(3, c, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False)
+        self.bn1 = nn.BatchNorm3d(c)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        stage_of_layer: list[int] = []
+        for si, (w, n) in enumerate(zip(RESNET_STAGE_WIDTHS, layers)):
+            planes = scaled(w, width_multiplier)
+            blocks = []
+            for bi in range(n):
+                blocks.append(block(c, planes, 2 if (si > 0 and bi == 0) else 1, unit, gate))
+                c = planes * block.expansion
+            setattr(self, f"layer{si + 1}", nn.Sequential(*blocks))
+            stage_of_layer += [si] * n
+        self.avgpool = nn.AdaptiveAvgPool3d(1)
+        self.fc = nn.Linear(c, num_classes)
+        self._stage_of_layer = stage_of_layer
+        self.num_features = c
+
+        init_weights(self, conv_mode="fan_out")
+        if pretrained_2d is not None:
+            self.inflate_from_2d(pretrained_2d)
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        return self.fc(self.avgpool(x).flatten(1))
+
+    def inflate_from_2d(self, src) -> bool:
+        """Load a torchvision-format 2D ResNet state dict (module docstring); returns whether the classifier was
+        loaded too."""
+        what = f"resnet{self.depth}"
+        sd = load_state_dict_2d(src, what)
+        inf = Inflator(self, sd, what)
+        inf.conv("conv1.weight", "conv1.weight")
+        inf.bn("bn1", "bn1")
+        for si in range(4):
+            stage = getattr(self, f"layer{si + 1}")
+            for bi, blk in enumerate(stage):
+                p = f"layer{si + 1}.{bi}"
+                blk.inflate(inf, p, p)
+                if blk.downsample is not None:
+                    inf.conv(f"{p}.downsample.0.weight", f"{p}.downsample.0.weight")
+                    inf.bn(f"{p}.downsample.1", f"{p}.downsample.1")
+        # a 2D net with more blocks than this one (e.g. a resnet50 dict for a 'layers=(1,1,1,1)' net) is a mismatch
+        for si in range(4):
+            n = len(getattr(self, f"layer{si + 1}"))
+            if any(k.startswith(f"layer{si + 1}.{n}.") for k in sd):
+                raise StfusionError(
+                    f"pretrained_2d: the state dict has more than {n} blocks in layer{si + 1} (a different depth?)"
+                )
+        return inf.classifier("fc", "fc")

@@ -1,0 +1,118 @@
+"""Supernet training on tiny tensor clip sets: motion needs ST, appearance does not; resume is exact."""
+
+import pandas as pd
+import pytest
+import torch
+
+from stfusion.errors import StfusionError
+from stfusion.models import build_model
+from stfusion.scoring import calibration_batches, eval_loader, score_strategies
+from stfusion.strategies import families
+from stfusion.train import TrainConfig, fit
+
+from conftest import appearance_clips, motion_clips
+
+
+def _train(params, data, out, epochs=6, warmup=2, **kw):
+    torch.manual_seed(0)
+    model = build_model(params, 2)
+    cfg = TrainConfig(epochs=epochs, warmup_epochs=warmup, batch_size=16, lr=0.05, kl_k=5.0, **kw)
+    hist = fit(model, data, cfg, out, progress=False)
+    return model, hist
+
+
+def _family_scores(model, train, val):
+    fam = families(model.n_fusion_layers)
+    names = ["all-S", "all-ST", "all-S+ST"]
+    df = score_strategies(model, [fam[n] for n in names], eval_loader(val, 32), 2,
+                          calib_batches=calibration_batches(train, 32, 2, 0), progress=False)
+    return dict(zip(names, df["top1"]))
+
+
+def test_temporal_task_keeps_st_paths(tmp_path, tiny_params):
+    train, val = motion_clips(128, seed=1), motion_clips(64, seed=2)
+    model, hist = _train(tiny_params, train, tmp_path)
+    p = model.drop_rates()
+    assert (p[:, 1] < p[:, 0]).any(), p  # an ST path is kept more than the S path of its layer
+    scores = _family_scores(model, train, val)
+    assert scores["all-ST"] >= 0.8
+    assert scores["all-S"] <= 0.65  # frames alone cannot tell left from right
+    rates = pd.read_csv(tmp_path / "drop_rates.csv")
+    assert list(rates.columns) == ["epoch", "layer", "stage", "p_S", "p_ST"]
+    assert len(rates) == 8 * model.n_fusion_layers  # (warm-up + gated epochs) x layers
+    warm = rates[rates.epoch <= 2][["p_S", "p_ST"]].to_numpy()
+    assert abs(warm - 0.1).max() < 1e-6  # the gates do not move in the warm-up
+    assert set(hist["phase"]) == {"warmup", "gated"}
+
+
+def test_appearance_task_all_s_matches_all_st(tmp_path, tiny_params):
+    train, val = appearance_clips(128, seed=1), appearance_clips(64, seed=2)
+    model, _ = _train(tiny_params, train, tmp_path)
+    scores = _family_scores(model, train, val)
+    assert scores["all-S"] >= 0.9
+    assert abs(scores["all-S"] - scores["all-ST"]) <= 0.1
+
+
+def test_resume_gives_the_same_weights(tmp_path, tiny_params):
+    data = motion_clips(48, seed=3)
+    full, _ = _train(tiny_params, data, tmp_path / "full", epochs=3, warmup=1)
+    assert torch.load(tmp_path / "full" / "last.pt", weights_only=False)["epoch"] == 4
+    # the same run interrupted during epoch 3, then started again: it resumes from the epoch-2 checkpoint
+    _stop_after(tiny_params, data, tmp_path / "cut", stop_epoch=2)
+    resumed, _ = _train(tiny_params, data, tmp_path / "cut", epochs=3, warmup=1)
+    for (k, a), b in zip(full.state_dict().items(), resumed.state_dict().values()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0, msg=k)
+    h_full = pd.read_csv(tmp_path / "full" / "history.csv")
+    h_res = pd.read_csv(tmp_path / "cut" / "history.csv")
+    pd.testing.assert_frame_equal(h_full, h_res)
+
+
+def _stop_after(params, data, out, stop_epoch):
+    """Run the same configuration but kill it (by an exception from the data) once ``stop_epoch`` epochs are done."""
+
+    class Interrupting(torch.utils.data.Dataset):
+        def __init__(self):
+            self.calls = 0
+
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, i):
+            self.calls += 1
+            if self.calls > stop_epoch * (len(data) // 16) * 16:
+                raise KeyboardInterrupt
+            return data[i]
+
+    with pytest.raises(KeyboardInterrupt):
+        _train(params, Interrupting(), out, epochs=3, warmup=1)
+    assert torch.load(out / "last.pt", weights_only=False)["epoch"] == stop_epoch
+
+
+def test_nan_loss_stops_with_epoch_and_step(tmp_path, tiny_params):
+    data = motion_clips(32, seed=0)
+    torch.manual_seed(0)
+    model = build_model(tiny_params, 2)
+    cfg = TrainConfig(epochs=2, batch_size=16, lr=1e30, kl_k=5.0)
+    with pytest.raises(StfusionError, match=r"epoch \d+, step \d+"):
+        fit(model, data, cfg, tmp_path, progress=False)
+
+
+def test_checkpoint_from_other_architecture_is_refused(tmp_path, tiny_params):
+    data = motion_clips(32, seed=0)
+    _train(tiny_params, data, tmp_path, epochs=1, warmup=0)
+    tiny_params["model"]["widths"] = [8, 24]
+    with pytest.raises(StfusionError, match="different architecture"):
+        _train(tiny_params, data, tmp_path, epochs=2, warmup=0)
+
+
+def test_weight_decay_never_touches_gate_logits(tiny_params):
+    from stfusion.train import make_optimizer
+
+    model = build_model(tiny_params, 2)
+    opt = make_optimizer(model, TrainConfig(epochs=1, batch_size=4, lr=0.1, weight_decay=0.5))
+    logit_ids = {id(p) for p in model.gate_parameters()}
+    for group in opt.param_groups:
+        if any(id(p) in logit_ids for p in group["params"]):
+            assert group["weight_decay"] == 0.0
+            assert all(id(p) in logit_ids for p in group["params"])
+    assert len(logit_ids) == 2 * model.n_fusion_layers
