@@ -19,8 +19,11 @@ from pathlib import Path
 import pandas as pd
 import torch
 import torch.nn.functional as F
-from torch.utils.data import DataLoader, Dataset, RandomSampler
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
+
+from . import distributed
 
 from .checkpoint import load_checkpoint, rng_state, save_torch, set_rng_state, write_csv
 from .errors import StfusionError
@@ -46,6 +49,7 @@ class TrainConfig:
     kl_k: float | None = None  # None: plain training, no KL term
     kl_form: str = "linear"
     n_train: int | None = None  # N of the KL term; None = len(train_set)
+    sync_bn: bool = True  # SyncBatchNorm under multi-GPU DDP (CUDA only; ignored on CPU and single-process runs)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -65,7 +69,7 @@ class EpochSchedule:
             return 1.0
         t = epoch - self.warmup_epochs
         if self.schedule == "cosine":
-            return 0.5 * (1.0 + math.cos(math.pi * t / self.epochs))
+            return 0.5 * (1.0 + math.cos(math.pi * t / max(self.epochs, 1)))
         return 0.1 ** sum(t >= m * self.epochs for m in self.milestones)
 
 
@@ -88,12 +92,22 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 
 
 def epoch_loader(train_set: Dataset, cfg: TrainConfig, epoch: int) -> DataLoader:
-    """The epoch's batches: a shuffle seeded by (seed, epoch), so a resumed run sees the same order."""
-    gen = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    drop_last = len(train_set) > cfg.batch_size
-    return DataLoader(
-        train_set, batch_size=cfg.batch_size, sampler=RandomSampler(train_set, generator=gen), drop_last=drop_last
+    """The epoch's batches: a shuffle seeded by (seed, epoch), so a resumed run sees the same order.
+
+    Single-process runs use the same :class:`DistributedSampler` with one replica, so a DDP run over W processes
+    (each taking ``batch_size / W`` of every global batch) sees exactly the single-process global batches.
+    """
+    world = distributed.world_size()
+    if cfg.batch_size % world:
+        raise StfusionError(f"batch size {cfg.batch_size} is not divisible by the {world} DDP processes")
+    sampler = DistributedSampler(
+        train_set, num_replicas=world, rank=distributed.rank(), shuffle=True, seed=cfg.seed
     )
+    sampler.set_epoch(epoch)
+    local = cfg.batch_size // world
+    pin = torch.cuda.is_available()
+    return DataLoader(train_set, batch_size=local, sampler=sampler, drop_last=len(train_set) > cfg.batch_size,
+                      pin_memory=pin)
 
 
 def fit(
@@ -112,6 +126,9 @@ def fit(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
+    if device.type == "cuda" and distributed.world_size() > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
+    main = distributed.is_main()
     model.to(device)
     gated = cfg.kl_k is not None
     n_train = cfg.n_train or len(train_set)
@@ -122,7 +139,7 @@ def fit(
     history: list[dict] = []
     rates: list[dict] = []
     start = 0
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed + distributed.rank())  # independent masks and augmentation per rank
     ckpt_path = out_dir / "last.pt"
     if ckpt_path.exists():
         ckpt = load_checkpoint(ckpt_path, arch=model.arch)
@@ -137,17 +154,26 @@ def fit(
         history, rates, start = ckpt["history"], ckpt["drop_rates"], ckpt["epoch"]
         log.info("resuming %s from epoch %d of %d", out_dir, start, cfg.total_epochs)
 
-    bar = tqdm(range(start, cfg.total_epochs), desc=f"train {out_dir.name}", disable=not progress, leave=False)
+    if distributed.world_size() > 1 and cfg.sync_bn and device.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net, net_phase, check_unused = model, None, False
+    bar = tqdm(range(start, cfg.total_epochs), desc=f"train {out_dir.name}", disable=not (progress and main),
+               leave=False)
     for epoch in bar:
         phase = "warmup" if epoch < cfg.warmup_epochs else ("gated" if gated else "train")
         if gated:
             model.set_gates_active(phase == "gated")
+        if phase != net_phase:
+            # gate logits only train in the gated phase; DDP must know which parameters take part
+            for p in model.gate_parameters():
+                p.requires_grad_(phase == "gated")
+            net, net_phase, check_unused = _wrap_ddp(model, device), phase, distributed.world_size() > 1
         model.train()
         sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "correct": 0, "n": 0}
         t0 = time.perf_counter()
         for step, (x, y) in enumerate(epoch_loader(train_set, cfg, epoch)):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = model(x)
+            logits = net(x)
             ce = F.cross_entropy(logits, y)
             kl = model.kl(n_train, cfg.kl_k, cfg.kl_form) if phase == "gated" else torch.zeros((), device=device)
             loss = ce + kl
@@ -158,6 +184,12 @@ def fit(
                 )
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
+            if check_unused:
+                # per-sample relaxed masks keep every path in the graph, so DDP never meets an unused parameter
+                unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+                if unused:
+                    raise RuntimeError(f"parameters without gradient under DDP: {unused[:3]}")
+                check_unused = False
             optimizer.step()
             b = y.numel()
             sums["loss"] += loss.item() * b
@@ -178,6 +210,8 @@ def fit(
             for li, stage in enumerate(model.stage_of_layer):
                 rates.append({"epoch": epoch + 1, "layer": li, "stage": stage, "p_S": p[li, 0], "p_ST": p[li, 1]})
         bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_top1']:.2f}")
+        if not main:
+            continue
         log.info("epoch %d/%d %s loss %.4f ce %.4f kl %.4f acc %.3f lr %.4g (%.1fs)", epoch + 1,
                  cfg.total_epochs, phase, row["loss"], row["ce"], row["kl"], row["train_top1"], lr, row["seconds"])
         save_torch(
@@ -189,9 +223,19 @@ def fit(
             ckpt_path,
         )
         _write_tables(out_dir, history, rates)
-    _write_tables(out_dir, history, rates)
-    save_torch({"arch": model.arch, "model": model.state_dict(), "config": asdict(cfg)}, out_dir / "model.pt")
+    if main:
+        _write_tables(out_dir, history, rates)
+        save_torch({"arch": model.arch, "model": model.state_dict(), "config": asdict(cfg)}, out_dir / "model.pt")
+    distributed.barrier()
     return pd.DataFrame(history)
+
+
+def _wrap_ddp(model: FusionNetwork, device: torch.device) -> torch.nn.Module:
+    """The module to call in the loop: ``model`` itself, or a DDP wrapper over its trainable parameters."""
+    if distributed.world_size() == 1:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
 
 
 def _write_tables(out_dir: Path, history: list[dict], rates: list[dict]) -> None:

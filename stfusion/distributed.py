@@ -1,0 +1,46 @@
+"""PyTorch DDP plumbing for runs launched by ``torchrun`` (one process a GPU; gloo on CPU for tests).
+
+``torchrun --nproc_per_node=4 -m stfusion.cli train-supernet ...`` sets ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``;
+:func:`init_from_env` joins the process group, every rank trains on its share of each global batch
+(``DistributedSampler`` with ``set_epoch``), and only rank 0 logs and writes checkpoints.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def init_from_env() -> bool:
+    """Join the process group described by torchrun's environment; ``False`` for a single-process run."""
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
+        return dist.is_initialized()
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend=backend)
+    return True
+
+
+def barrier() -> None:
+    if world_size() > 1:
+        dist.barrier()
+
+
+def cleanup() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
