@@ -114,3 +114,38 @@ def score_strategies(
     model.load_state_dict(saved, strict=False)
     model.set_strategy(None)
     return pd.DataFrame(rows)
+
+
+def score_resumable(
+    score_fn,
+    strategies: Sequence[Strategy],
+    partial_dir,
+    chunk_size: int = 16,
+    **kwargs,
+) -> pd.DataFrame:
+    """Score ``strategies`` in chunks with ``score_fn`` (the naive or the prefix-shared scorer, same signature as
+    :func:`score_strategies` minus the strategy list), keeping every finished chunk as its own atomically written
+    CSV in ``partial_dir``. After a kill, the same call skips the chunks already on disk, so nothing scored is lost
+    and the result equals an uninterrupted run's."""
+    from pathlib import Path
+
+    from .checkpoint import write_csv
+
+    partial_dir = Path(partial_dir)
+    partial_dir.mkdir(parents=True, exist_ok=True)
+    ids = [s.id for s in strategies]
+    frames = []
+    chunks = range(0, len(strategies), chunk_size)
+    for start in tqdm(chunks, desc="score chunks", disable=not kwargs.get("progress", True), leave=False):
+        path = partial_dir / f"chunk_{start // chunk_size:05d}.csv"
+        part = strategies[start : start + chunk_size]
+        if path.exists():
+            df = pd.read_csv(path)
+            if list(df["id"].astype(str)) == ids[start : start + chunk_size]:
+                frames.append(df)
+                continue
+            log.warning("%s holds other strategies; scoring it again", path)
+        df = score_fn(strategies=part, **kwargs)
+        write_csv(df, path)
+        frames.append(pd.read_csv(path))  # the same parsing on both paths: identical tables after a resume
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()

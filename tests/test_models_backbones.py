@@ -43,6 +43,15 @@ def randomise_bn(net: nn.Module, seed: int = 0) -> None:
                 m.bias.copy_(0.1 * torch.randn(c, generator=g))
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny convs: one intra-op thread is as fast and does not fight other processes for the cores."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def uniform(net, state: int) -> Strategy:
     """``state`` at every layer; at layers without ``none`` a ``none`` request becomes S."""
     return Strategy(tuple(state if (state != NONE or a) else S for a in net.allow_none))
