@@ -45,8 +45,9 @@ class TorchRNG:
             shape = np.broadcast_shapes(low.shape, high.shape, shape)
             u = torch.rand(shape, generator=self.generator, dtype=torch.float64).numpy()
             return np.minimum(low + np.floor(u * (high - low)).astype(np.int64), high - 1)
-        out = torch.randint(int(low), int(high), shape or (1,), generator=self.generator).numpy()
-        return int(out[0]) if not shape else out
+        if not shape:
+            return int(torch.randint(int(low), int(high), (), generator=self.generator))
+        return torch.randint(int(low), int(high), shape, generator=self.generator).numpy()
 
 
 def _check(n_frames: int, frames: int, stride: int = 1) -> None:
@@ -116,6 +117,9 @@ def test_clips(n_frames: int, frames: int, stride: int, n_clips: int) -> np.ndar
     starts = np.floor((np.arange(n_clips) + 0.5) * room / n_clips + 0.5).astype(np.int64)
     starts = np.minimum(starts, room)
     return np.stack([_dense(n_frames, frames, stride, int(s)) for s in starts])
+
+
+test_clips.__test__ = False  # a sampler, not a pytest test, when imported into a test module
 
 
 def centre_indices(n_frames: int, frames: int, stride: int = 1) -> np.ndarray:

@@ -16,10 +16,11 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import warnings
 from pathlib import Path
 
-import av  # noqa: I001  (before decord, see the module docstring)
+import av  # before decord, see the module docstring
 import numpy as np
 import torch  # noqa: F401  (before decord)
 
@@ -89,7 +90,8 @@ def _one_line(exc: BaseException) -> str:
     line = lines[-1] if lines else text
     if "] " in line and line.startswith("["):
         line = line.split("] ", 1)[1]
-    return line.strip()[:200]
+    line = re.sub(r"^\S+\.(?:cc|c|h|cpp):\d+: ", "", line.strip())
+    return line[:200]
 
 
 def _as_indices(indices, n: int | None = None) -> np.ndarray:
@@ -183,7 +185,7 @@ def _pyav_decode(path: Path, wanted: np.ndarray | None, threads: int) -> tuple[d
         if threads > 0:
             stream.codec_context.thread_count = threads
         declared = int(stream.frames or 0)
-        want = None if wanted is None else set(int(i) for i in wanted)
+        want = None if wanted is None else {int(i) for i in wanted}
         last = None if wanted is None else int(max(wanted)) if len(wanted) else -1
         kept: dict[int, np.ndarray] = {}
         count = 0
@@ -360,8 +362,8 @@ def _pyav_count(path: Path) -> int:
 def _lossless_h264() -> tuple[str, str, dict]:
     # libx264rgb keeps RGB (gbrp planes): bit-exact with qp 0, and decord 0.6.0 decodes it.
     if "libx264rgb" in av.codecs_available:
-        return "libx264rgb", "rgb24", {"qp": "0"}
-    return "libx264", "yuv444p", {"qp": "0"}
+        return "libx264rgb", "rgb24", {"qp": "0", "preset": "ultrafast"}
+    return "libx264", "yuv444p", {"qp": "0", "preset": "ultrafast"}
 
 
 def write_video(path, frames: np.ndarray, *, fps: int = 12, lossless: bool = True) -> Path:
