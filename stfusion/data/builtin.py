@@ -182,9 +182,9 @@ def _colour_far_from(rng, ref, min_dist=120.0):
 
 def _background(rng, size: int) -> np.ndarray:
     """Random base colour, low-frequency colour clutter and a few static soft blobs."""
-    base = rng.uniform(50, 205, 3)
+    base = rng.uniform(20, 110, 3)  # dark backgrounds, light objects: a contrast a small CNN learns in few steps
     n = max(size // 8, 2)
-    coarse = rng.normal(0, 18, (n + 1, n + 1, 3)).astype(np.float32)
+    coarse = rng.normal(0, 7, (n + 1, n + 1, 3)).astype(np.float32)
     t = np.linspace(0, n, size, dtype=np.float32)
     i0 = np.minimum(np.floor(t).astype(int), n - 1)
     f = (t - i0)[:, None, None]
@@ -195,7 +195,7 @@ def _background(rng, size: int) -> np.ndarray:
     for _ in range(rng.integers(2, 5)):
         cx, cy, s = rng.uniform(0, size), rng.uniform(0, size), rng.uniform(0.03, 0.08) * size
         u, v = _local(X, Y, cx, cy, 0.0, size)
-        bg += np.exp(-(u**2 + v**2) / (2 * s * s))[..., None] * rng.normal(0, 25, 3)
+        bg += np.exp(-(u**2 + v**2) / (2 * s * s))[..., None] * rng.normal(0, 12, 3)
     return bg.astype(np.float32)
 
 
@@ -222,7 +222,7 @@ def _motion_plan(name: str, rng, frames: int, size: int):
     t = np.arange(frames, dtype=np.float64)
     cx0, cy0 = rng.uniform(0, size, 2)
     angle0 = rng.uniform(0, 2 * np.pi)
-    speed = rng.uniform(1.6, 3.0) * size / 64
+    speed = rng.uniform(2.5, 4.0) * size / 64
     jx, jy = _drift(rng, size, 0.4)  # small symmetric wobble so paths are not perfectly straight
     cx, cy = cx0 + jx * t, cy0 + jy * t
     scale = np.ones(frames)
@@ -251,17 +251,17 @@ def _motion_plan(name: str, rng, frames: int, size: int):
 def _object(name: str, rng, size: int):
     """(shape, base radius in pixels, shape parameters) of the clip's object."""
     if name in APPEARANCE_CLASSES:
-        return name, rng.uniform(0.14, 0.22) * size, None
+        return name, rng.uniform(0.2, 0.27) * size, None
     amps = rng.uniform(0.08, 0.18, 3)
     phases = rng.uniform(0, 2 * np.pi, 3)
-    r = (rng.uniform(0.08, 0.11) if name == "approach" else rng.uniform(0.13, 0.19)) * size
+    r = (rng.uniform(0.09, 0.12) if name == "approach" else rng.uniform(0.15, 0.21)) * size
     return "blob", r, (amps, phases)
 
 
 def _render_synthetic(name: str, rng, frames: int, size: int) -> np.ndarray:
     bg = _background(rng, size)
     shape, radius, params = _object(name, rng, size)
-    colour = _colour_far_from(rng, bg.mean(axis=(0, 1)))
+    colour = rng.uniform(150, 255, 3)  # light object on a dark background (see _background)
     shade = rng.uniform(20, 45)  # a light-to-dark gradient across the object, turning with it
     cx, cy, scale, angle, alpha = _motion_plan(name, rng, frames, size)
     X, Y = _grid(size)
