@@ -8,6 +8,7 @@ so gradients reach the logit; the KL term of concrete dropout (Gal, Hron, Kendal
 from __future__ import annotations
 
 import math
+from typing import Sequence
 
 import torch
 from torch import Tensor, nn
@@ -48,14 +49,7 @@ class VariationalDropPath(nn.Module):
         ``d = sigmoid((log p - log(1-p) + log(-log u1) - log(-log u2)) / t)`` is the relaxed drop indicator;
         the mask is ``1 - d`` (divided by ``1 - p`` when ``rescale``).
         """
-        p = self.p
-        u = torch.rand(2, n, device=device).clamp_(1e-7, 1.0 - 1e-7)
-        noise = torch.log(-torch.log(u[0])) - torch.log(-torch.log(u[1]))
-        drop = torch.sigmoid((torch.log(p) - torch.log1p(-p) + noise) / self.temperature)
-        mask = 1.0 - drop
-        if self.rescale:
-            mask = mask / (1.0 - p)
-        return mask.to(dtype).view(n, 1, 1, 1, 1)
+        return sample_masks([self], n, device, dtype).view(n, 1, 1, 1, 1)
 
     def kl(self, weight_sq: Tensor, n_train: int, k: float, form: str = "linear") -> Tensor:
         """KL term of this gate (METHOD.md §4).
@@ -73,3 +67,25 @@ class VariationalDropPath(nn.Module):
 
     def extra_repr(self) -> str:
         return f"p={self.p.item():.4f}, temperature={self.temperature}, rescale={self.rescale}"
+
+
+def sample_masks(gates: Sequence[VariationalDropPath], n: int, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Keep masks of several gates at once: ``(len(gates), n)``, row ``g`` distributed exactly as
+    ``gates[g].sample_mask(n, ...)`` (independent uniforms per gate and sample).
+
+    One uniform draw and one chain of small ops for all the gates, instead of one chain per gate: the gated
+    layers call this once for their two paths. Gates with different temperature, clamp or rescale settings
+    are handled one by one.
+    """
+    first = gates[0]
+    if any((g.temperature, g.p_clamp, g.rescale) != (first.temperature, first.p_clamp, first.rescale) for g in gates):
+        return torch.cat([sample_masks([g], n, device, dtype) for g in gates])
+    logit = first.p_logit[None] if len(gates) == 1 else torch.stack([g.p_logit for g in gates])
+    p = torch.sigmoid(logit).clamp(first.p_clamp, 1.0 - first.p_clamp)  # (G,), as VariationalDropPath.p
+    u = torch.rand(2, len(gates), n, device=device).clamp_(1e-7, 1.0 - 1e-7)
+    noise = torch.log(-torch.log(u[0])) - torch.log(-torch.log(u[1]))
+    drop = torch.sigmoid(((torch.log(p) - torch.log1p(-p))[:, None] + noise) / first.temperature)
+    mask = 1.0 - drop
+    if first.rescale:
+        mask = mask / (1.0 - p)[:, None]
+    return mask.to(dtype)

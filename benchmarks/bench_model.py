@@ -1,0 +1,299 @@
+"""Model-side benchmarks: supernet training-step overhead, hard-gate forward vs exported subnet, GPU paths.
+
+Every comparison runs the baseline and the candidate in the same process, interleaved step by step, and reports
+the median of the per-pair time ratios (robust to the slow load drift of a shared machine).
+"""
+
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from stfusion.models import build_model
+from stfusion.strategies import Strategy, families
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: the default small preset (params.yaml), used when the file cannot be read
+DEFAULT_PARAMS = {
+    "seed": 0,
+    "data": {"frames": 8, "size": 32},
+    "model": {"backbone": "plain", "unit": "full", "widths": [16, 32, 64], "layers_per_stage": [2, 2, 2],
+              "stem_width": 16},
+    "gate": {"init_p": 0.1, "temperature": 0.2, "rescale": False, "kl_k": 50.0, "kl_form": "linear"},
+    "supernet": {"batch_size": 16, "lr": 0.05, "momentum": 0.9},
+}
+NUM_CLASSES = 14
+
+
+def load_params() -> dict:
+    """``params.yaml`` of the repository (the small preset), or :data:`DEFAULT_PARAMS`."""
+    try:
+        import yaml
+
+        params = yaml.safe_load((REPO / "params.yaml").read_text())
+        for key, section in DEFAULT_PARAMS.items():
+            if isinstance(section, dict):
+                params[key] = {**section, **(params.get(key) or {})}
+        params["model"]["backbone"] = "plain"
+        return params
+    except Exception:  # noqa: BLE001 - any unreadable file: the built-in copy
+        return copy.deepcopy(DEFAULT_PARAMS)
+
+
+def paired_ratio(candidate: Callable[[], object], baseline: Callable[[], object], repeats: int,
+                 warmup: int = 2) -> dict:
+    """Time ``candidate`` and ``baseline`` alternately (which goes first alternates too).
+
+    ``ratio`` is the median of the per-pair ratios of wall-clock time (robust to the slow load drift of a shared
+    machine), ``cpu_ratio`` the same for process CPU time (all threads); ``candidate_s`` / ``baseline_s`` are
+    median wall times."""
+    for _ in range(warmup):
+        baseline()
+        candidate()
+    wall = {candidate: [], baseline: []}
+    cpu = {candidate: [], baseline: []}
+    for r in range(repeats):
+        for fn in ((candidate, baseline) if r % 2 else (baseline, candidate)):
+            c, t = time.process_time(), time.perf_counter()
+            fn()
+            wall[fn].append(time.perf_counter() - t)
+            cpu[fn].append(time.process_time() - c)
+
+    def med_ratio(d):
+        return statistics.median(a / b for a, b in zip(d[candidate], d[baseline]))
+
+    return {"ratio": med_ratio(wall), "cpu_ratio": med_ratio(cpu), "candidate_s": statistics.median(wall[candidate]),
+            "baseline_s": statistics.median(wall[baseline]), "repeats": repeats}
+
+
+def _clip_batch(params: dict, batch: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    d = params["data"]
+    x = torch.randn(batch, 3, d["frames"], d["size"], d["size"], generator=g)
+    y = torch.randint(0, NUM_CLASSES, (batch,), generator=g)
+    return x, y
+
+
+def _train_step(model, optimizer, x, y, kl: dict | None) -> Callable[[], None]:
+    def step():
+        logits = model(x)
+        loss = F.cross_entropy(logits, y)
+        if kl is not None:
+            loss = loss + model.kl(kl["n_train"], kl["k"], kl["form"])
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
+def supernet_overhead(params: dict | None = None, *, repeats: int = 20, batch: int | None = None) -> dict:
+    """Training step (forward, CE + KL, backward, SGD) of the supernet, all gates stochastic (template mode,
+    gated), over the same template with both paths always on and no gates (``set_gates_active(False)``,
+    CE only): same widths, same input."""
+    params = params or load_params()
+    batch = batch or int(params["supernet"]["batch_size"])
+    x, y = _clip_batch(params, batch)
+    g = params["gate"]
+    steps = {}
+    for name, gated in (("supernet", True), ("plain", False)):
+        torch.manual_seed(params.get("seed", 0))
+        model = build_model(params, NUM_CLASSES)
+        model.set_gates_active(gated)
+        model.train()
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        kl = {"n_train": 1000, "k": float(g.get("kl_k", 50.0)), "form": g.get("kl_form", "linear")} if gated else None
+        steps[name] = _train_step(model, opt, x, y, kl)
+    res = paired_ratio(steps["supernet"], steps["plain"], repeats)
+    res["batch"] = batch
+    res["supernet_clips_per_s"] = batch / res["candidate_s"]
+    return res
+
+
+def benchmark_strategy(n_layers: int, stage_of_layer) -> Strategy:
+    """A mixed strategy for the hard-gate benchmark: S+ST / S alternating (every state but ST-only appears in
+    it; the ST-in-one-stage family adds ST where the network has stages)."""
+    fam = families(n_layers, stage_of_layer)
+    states = list(fam["alternating-S+ST/S"].states)
+    st_stage = fam.get("ST-in-stage2/S+ST-elsewhere")
+    if st_stage is not None:  # put ST where that family has it, so all three states are timed
+        states = [2 if s == 2 else a for s, a in zip(st_stage.states, states)]
+    return Strategy(tuple(states))
+
+
+def hard_gate_subnet(params: dict | None = None, *, repeats: int = 20, batch: int | None = None) -> dict:
+    """Eval forward of the template in hard-gate mode for a strategy over ``model.export(strategy)``."""
+    params = params or load_params()
+    batch = batch or int(params["supernet"]["batch_size"])
+    x, _ = _clip_batch(params, batch, seed=1)
+    torch.manual_seed(params.get("seed", 0))
+    model = build_model(params, NUM_CLASSES)
+    strategy = benchmark_strategy(model.n_fusion_layers, model.stage_of_layer)
+    exported = model.export(strategy).eval()
+    model.set_strategy(strategy)
+    model.eval()
+    with torch.no_grad():
+        assert torch.equal(model(x), exported(x)), "hard-gate mode and the exported network disagree"
+
+    def run(m):
+        def fwd():
+            with torch.no_grad():
+                m(x)
+
+        return fwd
+
+    res = paired_ratio(run(model), run(exported), repeats)
+    res["strategy"] = strategy.text
+    return res
+
+
+def cpu_settings(params: dict | None = None, *, repeats: int = 8) -> dict:
+    """Supernet training step under other CPU settings, each over the default (threads, channels_last_3d,
+    oneDNN off); a report for RESULTS.md, not a goal."""
+    params = params or load_params()
+    batch = int(params["supernet"]["batch_size"])
+    x, y = _clip_batch(params, batch)
+    g = params["gate"]
+    kl = {"n_train": 1000, "k": float(g.get("kl_k", 50.0)), "form": g.get("kl_form", "linear")}
+    threads = torch.get_num_threads()
+
+    def make(channels_last=False):
+        torch.manual_seed(params.get("seed", 0))
+        model = build_model(params, NUM_CLASSES)
+        model.set_gates_active(True)
+        model.train()
+        xx = x
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+            xx = x.contiguous(memory_format=torch.channels_last_3d)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        return _train_step(model, opt, xx, y, kl)
+
+    base_step = make()
+
+    def base():
+        torch.set_num_threads(threads)
+        base_step()
+
+    out = {"threads": threads, "mkldnn": torch.backends.mkldnn.is_available()}
+    one = threads > 1
+
+    def single():
+        torch.set_num_threads(1)
+        base_step()
+        torch.set_num_threads(threads)
+
+    if one:
+        out["threads_1"] = paired_ratio(single, base, repeats)["ratio"]
+    cl_step = make(channels_last=True)
+    out["channels_last_3d"] = paired_ratio(cl_step, base, repeats)["ratio"]
+
+    def no_mkldnn():
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a TF32 note about Intel GPUs
+            with torch.backends.mkldnn.flags(enabled=False):
+                base_step()
+
+    out["mkldnn_off"] = paired_ratio(no_mkldnn, base, max(2, repeats // 4), warmup=1)["ratio"]
+    return out
+
+
+def gpu_paths(params: dict | None = None, *, repeats: int = 20) -> dict | None:
+    """On CUDA: supernet training step with bf16 autocast over fp32, channels_last_3d over the default layout,
+    and a host-to-device batch copy from pinned memory over pageable memory. ``None`` without CUDA."""
+    if not torch.cuda.is_available():
+        return None
+    params = params or load_params()
+    dev = torch.device("cuda")
+    batch = int(params["supernet"]["batch_size"])
+    x, y = _clip_batch(params, batch)
+    x, y = x.to(dev), y.to(dev)
+    g = params["gate"]
+    kl = {"n_train": 1000, "k": float(g.get("kl_k", 50.0)), "form": g.get("kl_form", "linear")}
+
+    def make(channels_last=False, bf16=False):
+        torch.manual_seed(params.get("seed", 0))
+        model = build_model(params, NUM_CLASSES).to(dev)
+        model.set_gates_active(True)
+        model.train()
+        xx = x
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last_3d)
+            xx = x.contiguous(memory_format=torch.channels_last_3d)
+        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+        step = _train_step(model, opt, xx, y, kl)
+
+        def run():
+            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
+                step()
+            torch.cuda.synchronize()
+
+        return run
+
+    fp32 = make()
+    out = {"device": torch.cuda.get_device_name(0)}
+    out["bf16_autocast"] = paired_ratio(make(bf16=True), fp32, repeats, warmup=3)["ratio"]
+    out["channels_last_3d"] = paired_ratio(make(channels_last=True), fp32, repeats, warmup=3)["ratio"]
+    host = torch.randn(64, 3, params["data"]["frames"], 112, 112)  # a larger batch, where the copy shows
+    pinned = host.pin_memory()
+
+    def copy_from(t):
+        def run():
+            t.to(dev, non_blocking=True)
+            torch.cuda.synchronize()
+
+        return run
+
+    out["pinned_memory"] = paired_ratio(copy_from(pinned), copy_from(host), repeats, warmup=3)["ratio"]
+    return out
+
+
+_CHILD = """
+import statistics, sys, time, torch
+sys.path.insert(0, {here!r})
+import bench_model
+params = bench_model.load_params()
+x, y = bench_model._clip_batch(params, int(params["supernet"]["batch_size"]))
+torch.manual_seed(0)
+model = bench_model.build_model(params, bench_model.NUM_CLASSES)
+model.train()
+opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+g = params["gate"]
+step = bench_model._train_step(model, opt, x, y, {{"n_train": 1000, "k": float(g.get("kl_k", 50.0)),
+                                                 "form": g.get("kl_form", "linear")}})
+for _ in range(2):
+    step()
+ts = []
+for _ in range({steps}):
+    t = time.perf_counter(); step(); ts.append(time.perf_counter() - t)
+print(statistics.median(ts))
+"""
+
+
+def omp_wait_policy(rounds: int = 3, steps: int = 8) -> dict:
+    """Supernet step time with ``OMP_WAIT_POLICY=PASSIVE`` over the OpenMP default (spinning waits), each in a
+    fresh process (the policy is read once, when OpenMP starts), alternating ``rounds`` times."""
+    import os
+    import subprocess
+    import sys
+
+    code = _CHILD.format(here=str(Path(__file__).resolve().parent), steps=steps)
+    times = {"default": [], "PASSIVE": []}
+    for _ in range(rounds):
+        for policy in times:
+            env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+            if policy != "default":
+                env["OMP_WAIT_POLICY"] = policy
+            out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+            times[policy].append(float(out.stdout.strip().splitlines()[-1]))
+    ratios = [p / d for p, d in zip(times["PASSIVE"], times["default"])]
+    return {"ratio": statistics.median(ratios), "passive_s": statistics.median(times["PASSIVE"]),
+            "default_s": statistics.median(times["default"])}

@@ -1,0 +1,176 @@
+"""Run every stfusion benchmark and print one line per goal:
+
+    <name>: ratio <value> (goal <= <value>)     or     <name>: ratio <value> (goal >= <value>)
+    <name>: skipped (<reason>)                  where a benchmark cannot run here
+
+Details (times, sizes, data source) go to stderr, so stdout holds only the goal lines.
+
+    python benchmarks/run.py            # all benchmarks, a few minutes on 2 CPU cores
+    python benchmarks/run.py --quick    # smoke run (tiny sizes, few repeats), well under a minute
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# OpenMP threads that spin while waiting steal the cores from the working thread when other processes share the
+# machine: on 2 busy cores the supernet step ran 3-4x slower with the default policy. Set before torch loads
+# OpenMP; an explicit OMP_WAIT_POLICY in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+GOALS = {  # name: (comparison, goal)
+    "supernet_overhead": ("<=", 1.10),
+    "hard_gate_subnet": ("<=", 1.05),
+    "prefix_scoring": ("<=", 0.33),
+    "prefix_scoring_flops": ("<=", 0.33),
+    "data_loader": (">=", 5.0),
+    "gpu_bf16_autocast": ("<=", 1.00),
+    "gpu_channels_last_3d": ("<=", 1.00),
+    "gpu_pinned_memory": ("<=", 1.00),
+}
+
+
+def line(name: str, value: float) -> str:
+    op, goal = GOALS[name]
+    return f"{name}: ratio {value:.3f} (goal {op} {goal:.2f})"
+
+
+def emit(text: str) -> None:
+    print(text, flush=True)
+
+
+def note(text: str) -> None:
+    print(f"  [{text}]", file=sys.stderr, flush=True)
+
+
+def _bench_loader(cache: Path, frames: int, batch_size: int, epochs: int):
+    """A call of ``benchmarks/bench_data.py``'s ``bench_loader`` (written by the data layer) on ``cache``, or None
+    where it does not exist."""
+    if not (HERE / "bench_data.py").is_file():
+        return None
+    fn = getattr(importlib.import_module("bench_data"), "bench_loader", None)
+    if fn is None:
+        return None
+    offered = {"frames": frames, "batch_size": batch_size, "epochs": epochs, "num_workers": 0}
+    accepted = inspect.signature(fn).parameters
+    return lambda: fn(cache, **{k: v for k, v in offered.items() if k in accepted})
+
+
+def _clips_per_s(result) -> float:
+    """A loader rate from whatever ``bench_loader`` returns: a number or a dict holding one."""
+    if isinstance(result, dict):
+        for key in ("clips_per_s", "clips_per_sec", "clips/s", "rate"):
+            if key in result:
+                return float(result[key])
+        raise ValueError(f"bench_loader returned no clips/s field: {sorted(result)}")
+    return float(result)
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="smoke run: tiny sizes and few repeats (1 thread)")
+    ap.add_argument("--cpu-settings", action="store_true",
+                    help="also time CPU settings of the supernet step (threads, channels_last_3d, oneDNN, "
+                         "OMP_WAIT_POLICY); reported on stderr, no goals")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch intra-op threads (default: torch's own, i.e. the cores; 1 with --quick)")
+    args = ap.parse_args(argv)
+    quick = args.quick
+    t0 = time.perf_counter()
+
+    import torch
+
+    threads = args.threads or (1 if quick else None)
+    if threads:
+        torch.set_num_threads(threads)
+
+    import bench_model
+    import bench_scoring
+
+    note(f"torch {torch.__version__}, {torch.get_num_threads()} threads, OMP_WAIT_POLICY="
+         f"{os.environ.get('OMP_WAIT_POLICY')}, quick={quick}")
+    params = bench_model.load_params()
+    if quick:
+        params["model"].update(widths=[8, 16], layers_per_stage=[1, 1], stem_width=8)
+        params["data"].update(frames=4, size=16)
+    reps = 3 if quick else 20
+
+    # (1) supernet training-step overhead
+    res = bench_model.supernet_overhead(params, repeats=reps)
+    emit(line("supernet_overhead", res["ratio"]))
+    note(f"supernet step {res['candidate_s'] * 1e3:.1f} ms vs plain {res['baseline_s'] * 1e3:.1f} ms "
+         f"(batch {res['batch']}, median of {res['repeats']} interleaved pairs)")
+    supernet_rate, batch = res["supernet_clips_per_s"], res["batch"]
+
+    # (2) hard-gate mode vs the exported plain subnet
+    res = bench_model.hard_gate_subnet(params, repeats=reps)
+    emit(line("hard_gate_subnet", res["ratio"]))
+    note(f"hard-gate {res['candidate_s'] * 1e3:.1f} ms vs exported {res['baseline_s'] * 1e3:.1f} ms, "
+         f"strategy {res['strategy']}")
+
+    # a small built-in benchmark cache for the scoring and loader benchmarks (tensors where the data layer fails)
+    tmp = tempfile.TemporaryDirectory(prefix="stfusion-bench-")
+    cache, why = bench_scoring.builtin_cache(tmp.name, clips_per_class=4 if quick else 16,
+                                             size=params["data"]["size"])
+    note(why)
+
+    # (3) prefix-shared vs naive scoring (equal scores and identical ranking asserted inside)
+    res = bench_scoring.prefix_scoring(quick, cache)
+    emit(line("prefix_scoring", res["ratio"]))
+    emit(line("prefix_scoring_flops", res["flops_ratio"]))
+    note(f"prefix {res['prefix_s']:.1f} s vs naive {res['naive_s']:.1f} s; MACs {res['macs_prefix']:.3g} vs "
+         f"{res['macs_naive']:.3g}; {res['strategies']} strategies ({res['distinct']} distinct, {res['nodes']} "
+         f"tree nodes), posterior entropy {res['entropy_nats']:.2f} nats; {res['val_clips']} val + "
+         f"{res['calib_clips']} calibration clips; trained {res['train_s']:.0f} s on {res['source']}; "
+         f"max |diff| {res['max_abs_diff']:.1e}, rankings identical")
+
+    # (4) data loader vs supernet consumption
+    loader = None if cache is None else _bench_loader(cache, params["data"]["frames"], batch, 2 if quick else 10)
+    if cache is None:
+        emit("data_loader: skipped (no built-in clip cache could be made)")
+    elif loader is None:
+        emit("data_loader: skipped (benchmarks/bench_data.py with bench_loader not found)")
+    else:
+        try:
+            rate = _clips_per_s(loader())
+        except Exception as exc:  # noqa: BLE001 - report, do not hide the other lines
+            emit(f"data_loader: skipped (bench_loader failed: {type(exc).__name__})")
+            note(f"bench_loader: {exc}")
+        else:
+            emit(line("data_loader", rate / supernet_rate))
+            note(f"loader {rate:.0f} clips/s vs supernet training {supernet_rate:.0f} clips/s")
+
+    # (5) GPU paths
+    if not torch.cuda.is_available():
+        emit("gpu: skipped (CUDA not available)")
+    else:
+        res = bench_model.gpu_paths(params, repeats=5 if quick else 30)
+        emit(line("gpu_bf16_autocast", res["bf16_autocast"]))
+        emit(line("gpu_channels_last_3d", res["channels_last_3d"]))
+        emit(line("gpu_pinned_memory", res["pinned_memory"]))
+        note(f"GPU: {res['device']}")
+    tmp.cleanup()
+    if args.cpu_settings:
+        res = bench_model.cpu_settings(params, repeats=3 if quick else 8)
+        note("CPU settings, supernet step time over the default ({threads} threads, oneDNN on, contiguous): "
+             "1 thread x{threads_1:.3f}, channels_last_3d x{channels_last_3d:.3f}, oneDNN off x{mkldnn_off:.3f}"
+             .format(**{"threads_1": float("nan"), **res}))
+        res = bench_model.omp_wait_policy(rounds=1 if quick else 3, steps=3 if quick else 8)
+        note(f"OMP_WAIT_POLICY=PASSIVE over the OpenMP default: x{res['ratio']:.3f} "
+             f"({res['passive_s'] * 1e3:.0f} ms vs {res['default_s'] * 1e3:.0f} ms per supernet step)")
+    note(f"total {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

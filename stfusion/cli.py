@@ -1,0 +1,421 @@
+"""``stfusion``: the command line of the pipeline. One subcommand a stage; Snakemake rules and DVC stages call
+these commands, and so can a person.
+
+    stfusion generate            write the built-in benchmark videos
+    stfusion prepare             decode videos into the clip cache with train / val / test splits
+    stfusion train-supernet      train the template network with Variational DropPath
+    stfusion sample-strategies   list the most probable, sampled and hand-designed strategies
+    stfusion score-strategies    score every listed strategy with the supernet's shared weights
+    stfusion analyze             network-level table, layer-level preference, figures
+    stfusion derive              new strategies from the preferences
+    stfusion finetune            export derived strategies as plain networks and finetune them
+    stfusion finetune-table      gather the finetuning runs into one table
+    stfusion select-standalone   choose the strategies to train from scratch
+    stfusion train-standalone    train chosen strategies from scratch
+    stfusion validate-ranking    rank correlations between stand-alone accuracy and supernet scores
+    stfusion report              results/report.md and results/metrics.json
+
+Every subcommand takes ``--params`` (default ``params.yaml``), ``--set KEY=VALUE`` overrides, explicit input and
+output paths (defaults: the standard layout), ``--log FILE`` and ``--threads N``. Errors with a plain
+explanation end the command with one line ``stfusion: error: ...`` and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+from .errors import StfusionError
+
+# Idle OpenMP threads sleep instead of spinning. On a shared or oversubscribed CPU, spinning threads make every
+# parallel torch op wait for descheduled peers: a training step measured 10x slower with 2 threads than with 1
+# on a busy 2-core machine, and as fast as 1 thread with this setting. It must be set before torch is imported.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+log = logging.getLogger("stfusion")
+
+EPILOG = ("Paths default to the standard layout (data/, checkpoints/, results/). "
+          "See README.md for what every stage writes.")
+
+
+# ------------------------------------------------------------------------------------------- arguments
+def _common() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    g = p.add_argument_group("common options")
+    g.add_argument("--params", default=None, metavar="FILE",
+                   help="parameters file, validated against the schema (default: $STFUSION_PARAMS if set, "
+                        "else params.yaml)")
+    g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override one parameter, e.g. --set scoring.n_samples=50 (YAML value; repeatable)")
+    g.add_argument("--log", metavar="FILE", help="also write the log to FILE")
+    g.add_argument("--threads", type=int, metavar="N", help="torch CPU threads (default: torch's choice)")
+    prog = g.add_mutually_exclusive_group()
+    prog.add_argument("--progress", dest="progress", action="store_true", default=None,
+                      help="show progress bars (default: only on a terminal)")
+    prog.add_argument("--no-progress", dest="progress", action="store_false", help="never show progress bars")
+    g.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors on the console")
+    return p
+
+
+def _timing(p: argparse.ArgumentParser, stage: str) -> None:
+    from . import pipeline as P
+
+    p.add_argument("--timing", default=f"{P.TIMING}/{stage}.json", metavar="JSON",
+                   help="where to record the seconds this stage took (default: %(default)s)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from . import pipeline as P
+
+    parser = argparse.ArgumentParser(
+        prog="stfusion", description=__doc__.split("\n\n")[0], epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"stfusion {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    common = _common()
+
+    def add(name, func, help_, description):
+        sp = sub.add_parser(name, parents=[common], help=help_, description=description, epilog=EPILOG,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
+        sp.set_defaults(func=func, stage_name=name.replace("-", "_"))
+        return sp
+
+    sp = add("generate", cmd_generate, "write the built-in benchmark videos",
+             "Render the built-in benchmark (classes that differ only in motion, classes that differ only in "
+             "appearance) as lossless H.264 videos with annotations.csv and classes.csv. Reads data.builtin.* and "
+             "seed.")
+    sp.add_argument("--root", default=None, metavar="DIR", help="output folder (default: data.root)")
+    _timing(sp, "generate")
+
+    sp = add("prepare", cmd_prepare, "decode videos into the clip cache with train/val/test splits",
+             "Read the dataset's annotations (data.dataset, data.root, data.annotations, data.split), decode "
+             "every video once at data.size into the clip cache, hold out data.val_fraction of the training "
+             "videos for selection and mark data.calib_fraction of the rest for BN recalibration.")
+    sp.add_argument("--root", default=None, metavar="DIR", help="dataset folder (default: data.root)")
+    sp.add_argument("--cache", default=P.CACHE, metavar="DIR", help="clip cache folder (default: %(default)s)")
+    sp.add_argument("--workers", type=int, default=None, metavar="N", help="decoding processes (default: data.workers)")
+    _timing(sp, "prepare")
+
+    sp = add("train-supernet", cmd_train_supernet, "train the template network with Variational DropPath",
+             "Train the template network (model.*): supernet.warmup_epochs without gates, then supernet.epochs "
+             "with a learned Bernoulli gate on every S and ST path and the KL term (gate.*). Resumes from "
+             "OUT/last.pt after an interruption. Writes OUT/model.pt, history.csv, drop_rates.csv. Launch with "
+             "'torchrun --nproc_per_node=G -m stfusion.cli train-supernet' for several GPUs.")
+    sp.add_argument("--cache", default=P.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
+    sp.add_argument("--out", default=P.SUPERNET_DIR, metavar="DIR", help="checkpoint folder (default: %(default)s)")
+    _timing(sp, "train_supernet")
+
+    sp = add("sample-strategies", cmd_sample, "list the most probable, sampled and hand-designed strategies",
+             "From the learned drop rates: the scoring.top_k most probable strategies, scoring.n_samples strategies "
+             "drawn from the posterior (seed), and the named families (all-S, all-ST, all-S+ST, ...). One row a "
+             "distinct strategy: id, text form, log-probability, source. gate.keep_prob picks how drop rates "
+             "become keep probabilities.")
+    sp.add_argument("--checkpoint", default=P.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
+    sp.add_argument("--out", default=P.CANDIDATES, metavar="CSV", help="strategy list (default: %(default)s)")
+    _timing(sp, "sample_strategies")
+
+    sp = add("score-strategies", cmd_score, "score every listed strategy with the supernet's shared weights",
+             "Fix each strategy's gates, recalibrate BatchNorm on the calibration subset (scoring.recalibrate_bn; "
+             "both modes are measured), and evaluate on the validation split (selection) and the test split "
+             "(reporting). Writes the ranking with columns strategy, log_prob, top1, rank, per-kind accuracies.")
+    sp.add_argument("--checkpoint", default=P.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
+    sp.add_argument("--cache", default=P.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
+    sp.add_argument("--candidates", default=P.CANDIDATES, metavar="CSV", help="strategy list (default: %(default)s)")
+    sp.add_argument("--out", default=P.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
+    _timing(sp, "score_strategies")
+
+    sp = add("analyze", cmd_analyze, "network-level table, layer-level preference and figures",
+             "Write the network-level table (families and samples: probability, accuracy, rank), the layer-level "
+             "preference (layers x {S, ST, S+ST, none} marginals with the raw p of each gate and the keep-prob "
+             "rule) as CSV and Markdown, the preference heatmap, the log-probability vs score scatter plot and the "
+             "drop-rate trajectories.")
+    sp.add_argument("--checkpoint", default=P.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
+    sp.add_argument("--ranking", default=P.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
+    sp.add_argument("--drop-rates", default=f"{P.SUPERNET_DIR}/drop_rates.csv", metavar="CSV",
+                    help="per-epoch drop rates (default: %(default)s)")
+    sp.add_argument("--out-dir", default=P.ANALYSIS, metavar="DIR", help="output folder (default: %(default)s)")
+    _timing(sp, "analyze")
+
+    sp = add("derive", cmd_derive, "new strategies from the preferences",
+             "Derive strategies: the most probable state per layer, the derive.top_k most probable strategies, "
+             "the P(ST) threshold rule (derive.st_threshold), one state per stage, and the best sampled "
+             "strategy on validation.")
+    sp.add_argument("--preference", default=P.PREFERENCE, metavar="CSV", help="preference (default: %(default)s)")
+    sp.add_argument("--ranking", default=P.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
+    sp.add_argument("--out", default=P.DERIVED, metavar="CSV", help="derived table (default: %(default)s)")
+    _timing(sp, "derive")
+
+    sp = add("finetune", cmd_finetune, "export derived strategies as plain networks and finetune them",
+             "For each derived strategy (all, or those given with --strategy): export a plain network holding "
+             "only the strategy's convs with the supernet's weights, finetune it with cross-entropy "
+             "(finetune.*), evaluate on validation and test. Writes RUNS/<id>.json and CKPT/<id>/.")
+    sp.add_argument("--strategy", action="append", metavar="ID", help="derived strategy id (repeatable; default: all)")
+    sp.add_argument("--checkpoint", default=P.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
+    sp.add_argument("--cache", default=P.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
+    sp.add_argument("--derived", default=P.DERIVED, metavar="CSV", help="derived table (default: %(default)s)")
+    sp.add_argument("--ckpt-dir", default=P.FINETUNE_CKPT, metavar="DIR", help="checkpoints (default: %(default)s)")
+    sp.add_argument("--runs-dir", default=P.FINETUNE_RUNS, metavar="DIR", help="run records (default: %(default)s)")
+
+    sp = add("finetune-table", cmd_finetune_table, "gather the finetuning runs into one table",
+             "Gather RUNS/<id>.json of every derived strategy into the accuracy table (CSV + Markdown).")
+    sp.add_argument("--derived", default=P.DERIVED, metavar="CSV", help="derived table (default: %(default)s)")
+    sp.add_argument("--runs-dir", default=P.FINETUNE_RUNS, metavar="DIR", help="run records (default: %(default)s)")
+    sp.add_argument("--ranking", default=P.RANKING, metavar="CSV",
+                    help="ranking, for the supernet scores (default: %(default)s)")
+    sp.add_argument("--out", default=P.FINETUNE_TABLE, metavar="CSV", help="accuracy table (default: %(default)s)")
+    _timing(sp, "finetune")
+
+    sp = add("select-standalone", cmd_select, "choose the strategies to train from scratch",
+             "Choose validate.n_strategies scored strategies spanning the score range, deterministically: the "
+             "uniform families all-S, all-ST, all-S+ST, then strategies evenly spaced in score rank.")
+    sp.add_argument("--ranking", default=P.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
+    sp.add_argument("--out", default=P.SELECTION, metavar="CSV", help="selection (default: %(default)s)")
+
+    sp = add("train-standalone", cmd_train_standalone, "train chosen strategies from scratch",
+             "For each selected strategy (all, or those given with --strategy): a freshly initialised network of "
+             "the supernet's architecture holding only the strategy's convs, trained with the validate.* budget "
+             "and the same seed, evaluated on validation and test. Writes RUNS/<id>.json and CKPT/<id>/.")
+    sp.add_argument("--strategy", action="append", metavar="ID", help="selected strategy id (repeatable; default: all)")
+    sp.add_argument("--checkpoint", default=P.SUPERNET, metavar="PT",
+                    help="supernet, for its architecture only (default: %(default)s)")
+    sp.add_argument("--cache", default=P.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
+    sp.add_argument("--selection", default=P.SELECTION, metavar="CSV", help="selection (default: %(default)s)")
+    sp.add_argument("--ckpt-dir", default=P.STANDALONE_CKPT, metavar="DIR", help="checkpoints (default: %(default)s)")
+    sp.add_argument("--runs-dir", default=P.STANDALONE_RUNS, metavar="DIR", help="run records (default: %(default)s)")
+
+    sp = add("validate-ranking", cmd_validate, "rank correlations between stand-alone accuracy and supernet scores",
+             "Gather the stand-alone runs; Kendall tau and Spearman rho between stand-alone accuracy and the "
+             "supernet score (with and without BN recalibration) and the log-probability.")
+    sp.add_argument("--selection", default=P.SELECTION, metavar="CSV", help="selection (default: %(default)s)")
+    sp.add_argument("--runs-dir", default=P.STANDALONE_RUNS, metavar="DIR", help="run records (default: %(default)s)")
+    sp.add_argument("--ranking", default=P.RANKING, metavar="CSV",
+                    help="ranking, for the supernet scores (default: %(default)s)")
+    sp.add_argument("--out-dir", default=P.VALIDATION, metavar="DIR", help="output folder (default: %(default)s)")
+    _timing(sp, "validate_ranking")
+
+    sp = add("report", cmd_report, "write results/report.md and results/metrics.json",
+             "Assemble the report a person reads first: the METHOD.md §9 checks (pass/fail with numbers), motion "
+             "vs appearance accuracies, network- and layer-level tables and figures, derived networks, ranking "
+             "fidelity, time per stage; and the scalar metrics for DVC.")
+    sp.add_argument("--results", default=P.RESULTS, metavar="DIR", help="results folder (default: %(default)s)")
+    sp.add_argument("--checkpoint-dir", default=P.SUPERNET_DIR, metavar="DIR",
+                    help="supernet folder (default: %(default)s)")
+    sp.add_argument("--cache", default=P.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
+    sp.add_argument("--out", default=P.REPORT, metavar="MD", help="report (default: %(default)s)")
+    sp.add_argument("--metrics", default=P.METRICS, metavar="JSON", help="metrics (default: %(default)s)")
+    return parser
+
+
+# ------------------------------------------------------------------------------------------- commands
+def _stage(args, params, stage: str) -> dict:
+    """The part of ``params`` that ``stage`` reads (a stage that reads another key fails loudly)."""
+    from .pipeline import stage_params
+
+    return stage_params(params, stage)
+
+
+def cmd_generate(args, params):
+    from . import pipeline as P
+
+    sp = _stage(args, params, "generate")
+    root = args.root or params["data"]["root"]
+    with P.timed("generate", args.timing) as info:
+        info.update(P.generate(sp, root=root, progress=args.progress))
+
+
+def cmd_prepare(args, params):
+    from . import pipeline as P
+
+    with P.timed("prepare", args.timing) as info:
+        info.update(P.prepare(_stage(args, params, "prepare"), root=args.root, cache_dir=args.cache,
+                              workers=args.workers, progress=args.progress))
+
+
+def cmd_train_supernet(args, params):
+    from . import distributed
+    from . import pipeline as P
+
+    distributed.init_from_env()
+    try:
+        timing = args.timing if distributed.is_main() else None
+        with P.timed("train_supernet", timing) as info:
+            info.update(P.train_supernet(_stage(args, params, "train_supernet"), cache_dir=args.cache,
+                                         out_dir=args.out, progress=args.progress))
+    finally:
+        distributed.cleanup()
+
+
+def cmd_sample(args, params):
+    from . import pipeline as P
+
+    with P.timed("sample_strategies", args.timing) as info:
+        df = P.sample_strategies(_stage(args, params, "sample_strategies"), checkpoint=args.checkpoint, out=args.out)
+        info["strategies"] = int(len(df))
+
+
+def cmd_score(args, params):
+    from . import pipeline as P
+
+    with P.timed("score_strategies", args.timing) as info:
+        df = P.score_strategies(_stage(args, params, "score_strategies"), checkpoint=args.checkpoint,
+                                cache_dir=args.cache, candidates=args.candidates, out=args.out,
+                                progress=args.progress)
+        info["strategies"] = int(len(df))
+
+
+def cmd_analyze(args, params):
+    from . import pipeline as P
+
+    with P.timed("analyze", args.timing):
+        P.analyze(_stage(args, params, "analyze"), checkpoint=args.checkpoint, ranking=args.ranking,
+                  drop_rates=args.drop_rates, out_dir=args.out_dir)
+
+
+def cmd_derive(args, params):
+    from . import pipeline as P
+
+    with P.timed("derive", args.timing) as info:
+        df = P.derive(_stage(args, params, "derive"), preference=args.preference, ranking=args.ranking, out=args.out)
+        info["strategies"] = int(len(df))
+
+
+def cmd_finetune(args, params):
+    from . import pipeline as P
+
+    P.finetune(_stage(args, params, "finetune"), checkpoint=args.checkpoint, cache_dir=args.cache,
+               derived=args.derived, strategies=args.strategy, ckpt_dir=args.ckpt_dir, runs_dir=args.runs_dir,
+               progress=args.progress)
+
+
+def cmd_finetune_table(args, params):
+    from . import pipeline as P
+
+    with P.timed("finetune", args.timing) as info:
+        df = P.finetune_table(derived=args.derived, runs_dir=args.runs_dir, ranking=args.ranking, out=args.out)
+        info["jobs"] = int(len(df))
+        info["run_seconds"] = float(df["seconds"].sum()) if "seconds" in df else 0.0
+    _add_run_seconds(args.timing, info)
+
+
+def cmd_select(args, params):
+    from . import pipeline as P
+
+    P.select_standalone(_stage(args, params, "select_standalone"), ranking=args.ranking, out=args.out)
+
+
+def cmd_train_standalone(args, params):
+    from . import pipeline as P
+
+    P.train_standalone(_stage(args, params, "train_standalone"), checkpoint=args.checkpoint, cache_dir=args.cache,
+                       selection=args.selection, strategies=args.strategy, ckpt_dir=args.ckpt_dir,
+                       runs_dir=args.runs_dir, progress=args.progress)
+
+
+def cmd_validate(args, params):
+    from . import pipeline as P
+
+    with P.timed("validate_ranking", args.timing) as info:
+        res = P.validate_ranking(selection=args.selection, runs_dir=args.runs_dir, ranking=args.ranking,
+                                 out_dir=args.out_dir)
+        info["jobs"] = int(res.get("n") or 0)
+        runs = P._gather_runs(res["strategies"], args.runs_dir, "stfusion train-standalone")
+        info["run_seconds"] = float(runs["seconds"].sum()) if "seconds" in runs else 0.0
+    _add_run_seconds(args.timing, info)
+
+
+def _add_run_seconds(path, info: dict) -> None:
+    """A gather stage's time is its own plus the seconds of the per-strategy jobs it gathers."""
+    from . import pipeline as P
+
+    info["seconds"] = round(info["seconds"] + info.get("run_seconds", 0.0), 3)
+    P.write_json(path, info)
+
+
+def cmd_report(args, params):
+    from . import pipeline as P
+
+    scalars = P.report(_stage(args, params, "report"), results=args.results, checkpoint_dir=args.checkpoint_dir,
+                       cache_dir=args.cache, out=args.out, metrics=args.metrics)
+    log.info("report written to %s (%d of %d checks pass)", args.out, scalars.get("checks_passed", 0),
+             scalars.get("checks_total", 0))
+
+
+# ----------------------------------------------------------------------------------------------- main
+def parse_overrides(items: list[str]) -> dict:
+    """``["a.b=1", "c=x"]`` -> ``{"a": {"b": 1}, "c": "x"}`` (values read as YAML)."""
+    out: dict = {}
+    for item in items:
+        if "=" not in item:
+            raise StfusionError(f"--set expects KEY=VALUE, got {item!r}")
+        key, value = item.split("=", 1)
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            parsed = value
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = parsed
+    return out
+
+
+def setup_logging(log_file: str | None, quiet: bool = False) -> None:
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    root.setLevel(logging.INFO)
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
+    console = logging.StreamHandler(sys.stderr)
+    console.setLevel(logging.WARNING if quiet else logging.INFO)
+    console.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root.addHandler(console)
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+        fh = logging.FileHandler(log_file, mode="a")
+        fh.setFormatter(fmt)
+        root.addHandler(fh)
+    logging.captureWarnings(True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log, args.quiet)
+    if args.progress is None:
+        args.progress = sys.stderr.isatty()
+    try:
+        from .config import load_params
+        from .pipeline import set_threads
+
+        set_threads(args.threads)
+        if args.params is None:
+            args.params = os.environ.get("STFUSION_PARAMS") or "params.yaml"
+        params = load_params(args.params, parse_overrides(args.overrides))
+        log.info("stfusion %s (params %s)", args.command, args.params)
+        args.func(args, params)
+    except StfusionError as exc:
+        message = " ".join(str(exc).split("\n"))
+        for h in logging.getLogger().handlers:
+            if isinstance(h, logging.FileHandler):
+                h.stream.write(f"stfusion: error: {message}\n")
+                h.flush()
+        print(f"stfusion: error: {message}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("stfusion: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

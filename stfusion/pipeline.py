@@ -1,0 +1,827 @@
+"""The pipeline's stages: one function a stage, each called by one ``stfusion`` subcommand (``stfusion.cli``),
+which Snakemake rules (``workflow/rules/*.smk``) and DVC stages (``dvc.yaml``) call in turn.
+
+Every stage reads the parameters listed for it in :data:`STAGE_PARAMS` and nothing else: the CLI hands it a
+*subset* of ``params.yaml`` holding only those keys, so a stage that reads an unlisted key fails loudly in the
+tests instead of silently missing a dependency. The same lists feed the ``params:`` of the Snakemake rules (so a
+rule reruns when one of its keys changes) and must match the ``params:`` of ``dvc.yaml`` (a test checks it).
+
+The supernet checkpoint carries everything needed to rebuild the network (the ``model`` and ``gate`` sections it
+was trained with, the class list), so stages after training read no model parameters.
+
+Default layout (all paths can be changed on the command line)::
+
+    data/builtin/                      generated benchmark (videos, annotations.csv, classes.csv)
+    data/cache/                        decoded clip cache, manifest with train/val/test splits, classes.csv
+    checkpoints/supernet/              model.pt, last.pt (resume), history.csv, drop_rates.csv
+    checkpoints/finetune/<id>/         derived networks, finetuned
+    checkpoints/standalone/<id>/       strategies trained from scratch
+    results/strategies/                candidates.csv, ranking.csv
+    results/analysis/                  network.csv/.md, preference.csv/.md, preference.png, scatter.png, drop_rates.png
+    results/derived/strategies.csv     derived strategies
+    results/finetune/                  runs/<id>.json, accuracy.csv/.md
+    results/validation/                strategies.csv, runs/<id>.json, standalone.csv/.md, ranking_fidelity.json
+    results/timing/<stage>.json        seconds per stage
+    results/report.md, results/metrics.json
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import platform
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+from . import __version__
+from .errors import StfusionError
+
+if TYPE_CHECKING:  # heavy imports stay inside the functions: Snakemake imports this module to read STAGE_PARAMS
+    import pandas as pd
+    import torch
+
+    from .models.base import FusionNetwork
+    from .strategies import Strategy
+
+log = logging.getLogger(__name__)
+
+# ----------------------------------------------------------------------------------------------- layout
+DATA_ROOT = "data/builtin"
+CACHE = "data/cache"
+SUPERNET_DIR = "checkpoints/supernet"
+SUPERNET = f"{SUPERNET_DIR}/model.pt"
+FINETUNE_CKPT = "checkpoints/finetune"
+STANDALONE_CKPT = "checkpoints/standalone"
+RESULTS = "results"
+CANDIDATES = f"{RESULTS}/strategies/candidates.csv"
+RANKING = f"{RESULTS}/strategies/ranking.csv"
+ANALYSIS = f"{RESULTS}/analysis"
+PREFERENCE = f"{ANALYSIS}/preference.csv"
+DERIVED = f"{RESULTS}/derived/strategies.csv"
+FINETUNE_RUNS = f"{RESULTS}/finetune/runs"
+FINETUNE_TABLE = f"{RESULTS}/finetune/accuracy.csv"
+VALIDATION = f"{RESULTS}/validation"
+SELECTION = f"{VALIDATION}/strategies.csv"
+STANDALONE_RUNS = f"{VALIDATION}/runs"
+FIDELITY = f"{VALIDATION}/ranking_fidelity.json"
+TIMING = f"{RESULTS}/timing"
+REPORT = f"{RESULTS}/report.md"
+METRICS = f"{RESULTS}/metrics.json"
+
+# --------------------------------------------------------------------------------------- stage parameters
+_DATA_LOADING = ["preset", "data.frames", "data.stride", "data.sampling"]
+
+#: The parameters each stage reads (dotted keys; a section name means the whole section). ``preset`` is listed
+#: everywhere because a preset may set any section.
+STAGE_PARAMS: dict[str, list[str]] = {
+    "generate": ["seed", "preset", "data.builtin"],
+    "prepare": [
+        "seed", "preset", "data.dataset", "data.root", "data.annotations", "data.split", "data.backend",
+        "data.size", "data.val_fraction", "data.calib_fraction", "data.workers", "data.builtin.frames",
+        "data.frames", "data.stride",
+    ],
+    "train_supernet": [
+        "seed", *_DATA_LOADING, "data.flip", "model", "gate.init_p", "gate.temperature", "gate.rescale",
+        "gate.kl_k", "gate.kl_form", "gate.n_train", "supernet",
+    ],
+    "sample_strategies": ["seed", "preset", "gate.keep_prob", "scoring.n_samples", "scoring.top_k"],
+    "score_strategies": [
+        "seed", *_DATA_LOADING, "supernet.device", "scoring.recalibrate_bn", "scoring.calib_batches",
+        "scoring.batch_size",
+    ],
+    "analyze": ["preset", "gate.keep_prob"],
+    "derive": ["preset", "derive.top_k", "derive.st_threshold"],
+    "finetune": [
+        "seed", *_DATA_LOADING, "data.flip", "supernet.momentum", "supernet.schedule", "supernet.device",
+        "scoring.batch_size", "finetune",
+    ],
+    "select_standalone": ["preset", "validate.n_strategies"],
+    "train_standalone": [
+        "seed", *_DATA_LOADING, "data.flip", "supernet.momentum", "supernet.schedule", "supernet.device",
+        "scoring.batch_size", "validate.epochs", "validate.lr", "validate.batch_size", "validate.weight_decay",
+    ],
+    "report": ["seed", "preset"],
+}
+
+
+def _get(params: dict, dotted: str):
+    node = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def subset(params: dict, keys: Iterable[str]) -> dict:
+    """The part of ``params`` named by dotted ``keys`` (missing optional keys are left out)."""
+    out: dict = {}
+    for dotted in keys:
+        try:
+            value = _get(params, dotted)
+        except KeyError:
+            continue
+        node = out
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = copy.deepcopy(value)
+    return out
+
+
+def stage_params(params: dict, stage: str) -> dict:
+    """The parameters ``stage`` may read (see :data:`STAGE_PARAMS`), keys sorted at every level (a canonical
+    form: Snakemake compares the representation of a rule's parameters to decide on reruns)."""
+    if stage not in STAGE_PARAMS:
+        raise KeyError(f"unknown stage {stage!r}")
+    return _sorted(subset(params, STAGE_PARAMS[stage]))
+
+
+def _sorted(value):
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value
+
+
+# ------------------------------------------------------------------------------------------------ helpers
+@contextmanager
+def timed(stage: str, path: str | Path | None, **extra):
+    """Time the enclosed work and write ``{"stage", "seconds", ...}`` to ``path`` (JSON) when it succeeds."""
+    t0 = time.perf_counter()
+    info: dict = {"stage": stage, **extra}
+    yield info
+    info["seconds"] = round(time.perf_counter() - t0, 3)
+    log.info("%s took %.1f s", stage, info["seconds"])
+    if path is not None:
+        write_json(path, info)
+
+
+def write_json(path: str | Path, obj) -> Path:
+    from .checkpoint import write_text
+
+    return write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def read_json(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise StfusionError(f"file not found: {path}")
+    return json.loads(path.read_text())
+
+
+def _json_default(obj):
+    import numpy as np
+
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def read_table(path: str | Path, what: str = "table") -> pd.DataFrame:
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise StfusionError(f"{what} not found: {path} (run the stage that writes it first)")
+    return pd.read_csv(path)
+
+
+def write_table(df: pd.DataFrame, csv_path: str | Path, markdown: bool = True, floatfmt: str = ".4f") -> None:
+    """Write ``df`` as CSV and, with ``markdown``, as a Markdown table beside it (same name, ``.md``)."""
+    from .checkpoint import write_csv, write_text
+
+    write_csv(df, csv_path)
+    if markdown:
+        write_text(Path(csv_path).with_suffix(".md"), to_markdown(df, floatfmt) + "\n")
+
+
+def to_markdown(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
+    """A Markdown table (pandas ``to_markdown``); ``|`` inside cells (strategies' text form) is escaped."""
+    import pandas as pd
+
+    if df is None or df.empty:
+        return "_(empty)_"
+    df = df.copy()
+    for col in df.columns:
+        if not pd.api.types.is_numeric_dtype(df[col]):
+            df[col] = df[col].map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)
+    return df.to_markdown(index=False, floatfmt=floatfmt)
+
+
+def set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "stfusion": __version__}
+    for name in ("torch", "numpy", "pandas", "scipy", "decord", "av", "snakemake", "dvc"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def file_digest(path: str | Path, limit: int | None = None) -> str:
+    """SHA-1 of a file's bytes (of its first ``limit`` bytes and its size when ``limit`` is given)."""
+    import hashlib
+
+    h = hashlib.sha1()
+    path = Path(path)
+    with open(path, "rb") as f:
+        if limit is None:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+        else:
+            h.update(f.read(limit))
+            h.update(str(path.stat().st_size).encode())
+    return h.hexdigest()
+
+
+def data_fingerprint(cache_dir: str | Path) -> str:
+    """Identity of a clip cache: its manifest, class list and the head and size of ``clips.npy``. A checkpoint
+    left by training on other data is discarded rather than resumed."""
+    cache_dir = Path(cache_dir)
+    parts = [file_digest(cache_dir / "manifest.csv"), file_digest(cache_dir / "classes.csv"),
+             file_digest(cache_dir / "clips.npy", limit=1 << 20)]
+    return "-".join(p[:12] for p in parts)
+
+
+# ------------------------------------------------------------------------------------------------- data
+def _data():
+    """The data layer (imported lazily so the CLI's ``--help`` stays fast)."""
+    from . import data
+
+    return data
+
+
+def class_groups(cache_dir: str | Path) -> tuple[list[dict], dict[str, list[int]]]:
+    """The class list of a cache (``index, name, kind``) and the class indices of each kind
+    (``motion``, ``appearance``; classes of other or unknown kind are left out of the groups)."""
+    import pandas as pd
+    from .data.dataset import load_classes
+
+    classes = load_classes(cache_dir)
+    if isinstance(classes, pd.DataFrame):
+        rows = classes.to_dict("records")
+    else:
+        rows = [dict(r) if isinstance(r, dict) else {"name": str(r)} for r in classes]
+    for i, row in enumerate(rows):
+        row.setdefault("index", i)
+        row.setdefault("kind", "")
+    groups: dict[str, list[int]] = {}
+    for row in rows:
+        kind = str(row.get("kind") or "")
+        if kind in ("motion", "appearance"):
+            groups.setdefault(kind, []).append(int(row["index"]))
+    return rows, groups
+
+
+def clip_dataset(params: dict, cache_dir: str | Path, split: str, *, train: bool, calib_only: bool = False):
+    from .data.dataset import ClipDataset
+
+    d = params["data"]
+    return ClipDataset(
+        cache_dir, split, frames=d["frames"], stride=d.get("stride", 1), sampling=d.get("sampling", "dense"),
+        train=train, flip=bool(d.get("flip", False)) and train, calib_only=calib_only,
+    )
+
+
+def _require_cache(cache_dir: str | Path) -> None:
+    cache_dir = Path(cache_dir)
+    if not (cache_dir / "manifest.csv").is_file():
+        raise StfusionError(f"no clip cache in {cache_dir} (run 'stfusion prepare' first)")
+
+
+# -------------------------------------------------------------------------------------------- supernet io
+def save_supernet_build(path: str | Path, params: dict, num_classes: int, classes: list[dict]) -> None:
+    """Add what is needed to rebuild the network (model and gate sections, classes) to a checkpoint."""
+    from .checkpoint import load_checkpoint, save_torch
+
+    ckpt = load_checkpoint(path)
+    ckpt["build"] = {
+        "model": copy.deepcopy(params["model"]),
+        "gate": copy.deepcopy(params.get("gate", {})),
+        "num_classes": int(num_classes),
+        "classes": classes,
+    }
+    save_torch(ckpt, path)
+
+
+def build_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> FusionNetwork:
+    """A template network with the architecture recorded in ``ckpt['build']`` (random weights)."""
+    from .models import build_model
+
+    build = ckpt.get("build")
+    if not build:
+        raise StfusionError(
+            f"{path} holds no build information; it was not written by 'stfusion train-supernet' (rerun it)"
+        )
+    model_params = {**build["model"], "pretrained_2d": None}  # the weights come from the checkpoint
+    return build_model({"model": model_params, "gate": build["gate"]}, build["num_classes"])
+
+
+def load_supernet(path: str | Path) -> tuple[FusionNetwork, dict]:
+    """The trained template network of a ``train-supernet`` checkpoint, and the checkpoint."""
+    from .checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    model = build_from_checkpoint(ckpt, path)
+    if ckpt.get("arch") != model.arch:
+        raise StfusionError(f"{path}: the recorded architecture does not match the rebuilt network")
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, ckpt
+
+
+def strategy_of(text: str, n_layers: int) -> Strategy:
+    from .strategies import Strategy
+
+    return Strategy.parse(str(text), n_layers)
+
+
+# ================================================================================================ stages
+def generate(params: dict, *, root: str | Path = DATA_ROOT, progress: bool = True) -> dict:
+    """Stage ``generate``: write the built-in benchmark (videos, ``annotations.csv``, ``classes.csv``) to ``root``."""
+    from .data.builtin import generate as generate_builtin
+
+    b = params["data"].get("builtin", {})
+    ann = generate_builtin(
+        root, clips_per_class=b.get("clips_per_class", 36), frames=b.get("frames", 12), size=b.get("size", 64),
+        texture=b.get("texture", "synthetic"), seed=params["seed"], progress=progress,
+    )
+    summary = {"root": str(root), "videos": int(len(ann)), "classes": int(ann["label"].nunique()),
+               "train": int((ann["split"] == "train").sum()), "test": int((ann["split"] == "test").sum())}
+    log.info("built-in benchmark: %d videos of %d classes in %s", summary["videos"], summary["classes"], root)
+    return summary
+
+
+def prepare(
+    params: dict, *, root: str | Path | None = None, cache_dir: str | Path = CACHE, workers: int | None = None,
+    progress: bool = True,
+) -> dict:
+    """Stage ``prepare``: read the dataset's annotations and decode every video into the clip cache, with
+    train / val / test splits and the calibration subset (``data/cache``). For the built-in benchmark the
+    videos are generated first when ``root`` holds none."""
+    from .data.cache import preprocess
+    from .data.formats import read_annotations
+
+    d = params["data"]
+    root = Path(root if root is not None else d["root"])
+    kinds = None
+    if d["dataset"] == "builtin":
+        from .data.builtin import class_kinds
+
+        if not (root / "annotations.csv").is_file():
+            raise StfusionError(
+                f"no built-in benchmark in {root} (run 'stfusion generate --root {root}' first)"
+            )
+        kinds = class_kinds(root)
+    videos, classes = read_annotations(d["dataset"], root, d.get("annotations"), split=d.get("split", 1))
+    cache_frames = _cache_frames(params)
+    manifest = preprocess(
+        videos, classes, cache_dir, cache_frames=cache_frames, size=d["size"], backend=d.get("backend", "decord"),
+        val_fraction=d.get("val_fraction", 0.25), calib_fraction=d.get("calib_fraction", 0.2),
+        seed=params["seed"], workers=workers or d.get("workers", 1), class_kinds=kinds, progress=progress,
+    )
+    counts = manifest["split"].value_counts().to_dict() if "split" in manifest else {}
+    summary = {"dataset": d["dataset"], "root": str(root), "cache": str(cache_dir), "classes": len(classes),
+               "videos": int(len(manifest)), **{f"n_{k}": int(v) for k, v in counts.items()}}
+    log.info("clip cache in %s: %s", cache_dir, summary)
+    return summary
+
+
+def _cache_frames(params: dict) -> int:
+    """Frames cached per video: all frames of the built-in clips; for real datasets enough for one clip of
+    ``frames`` at ``stride`` plus room for temporal jitter (twice the clip span)."""
+    d = params["data"]
+    if d["dataset"] == "builtin":
+        return int(d.get("builtin", {}).get("frames", 12))
+    return int(2 * d["frames"] * d.get("stride", 1))
+
+
+def train_supernet(
+    params: dict, *, cache_dir: str | Path = CACHE, out_dir: str | Path = SUPERNET_DIR, progress: bool = True,
+) -> dict:
+    """Stage ``train_supernet``: train the template network with Variational DropPath (gate-free warm-up,
+    then gates and the KL term). Resumes from ``out_dir/last.pt`` when it was written with the same settings;
+    a stale ``last.pt`` (other settings) is discarded with a message. Writes ``model.pt`` (with the build
+    information later stages need), ``history.csv`` and ``drop_rates.csv``."""
+    import torch
+
+    from .models import build_model
+    from . import distributed
+    from .train import fit, supernet_config
+
+    _require_cache(cache_dir)
+    out_dir = Path(out_dir)
+    train_set = clip_dataset(params, cache_dir, "train", train=True)
+    classes, _ = class_groups(cache_dir)
+    torch.manual_seed(params["seed"])  # the initial weights are part of the seeded run
+    model = build_model(params, train_set.num_classes)
+    cfg = supernet_config(params, len(train_set))
+    cfg.extra = {**cfg.extra, "data": data_fingerprint(cache_dir)}
+    _discard_stale(out_dir / "last.pt", model.arch, asdict(cfg))
+    history = fit(model, train_set, cfg, out_dir, progress=progress)
+    if distributed.is_main():
+        save_supernet_build(out_dir / "model.pt", params, train_set.num_classes, classes)
+    p = model.drop_rates()
+    last = history.iloc[-1].to_dict() if len(history) else {}
+    return {"epochs": int(cfg.total_epochs), "n_train": len(train_set), "fusion_layers": model.n_fusion_layers,
+            "final_train_top1": float(last.get("train_top1", float("nan"))),
+            "mean_p_S": float(p[:, 0].mean()), "mean_p_ST": float(p[:, 1].mean())}
+
+
+def _discard_stale(last: Path, arch: dict, config: dict) -> None:
+    import torch
+
+    if not last.exists():
+        return
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        same = ckpt.get("arch") == arch and ckpt.get("config") == config
+    except Exception:  # noqa: BLE001 - a damaged file is stale too
+        same = False
+    if not same:
+        log.warning("%s was written with other settings; starting the training over", last)
+        last.unlink()
+
+
+# ---------------------------------------------------------------------------------------- strategies
+def sample_strategies(params: dict, *, checkpoint: str | Path = SUPERNET, out: str | Path = CANDIDATES) -> pd.DataFrame:
+    """Stage ``sample_strategies``: the ``scoring.top_k`` most probable strategies, ``scoring.n_samples`` drawn
+    from the posterior (seed ``seed``) and the named families, one row a distinct strategy:
+    ``id, strategy, name, source, log_prob, prob, n_drawn, n_S, n_ST, n_S+ST, n_none``.
+
+    ``source`` lists every way the strategy was listed (``family``, ``top_k``, ``sample``), ``;``-separated;
+    ``name`` is the family name, ``top-<rank>`` or ``sample-<first draw>``."""
+    import numpy as np
+    import pandas as pd
+    from .checkpoint import write_csv
+    from .strategies import families
+
+    model, _ = load_supernet(checkpoint)
+    rule = params["gate"].get("keep_prob", "paper")
+    post = model.posterior(rule)
+    s = params["scoring"]
+    entries: list[tuple[Strategy, str, str]] = []
+    for name, strat in families(model.n_fusion_layers, model.stage_of_layer).items():
+        if all(a or st != 0 for a, st in zip(model.allow_none, strat.states)):
+            entries.append((strat, "family", name))
+    for rank, (strat, _) in enumerate(post.top_k(s.get("top_k", 8)), start=1):
+        entries.append((strat, "top_k", f"top-{rank}"))
+    for i, strat in enumerate(post.sample(s.get("n_samples", 24), seed=params["seed"]), start=1):
+        entries.append((strat, "sample", f"sample-{i}"))
+    rows: dict[str, dict] = {}
+    for strat, source, name in entries:
+        row = rows.get(strat.id)
+        if row is None:
+            row = rows[strat.id] = {
+                "id": strat.id, "strategy": strat.text, "name": name, "source": [], "log_prob": post.log_prob(strat),
+                "n_drawn": 0, **{f"n_{k}": v for k, v in strat.counts().items()},
+            }
+        if source not in row["source"]:
+            row["source"].append(source)
+        if source == "sample":
+            row["n_drawn"] += 1
+    df = pd.DataFrame(list(rows.values()))
+    df["source"] = df["source"].map(";".join)
+    df["prob"] = np.exp(df["log_prob"])
+    df["keep_prob_rule"] = rule
+    cols = ["id", "strategy", "name", "source", "log_prob", "prob", "n_drawn", "n_S", "n_ST", "n_S+ST", "n_none",
+            "keep_prob_rule"]
+    df = df[cols]
+    write_csv(df, out)
+    by_source = df["source"].str.split(";").explode().value_counts().to_dict()
+    log.info("%d distinct strategies listed (%s)", len(df), by_source)
+    return df
+
+
+def score_strategies(
+    params: dict, *, checkpoint: str | Path = SUPERNET, cache_dir: str | Path = CACHE,
+    candidates: str | Path = CANDIDATES, out: str | Path = RANKING, progress: bool = True,
+) -> pd.DataFrame:
+    """Stage ``score_strategies``: score every listed strategy with the supernet's shared weights.
+
+    Columns added to the candidates: ``top1`` (validation split, the configured BN mode: recalibrated unless
+    ``scoring.recalibrate_bn`` is false), ``top5``, ``top1_motion``, ``top1_appearance`` (validation, per class
+    kind), ``top1_test`` (+ per kind: the test split, same mode, for reporting only), ``top1_recal`` and
+    ``top1_plain_bn`` (validation with and without BN recalibration, both always measured), ``rank`` (1 = best
+    ``top1``; ties broken by log-probability)."""
+    import hashlib
+
+    from .checkpoint import write_csv
+    from .prefix_scoring import score_strategies_prefix
+    from .scoring import calibration_batches, eval_loader, score_resumable
+    from .train import resolve_device
+
+    _require_cache(cache_dir)
+    cand = read_table(candidates, "strategy list")
+    model, _ = load_supernet(checkpoint)
+    s = params["scoring"]
+    device = resolve_device(params["supernet"].get("device", "auto"))
+    recal = bool(s.get("recalibrate_bn", True))
+    bs = int(s.get("batch_size", 32))
+    _, groups = class_groups(cache_dir)
+    val = clip_dataset(params, cache_dir, "val", train=False)
+    test = clip_dataset(params, cache_dir, "test", train=False)
+    calib_set = clip_dataset(params, cache_dir, "train", train=True, calib_only=True)
+    calib = calibration_batches(calib_set, bs, int(s.get("calib_batches", 4)), seed=params["seed"])
+    strategies = [strategy_of(t, model.n_fusion_layers) for t in cand["strategy"]]
+    kw = dict(model=model, num_classes=_num_classes(model), calib_batches=calib, groups=groups, device=device,
+              progress=progress)
+    # finished chunks survive a kill; their folder is named by everything the scores depend on
+    key = hashlib.sha1(json.dumps([params, file_digest(checkpoint), data_fingerprint(cache_dir)], sort_keys=True,
+                                  default=str).encode()).hexdigest()[:16]
+    partial = Path(out).parent / ".partial" / key
+
+    def run(dataset, recalibrate, split):
+        log.info("scoring %d strategies on %d %s clips (%s BN)", len(strategies), len(dataset), split,
+                 "recalibrated" if recalibrate else "plain")
+        df = score_resumable(score_strategies_prefix, strategies, partial / f"{split}-{int(recalibrate)}",
+                             val_loader=eval_loader(dataset, bs), recalibrate=recalibrate, **kw)
+        return df.drop(columns=["strategy", "n"]).assign(id=lambda d: d["id"].astype(str)).set_index("id")
+
+    main_val = run(val, recal, "val")
+    other_val = run(val, not recal, "val")
+    test_df = run(test, recal, "test")
+    out_df = cand.set_index("id")
+    for col in main_val.columns:
+        out_df[col] = main_val[col]
+    out_df["top1_recal"] = (main_val if recal else other_val)["top1"]
+    out_df["top1_plain_bn"] = (other_val if recal else main_val)["top1"]
+    for col in test_df.columns:
+        if col.startswith("top1"):
+            out_df[col.replace("top1", "top1_test", 1)] = test_df[col]
+    out_df["bn_mode"] = "recalibrated" if recal else "plain"
+    out_df = out_df.reset_index()
+    out_df = add_rank(out_df)
+    write_csv(out_df, out)
+    shutil.rmtree(partial, ignore_errors=True)
+    if partial.parent.is_dir() and not any(partial.parent.iterdir()):
+        partial.parent.rmdir()
+    best = out_df.iloc[0]
+    log.info("best on validation: %s (top1 %.3f, test %.3f)", best["strategy"], best["top1"], best["top1_test"])
+    return out_df
+
+
+def _num_classes(model: torch.nn.Module) -> int:
+    import torch
+
+    n = getattr(model, "arch", {}).get("num_classes")
+    if n is None:
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        n = linears[-1].out_features
+    return int(n)
+
+
+def add_rank(df: pd.DataFrame, score: str = "top1") -> pd.DataFrame:
+    """Sort by ``score`` (best first; ties by log-probability) and number the rows ``rank`` 1..n."""
+    import numpy as np
+
+    df = df.sort_values([score, "log_prob"], ascending=[False, False], kind="stable").reset_index(drop=True)
+    df["rank"] = np.arange(1, len(df) + 1)
+    return df
+
+
+# -------------------------------------------------------------------------------------------- analysis
+def analyze(
+    params: dict, *, checkpoint: str | Path = SUPERNET, ranking: str | Path = RANKING,
+    drop_rates: str | Path | None = f"{SUPERNET_DIR}/drop_rates.csv", out_dir: str | Path = ANALYSIS,
+) -> dict:
+    """Stage ``analyze``: the network-level table, the layer-level preference (CSV + Markdown), the preference
+    heatmap, the log-probability vs score scatter plot and the drop-rate trajectories."""
+    import pandas as pd
+    from . import analysis
+
+    model, ckpt = load_supernet(checkpoint)
+    rule = params["gate"].get("keep_prob", "paper")
+    post = model.posterior(rule)
+    ranked = read_table(ranking, "ranking")
+    init_p = float(ckpt["build"]["gate"].get("init_p", 0.1))
+    out_dir = Path(out_dir)
+    pref = analysis.preference_table(post, model.drop_rates(), model.stage_of_layer)
+    write_table(pref, out_dir / "preference.csv")
+    net = analysis.network_table(ranked)
+    write_table(net, out_dir / "network.csv")
+    analysis.plot_preference(pref, out_dir / "preference.png")
+    analysis.plot_scatter(ranked, out_dir / "scatter.png")
+    if drop_rates is not None and Path(drop_rates).is_file():
+        analysis.plot_drop_rates(pd.read_csv(drop_rates), out_dir / "drop_rates.png")
+    summary = analysis.preference_summary(pref)
+    summary.update(entropy=post.entropy(), keep_prob_rule=rule, init_p=init_p,
+                   initial_marginals=analysis.initial_marginals(init_p, rule))
+    write_json(out_dir / "summary.json", summary)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------- derived
+def derive(
+    params: dict, *, preference: str | Path = PREFERENCE, ranking: str | Path = RANKING, out: str | Path = DERIVED,
+) -> pd.DataFrame:
+    """Stage ``derive``: new strategies from the preferences (see :mod:`stfusion.derive`)."""
+    from .derive import derive_strategies
+
+    pref = read_table(preference, "preference table")
+    ranked = read_table(ranking, "ranking")
+    d = params["derive"]
+    df = derive_strategies(pref, ranked, top_k=d.get("top_k", 3), st_threshold=d.get("st_threshold", 0.5))
+    write_table(df, out)
+    return df
+
+
+def _train_plain_runs(
+    params: dict, section: str, strategies: pd.DataFrame, ids: Sequence[str] | None, make_net, *, cache_dir,
+    ckpt_dir, runs_dir, seed_offset: int, progress: bool, what: str, origin: dict | None = None,
+) -> list[dict]:
+    """Train one plain network per listed strategy (all, or the given ``ids``); one JSON per run. ``origin``
+    (e.g. the digest of the supernet a network is exported from) joins the training settings, so a run left by
+    another supernet or other data is never resumed."""
+    origin = origin or {}
+    from .scoring import eval_loader, evaluate, group_accuracy
+    from .train import fit, plain_config, resolve_device
+
+    _require_cache(cache_dir)
+    known = list(strategies["id"].astype(str))
+    if ids:
+        unknown = [i for i in ids if i not in known]
+        if unknown:
+            raise StfusionError(
+                f"strategy {unknown[0]!r} is not listed in the {what} table (listed: {', '.join(known)})"
+            )
+    todo = strategies[strategies["id"].astype(str).isin(ids)] if ids else strategies
+    train_set = clip_dataset(params, cache_dir, "train", train=True)
+    val = clip_dataset(params, cache_dir, "val", train=False)
+    test = clip_dataset(params, cache_dir, "test", train=False)
+    _, groups = class_groups(cache_dir)
+    bs = int(params["scoring"].get("batch_size", 32))
+    device = resolve_device(params["supernet"].get("device", "auto"))
+    data_fp = data_fingerprint(cache_dir)
+    results = []
+    for _, row in todo.iterrows():
+        sid = str(row["id"])
+        t0 = time.perf_counter()
+        net = make_net(row)
+        cfg = plain_config(params, section, seed_offset)
+        cfg.extra = {**cfg.extra, "data": data_fp, **origin}
+        run_dir = Path(ckpt_dir) / sid
+        _discard_stale(run_dir / "last.pt", net.arch, asdict(cfg))
+        log.info("%s: training %s (%s) for %d epochs", what, sid, row["strategy"], cfg.total_epochs)
+        hist = fit(net, train_set, cfg, run_dir, progress=progress)
+        res = {"id": sid, "strategy": row["strategy"], "name": row.get("name", sid)}
+        for split, ds in (("val", val), ("test", test)):
+            r = evaluate(net, eval_loader(ds, bs), _num_classes(net), device)
+            res[f"top1_{split}"] = r["top1"]
+            res[f"top5_{split}"] = r["top5"]
+            for k, v in group_accuracy(r, groups).items():
+                res[k.replace("top1", f"top1_{split}", 1)] = v
+        res["n_params"] = int(sum(p.numel() for p in net.parameters()))
+        res["epochs"] = int(cfg.total_epochs)
+        res["final_train_top1"] = float(hist.iloc[-1]["train_top1"]) if len(hist) else float("nan")
+        res["seconds"] = round(time.perf_counter() - t0, 3)
+        write_json(Path(runs_dir) / f"{sid}.json", res)
+        log.info("%s %s: val %.3f test %.3f (%.0f s)", what, sid, res["top1_val"], res["top1_test"], res["seconds"])
+        results.append(res)
+    return results
+
+
+def finetune(
+    params: dict, *, checkpoint: str | Path = SUPERNET, cache_dir: str | Path = CACHE, derived: str | Path = DERIVED,
+    strategies: Sequence[str] | None = None, ckpt_dir: str | Path = FINETUNE_CKPT,
+    runs_dir: str | Path = FINETUNE_RUNS, progress: bool = True,
+) -> list[dict]:
+    """Stage ``finetune`` (one job): export each derived strategy (all, or the given ids) from the supernet as a
+    plain network holding only its kept convs (``model.export``), finetune it with cross-entropy (no gates, no
+    logits) and evaluate it on the validation and test splits. Writes ``runs_dir/<id>.json``."""
+    supernet, _ = load_supernet(checkpoint)
+    table = read_table(derived, "derived strategy table")
+
+    def make(row):
+        return supernet.export(strategy_of(row["strategy"], supernet.n_fusion_layers))
+
+    return _train_plain_runs(params, "finetune", table, strategies, make, cache_dir=cache_dir, ckpt_dir=ckpt_dir,
+                             runs_dir=runs_dir, seed_offset=0, progress=progress, what="finetune",
+                             origin={"supernet": file_digest(checkpoint)})
+
+
+def finetune_table(*, derived: str | Path = DERIVED, runs_dir: str | Path = FINETUNE_RUNS,
+                   ranking: str | Path = RANKING, out: str | Path = FINETUNE_TABLE) -> pd.DataFrame:
+    """Gather the finetuning runs of every derived strategy into one accuracy table (CSV + Markdown), with each
+    strategy's supernet score before finetuning where it was scored."""
+    from .validation import supernet_scores
+
+    table = read_table(derived, "derived strategy table")
+    runs = _gather_runs(table["id"].astype(str), runs_dir, "stfusion finetune")
+    keep = ["id", "name", "rule", "strategy", "log_prob"]
+    table = supernet_scores(table[keep], read_table(ranking, "ranking"))
+    table = table.drop(columns=["supernet_top1_recal", "supernet_top1_plain_bn", "supernet_rank"], errors="ignore")
+    df = table.merge(runs.drop(columns=["strategy", "name"], errors="ignore"), on="id", how="left")
+    df = df.sort_values("top1_val", ascending=False, kind="stable").reset_index(drop=True)
+    write_table(df, out)
+    return df
+
+
+def _gather_runs(ids: Iterable[str], runs_dir: str | Path, command: str) -> pd.DataFrame:
+    import pandas as pd
+
+    ids = list(ids)
+    missing = [i for i in ids if not (Path(runs_dir) / f"{i}.json").is_file()]
+    if missing:
+        raise StfusionError(
+            f"{len(missing)} run(s) missing in {runs_dir} (e.g. {missing[0]}); run '{command} --strategy {missing[0]}'"
+        )
+    return pd.DataFrame([read_json(Path(runs_dir) / f"{i}.json") for i in ids])
+
+
+# ------------------------------------------------------------------------------------------ validation
+def select_standalone(params: dict, *, ranking: str | Path = RANKING, out: str | Path = SELECTION) -> pd.DataFrame:
+    """Choose the strategies to train from scratch (see :func:`stfusion.validation.select_strategies`)."""
+    from .validation import select_strategies
+
+    ranked = read_table(ranking, "ranking")
+    df = select_strategies(ranked, int(params["validate"].get("n_strategies", 6)))
+    write_table(df, out)
+    return df
+
+
+def train_standalone(
+    params: dict, *, checkpoint: str | Path = SUPERNET, cache_dir: str | Path = CACHE,
+    selection: str | Path = SELECTION, strategies: Sequence[str] | None = None,
+    ckpt_dir: str | Path = STANDALONE_CKPT, runs_dir: str | Path = STANDALONE_RUNS, progress: bool = True,
+) -> list[dict]:
+    """Train each selected strategy (all, or the given ids) from scratch: a freshly initialised network of the
+    supernet's architecture holding only the strategy's convs, the ``validate`` budget, the same seed for every
+    strategy. Writes ``runs_dir/<id>.json``."""
+    import torch
+    from .checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(checkpoint)
+    table = read_table(selection, "stand-alone selection")
+    seed = int(params["seed"])
+
+    def make(row):
+        torch.manual_seed(seed)
+        fresh = build_from_checkpoint(ckpt, checkpoint)
+        return fresh.export(strategy_of(row["strategy"], fresh.n_fusion_layers))
+
+    return _train_plain_runs(params, "validate", table, strategies, make, cache_dir=cache_dir, ckpt_dir=ckpt_dir,
+                             runs_dir=runs_dir, seed_offset=0, progress=progress, what="stand-alone")
+
+
+def validate_ranking(
+    *, selection: str | Path = SELECTION, runs_dir: str | Path = STANDALONE_RUNS, ranking: str | Path = RANKING,
+    out_dir: str | Path = VALIDATION,
+) -> dict:
+    """Gather the stand-alone runs; Kendall tau and Spearman rho between stand-alone accuracy and the supernet
+    score (with and without BN recalibration) and the log-probability (``ranking_fidelity.json``)."""
+    from .validation import fidelity, plot_fidelity, supernet_scores
+
+    sel = supernet_scores(read_table(selection, "stand-alone selection"), read_table(ranking, "ranking"))
+    runs = _gather_runs(sel["id"].astype(str), runs_dir, "stfusion train-standalone")
+    runs = runs.drop(columns=["strategy", "name"], errors="ignore")
+    runs = runs.rename(columns={c: f"standalone_{c}" for c in runs.columns if c != "id"})
+    df = sel.merge(runs, on="id", how="left")
+    out_dir = Path(out_dir)
+    write_table(df, out_dir / "standalone.csv")
+    result = fidelity(df)
+    write_json(out_dir / "ranking_fidelity.json", result)
+    plot_fidelity(df, out_dir / "ranking_fidelity.png")
+    return result
+
+
+# ---------------------------------------------------------------------------------------------- report
+def report(params: dict, *, results: str | Path = RESULTS, checkpoint_dir: str | Path = SUPERNET_DIR,
+           cache_dir: str | Path = CACHE, out: str | Path = REPORT, metrics: str | Path = METRICS) -> dict:
+    """Stage ``report``: ``results/report.md`` and ``results/metrics.json`` from every table above."""
+    from .checkpoint import write_text
+    from .report import build_report
+
+    text, scalars = build_report(Path(results), Path(checkpoint_dir), Path(cache_dir), seed=int(params["seed"]),
+                                 versions=library_versions())
+    write_text(out, text)
+    write_json(metrics, scalars)
+    return scalars
+
+
+def clean_dir(path: str | Path) -> None:
+    """Remove a folder of per-run outputs (used before an all-strategies run)."""
+    if Path(path).exists():
+        shutil.rmtree(path)

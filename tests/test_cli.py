@@ -1,0 +1,117 @@
+"""The command line: help texts, error handling (one line, exit status 2), overrides, logging, the per-stage
+parameter lists."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from stfusion import cli, pipeline
+from stfusion.config import load_params
+
+from conftest import REPO
+
+COMMANDS = [
+    "generate", "prepare", "train-supernet", "sample-strategies", "score-strategies", "analyze", "derive",
+    "finetune", "finetune-table", "select-standalone", "train-standalone", "validate-ranking", "report",
+]
+
+
+def run_main(argv, capsys):
+    code = cli.main(argv)
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_every_command_has_help(capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(["--help"])
+    assert exc.value.code == 0
+    top = capsys.readouterr().out
+    for name in COMMANDS:
+        assert name in top
+        with pytest.raises(SystemExit) as exc:
+            cli.main([name, "--help"])
+        assert exc.value.code == 0
+        text = capsys.readouterr().out
+        assert "--params" in text and "--log" in text, name
+        assert len(text.split("\n\n")[1]) > 60, f"{name} needs a description"
+
+
+def test_console_script_and_module_entry_points():
+    out = subprocess.run([sys.executable, "-m", "stfusion.cli", "--version"], capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.startswith("stfusion ")
+
+
+def test_invalid_parameter_is_one_line_exit_2(tmp_path, capsys):
+    code, out, err = run_main(
+        ["derive", "--params", str(REPO / "params.yaml"), "--set", "gate.temperature=-1"], capsys)
+    assert code == 2
+    lines = [l for l in err.splitlines() if l.startswith("stfusion: error:")]
+    assert len(lines) == 1 and "gate.temperature" in lines[0]
+    assert "Traceback" not in err
+
+
+def test_missing_input_is_one_line_exit_2(tmp_path, capsys):
+    log = tmp_path / "logs" / "derive.log"
+    code, out, err = run_main(
+        ["derive", "--params", str(REPO / "params.yaml"), "--preference", str(tmp_path / "nope.csv"),
+         "--log", str(log)], capsys)
+    assert code == 2
+    assert "stfusion: error: preference table not found" in err
+    assert "stfusion: error:" in log.read_text()
+
+
+def test_unknown_params_file(tmp_path, capsys):
+    code, _, err = run_main(["report", "--params", str(tmp_path / "missing.yaml")], capsys)
+    assert code == 2 and "params file not found" in err
+
+
+def test_params_default_from_environment(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("STFUSION_PARAMS", str(tmp_path / "other.yaml"))
+    code, _, err = run_main(["report"], capsys)
+    assert code == 2 and "other.yaml" in err
+
+
+def test_parse_overrides():
+    assert cli.parse_overrides(["a.b=1", "c=x", "d.e.f=[1, 2]", "g=null"]) == {
+        "a": {"b": 1}, "c": "x", "d": {"e": {"f": [1, 2]}}, "g": None}
+    from stfusion.errors import StfusionError
+
+    with pytest.raises(StfusionError):
+        cli.parse_overrides(["novalue"])
+
+
+def test_stage_params_name_existing_keys():
+    params = load_params(REPO / "params.yaml")
+    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "params.schema.yaml").read_text())
+    for stage, keys in pipeline.STAGE_PARAMS.items():
+        for key in keys:
+            node = schema
+            for part in key.split("."):
+                props = node.get("properties") or {}
+                if part not in props and "$ref" in node:
+                    node = schema["$defs"][node["$ref"].split("/")[-1]]
+                    props = node.get("properties") or {}
+                assert part in props, f"{stage}: {key} is not a parameter"
+                node = props[part]
+                if "$ref" in node:
+                    node = schema["$defs"][node["$ref"].split("/")[-1]]
+        sub = pipeline.stage_params(params, stage)
+        assert set(sub) <= set(params)
+
+
+def test_stage_params_subset():
+    params = {"seed": 1, "data": {"frames": 8, "size": 32, "builtin": {"frames": 12, "size": 64}}, "gate": {}}
+    assert pipeline.subset(params, ["seed", "data.frames", "data.builtin.frames", "gate.kl_k"]) == {
+        "seed": 1, "data": {"frames": 8, "builtin": {"frames": 12}}}
+
+
+def test_threshold_and_keep_rule_params_do_not_reach_training():
+    # scoring-only and analysis-only parameters must not be read by the supernet stage (no retraining)
+    keys = set(pipeline.STAGE_PARAMS["train_supernet"])
+    assert not any(k.startswith(("scoring", "derive", "finetune", "validate")) for k in keys)
+    assert "gate.keep_prob" not in keys

@@ -1,0 +1,115 @@
+# Shared helpers: output layout, the parameters each stage reads, the command that runs a stage.
+import hashlib
+import os
+import sys
+from pathlib import Path
+
+import yaml
+
+# The rules import stfusion from this checkout (also inside a --use-conda environment, which holds only the
+# dependencies): the layout and the per-stage parameter lists have one definition, in stfusion/pipeline.py.
+sys.path.insert(0, workflow.basedir)
+os.environ.update(
+    PYTHONPATH=os.pathsep.join(
+        [workflow.basedir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+)
+
+from stfusion import pipeline as P  # noqa: E402  (light: no torch / pandas at import)
+
+CONDA_ENV = "../envs/stfusion.yaml"
+
+ROOT = config["data"]["root"]
+IS_BUILTIN = config["data"]["dataset"] == "builtin"
+CACHE = P.CACHE
+CACHE_FILES = {"manifest": f"{CACHE}/manifest.csv", "clips": f"{CACHE}/clips.npy", "classes": f"{CACHE}/classes.csv"}
+SUPERNET_DIR = P.SUPERNET_DIR
+SUPERNET = P.SUPERNET
+CANDIDATES = P.CANDIDATES
+RANKING = P.RANKING
+ANALYSIS = P.ANALYSIS
+PREFERENCE = P.PREFERENCE
+DERIVED = P.DERIVED
+FINETUNE_CKPT = P.FINETUNE_CKPT
+FINETUNE_RUNS = P.FINETUNE_RUNS
+FINETUNE_TABLE = P.FINETUNE_TABLE
+SELECTION = P.SELECTION
+STANDALONE_CKPT = P.STANDALONE_CKPT
+STANDALONE_RUNS = P.STANDALONE_RUNS
+VALIDATION = P.VALIDATION
+FIDELITY = P.FIDELITY
+TIMING = P.TIMING
+REPORT = P.REPORT
+METRICS = P.METRICS
+
+
+def _params_file(cfg):
+    """The parameters file the commands read: params.yaml itself, or, when --config / --configfile changed the
+    configuration, a copy of the effective configuration named by its content. The commands find it through
+    the environment variable STFUSION_PARAMS (the default of their --params option), so the file's name is not
+    part of any rule's parameters and never triggers a rerun by itself."""
+    on_disk = None
+    if Path("params.yaml").is_file():
+        with open("params.yaml") as f:
+            on_disk = yaml.safe_load(f)
+    if cfg == on_disk:
+        return "params.yaml"
+    text = yaml.safe_dump(dict(cfg), sort_keys=False)
+    path = Path(".snakemake") / "stfusion" / f"params-{hashlib.sha1(text.encode()).hexdigest()[:12]}.yaml"
+    if not path.is_file():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    return str(path)
+
+
+os.environ.update(STFUSION_PARAMS=_params_file(config))
+
+
+def dirname(key, io="input", up=1):
+    """A params function: the folder of the named input (or output) file, `up` levels above the file (for a list
+    of files, the first one's)."""
+
+    def folder(wildcards, input, output):
+        path = getattr(input if io == "input" else output, key)
+        path = path if isinstance(path, str) else path[0]
+        for _ in range(up):
+            path = os.path.dirname(path)
+        return path
+
+    return folder
+
+
+def prepare_inputs(wildcards):
+    """The built-in benchmark's annotation files, or the user's dataset folder (and annotation file)."""
+    if IS_BUILTIN:
+        return {"annotations": f"{ROOT}/annotations.csv", "classes": f"{ROOT}/classes.csv"}
+    annotations = config["data"].get("annotations")
+    return {"root": ROOT, **({"annotations": annotations} if annotations else {})}
+
+
+def stage_values(stage):
+    """The values of the parameters `stage` reads: a rule's `params`, so it reruns when one of them changes."""
+    return P.stage_params(config, stage)
+
+
+def _ids(table):
+    import csv
+
+    with open(table, newline="") as f:
+        return [row["id"] for row in csv.DictReader(f)]
+
+
+def derived_ids(wildcards):
+    """The ids of the derived strategies (known once the `derive` checkpoint has run)."""
+    return _ids(checkpoints.derive.get().output.table)
+
+
+def selected_ids(wildcards):
+    """The ids of the strategies to train stand-alone (known once `select_standalone` has run)."""
+    return _ids(checkpoints.select_standalone.get().output.table)
+
+
+wildcard_constraints:
+    sid="[nstb]+",

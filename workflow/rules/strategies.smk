@@ -1,0 +1,71 @@
+# Stages 3-5: list strategies, score them with the shared weights, analyse the probability space.
+
+
+rule sample_strategies:
+    input:
+        model=SUPERNET,
+    output:
+        table=CANDIDATES,
+        timing=f"{TIMING}/sample_strategies.json",
+    params:
+        values=stage_values("sample_strategies"),
+    log:
+        "logs/sample_strategies.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m stfusion.cli sample-strategies --checkpoint {input.model} --out {output.table} "
+        "--timing {output.timing} --log {log} --no-progress"
+
+
+rule score_strategies:
+    input:
+        **CACHE_FILES,
+        model=SUPERNET,
+        candidates=CANDIDATES,
+    output:
+        ranking=RANKING,
+        timing=f"{TIMING}/score_strategies.json",
+    params:
+        values=stage_values("score_strategies"),
+        cache=dirname("manifest"),
+    threads: 8
+    resources:
+        mem_mb=8000,
+        runtime=30,
+    log:
+        "logs/score_strategies.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m stfusion.cli score-strategies --checkpoint {input.model} --cache {params.cache} "
+        "--candidates {input.candidates} --out {output.ranking} --threads {threads} --timing {output.timing} "
+        "--log {log} --no-progress"
+
+
+rule analyze:
+    input:
+        model=SUPERNET,
+        ranking=RANKING,
+        drop_rates=f"{SUPERNET_DIR}/drop_rates.csv",
+    output:
+        network=f"{ANALYSIS}/network.csv",
+        network_md=f"{ANALYSIS}/network.md",
+        preference=PREFERENCE,
+        preference_md=f"{ANALYSIS}/preference.md",
+        heatmap=f"{ANALYSIS}/preference.png",
+        scatter=f"{ANALYSIS}/scatter.png",
+        drop_rates=f"{ANALYSIS}/drop_rates.png",
+        summary=f"{ANALYSIS}/summary.json",
+        timing=f"{TIMING}/analyze.json",
+    params:
+        values=stage_values("analyze"),
+        out_dir=dirname("preference", "output"),
+    log:
+        "logs/analyze.log",
+    conda:
+        CONDA_ENV
+    shell:
+        "python -m stfusion.cli analyze --checkpoint {input.model} --ranking {input.ranking} "
+        "--drop-rates {input.drop_rates} --out-dir {params.out_dir} --timing {output.timing} --log {log} "
+        "--no-progress"
