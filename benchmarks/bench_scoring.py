@@ -25,7 +25,7 @@ from stfusion.prefix_scoring import count_macs, score_strategies_prefix
 from stfusion.scoring import score_strategies
 from stfusion.train import TrainConfig, fit
 
-from bench_model import load_params
+from bench_model import load_params  # benchmarks/ (run.py puts it on sys.path)
 
 SCORE_COLUMNS = ["top1", "top5", "loss"]
 

@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 # OpenMP threads that spin while waiting steal the cores from the working thread when other processes share the
-# machine: on 2 busy cores the supernet step ran 3-4x slower with the default policy. Set before torch loads
+# machine: on 2 busy cores the supernet step ran 2-10x slower with the default policy. Set before torch loads
 # OpenMP; an explicit OMP_WAIT_POLICY in the environment wins.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -103,13 +103,14 @@ def main(argv=None) -> int:
     if quick:
         params["model"].update(widths=[8, 16], layers_per_stage=[1, 1], stem_width=8)
         params["data"].update(frames=4, size=16)
-    reps = 3 if quick else 20
+    reps = 3 if quick else 30
 
     # (1) supernet training-step overhead
     res = bench_model.supernet_overhead(params, repeats=reps)
     emit(line("supernet_overhead", res["ratio"]))
     note(f"supernet step {res['candidate_s'] * 1e3:.1f} ms vs plain {res['baseline_s'] * 1e3:.1f} ms "
-         f"(batch {res['batch']}, median of {res['repeats']} interleaved pairs)")
+         f"(batch {res['batch']}, median of {res['repeats']} interleaved pairs; CPU-time ratio "
+         f"{res['cpu_ratio']:.3f})")
     supernet_rate, batch = res["supernet_clips_per_s"], res["batch"]
 
     # (2) hard-gate mode vs the exported plain subnet
@@ -155,9 +156,13 @@ def main(argv=None) -> int:
         emit("gpu: skipped (CUDA not available)")
     else:
         res = bench_model.gpu_paths(params, repeats=5 if quick else 30)
-        emit(line("gpu_bf16_autocast", res["bf16_autocast"]))
-        emit(line("gpu_channels_last_3d", res["channels_last_3d"]))
-        emit(line("gpu_pinned_memory", res["pinned_memory"]))
+        for key in ("bf16_autocast", "channels_last_3d", "pinned_memory"):
+            value = res[key]
+            if isinstance(value, Exception):
+                emit(f"gpu_{key}: skipped (failed: {type(value).__name__})")
+                note(f"gpu_{key}: {value}")
+            else:
+                emit(line(f"gpu_{key}", value))
         note(f"GPU: {res['device']}")
     tmp.cleanup()
     if args.cpu_settings:

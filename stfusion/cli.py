@@ -73,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     from . import pipeline as P
 
     parser = argparse.ArgumentParser(
-        prog="stfusion", description=__doc__.split("\n\n")[0], epilog=EPILOG,
+        prog="stfusion", description=__doc__.split("\n\n")[0].replace("``", ""), epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     from . import __version__

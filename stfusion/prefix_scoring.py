@@ -41,7 +41,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-from typing import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -81,7 +81,7 @@ class MacCounter:
     def _hook(self, module, inputs, output):
         self.total += module_macs(module, output)
 
-    def __enter__(self) -> "MacCounter":
+    def __enter__(self) -> MacCounter:
         self._handles = [m.register_forward_hook(self._hook) for m in self.model.modules()
                          if isinstance(m, (*_CONV, nn.Linear))]
         return self
@@ -120,8 +120,8 @@ class _Metrics:
         self.n += len(yc)
 
     def result(self) -> dict:
-        n = max(self.n, 1)
-        return {"top1": self.correct1 / n, "top5": self.correct5 / n, "loss": self.loss_sum / n, "n": self.n,
+        n = max(self.n, 1)  # as evaluate(), which also reports n = 1 for an empty loader
+        return {"top1": self.correct1 / n, "top5": self.correct5 / n, "loss": self.loss_sum / n, "n": n,
                 "per_class_correct": self.per_correct, "per_class_total": self.per_total}
 
 
@@ -245,6 +245,11 @@ def score_strategies_prefix(
         raise ValueError("recalibrate=True needs calibration batches")
     model.to(device)
     strategies = list(strategies)
+    if not strategies:
+        df = pd.DataFrame([])
+        df.attrs.update(prefix_shared=True, macs_executed=0, macs_naive=0, macs_check=0, nodes=0, strategies=0,
+                        unique_strategies=0)
+        return df
     for s in dict.fromkeys(strategies):  # the naive scorer's checks and messages, before any work
         model.set_strategy(s)
     saved = bn_state(model)

@@ -380,9 +380,10 @@ def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: 
         if "top1_motion" in ranked:
             m["best_top1_motion"] = float(ranked["top1_motion"].max())
     if fidelity:
-        for k in ("kendall_tau", "spearman_rho", "n", "kendall_tau_plain_bn", "kendall_tau_log_prob",
+        for k in ("kendall_tau", "spearman_rho", "kendall_tau_plain_bn", "kendall_tau_log_prob",
                   "spearman_rho_plain_bn", "spearman_rho_log_prob"):
             m[k] = fidelity.get(k)
+        m["n_standalone"] = fidelity.get("n")
     if finetuned is not None and "top1_test" in finetuned and len(finetuned):
         m["best_finetuned_top1_test"] = float(finetuned["top1_test"].max())
     m["checks_passed"] = int(sum(1 for c in checks if c["ok"]))

@@ -1,4 +1,5 @@
-"""``benchmarks/run.py --quick`` runs and prints exactly one well-formed line per goal (no timing assertions)."""
+"""``benchmarks/run.py --quick`` runs and prints exactly one well-formed line per goal (no timing assertions), and the
+gate optimisation that ``supernet_overhead`` measures keeps the reference values, gradients and mask distribution."""
 
 from __future__ import annotations
 
@@ -45,6 +46,49 @@ def test_quick_run_prints_one_line_per_goal():
             assert float(ratios[name]["value"]) > 0
     for name in ("supernet_overhead", "hard_gate_subnet", "prefix_scoring", "prefix_scoring_flops"):
         assert name in ratios, f"{name} must always run"
-    gpu = GPU & set(ratios)
+    gpu = GPU & set(names)
     assert gpu == GPU or (not gpu and "gpu" in skipped)  # all three GPU lines, or the one skipped line
     assert set(names) <= set(GOALS) | GPU | {"gpu"}
+
+
+# ------------------------------------------------------------------ the gate optimisation the benchmark measures
+def test_fused_gated_sum_equals_the_reference_formula():
+    """``gated_sum`` (custom autograd, fewer temporaries) gives the values and gradients of
+    ``addcmul(yst * mst, ys, ms)``, for both memory layouts, and passes gradcheck."""
+    import torch
+
+    from stfusion.fusion import gated_sum
+
+    g = torch.Generator().manual_seed(0)
+    for fmt in (torch.contiguous_format, torch.channels_last_3d):
+        ys, yst, grad = (torch.randn(4, 3, 2, 5, 5, dtype=torch.float64, generator=g)
+                         .contiguous(memory_format=fmt).requires_grad_() for _ in range(3))
+        ms, mst = (torch.rand(4, dtype=torch.float64, generator=g).requires_grad_() for _ in range(2))
+        out = gated_sum(ys, yst, ms, mst)
+        ref = torch.addcmul(yst * mst.view(4, 1, 1, 1, 1), ys, ms.view(4, 1, 1, 1, 1))
+        assert torch.allclose(out, ref)
+        got = torch.autograd.grad(out, (ys, yst, ms, mst), grad)
+        want = torch.autograd.grad(ref, (ys, yst, ms, mst), grad)
+        assert all(torch.allclose(a, b) for a, b in zip(got, want))
+        assert torch.autograd.gradcheck(gated_sum, (ys, yst, ms, mst))
+
+
+def test_batched_mask_sampling_matches_one_gate_at_a_time():
+    import torch
+
+    from stfusion.droppath import VariationalDropPath, sample_masks
+
+    a, b = VariationalDropPath(init_p=0.2, temperature=0.01), VariationalDropPath(init_p=0.7, temperature=0.01)
+    torch.manual_seed(3)
+    one = a.sample_mask(50, torch.device("cpu"), torch.float32)
+    torch.manual_seed(3)
+    assert torch.equal(sample_masks([a], 50, torch.device("cpu"), torch.float32).view(50, 1, 1, 1, 1), one)
+    torch.manual_seed(0)
+    both = sample_masks([a, b], 20000, torch.device("cpu"), torch.float32)
+    assert both.shape == (2, 20000)
+    keep = (both > 0.5).float().mean(1)
+    assert abs(keep[0].item() - 0.8) < 0.02 and abs(keep[1].item() - 0.3) < 0.02  # 1 - p per gate
+    assert abs(torch.corrcoef(both)[0, 1].item()) < 0.03  # independent gates
+    rescaled = VariationalDropPath(init_p=0.5, rescale=True)
+    mixed = sample_masks([a, rescaled], 8, torch.device("cpu"), torch.float32)  # settings differ: one by one
+    assert mixed.shape == (2, 8)

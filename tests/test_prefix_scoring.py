@@ -202,6 +202,17 @@ def test_a_module_that_modifies_its_input_in_place_is_refused():
     assert net.strategy is None  # state restored on the way out
 
 
+def test_degenerate_inputs_match_the_naive_scorer():
+    net = tiny_plain("full")
+    loader, calib = data(n_val=4)
+    empty_loader = DataLoader(TensorDataset(torch.zeros(0, 3, 4, 16, 16), torch.zeros(0, dtype=torch.long)))
+    one = [Strategy((S,) * net.n_fusion_layers)]
+    for strategies, val in (([], loader), (one, empty_loader)):
+        naive = score_strategies(net, strategies, val, NUM_CLASSES, calib_batches=calib, progress=False)
+        prefix = score_strategies_prefix(net, strategies, val, NUM_CLASSES, calib_batches=calib, progress=False)
+        pd.testing.assert_frame_equal(prefix, naive)
+
+
 def test_errors_match_the_naive_scorer():
     net = tiny_plain("full")
     loader, calib = data(n_val=4)
