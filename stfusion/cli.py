@@ -28,6 +28,11 @@ import os
 import sys
 from pathlib import Path
 
+# Idle OpenMP threads sleep instead of spinning: with parallel Snakemake jobs on few cores, spinning threads
+# took the cores from the working ones (training steps ran 2-9x slower in benchmarks/run.py). Must be set
+# before torch loads; an explicit setting in the environment wins.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import yaml
 
 from .errors import StfusionError

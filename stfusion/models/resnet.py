@@ -38,6 +38,7 @@ factorised BasicBlock's gated paths) keep gamma 1.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor, nn
 
 from ..errors import StfusionError
@@ -91,7 +92,7 @@ class _Block(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         out = self._branch(x)
         if out is None:
-            return self.relu(identity)
+            return torch.relu(identity)  # out of place: identity may be this block's own input
         return self.relu(out + identity)
 
 
