@@ -9,7 +9,6 @@ import sys
 import numpy as np
 import pandas as pd
 import pytest
-import torch
 import yaml
 
 from stfusion.checkpoint import load_checkpoint, save_torch
