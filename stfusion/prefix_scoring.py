@@ -43,17 +43,15 @@ import logging
 import math
 from collections.abc import Iterable, Iterator, Sequence
 
-import numpy as np
 import pandas as pd
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm import tqdm
 
 from .errors import StfusionError
 from .models.base import FusionNetwork
-from .scoring import bn_state, group_accuracy, score_strategies
+from .scoring import Metrics, bn_state, result_row, score_strategies
 from .strategies import Strategy
 
 log = logging.getLogger(__name__)
@@ -97,32 +95,6 @@ def count_macs(model: nn.Module) -> Iterator[MacCounter]:
     """Context manager: ``with count_macs(model) as c: ...; c.total`` (multiply-accumulates executed)."""
     with MacCounter(model) as counter:
         yield counter
-
-
-class _Metrics:
-    """The accumulators of :func:`stfusion.scoring.evaluate`, fed logits batch by batch in the same order."""
-
-    def __init__(self, num_classes: int):
-        self.correct1 = self.correct5 = 0
-        self.loss_sum, self.n = 0.0, 0
-        self.per_correct = np.zeros(num_classes, np.int64)
-        self.per_total = np.zeros(num_classes, np.int64)
-
-    def update(self, logits: Tensor, y: Tensor) -> None:
-        self.loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hit1 = (top[:, 0] == y).cpu().numpy()
-        self.correct1 += int(hit1.sum())
-        self.correct5 += int((top == y[:, None]).any(1).sum())
-        yc = y.cpu().numpy()
-        np.add.at(self.per_correct, yc, hit1.astype(np.int64))
-        np.add.at(self.per_total, yc, 1)
-        self.n += len(yc)
-
-    def result(self) -> dict:
-        n = max(self.n, 1)  # as evaluate(), which also reports n = 1 for an empty loader
-        return {"top1": self.correct1 / n, "top5": self.correct5 / n, "loss": self.loss_sum / n, "n": n,
-                "per_class_correct": self.per_correct, "per_class_total": self.per_total}
 
 
 class _Chain:
@@ -253,7 +225,7 @@ def score_strategies_prefix(
     for s in dict.fromkeys(strategies):  # the naive scorer's checks and messages, before any work
         model.set_strategy(s)
     saved = bn_state(model)
-    metrics = {s: _Metrics(num_classes) for s in strategies}
+    metrics = {s: Metrics(num_classes) for s in strategies}
     calib = [x.to(device) for x in calib_batches] if recalibrate else []
     node_bn: dict[tuple[int, tuple[int, ...]], list[tuple]] = {}
     node_macs: dict[tuple[int, tuple[int, ...]], int] = {}
@@ -332,14 +304,7 @@ def score_strategies_prefix(
         model.load_state_dict(saved, strict=False)
         model.set_strategy(None)
         model.eval()
-    rows = []
-    for s in strategies:
-        res = metrics[s].result()
-        row = {"strategy": s.text, "id": s.id, "top1": res["top1"], "top5": res["top5"], "loss": res["loss"],
-               "n": res["n"]}
-        row.update(group_accuracy(res, groups or {}))
-        rows.append(row)
-    df = pd.DataFrame(rows)
+    df = pd.DataFrame([result_row(s, metrics[s].result(), groups) for s in strategies])
     executed = int(sum(node_macs.values())) + check_macs
     naive = int(sum(node_macs.get((d, chain.key(d, s)), 0) for s in strategies for d in range(len(chain))))
     df.attrs.update(prefix_shared=True, macs_executed=executed, macs_naive=naive, macs_check=check_macs,

@@ -46,29 +46,41 @@ def bn_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.clone() for k, v in model.state_dict().items() if "running_" in k or "num_batches" in k}
 
 
+class Metrics:
+    """Top-1, top-5, summed loss and per-class correct / total counts, fed logits batch by batch."""
+
+    def __init__(self, num_classes: int):
+        self.correct1 = self.correct5 = 0
+        self.loss_sum, self.n = 0.0, 0
+        self.per_correct = np.zeros(num_classes, np.int64)
+        self.per_total = np.zeros(num_classes, np.int64)
+
+    def update(self, logits: torch.Tensor, y: torch.Tensor) -> None:
+        self.loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        hit1 = (top[:, 0] == y).cpu().numpy()
+        self.correct1 += int(hit1.sum())
+        self.correct5 += int((top == y[:, None]).any(1).sum())
+        yc = y.cpu().numpy()
+        np.add.at(self.per_correct, yc, hit1.astype(np.int64))
+        np.add.at(self.per_total, yc, 1)
+        self.n += len(yc)
+
+    def result(self) -> dict:
+        n = max(self.n, 1)
+        return {"top1": self.correct1 / n, "top5": self.correct5 / n, "loss": self.loss_sum / n, "n": n,
+                "per_class_correct": self.per_correct, "per_class_total": self.per_total}
+
+
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: Iterable, num_classes: int, device: torch.device) -> dict:
     """Top-1, top-5, mean loss and per-class correct / total counts over ``loader`` in eval mode."""
     model.eval()
-    correct1 = correct5 = 0
-    loss_sum, n = 0.0, 0
-    per_correct = np.zeros(num_classes, np.int64)
-    per_total = np.zeros(num_classes, np.int64)
+    metrics = Metrics(num_classes)
     for x, y in loader:
         x, y = x.to(device), y.to(device)
-        logits = model(x)
-        loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        hit1 = (top[:, 0] == y).cpu().numpy()
-        correct1 += int(hit1.sum())
-        correct5 += int((top == y[:, None]).any(1).sum())
-        yc = y.cpu().numpy()
-        np.add.at(per_correct, yc, hit1.astype(np.int64))
-        np.add.at(per_total, yc, 1)
-        n += len(yc)
-    n = max(n, 1)
-    return {"top1": correct1 / n, "top5": correct5 / n, "loss": loss_sum / n, "n": n,
-            "per_class_correct": per_correct, "per_class_total": per_total}
+        metrics.update(model(x), y)
+    return metrics.result()
 
 
 def group_accuracy(result: dict, groups: dict[str, Sequence[int]]) -> dict[str, float]:
@@ -79,6 +91,13 @@ def group_accuracy(result: dict, groups: dict[str, Sequence[int]]) -> dict[str, 
         total = result["per_class_total"][idx].sum()
         out[f"top1_{name}"] = float(result["per_class_correct"][idx].sum() / total) if total else float("nan")
     return out
+
+
+def result_row(strategy: Strategy, result: dict, groups: dict[str, Sequence[int]] | None) -> dict:
+    """One row of a score table: ``strategy``, ``id``, ``top1``, ``top5``, ``loss``, ``n``, ``top1_<group>``."""
+    row = {"strategy": strategy.text, "id": strategy.id, **{k: result[k] for k in ("top1", "top5", "loss", "n")}}
+    row.update(group_accuracy(result, groups or {}))
+    return row
 
 
 def score_strategies(
@@ -106,11 +125,7 @@ def score_strategies(
             if not calib_batches:
                 raise ValueError("recalibrate=True needs calibration batches")
             update_bn(calib_batches, model, device=device)
-        res = evaluate(model, val_loader, num_classes, device)
-        row = {"strategy": strategy.text, "id": strategy.id, "top1": res["top1"], "top5": res["top5"],
-               "loss": res["loss"], "n": res["n"]}
-        row.update(group_accuracy(res, groups or {}))
-        rows.append(row)
+        rows.append(result_row(strategy, evaluate(model, val_loader, num_classes, device), groups))
     model.load_state_dict(saved, strict=False)
     model.set_strategy(None)
     return pd.DataFrame(rows)

@@ -167,8 +167,11 @@ def _uniform_decord(path: Path, num: int, threads: int) -> tuple[np.ndarray, int
 
 
 # ------------------------------------------------------------------------------------------------ PyAV
-def _pyav_decode(path: Path, wanted: np.ndarray | None, threads: int) -> tuple[dict[int, np.ndarray], int, int]:
-    """Decode sequentially; keep frames whose index is in ``wanted`` (all when None).
+def _pyav_decode(
+    path: Path, wanted: np.ndarray | None, threads: int, keep: bool = True
+) -> tuple[dict[int, np.ndarray], int, int]:
+    """Decode sequentially; keep frames whose index is in ``wanted`` (all when None; none when not ``keep``,
+    to count frames without converting them).
 
     Returns (kept frames by index, number of frames decoded, frames declared by the container or 0).
     Stops after the last wanted frame.
@@ -191,7 +194,7 @@ def _pyav_decode(path: Path, wanted: np.ndarray | None, threads: int) -> tuple[d
         count = 0
         try:
             for frame in container.decode(stream):
-                if want is None or count in want:
+                if keep and (want is None or count in want):
                     kept[count] = frame.to_ndarray(format="rgb24")
                 count += 1
                 if last is not None and count > last:
@@ -333,29 +336,7 @@ def count_frames(path, backend: str = "decord") -> int:
 
 def _pyav_count(path: Path) -> int:
     """Count frames by decoding (container metadata is missing in webm and unreliable elsewhere)."""
-    try:
-        container = av.open(str(path))
-    except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as exc:
-        raise VideoReadError(f"not a readable video: {path} ({_one_line(exc)})") from None
-    with container:
-        if not container.streams.video:
-            raise VideoReadError(f"no video stream in {path}", "empty")
-        stream = container.streams.video[0]
-        stream.thread_type = "AUTO"
-        declared = int(stream.frames or 0)
-        count = 0
-        try:
-            for _ in container.decode(stream):
-                count += 1
-        except (av.error.FFmpegError, ValueError) as exc:
-            raise VideoReadError(
-                f"corrupt or truncated video {path}: decoding failed after {count} frames ({_one_line(exc)})"
-            ) from None
-    if count == 0:
-        raise VideoReadError(f"video has no frames: {path}", "empty")
-    if declared and count < 0.9 * declared:
-        raise VideoReadError(f"truncated video {path}: the container declares {declared} frames, decoded {count}")
-    return count
+    return _pyav_decode(path, None, threads=0, keep=False)[1]
 
 
 # --------------------------------------------------------------------------------------------- writing
