@@ -82,6 +82,18 @@ def _clip_batch(params: dict, batch: int, seed: int = 0) -> tuple[torch.Tensor, 
     return x, y
 
 
+def _synced(fn: Callable[[], object], device: torch.device) -> Callable[[], None]:
+    """``fn`` followed by a CUDA synchronisation on a GPU (so wall time covers the queued kernels)."""
+    if device.type != "cuda":
+        return fn
+
+    def run():
+        fn()
+        torch.cuda.synchronize(device)
+
+    return run
+
+
 def _train_step(model, optimizer, x, y, kl: dict | None) -> Callable[[], None]:
     def step():
         logits = model(x)
@@ -95,23 +107,25 @@ def _train_step(model, optimizer, x, y, kl: dict | None) -> Callable[[], None]:
     return step
 
 
-def supernet_overhead(params: dict | None = None, *, repeats: int = 20, batch: int | None = None) -> dict:
+def supernet_overhead(params: dict | None = None, *, repeats: int = 20, batch: int | None = None,
+                      device: str = "cpu") -> dict:
     """Training step (forward, CE + KL, backward, SGD) of the supernet, all gates stochastic (template mode,
     gated), over the same template with both paths always on and no gates (``set_gates_active(False)``,
-    CE only): same widths, same input."""
+    CE only): same widths, same input, on ``device``."""
     params = params or load_params()
+    dev = torch.device(device)
     batch = batch or int(params["supernet"]["batch_size"])
-    x, y = _clip_batch(params, batch)
+    x, y = (t.to(dev) for t in _clip_batch(params, batch))
     g = params["gate"]
     steps = {}
     for name, gated in (("supernet", True), ("plain", False)):
         torch.manual_seed(params.get("seed", 0))
-        model = build_model(params, NUM_CLASSES)
+        model = build_model(params, NUM_CLASSES).to(dev)
         model.set_gates_active(gated)
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
         kl = {"n_train": 1000, "k": float(g.get("kl_k", 50.0)), "form": g.get("kl_form", "linear")} if gated else None
-        steps[name] = _train_step(model, opt, x, y, kl)
+        steps[name] = _synced(_train_step(model, opt, x, y, kl), dev)
     res = paired_ratio(steps["supernet"], steps["plain"], repeats)
     res["batch"] = batch
     res["supernet_clips_per_s"] = batch / res["candidate_s"]
@@ -129,13 +143,16 @@ def benchmark_strategy(n_layers: int, stage_of_layer) -> Strategy:
     return Strategy(tuple(states))
 
 
-def hard_gate_subnet(params: dict | None = None, *, repeats: int = 20, batch: int | None = None) -> dict:
-    """Eval forward of the template in hard-gate mode for a strategy over ``model.export(strategy)``."""
+def hard_gate_subnet(params: dict | None = None, *, repeats: int = 20, batch: int | None = None,
+                     device: str = "cpu") -> dict:
+    """Eval forward of the template in hard-gate mode for a strategy over ``model.export(strategy)``, on
+    ``device``."""
     params = params or load_params()
+    dev = torch.device(device)
     batch = batch or int(params["supernet"]["batch_size"])
-    x, _ = _clip_batch(params, batch, seed=1)
+    x = _clip_batch(params, batch, seed=1)[0].to(dev)
     torch.manual_seed(params.get("seed", 0))
-    model = build_model(params, NUM_CLASSES)
+    model = build_model(params, NUM_CLASSES).to(dev)
     strategy = benchmark_strategy(model.n_fusion_layers, model.stage_of_layer)
     exported = model.export(strategy).eval()
     model.set_strategy(strategy)
@@ -148,7 +165,7 @@ def hard_gate_subnet(params: dict | None = None, *, repeats: int = 20, batch: in
             with torch.no_grad():
                 m(x)
 
-        return fwd
+        return _synced(fwd, dev)
 
     res = paired_ratio(run(model), run(exported), repeats)
     res["strategy"] = strategy.text

@@ -93,7 +93,8 @@ def _subset(ds: Dataset, n: int, seed: int) -> Dataset:
     return Subset(ds, idx)
 
 
-def trained_supernet(quick: bool = False, cache: Path | None = None, params: dict | None = None) -> dict:
+def trained_supernet(quick: bool = False, cache: Path | None = None, params: dict | None = None,
+                     device: str = "cpu") -> dict:
     """A briefly trained supernet of the small preset with its data (see the module docstring): on the clip cache
     ``cache`` (its frame size must be the preset's, or 16 with ``quick``) or on synthetic tensor clips."""
     params = copy.deepcopy(params or load_params())
@@ -121,7 +122,7 @@ def trained_supernet(quick: bool = False, cache: Path | None = None, params: dic
     model = build_model(params, num_classes)
     g = params["gate"]
     cfg = TrainConfig(epochs=1 if quick else 3, warmup_epochs=1, batch_size=16, lr=0.05, kl_k=float(g["kl_k"]),
-                      kl_form=g.get("kl_form", "linear"), seed=0, device="cpu")
+                      kl_form=g.get("kl_form", "linear"), seed=0, device=device)
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         fit(model, train, cfg, tmp, progress=False)
@@ -142,16 +143,18 @@ def ranking(df) -> list[str]:
 
 
 def prefix_scoring(quick: bool = False, cache: Path | None = None, n_strategies: int | None = None,
-                   recalibrate: bool = True) -> dict:
+                   recalibrate: bool = True, device: str = "cpu") -> dict:
     """Wall time and conv/linear MACs of prefix-shared over naive scoring of strategies sampled from the trained
-    posterior; asserts equal scores and identical rankings."""
-    sn = trained_supernet(quick, cache)
+    posterior, on ``device``; asserts equal scores (within ``1e-5`` on CPU; on a GPU, where cuDNN picks kernels
+    per batch shape, top-1 may move by one clip, so within one clip) and identical rankings on CPU."""
+    sn = trained_supernet(quick, cache, device=device)
     model = sn["model"]
     n = n_strategies or (16 if quick else 256)
     posterior = model.posterior()
     strategies = posterior.sample(n, seed=0)
     loader = DataLoader(sn["val"], batch_size=len(sn["calib"][0]) * 2, shuffle=False)
-    kw = dict(calib_batches=sn["calib"], recalibrate=recalibrate, groups=sn["groups"], progress=False)
+    kw = dict(calib_batches=sn["calib"], recalibrate=recalibrate, groups=sn["groups"], progress=False,
+              device=device)
 
     def naive():
         with count_macs(model) as c:
@@ -175,13 +178,16 @@ def prefix_scoring(quick: bool = False, cache: Path | None = None, n_strategies:
     cols = SCORE_COLUMNS + [c for c in a.columns if c.startswith("top1_")]
     assert list(a.columns) == list(b.columns) and a["id"].tolist() == b["id"].tolist()
     max_diff = float(np.nanmax(np.abs(a[cols].to_numpy(float) - b[cols].to_numpy(float))))
-    assert max_diff <= 1e-5, f"prefix scores differ from the naive scorer by {max_diff}"
-    assert ranking(a) == ranking(b), "prefix scoring ranks the strategies differently"
+    same_ranking = ranking(a) == ranking(b)
+    tol = 1e-5 if torch.device(device).type == "cpu" else 1.0 / len(sn["val"]) + 1e-6
+    assert max_diff <= tol, f"prefix scores differ from the naive scorer by {max_diff}"
+    assert same_ranking or tol > 1e-5, "prefix scoring ranks the strategies differently"
     prefix_s, naive_s = float(np.median(times["prefix"])), times["naive"][0]
     return {
         "ratio": prefix_s / naive_s, "prefix_s": prefix_s, "naive_s": naive_s,
         "flops_ratio": b.attrs["macs_executed"] / a.attrs["macs"], "macs_prefix": b.attrs["macs_executed"],
         "macs_naive": a.attrs["macs"], "macs_naive_derived": b.attrs["macs_naive"], "max_abs_diff": max_diff,
+        "same_ranking": same_ranking,
         "strategies": n, "distinct": b.attrs["unique_strategies"], "nodes": b.attrs["nodes"],
         "entropy_nats": posterior.entropy(), "source": sn["source"], "train_s": sn["train_s"],
         "val_clips": len(sn["val"]), "calib_clips": sum(len(c) for c in sn["calib"]),

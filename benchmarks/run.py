@@ -82,6 +82,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-settings", action="store_true",
                     help="also time CPU settings of the supernet step (threads, channels_last_3d, oneDNN, "
                          "OMP_WAIT_POLICY); reported on stderr, no goals")
+    ap.add_argument("--device", default="cpu",
+                    help="where goals 1-3 run: cpu (default) or cuda (the GPU lines then come as well)")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's own, i.e. the cores; 1 with --quick)")
     args = ap.parse_args(argv)
@@ -106,7 +108,9 @@ def main(argv=None) -> int:
     reps = 3 if quick else 30
 
     # (1) supernet training-step overhead
-    res = bench_model.supernet_overhead(params, repeats=reps)
+    dev = args.device
+    note(f"goals 1-3 on {dev}" + (f" ({torch.cuda.get_device_name(0)})" if dev == "cuda" else ""))
+    res = bench_model.supernet_overhead(params, repeats=reps, device=dev)
     emit(line("supernet_overhead", res["ratio"]))
     note(f"supernet step {res['candidate_s'] * 1e3:.1f} ms vs plain {res['baseline_s'] * 1e3:.1f} ms "
          f"(batch {res['batch']}, median of {res['repeats']} interleaved pairs; CPU-time ratio "
@@ -114,7 +118,7 @@ def main(argv=None) -> int:
     supernet_rate, batch = res["supernet_clips_per_s"], res["batch"]
 
     # (2) hard-gate mode vs the exported plain subnet
-    res = bench_model.hard_gate_subnet(params, repeats=reps)
+    res = bench_model.hard_gate_subnet(params, repeats=reps, device=dev)
     emit(line("hard_gate_subnet", res["ratio"]))
     note(f"hard-gate {res['candidate_s'] * 1e3:.1f} ms vs exported {res['baseline_s'] * 1e3:.1f} ms, "
          f"strategy {res['strategy']}")
@@ -126,14 +130,15 @@ def main(argv=None) -> int:
     note(why)
 
     # (3) prefix-shared vs naive scoring (equal scores and identical ranking asserted inside)
-    res = bench_scoring.prefix_scoring(quick, cache)
+    res = bench_scoring.prefix_scoring(quick, cache, device=dev)
     emit(line("prefix_scoring", res["ratio"]))
     emit(line("prefix_scoring_flops", res["flops_ratio"]))
     note(f"prefix {res['prefix_s']:.1f} s vs naive {res['naive_s']:.1f} s; MACs {res['macs_prefix']:.3g} vs "
          f"{res['macs_naive']:.3g}; {res['strategies']} strategies ({res['distinct']} distinct, {res['nodes']} "
          f"tree nodes), posterior entropy {res['entropy_nats']:.2f} nats; {res['val_clips']} val + "
          f"{res['calib_clips']} calibration clips; trained {res['train_s']:.0f} s on {res['source']}; "
-         f"max |diff| {res['max_abs_diff']:.1e}, rankings identical")
+         f"max |diff| {res['max_abs_diff']:.1e}, rankings "
+         f"{'identical' if res['same_ranking'] else 'differ (GPU kernels)'}")
 
     # (4) data loader vs supernet consumption
     loader = None if cache is None else _bench_loader(cache, params["data"]["frames"], batch, 2 if quick else 10)

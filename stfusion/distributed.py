@@ -3,6 +3,9 @@
 ``torchrun --nproc_per_node=4 -m stfusion.cli train-supernet ...`` sets ``WORLD_SIZE``/``RANK``/``LOCAL_RANK``;
 :func:`init_from_env` joins the process group, every rank trains on its share of each global batch
 (``DistributedSampler`` with ``set_epoch``), and only rank 0 logs and writes checkpoints.
+
+The backend is NCCL where CUDA is available and gloo otherwise; ``STFUSION_DIST_BACKEND=gloo`` overrides it
+(for example to run several processes on one GPU, which NCCL refuses).
 """
 
 from __future__ import annotations
@@ -29,9 +32,9 @@ def init_from_env() -> bool:
     """Join the process group described by torchrun's environment; ``False`` for a single-process run."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or dist.is_initialized():
         return dist.is_initialized()
-    backend = "nccl" if torch.cuda.is_available() else "gloo"
-    if backend == "nccl":
-        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    backend = os.environ.get("STFUSION_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
+    if torch.cuda.is_available():
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     dist.init_process_group(backend=backend)
     return True
 

@@ -76,6 +76,9 @@ METRICS = f"{RESULTS}/metrics.json"
 # --------------------------------------------------------------------------------------- stage parameters
 _DATA_LOADING = ["preset", "data.frames", "data.stride", "data.sampling"]
 
+#: where and how networks train (:func:`stfusion.train.compute_settings`): read by every training stage
+_COMPUTE = ["supernet.device", "supernet.precision", "supernet.channels_last"]
+
 #: The parameters each stage reads (dotted keys; a section name means the whole section). ``preset`` is listed
 #: everywhere because a preset may set any section.
 STAGE_PARAMS: dict[str, list[str]] = {
@@ -97,12 +100,12 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "analyze": ["preset", "gate.keep_prob"],
     "derive": ["preset", "derive.top_k", "derive.st_threshold"],
     "finetune": [
-        "seed", *_DATA_LOADING, "data.flip", "supernet.momentum", "supernet.schedule", "supernet.device",
+        "seed", *_DATA_LOADING, "data.flip", "supernet.momentum", "supernet.schedule", *_COMPUTE,
         "scoring.batch_size", "finetune",
     ],
     "select_standalone": ["preset", "validate.n_strategies"],
     "train_standalone": [
-        "seed", *_DATA_LOADING, "data.flip", "supernet.momentum", "supernet.schedule", "supernet.device",
+        "seed", *_DATA_LOADING, "data.flip", "supernet.momentum", "supernet.schedule", *_COMPUTE,
         "scoring.batch_size", "validate.epochs", "validate.lr", "validate.batch_size", "validate.weight_decay",
     ],
     "report": ["seed", "preset"],

@@ -50,6 +50,8 @@ class TrainConfig:
     kl_form: str = "linear"
     n_train: int | None = None  # N of the KL term; None = len(train_set)
     sync_bn: bool = True  # SyncBatchNorm under multi-GPU DDP (CUDA only; ignored on CPU and single-process runs)
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the forward; weights, gate logits and the KL stay fp32)
+    channels_last: bool = False  # model and batches in channels_last_3d (NDHWC) memory layout
     extra: dict = field(default_factory=dict)
 
     @property
@@ -130,6 +132,10 @@ def fit(
         device = torch.device("cuda", torch.cuda.current_device())
     main = distributed.is_main()
     model.to(device)
+    layout = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
+    if cfg.channels_last:
+        model.to(memory_format=layout)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     gated = cfg.kl_k is not None
     n_train = cfg.n_train or len(train_set)
     optimizer = make_optimizer(model, cfg)
@@ -173,7 +179,10 @@ def fit(
         t0 = time.perf_counter()
         for step, (x, y) in enumerate(epoch_loader(train_set, cfg, epoch)):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            logits = net(x)
+            if cfg.channels_last:
+                x = x.contiguous(memory_format=layout)
+            with autocast:
+                logits = net(x).float()
             ce = F.cross_entropy(logits, y)
             kl = model.kl(n_train, cfg.kl_k, cfg.kl_form) if phase == "gated" else torch.zeros((), device=device)
             loss = ce + kl
@@ -252,9 +261,17 @@ def supernet_config(params: dict, n_train: int | None = None) -> TrainConfig:
         epochs=s["epochs"], warmup_epochs=s.get("warmup_epochs", 0), batch_size=s["batch_size"], lr=s["lr"],
         momentum=s.get("momentum", 0.9), weight_decay=s.get("weight_decay", 0.0),
         schedule=s.get("schedule", "cosine"), milestones=tuple(s.get("milestones", (0.45, 0.67, 0.9))),
-        seed=params.get("seed", 0), device=s.get("device", "auto"), kl_k=float(g.get("kl_k", 50.0)),
-        kl_form=g.get("kl_form", "linear"), n_train=g.get("n_train") or n_train,
+        seed=params.get("seed", 0), kl_k=float(g.get("kl_k", 50.0)), kl_form=g.get("kl_form", "linear"),
+        n_train=g.get("n_train") or n_train, **compute_settings(params),
     )
+
+
+def compute_settings(params: dict) -> dict:
+    """Where and how every network trains: ``supernet.device``, ``supernet.precision`` and
+    ``supernet.channels_last`` (one source for the supernet, the finetuned and the stand-alone networks)."""
+    s = params["supernet"]
+    return {"device": s.get("device", "auto"), "precision": s.get("precision", "fp32"),
+            "channels_last": bool(s.get("channels_last", False))}
 
 
 def plain_config(params: dict, section: str, seed_offset: int = 0) -> TrainConfig:
@@ -263,5 +280,5 @@ def plain_config(params: dict, section: str, seed_offset: int = 0) -> TrainConfi
     return TrainConfig(
         epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"], weight_decay=s.get("weight_decay", 0.0),
         momentum=params["supernet"].get("momentum", 0.9), schedule=params["supernet"].get("schedule", "cosine"),
-        seed=params.get("seed", 0) + seed_offset, device=params["supernet"].get("device", "auto"),
+        seed=params.get("seed", 0) + seed_offset, **compute_settings(params),
     )

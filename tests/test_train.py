@@ -116,3 +116,20 @@ def test_weight_decay_never_touches_gate_logits(tiny_params):
             assert group["weight_decay"] == 0.0
             assert all(id(p) in logit_ids for p in group["params"])
     assert len(logit_ids) == 2 * model.n_fusion_layers
+
+
+def test_channels_last_and_bf16_train_the_same_network(tmp_path, tiny_params):
+    """channels_last_3d changes the memory layout only: the weights match the default run to rounding. bf16
+    autocast keeps weights, gate logits and the loss in fp32 and learns the same task (looser tolerance)."""
+    data = motion_clips(64, seed=3)
+    base, hist = _train(tiny_params, data, tmp_path / "base", epochs=2, warmup=1)
+    last, _ = _train(tiny_params, data, tmp_path / "cl", epochs=2, warmup=1, channels_last=True)
+    for (k, a), b in zip(base.state_dict().items(), last.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-4, msg=k)
+    conv = next(m for m in last.modules() if isinstance(m, torch.nn.Conv3d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last_3d)
+    bf16, hist16 = _train(tiny_params, data, tmp_path / "bf16", epochs=2, warmup=1, precision="bf16")
+    assert all(p.dtype == torch.float32 for p in bf16.parameters())
+    assert torch.isfinite(torch.tensor(hist16["loss"].to_numpy())).all()
+    assert abs(hist16["loss"].iloc[-1] - hist["loss"].iloc[-1]) < 0.1 * hist["loss"].iloc[-1]
+    torch.testing.assert_close(bf16.drop_rates(), base.drop_rates(), rtol=0.05, atol=0.01)
