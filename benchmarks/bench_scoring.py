@@ -143,11 +143,11 @@ def ranking(df) -> list[str]:
 
 
 def prefix_scoring(quick: bool = False, cache: Path | None = None, n_strategies: int | None = None,
-                   recalibrate: bool = True, device: str = "cpu") -> dict:
+                   recalibrate: bool = True, device: str = "cpu", params: dict | None = None) -> dict:
     """Wall time and conv/linear MACs of prefix-shared over naive scoring of strategies sampled from the trained
     posterior, on ``device``; asserts equal scores (within ``1e-5`` on CPU; on a GPU, where cuDNN picks kernels
     per batch shape, top-1 may move by one clip, so within one clip) and identical rankings on CPU."""
-    sn = trained_supernet(quick, cache, device=device)
+    sn = trained_supernet(quick, cache, params, device=device)
     model = sn["model"]
     n = n_strategies or (16 if quick else 256)
     posterior = model.posterior()
@@ -188,7 +188,7 @@ def prefix_scoring(quick: bool = False, cache: Path | None = None, n_strategies:
         "flops_ratio": b.attrs["macs_executed"] / a.attrs["macs"], "macs_prefix": b.attrs["macs_executed"],
         "macs_naive": a.attrs["macs"], "macs_naive_derived": b.attrs["macs_naive"], "max_abs_diff": max_diff,
         "same_ranking": same_ranking,
-        "strategies": n, "distinct": b.attrs["unique_strategies"], "nodes": b.attrs["nodes"],
+        "strategies": n, "distinct": b.attrs.get("unique_strategies", 0), "nodes": b.attrs.get("nodes", 0),
         "entropy_nats": posterior.entropy(), "source": sn["source"], "train_s": sn["train_s"],
         "val_clips": len(sn["val"]), "calib_clips": sum(len(c) for c in sn["calib"]),
     }

@@ -7,6 +7,7 @@ Details (times, sizes, data source) go to stderr, so stdout holds only the goal 
 
     python benchmarks/run.py            # all benchmarks, a few minutes on 2 CPU cores
     python benchmarks/run.py --quick    # smoke run (tiny sizes, few repeats), well under a minute
+    python benchmarks/run.py --device cuda [--large]   # goals 1-3 on a GPU (--large: a GPU-sized template)
 """
 
 from __future__ import annotations
@@ -84,6 +85,9 @@ def main(argv=None) -> int:
                          "OMP_WAIT_POLICY); reported on stderr, no goals")
     ap.add_argument("--device", default="cpu",
                     help="where goals 1-3 run: cpu (default) or cuda (the GPU lines then come as well)")
+    ap.add_argument("--large", action="store_true",
+                    help="a GPU-sized template instead of the small preset: widths 64/128/256, 16 frames at 112 px, "
+                         "batch 32")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's own, i.e. the cores; 1 with --quick)")
     args = ap.parse_args(argv)
@@ -105,6 +109,10 @@ def main(argv=None) -> int:
     if quick:
         params["model"].update(widths=[8, 16], layers_per_stage=[1, 1], stem_width=8)
         params["data"].update(frames=4, size=16)
+    if args.large:
+        params["model"].update(widths=[64, 128, 256], stem_width=32)
+        params["data"].update(frames=16, size=112)
+        params["supernet"]["batch_size"] = 32
     reps = 3 if quick else 30
 
     # (1) supernet training-step overhead
@@ -130,7 +138,7 @@ def main(argv=None) -> int:
     note(why)
 
     # (3) prefix-shared vs naive scoring (equal scores and identical ranking asserted inside)
-    res = bench_scoring.prefix_scoring(quick, cache, device=dev)
+    res = bench_scoring.prefix_scoring(quick, cache, device=dev, params=params)
     emit(line("prefix_scoring", res["ratio"]))
     emit(line("prefix_scoring_flops", res["flops_ratio"]))
     note(f"prefix {res['prefix_s']:.1f} s vs naive {res['naive_s']:.1f} s; MACs {res['macs_prefix']:.3g} vs "

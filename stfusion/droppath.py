@@ -58,12 +58,7 @@ class VariationalDropPath(nn.Module):
         the experimental code) or ``c = k^2 / (2N)`` (``paper``, the paper's text). ``weight_sq`` is ``||W||^2``
         of the path's weights. The entropy part is not scaled by channel count.
         """
-        if form not in KL_FORMS:
-            raise ValueError(f"kl form must be one of {KL_FORMS}, got {form!r}")
-        coef = k / n_train if form == "linear" else k * k / (2.0 * n_train)
-        p = self.p
-        entropy = p * torch.log(p) + (1.0 - p) * torch.log1p(-p)
-        return coef * (1.0 - p) * weight_sq + entropy / n_train
+        return kl_sum([self], weight_sq.reshape(1), n_train, k, form)
 
     def extra_repr(self) -> str:
         return f"p={self.p.item():.4f}, temperature={self.temperature}, rescale={self.rescale}"
@@ -89,3 +84,19 @@ def sample_masks(gates: Sequence[VariationalDropPath], n: int, device: torch.dev
     if first.rescale:
         mask = mask / (1.0 - p)[:, None]
     return mask.to(dtype)
+
+
+def kl_sum(gates: Sequence[VariationalDropPath], weight_sq: Tensor, n_train: int, k: float,
+           form: str = "linear") -> Tensor:
+    """Sum of the KL terms of ``gates`` (see :meth:`VariationalDropPath.kl`) in one vectorised computation;
+    ``weight_sq: (len(gates),)`` holds ``||W||^2`` of each gate's path. A 0-dim tensor."""
+    if form not in KL_FORMS:
+        raise ValueError(f"kl form must be one of {KL_FORMS}, got {form!r}")
+    first = gates[0]
+    if any(g.p_clamp != first.p_clamp for g in gates):
+        return sum(kl_sum([g], w.reshape(1), n_train, k, form) for g, w in zip(gates, weight_sq))
+    coef = k / n_train if form == "linear" else k * k / (2.0 * n_train)
+    logit = first.p_logit[None] if len(gates) == 1 else torch.stack([g.p_logit for g in gates])
+    p = torch.sigmoid(logit).clamp(first.p_clamp, 1.0 - first.p_clamp)  # (G,), as VariationalDropPath.p
+    entropy = p * torch.log(p) + (1.0 - p) * torch.log1p(-p)
+    return (coef * (1.0 - p) * weight_sq + entropy / n_train).sum()

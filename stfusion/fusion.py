@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from .droppath import VariationalDropPath, sample_masks
+from .droppath import VariationalDropPath, kl_sum, sample_masks
 from .strategies import BOTH, NONE, S, ST, STATE_NAMES
 
 UNITS = ("full", "factorised")
@@ -48,9 +48,20 @@ def bn_relu_conv(conv: nn.Conv3d) -> nn.Sequential:
     return nn.Sequential(nn.BatchNorm3d(conv.in_channels), nn.ReLU(inplace=False), conv)
 
 
-def weight_sq(module: nn.Module) -> Tensor:
-    """``||W||^2`` over the conv weights of a path (the quantity the KL term prices)."""
-    return sum(m.weight.pow(2).sum() for m in module.modules() if isinstance(m, nn.Conv3d))
+def paths_weight_sq(paths: list[nn.Module]) -> Tensor:
+    """``(len(paths),)``: ``||W||^2`` over the conv weights of each path (the quantity the KL term prices),
+    from one fused norm over all the weights (``torch._foreach_norm``) instead of two ops per conv."""
+    weights, owner = [], []
+    for i, path in enumerate(paths):
+        for m in path.modules():
+            if isinstance(m, nn.Conv3d):
+                weights.append(m.weight)
+                owner.append(i)
+    sq = torch.stack(torch._foreach_norm(weights)).pow(2)
+    if owner == list(range(len(paths))):  # one conv a path: nothing to add up
+        return sq
+    index = torch.tensor(owner, device=sq.device)
+    return torch.zeros(len(paths), device=sq.device, dtype=sq.dtype).index_add(0, index, sq)
 
 
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
@@ -156,9 +167,7 @@ class FusionPaths(nn.Module):
 
     def kl(self, n_train: int, k: float, form: str) -> Tensor:
         """Sum of the two gates' KL terms (METHOD.md §4)."""
-        return self.gate_s.kl(weight_sq(self.s), n_train, k, form) + self.gate_st.kl(
-            weight_sq(self.st), n_train, k, form
-        )
+        return kl_sum([self.gate_s, self.gate_st], paths_weight_sq([self.s, self.st]), n_train, k, form)
 
     def freeze(self, state: int) -> None:
         """Turn into a plain unit for ``state``: drop the unused path's modules and both gates (no logits left)."""

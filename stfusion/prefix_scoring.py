@@ -284,7 +284,10 @@ def score_strategies_prefix(
         ref = model(x)
         check_macs = counter.total - before  # one batch through the network: counted as executed
         checked = True
-        if ref.shape != logits.shape or not torch.allclose(ref, logits, rtol=1e-4, atol=1e-5):
+        # On a GPU a batch of one and the full batch run different convolution kernels (TF32 on Ampere and
+        # later), so agreement is looser there; a chain that skips or repeats a module is off by far more.
+        tol = 1e-4 if x.device.type == "cpu" else 2e-2
+        if ref.shape != logits.shape or not torch.allclose(ref, logits, rtol=tol, atol=tol * 0.1):
             raise _NotTheForward(f"{type(model).__name__}.sequence() does not compose to its forward()")
 
     unique = list(dict.fromkeys(strategies))

@@ -73,3 +73,36 @@ def test_gradients_reach_every_logit_and_weight():
     loss.backward()
     for name, param in paths.named_parameters():
         assert param.grad is not None and param.grad.abs().sum() > 0, name
+
+
+@pytest.mark.parametrize("backbone", ["plain", "densenet121", "resnet18"])
+@pytest.mark.parametrize("form", ["linear", "paper"])
+def test_network_kl_is_the_sum_of_every_gates_formula(backbone, form):
+    """The vectorised network KL equals the per-gate formula summed, with ||W||^2 of each path's convs; its
+    gradient reaches every gate logit and every gated conv weight."""
+    from torch import nn
+
+    from stfusion.models import build_model
+
+    torch.manual_seed(0)
+    net = build_model({"model": {"backbone": backbone, "widths": [4, 8], "layers_per_stage": [1, 1],
+                                 "stem_width": 4, "width_multiplier": 0.125}}, 3)
+    for i, f in enumerate(net.fusion_layers):  # distinct drop rates per gate
+        f.gate_s.p_logit.data.fill_(-2.0 - 0.01 * i)
+        f.gate_st.p_logit.data.fill_(-1.0 - 0.01 * i)
+    n, k = 500, 7.0
+    expected = 0.0
+    for f in net.fusion_layers:
+        for gate, path in ((f.gate_s, f.s), (f.gate_st, f.st)):
+            w2 = sum(float(m.weight.detach().double().pow(2).sum()) for m in path.modules() if isinstance(m, nn.Conv3d))
+            p = float(gate.p.detach())
+            coef = k / n if form == "linear" else k * k / (2 * n)
+            expected += coef * (1 - p) * w2 + (p * math.log(p) + (1 - p) * math.log(1 - p)) / n
+    got = net.kl(n, k, form)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    got.backward()
+    for f in net.fusion_layers:
+        for gate, path in ((f.gate_s, f.s), (f.gate_st, f.st)):
+            assert gate.p_logit.grad is not None and gate.p_logit.grad.abs() > 0
+            convs = [m for m in path.modules() if isinstance(m, nn.Conv3d)]
+            assert convs and all(c.weight.grad is not None and c.weight.grad.abs().sum() > 0 for c in convs)
