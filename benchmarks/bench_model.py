@@ -108,19 +108,21 @@ def _train_step(model, optimizer, x, y, kl: dict | None) -> Callable[[], None]:
 
 
 def supernet_overhead(params: dict | None = None, *, repeats: int = 20, batch: int | None = None,
-                      device: str = "cpu") -> dict:
+                      device: str = "cpu", channels_last: bool = False) -> dict:
     """Training step (forward, CE + KL, backward, SGD) of the supernet, all gates stochastic (template mode,
     gated), over the same template with both paths always on and no gates (``set_gates_active(False)``,
-    CE only): same widths, same input, on ``device``."""
+    CE only): same widths, same input, on ``device`` (in channels_last_3d with ``channels_last``)."""
     params = params or load_params()
     dev = torch.device(device)
     batch = batch or int(params["supernet"]["batch_size"])
-    x, y = (t.to(dev) for t in _clip_batch(params, batch))
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+    x, y = _clip_batch(params, batch)
+    x, y = x.to(dev).contiguous(memory_format=layout), y.to(dev)
     g = params["gate"]
     steps = {}
     for name, gated in (("supernet", True), ("plain", False)):
         torch.manual_seed(params.get("seed", 0))
-        model = build_model(params, NUM_CLASSES).to(dev)
+        model = build_model(params, NUM_CLASSES).to(dev, memory_format=layout)
         model.set_gates_active(gated)
         model.train()
         opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -225,7 +227,7 @@ def cpu_settings(params: dict | None = None, *, repeats: int = 8) -> dict:
 
 def gpu_paths(params: dict | None = None, *, repeats: int = 20) -> dict | None:
     """On CUDA: supernet training step with bf16 autocast over fp32, channels_last_3d over the default layout,
-    and a host-to-device batch copy from pinned memory over pageable memory. ``None`` without CUDA; a path that
+    both together over neither, and a host-to-device batch copy from pinned memory over pageable memory. ``None`` without CUDA; a path that
     fails holds its exception instead of a ratio."""
     if not torch.cuda.is_available():
         return None
@@ -272,6 +274,8 @@ def gpu_paths(params: dict | None = None, *, repeats: int = 20) -> dict | None:
     checks = {
         "bf16_autocast": lambda: paired_ratio(make(bf16=True), fp32, repeats, warmup=3)["ratio"],
         "channels_last_3d": lambda: paired_ratio(make(channels_last=True), fp32, repeats, warmup=3)["ratio"],
+        "bf16_channels_last_3d": lambda: paired_ratio(make(channels_last=True, bf16=True), fp32, repeats,
+                                                      warmup=3)["ratio"],
         "pinned_memory": pinned,
     }
     for name, fn in checks.items():

@@ -55,9 +55,10 @@ def synthetic_clips(n: int, frames: int, size: int, seed: int) -> TensorDataset:
     return TensorDataset(x, y)
 
 
-def builtin_cache(folder, clips_per_class: int, size: int = 32) -> tuple[Path | None, str]:
-    """Generate a small built-in benchmark under ``folder`` and cache it (``folder/cache``): ``(cache, note)``,
-    or ``(None, reason)`` where the data layer fails."""
+def builtin_cache(folder, clips_per_class: int, size: int = 32, frames: int = 12) -> tuple[Path | None, str]:
+    """Generate a small built-in benchmark of ``frames`` frames a video (at least 12) under ``folder`` and cache
+    it (``folder/cache``): ``(cache, note)``, or ``(None, reason)`` where the data layer fails."""
+    frames = max(frames, 12)
     try:
         from stfusion.data import class_kinds, generate, preprocess, read_annotations
 
@@ -65,9 +66,9 @@ def builtin_cache(folder, clips_per_class: int, size: int = 32) -> tuple[Path | 
         root, cache = folder / "builtin", folder / "cache"
         t = time.perf_counter()
         with contextlib.redirect_stdout(sys.stderr):  # stdout carries only the benchmark lines
-            generate(root, clips_per_class=clips_per_class, progress=False)
+            generate(root, clips_per_class=clips_per_class, frames=frames, progress=False)
             videos, classes = read_annotations("builtin", root)
-            preprocess(videos, classes, cache, cache_frames=12, size=size, workers=1,
+            preprocess(videos, classes, cache, cache_frames=frames, size=size, workers=1,
                        class_kinds=class_kinds(root), progress=False)
         return cache, f"{len(videos)} built-in videos generated and cached in {time.perf_counter() - t:.1f} s"
     except Exception as exc:  # noqa: BLE001 - the data layer is optional here: fall back to tensors
