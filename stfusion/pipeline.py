@@ -77,7 +77,7 @@ METRICS = f"{RESULTS}/metrics.json"
 _DATA_LOADING = ["preset", "data.frames", "data.stride", "data.sampling"]
 
 #: where and how networks train (:func:`stfusion.train.compute_settings`): read by every training stage
-_COMPUTE = ["supernet.device", "supernet.precision", "supernet.channels_last"]
+_COMPUTE = ["supernet.device", "supernet.precision", "supernet.channels_last", "supernet.loader_workers"]
 
 #: The parameters each stage reads (dotted keys; a section name means the whole section). ``preset`` is listed
 #: everywhere because a preset may set any section.

@@ -52,6 +52,7 @@ class TrainConfig:
     sync_bn: bool = True  # SyncBatchNorm under multi-GPU DDP (CUDA only; ignored on CPU and single-process runs)
     precision: str = "fp32"  # fp32 | bf16 (autocast of the forward; weights, gate logits and the KL stay fp32)
     channels_last: bool = False  # model and batches in channels_last_3d (NDHWC) memory layout
+    loader_workers: int = 0  # DataLoader worker processes (0: load in the training process)
     extra: dict = field(default_factory=dict)
 
     @property
@@ -109,7 +110,7 @@ def epoch_loader(train_set: Dataset, cfg: TrainConfig, epoch: int) -> DataLoader
     local = cfg.batch_size // world
     pin = torch.cuda.is_available()
     return DataLoader(train_set, batch_size=local, sampler=sampler, drop_last=len(train_set) > cfg.batch_size,
-                      pin_memory=pin)
+                      pin_memory=pin, num_workers=cfg.loader_workers)
 
 
 def fit(
@@ -135,6 +136,9 @@ def fit(
     layout = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
     if cfg.channels_last:
         model.to(memory_format=layout)
+    if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise StfusionError(f"supernet.precision is bf16 but {torch.cuda.get_device_name(device)} has no bf16 "
+                            "support (set supernet.precision: fp32)")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     gated = cfg.kl_k is not None
     n_train = cfg.n_train or len(train_set)
@@ -267,11 +271,12 @@ def supernet_config(params: dict, n_train: int | None = None) -> TrainConfig:
 
 
 def compute_settings(params: dict) -> dict:
-    """Where and how every network trains: ``supernet.device``, ``supernet.precision`` and
-    ``supernet.channels_last`` (one source for the supernet, the finetuned and the stand-alone networks)."""
+    """Where and how every network trains: ``supernet.device``, ``supernet.precision``,
+    ``supernet.channels_last`` and ``supernet.loader_workers`` (one source for the supernet, the finetuned and
+    the stand-alone networks)."""
     s = params["supernet"]
     return {"device": s.get("device", "auto"), "precision": s.get("precision", "fp32"),
-            "channels_last": bool(s.get("channels_last", False))}
+            "channels_last": bool(s.get("channels_last", False)), "loader_workers": s.get("loader_workers", 0)}
 
 
 def plain_config(params: dict, section: str, seed_offset: int = 0) -> TrainConfig:

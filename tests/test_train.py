@@ -133,3 +133,12 @@ def test_channels_last_and_bf16_train_the_same_network(tmp_path, tiny_params):
     assert torch.isfinite(torch.tensor(hist16["loss"].to_numpy())).all()
     assert abs(hist16["loss"].iloc[-1] - hist["loss"].iloc[-1]) < 0.1 * hist["loss"].iloc[-1]
     torch.testing.assert_close(bf16.drop_rates(), base.drop_rates(), rtol=0.05, atol=0.01)
+
+
+def test_loader_workers_give_the_same_training(tmp_path, tiny_params):
+    """Loading batches in worker processes changes where the work runs, not what the network learns."""
+    data = motion_clips(48, seed=4)
+    a, _ = _train(tiny_params, data, tmp_path / "w0", epochs=1, warmup=1)
+    b, _ = _train(tiny_params, data, tmp_path / "w2", epochs=1, warmup=1, loader_workers=2)
+    for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-6, msg=k)
