@@ -107,6 +107,29 @@ def _train_step(model, optimizer, x, y, kl: dict | None) -> Callable[[], None]:
     return step
 
 
+def supernet_step(params: dict, x: torch.Tensor, y: torch.Tensor, *, gated: bool = True,
+                  channels_last: bool = False, bf16: bool = False) -> Callable[[], None]:
+    """One training step of a freshly seeded template on the batch ``(x, y)``, on ``x``'s device: gated (all
+    gates stochastic, CE + KL) or gate-free (both paths on, CE only); in ``channels_last_3d`` and/or under bf16
+    autocast; synchronised on a GPU."""
+    dev = x.device
+    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+    g = params["gate"]
+    kl = {"n_train": 1000, "k": float(g.get("kl_k", 50.0)), "form": g.get("kl_form", "linear")} if gated else None
+    torch.manual_seed(params.get("seed", 0))
+    model = build_model(params, NUM_CLASSES).to(dev, memory_format=layout)
+    model.set_gates_active(gated)
+    model.train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    step = _train_step(model, opt, x.contiguous(memory_format=layout), y, kl)
+
+    def run():
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
+            step()
+
+    return _synced(run, dev)
+
+
 def supernet_overhead(params: dict | None = None, *, repeats: int = 20, batch: int | None = None,
                       device: str = "cpu", channels_last: bool = False) -> dict:
     """Training step (forward, CE + KL, backward, SGD) of the supernet, all gates stochastic (template mode,
@@ -115,19 +138,9 @@ def supernet_overhead(params: dict | None = None, *, repeats: int = 20, batch: i
     params = params or load_params()
     dev = torch.device(device)
     batch = batch or int(params["supernet"]["batch_size"])
-    layout = torch.channels_last_3d if channels_last else torch.contiguous_format
-    x, y = _clip_batch(params, batch)
-    x, y = x.to(dev).contiguous(memory_format=layout), y.to(dev)
-    g = params["gate"]
-    steps = {}
-    for name, gated in (("supernet", True), ("plain", False)):
-        torch.manual_seed(params.get("seed", 0))
-        model = build_model(params, NUM_CLASSES).to(dev, memory_format=layout)
-        model.set_gates_active(gated)
-        model.train()
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        kl = {"n_train": 1000, "k": float(g.get("kl_k", 50.0)), "form": g.get("kl_form", "linear")} if gated else None
-        steps[name] = _synced(_train_step(model, opt, x, y, kl), dev)
+    x, y = (t.to(dev) for t in _clip_batch(params, batch))
+    steps = {name: supernet_step(params, x, y, gated=gated, channels_last=channels_last)
+             for name, gated in (("supernet", True), ("plain", False))}
     res = paired_ratio(steps["supernet"], steps["plain"], repeats)
     res["batch"] = batch
     res["supernet_clips_per_s"] = batch / res["candidate_s"]
@@ -180,21 +193,10 @@ def cpu_settings(params: dict | None = None, *, repeats: int = 8) -> dict:
     params = params or load_params()
     batch = int(params["supernet"]["batch_size"])
     x, y = _clip_batch(params, batch)
-    g = params["gate"]
-    kl = {"n_train": 1000, "k": float(g.get("kl_k", 50.0)), "form": g.get("kl_form", "linear")}
     threads = torch.get_num_threads()
 
     def make(channels_last=False):
-        torch.manual_seed(params.get("seed", 0))
-        model = build_model(params, NUM_CLASSES)
-        model.set_gates_active(True)
-        model.train()
-        xx = x
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
-            xx = x.contiguous(memory_format=torch.channels_last_3d)
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        return _train_step(model, opt, xx, y, kl)
+        return supernet_step(params, x, y, channels_last=channels_last)
 
     base_step = make()
 
@@ -227,8 +229,8 @@ def cpu_settings(params: dict | None = None, *, repeats: int = 8) -> dict:
 
 def gpu_paths(params: dict | None = None, *, repeats: int = 20) -> dict | None:
     """On CUDA: supernet training step with bf16 autocast over fp32, channels_last_3d over the default layout,
-    both together over neither, and a host-to-device batch copy from pinned memory over pageable memory. ``None`` without CUDA; a path that
-    fails holds its exception instead of a ratio."""
+    both together over neither, and a host-to-device batch copy from pinned memory over pageable memory.
+    ``None`` without CUDA; a path that fails holds its exception instead of a ratio."""
     if not torch.cuda.is_available():
         return None
     params = params or load_params()
@@ -236,27 +238,9 @@ def gpu_paths(params: dict | None = None, *, repeats: int = 20) -> dict | None:
     batch = int(params["supernet"]["batch_size"])
     x, y = _clip_batch(params, batch)
     x, y = x.to(dev), y.to(dev)
-    g = params["gate"]
-    kl = {"n_train": 1000, "k": float(g.get("kl_k", 50.0)), "form": g.get("kl_form", "linear")}
 
     def make(channels_last=False, bf16=False):
-        torch.manual_seed(params.get("seed", 0))
-        model = build_model(params, NUM_CLASSES).to(dev)
-        model.set_gates_active(True)
-        model.train()
-        xx = x
-        if channels_last:
-            model = model.to(memory_format=torch.channels_last_3d)
-            xx = x.contiguous(memory_format=torch.channels_last_3d)
-        opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-        step = _train_step(model, opt, xx, y, kl)
-
-        def run():
-            with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
-                step()
-            torch.cuda.synchronize()
-
-        return run
+        return supernet_step(params, x, y, channels_last=channels_last, bf16=bf16)
 
     def copy_from(t):
         def run():
