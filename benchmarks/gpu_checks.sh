@@ -51,5 +51,5 @@ t=$(STFUSION_DIST_BACKEND=gloo secs "$PY" -m torch.distributed.run --nproc_per_n
     --set supernet.device=cuda)
 echo "torchrun 2 processes train-supernet (gated, every parameter used): ${t} s, history rows $(($(wc -l <"$W/sn-ddp/history.csv") - 1))" \
   | tee -a "$OUT/ddp.txt"
-tail -20 "$OUT/train.log" "$OUT/ddp.log" >"$OUT/tails.txt"
+tail -n 20 "$OUT/train.log" "$OUT/ddp.log" >"$OUT/tails.txt"
 rm -rf "$W"
