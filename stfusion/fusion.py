@@ -51,17 +51,11 @@ def bn_relu_conv(conv: nn.Conv3d) -> nn.Sequential:
 def paths_weight_sq(paths: list[nn.Module]) -> Tensor:
     """``(len(paths),)``: ``||W||^2`` over the conv weights of each path (the quantity the KL term prices),
     from one fused norm over all the weights (``torch._foreach_norm``) instead of two ops per conv."""
-    weights, owner = [], []
-    for i, path in enumerate(paths):
-        for m in path.modules():
-            if isinstance(m, nn.Conv3d):
-                weights.append(m.weight)
-                owner.append(i)
-    sq = torch.stack(torch._foreach_norm(weights)).pow(2)
-    if owner == list(range(len(paths))):  # one conv a path: nothing to add up
+    weights = [[m.weight for m in path.modules() if isinstance(m, nn.Conv3d)] for path in paths]
+    sq = torch.stack(torch._foreach_norm([w for ws in weights for w in ws])).pow(2)
+    if len(sq) == len(paths):  # one conv a path (every backbone here): nothing to add up
         return sq
-    index = torch.tensor(owner, device=sq.device)
-    return torch.zeros(len(paths), device=sq.device, dtype=sq.dtype).index_add(0, index, sq)
+    return torch.stack([part.sum() for part in sq.split([len(ws) for ws in weights])])
 
 
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:

@@ -133,9 +133,8 @@ def fit(
         device = torch.device("cuda", torch.cuda.current_device())
     main = distributed.is_main()
     model.to(device)
-    layout = torch.channels_last_3d if cfg.channels_last else torch.contiguous_format
     if cfg.channels_last:
-        model.to(memory_format=layout)
+        model.to(memory_format=torch.channels_last_3d)
     if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise StfusionError(f"supernet.precision is bf16 but {torch.cuda.get_device_name(device)} has no bf16 "
                             "support (set supernet.precision: fp32)")
@@ -184,7 +183,7 @@ def fit(
         for step, (x, y) in enumerate(epoch_loader(train_set, cfg, epoch)):
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             if cfg.channels_last:
-                x = x.contiguous(memory_format=layout)
+                x = x.contiguous(memory_format=torch.channels_last_3d)
             with autocast:
                 logits = net(x).float()
             ce = F.cross_entropy(logits, y)
@@ -276,7 +275,7 @@ def compute_settings(params: dict) -> dict:
     the stand-alone networks)."""
     s = params["supernet"]
     return {"device": s.get("device", "auto"), "precision": s.get("precision", "fp32"),
-            "channels_last": bool(s.get("channels_last", False)), "loader_workers": s.get("loader_workers", 0)}
+            "channels_last": s.get("channels_last", False), "loader_workers": s.get("loader_workers", 0)}
 
 
 def plain_config(params: dict, section: str, seed_offset: int = 0) -> TrainConfig:

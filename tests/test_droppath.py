@@ -106,3 +106,16 @@ def test_network_kl_is_the_sum_of_every_gates_formula(backbone, form):
             assert gate.p_logit.grad is not None and gate.p_logit.grad.abs() > 0
             convs = [m for m in path.modules() if isinstance(m, nn.Conv3d)]
             assert convs and all(c.weight.grad is not None and c.weight.grad.abs().sum() > 0 for c in convs)
+
+
+def test_paths_weight_sq_adds_up_every_conv_of_a_path():
+    from torch import nn
+
+    from stfusion.fusion import paths_weight_sq
+
+    torch.manual_seed(0)
+    one = conv_s(3, 4, "full")
+    two = nn.Sequential(conv_st(3, 4, "full"), nn.BatchNorm3d(4), conv_s(4, 4, "factorised"))
+    expected = [one.weight.pow(2).sum(), sum(m.weight.pow(2).sum() for m in two if isinstance(m, nn.Conv3d))]
+    torch.testing.assert_close(paths_weight_sq([one, two]), torch.stack(expected))
+    torch.testing.assert_close(paths_weight_sq([one]), expected[0].reshape(1))
