@@ -9,9 +9,10 @@ files of a frame dataset are what file systems and copies pay for.
 from __future__ import annotations
 
 import io
-import os
 import zipfile
 from pathlib import Path
+
+from ..checkpoint import atomic_write
 
 __all__ = ["PACK_SUFFIX", "PackedFrames", "pack_frames"]
 
@@ -20,18 +21,13 @@ PACK_SUFFIX = ".jpgpack"
 
 def pack_frames(files, out_path) -> Path:
     """Write the image ``files`` (in frame order) into the archive ``out_path``, atomically (tmp + rename)."""
-    out_path = Path(out_path)
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_name(f".{out_path.name}.tmp-{os.getpid()}")
-    try:
+
+    def write(tmp: Path) -> None:
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as archive:
             for f in files:
                 archive.write(f, arcname=Path(f).name)
-        os.replace(tmp, out_path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return out_path
+
+    return atomic_write(out_path, write)
 
 
 class PackedFrames:
