@@ -109,7 +109,7 @@ def summarise(rows: pd.DataFrame) -> dict:
     fps = rows.loc[ok, "fps"].astype(float)
     seconds = (rows.loc[ok, "frames"].astype(float) / fps.where(fps > 0)).sum()
     source, written = int(rows.loc[ok, "source_bytes"].sum()), int(rows.loc[ok, "bytes"].sum())
-    return {"videos": int(len(rows)), "ok": int(ok.sum()), "hours": round(float(seconds) / 3600, 4),
+    return {"videos": int(len(rows)), "ok": int(ok.sum()), "hours": round(float(seconds) / 3600, 6),
             "source_bytes": source, "bytes_written": written,
             "bytes_ratio": round(written / source, 4) if source else None,
             "statuses": dict(sorted(Counter(rows["status"]).items()))}

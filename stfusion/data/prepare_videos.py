@@ -180,11 +180,11 @@ def _prepare_one(task: dict) -> dict:
         if task["mode"] == "link":
             info, stored = probe(src, task["backend"]), src.resolve()
         elif _check_path(src).is_dir():
-            stored = out_dir / prepared_name(task["id"], PACK_SUFFIX)
+            stored = _clear_partial(out_dir / prepared_name(task["id"], PACK_SUFFIX))
             info = _probe_images(src)
             pack_frames(_frame_files(src), stored)
         else:
-            stored = out_dir / prepared_name(task["id"], ".mp4")
+            stored = _clear_partial(out_dir / prepared_name(task["id"], ".mp4"))
             info = reencode(src, stored, task["short_side"])
     except VideoReadError as exc:
         return {**row, "status": exc.status, "reason": str(exc)}
@@ -198,6 +198,14 @@ def _prepare_one(task: dict) -> dict:
     return {**row, **info, "status": "ok", "reason": "; ".join(r for r in reasons if r),
             "path": stored.relative_to(out_dir).as_posix() if written else str(stored),
             "bytes": _size(stored) if written else 0}
+
+
+def _clear_partial(path: Path) -> Path:
+    """Remove what a killed earlier attempt at this video left (its temporary file); returns ``path``."""
+    if path.parent.is_dir():
+        for tmp in path.parent.glob(f".{path.name}.tmp*"):
+            tmp.unlink(missing_ok=True)
+    return path
 
 
 def _size(path: Path) -> int:
@@ -271,7 +279,7 @@ def prepare_shard(videos: pd.DataFrame, classes: list[str], out_dir, shard: int,
     todo, reused = [], 0
     for order, rec in zip(mine.index, mine.itertuples()):
         base = {"order": int(order), "id": rec.video_id, "label": rec.label, "label_idx": index_of.get(rec.label, -1),
-                "split": rec.split, "source_bytes": int(_source_key(rec.path)[1] or 0)}
+                "split": rec.split, "source_bytes": _size(Path(rec.path)) if os.path.exists(rec.path) else 0}
         if base["label_idx"] < 0:
             rows[order] = {**base, "path": rec.path, "frames": 0, "fps": 0.0, "width": 0, "height": 0, "bytes": 0,
                            "status": "unknown_label", "reason": f"label {rec.label!r} is not in the class list"}
