@@ -35,9 +35,7 @@ from stfusion.data.video import read_frames  # noqa: E402
 
 
 def seek_speedup(tmp: Path, *, videos: int, frames: int, clips: int, short_side: int = 128, seed: int = 0) -> dict:
-    """Random-clip decode time of long-GOP sources over prepared files of the same videos (same size).
-
-    A key frame forced by the source is not kept: the prepared file has one every 16 frames only."""
+    """Random-clip decode time of long-GOP sources over prepared files of the same videos (same size)."""
     long_gop, prepared = [], []
     width = short_side * 4 // 3 // 2 * 2
     for k in range(videos):
