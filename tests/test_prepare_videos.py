@@ -73,6 +73,34 @@ def test_names_and_sizes():
         scaled_size(64, 48, 47)
 
 
+def test_variable_frame_rate_becomes_constant(tmp_path):
+    """Frames go to the output frame of their timestamp: a gap repeats the previous frame, a crowded frame is
+    dropped; the output has a constant rate and key frames only every KEYINT frames."""
+    from fractions import Fraction
+
+    from stfusion.data.prepare_videos import reencode
+
+    times_ms = [0, 40, 80, 200, 240, 250, 280]  # 25 fps with a gap after 80 ms and a frame crowding 240 ms
+    src = tmp_path / "vfr.mkv"
+    with av.open(str(src), "w", format="matroska") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        stream.options = {"crf": "10"}
+        for i, t in enumerate(times_ms):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 + 30 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    info = reencode(src, tmp_path / "cfr.mp4", SHORT)
+    assert (info["frames"], info["fps"], info["width"], info["height"]) == (8, 25.0, 64, 48)
+    levels = [int(round(f.mean() / 30 - 20 / 30)) for f in read_frames(tmp_path / "cfr.mp4", backend="pyav")]
+    assert levels == [0, 1, 2, 2, 2, 3, 4, 6]  # frame 2 fills the gap, frame 5 (250 ms) shares 240 ms's slot
+    assert _probe(tmp_path / "cfr.mp4")["rate"] == 25.0
+
+
 # ------------------------------------------------------------------------------- shards, kill, rerun
 @pytest.fixture(scope="module")
 def kinetics(tmp_path_factory):
