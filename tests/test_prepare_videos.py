@@ -192,10 +192,17 @@ def test_two_shards_one_killed_and_rerun(kinetics, tmp_path):
 def test_ssv1_frames_are_packed_byte_for_byte_and_ssv2_reencoded(tmp_path):
     ssv1 = tmp_path / "ssv1"
     folders = ssv1_like(ssv1)
+    (ssv1 / "99").mkdir()
+    (ssv1 / "99" / "00001.jpg").write_text("not a JPEG")  # a damaged frame folder: a row, not a crash
+    with open(ssv1 / "something-something-v1-train.csv", "a") as f:
+        f.write("99;Pushing something from left to right\n")
     summary = prepare_dataset(_params(dataset="ssv1", root=str(ssv1), val_fraction=0.0), cache_dir=tmp_path / "c1",
                               progress=False)
     assert summary["ok"] == len(folders) and summary["bytes_ratio"] > 1.0  # the JPEG bytes plus the ZIP headers
     manifest = pd.read_csv(tmp_path / "c1" / "manifest.csv", keep_default_na=False, dtype={"id": str})
+    bad = manifest.set_index("id").loc["99"]
+    assert bad["status"] == "unreadable" and "00001.jpg" in bad["reason"]
+    manifest = manifest[manifest["id"] != "99"]
     import zipfile
 
     for folder, row in zip(folders, manifest.itertuples()):
