@@ -255,7 +255,8 @@ def _journal_path(out_dir: Path, shard: int, n_shards: int) -> Path:
 
 
 def _finished(out_dir: Path, settings: dict) -> dict[str, dict]:
-    """Journal entries (of every shard count) still valid: same settings and source, prepared file intact."""
+    """Journal entries (of every shard count) still valid, by video id: same settings, the source unchanged
+    since, the prepared file intact.  Each entry holds ``source_key`` (path, size, mtime) and the shard ``row``."""
     done: dict[str, dict] = {}
     for journal in sorted((out_dir / "shards").glob("journal-*.jsonl")):
         for line in journal.read_text().splitlines():
@@ -274,7 +275,7 @@ def _finished(out_dir: Path, settings: dict) -> dict[str, dict]:
             stored = out_dir / row["path"]
             if not stored.exists() or _size(stored) != row["bytes"]:
                 continue
-        valid[vid] = row
+        valid[vid] = entry
     return valid
 
 
@@ -312,8 +313,8 @@ def prepare_shard(videos: pd.DataFrame, classes: list[str], out_dir, shard: int,
         if base["label_idx"] < 0:
             rows[order] = {**base, "path": rec.path, "frames": 0, "fps": 0.0, "width": 0, "height": 0, "bytes": 0,
                            "status": "unknown_label", "reason": f"label {rec.label!r} is not in the class list"}
-        elif rec.video_id in finished:
-            rows[order] = {**base, **finished[rec.video_id]}
+        elif rec.video_id in finished and finished[rec.video_id]["source_key"][0] == rec.path:
+            rows[order] = {**base, **finished[rec.video_id]["row"]}
             reused += 1
         else:
             rows[order] = base
