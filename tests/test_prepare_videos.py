@@ -224,6 +224,25 @@ def test_ssv1_frames_are_packed_byte_for_byte_and_ssv2_reencoded(tmp_path):
     assert (manifest["height"] == SHORT).all() and manifest["split"].tolist()[-1] == "test"
 
 
+def test_rerun_redoes_changed_sources_and_settings_only(tmp_path):
+    root = tmp_path / "ssv2"
+    videos = ssv2_like(root, n=3)
+    cache = tmp_path / "cache"
+    params = _params(dataset="ssv2", root=str(root))
+    prepare_dataset(params, cache_dir=cache, progress=False)
+    files = {v["id"]: cache / "videos" / f"{v['id']}.mp4" for v in videos}
+    stamp = {vid: f.stat().st_mtime_ns for vid, f in files.items()}
+    os.utime(videos[0]["path"], ns=(time.time_ns(), time.time_ns()))  # the first source changed
+    files["1002"].unlink()  # a prepared file lost
+    prepare_dataset(params, cache_dir=cache, progress=False)
+    assert files["1000"].stat().st_mtime_ns != stamp["1000"] and files["1002"].is_file()
+    assert files["1001"].stat().st_mtime_ns == stamp["1001"]  # untouched: not redone
+    params["data"]["short_side"] = 32  # other settings: everything redone
+    prepare_dataset(params, cache_dir=cache, progress=False)
+    assert all(_probe(f)["height"] == 32 for f in files.values())
+    assert pd.read_csv(cache / "manifest.csv")["height"].tolist() == [32, 32, 32]
+
+
 def test_link_uses_the_files_as_they_are(kinetics, tmp_path):
     root, clips = kinetics
     params = _params(dataset="kinetics400", root=str(root), annotations=str(root / "annotations"), prepare="link")
