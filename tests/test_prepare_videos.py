@@ -116,9 +116,10 @@ def _cli_prepare(params_file, cache, *args, wait=True):
     cmd = [sys.executable, "-m", "stfusion.cli", "prepare", "--params", str(params_file), "--cache", str(cache),
            "--no-progress", *args]
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    cwd = Path(cache).parent  # the merge's timing record goes to cwd/results/timing
     if not wait:
-        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env, cwd=cwd)
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env, cwd=cwd)
     assert res.returncode == 0, res.stderr[-3000:]
     return res
 
@@ -157,6 +158,8 @@ def test_two_shards_one_killed_and_rerun(kinetics, tmp_path):
         assert (after.st_ino, after.st_mtime_ns, after.st_size) == (before.st_ino, before.st_mtime_ns, before.st_size)
     assert _journal_lines(journal) == 5  # the shard's 5 videos, each journaled once
     _cli_prepare(params_file, cache, "--merge", "2")
+    timing = json.loads((tmp_path / "results" / "timing" / "prepare.json").read_text())
+    assert timing["jobs"] == 2 and timing["seconds"] > timing["run_seconds"] > 0  # the shards' time included
 
     manifest = pd.read_csv(cache / "manifest.csv", keep_default_na=False, dtype={"id": str})
     assert list(manifest.columns) == VIDEO_COLUMNS
