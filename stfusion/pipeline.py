@@ -74,7 +74,10 @@ REPORT = f"{RESULTS}/report.md"
 METRICS = f"{RESULTS}/metrics.json"
 
 # --------------------------------------------------------------------------------------- stage parameters
-_DATA_LOADING = ["preset", "data.frames", "data.stride", "data.sampling"]
+_DATA_LOADING = ["preset", "data.frames", "data.stride", "data.sampling", "data.size", "data.backend"]
+#: the views of :func:`stfusion.data.transforms.view_from_params`: training, evaluation (and calibration), test
+_TRAIN_VIEW = ["data.flip", "data.crop", "data.train_short_side", "data.max_decode_failures"]
+_TEST_VIEW = ["data.eval_crop", "data.eval_short_side", "data.test_clips", "data.test_crops"]
 
 #: where and how networks train (:func:`stfusion.train.compute_settings`): read by every training stage
 _COMPUTE = ["supernet.device", "supernet.precision", "supernet.channels_last", "supernet.loader_workers"]
@@ -89,23 +92,23 @@ STAGE_PARAMS: dict[str, list[str]] = {
         "data.frames", "data.stride",
     ],
     "train_supernet": [
-        "seed", *_DATA_LOADING, "data.flip", "model", "gate.init_p", "gate.temperature", "gate.rescale",
+        "seed", *_DATA_LOADING, *_TRAIN_VIEW, "model", "gate.init_p", "gate.temperature", "gate.rescale",
         "gate.kl_k", "gate.kl_form", "gate.n_train", "supernet",
     ],
     "sample_strategies": ["seed", "preset", "gate.keep_prob", "scoring.n_samples", "scoring.top_k"],
     "score_strategies": [
-        "seed", *_DATA_LOADING, "supernet.device", "scoring.recalibrate_bn", "scoring.calib_batches",
+        "seed", *_DATA_LOADING, *_TEST_VIEW, "supernet.device", "supernet.loader_workers", "scoring.recalibrate_bn", "scoring.calib_batches",
         "scoring.batch_size",
     ],
     "analyze": ["preset", "gate.keep_prob"],
     "derive": ["preset", "derive.top_k", "derive.st_threshold"],
     "finetune": [
-        "seed", *_DATA_LOADING, "data.flip", "supernet.momentum", "supernet.schedule", *_COMPUTE,
+        "seed", *_DATA_LOADING, *_TRAIN_VIEW, *_TEST_VIEW, "supernet.momentum", "supernet.schedule", *_COMPUTE,
         "scoring.batch_size", "finetune",
     ],
     "select_standalone": ["preset", "validate.n_strategies"],
     "train_standalone": [
-        "seed", *_DATA_LOADING, "data.flip", "supernet.momentum", "supernet.schedule", *_COMPUTE,
+        "seed", *_DATA_LOADING, *_TRAIN_VIEW, *_TEST_VIEW, "supernet.momentum", "supernet.schedule", *_COMPUTE,
         "scoring.batch_size", "validate.epochs", "validate.lr", "validate.batch_size", "validate.weight_decay",
     ],
     "report": ["seed", "preset"],
@@ -298,14 +301,11 @@ def class_groups(cache_dir: str | Path) -> tuple[list[dict], dict[str, list[int]
     return rows, groups
 
 
-def clip_dataset(params: dict, cache_dir: str | Path, split: str, *, train: bool, calib_only: bool = False):
-    from .data.dataset import ClipDataset
+def clip_dataset(params: dict, cache_dir: str | Path, split: str, *, train: bool, views: str | None = None,
+                 calib_only: bool = False):
+    from .data.video_dataset import open_clips
 
-    d = params["data"]
-    return ClipDataset(
-        cache_dir, split, frames=d["frames"], stride=d.get("stride", 1), sampling=d.get("sampling", "dense"),
-        train=train, flip=bool(d.get("flip", False)) and train, calib_only=calib_only,
-    )
+    return open_clips(params["data"], cache_dir, split, train=train, views=views, calib_only=calib_only)
 
 
 def _require_cache(cache_dir: str | Path) -> None:
