@@ -533,6 +533,7 @@ def score_strategies(
 
     from .checkpoint import write_csv
     from .prefix_scoring import score_strategies_prefix
+    from .data.transforms import views_text
     from .scoring import calibration_batches, eval_loader, score_resumable
     from .train import resolve_device
 
@@ -545,8 +546,9 @@ def score_strategies(
     bs = int(s.get("batch_size", 32))
     _, groups = class_groups(cache_dir)
     val = clip_dataset(params, cache_dir, "val", train=False)
-    test = clip_dataset(params, cache_dir, "test", train=False)
-    calib_set = clip_dataset(params, cache_dir, "train", train=True, calib_only=True)
+    test = clip_dataset(params, cache_dir, "test", train=False, views="test")
+    calib_set = clip_dataset(params, cache_dir, "train", train=True, views="eval", calib_only=True)
+    workers = int(params["supernet"].get("loader_workers", 0))
     calib = calibration_batches(calib_set, bs, int(s.get("calib_batches", 4)), seed=params["seed"])
     strategies = [strategy_of(t, model.n_fusion_layers) for t in cand["strategy"]]
     kw = dict(model=model, num_classes=_num_classes(model), calib_batches=calib, groups=groups, device=device,
@@ -560,7 +562,7 @@ def score_strategies(
         log.info("scoring %d strategies on %d %s clips (%s BN)", len(strategies), len(dataset), split,
                  "recalibrated" if recalibrate else "plain")
         df = score_resumable(score_strategies_prefix, strategies, partial / f"{split}-{int(recalibrate)}",
-                             val_loader=eval_loader(dataset, bs), recalibrate=recalibrate, **kw)
+                             val_loader=eval_loader(dataset, bs, workers), recalibrate=recalibrate, **kw)
         return df.drop(columns=["strategy", "n"]).assign(id=lambda d: d["id"].astype(str)).set_index("id")
 
     main_val = run(val, recal, "val")
@@ -575,6 +577,7 @@ def score_strategies(
         if col.startswith("top1"):
             out_df[col.replace("top1", "top1_test", 1)] = test_df[col]
     out_df["bn_mode"] = "recalibrated" if recal else "plain"
+    out_df["test_views"] = views_text(params["data"])
     out_df = out_df.reset_index()
     out_df = add_rank(out_df)
     write_csv(out_df, out)
@@ -659,6 +662,7 @@ def _train_plain_runs(
     (e.g. the digest of the supernet a network is exported from) joins the training settings, so a run left by
     another supernet or other data is never resumed."""
     origin = origin or {}
+    from .data.transforms import views_text
     from .scoring import eval_loader, evaluate, group_accuracy
     from .train import fit, plain_config, resolve_device
 
@@ -673,7 +677,7 @@ def _train_plain_runs(
     todo = strategies[strategies["id"].astype(str).isin(ids)] if ids else strategies
     train_set = clip_dataset(params, cache_dir, "train", train=True)
     val = clip_dataset(params, cache_dir, "val", train=False)
-    test = clip_dataset(params, cache_dir, "test", train=False)
+    test = clip_dataset(params, cache_dir, "test", train=False, views="test")
     _, groups = class_groups(cache_dir)
     bs = int(params["scoring"].get("batch_size", 32))
     device = resolve_device(params["supernet"].get("device", "auto"))
@@ -691,11 +695,12 @@ def _train_plain_runs(
         hist = fit(net, train_set, cfg, run_dir, progress=progress)
         res = {"id": sid, "strategy": row["strategy"], "name": row.get("name", sid)}
         for split, ds in (("val", val), ("test", test)):
-            r = evaluate(net, eval_loader(ds, bs), _num_classes(net), device)
+            r = evaluate(net, eval_loader(ds, bs, cfg.loader_workers), _num_classes(net), device)
             res[f"top1_{split}"] = r["top1"]
             res[f"top5_{split}"] = r["top5"]
             for k, v in group_accuracy(r, groups).items():
                 res[k.replace("top1", f"top1_{split}", 1)] = v
+        res["test_views"] = views_text(params["data"])
         res["n_params"] = int(sum(p.numel() for p in net.parameters()))
         res["epochs"] = int(cfg.total_epochs)
         res["final_train_top1"] = float(hist.iloc[-1]["train_top1"]) if len(hist) else float("nan")

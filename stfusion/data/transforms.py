@@ -87,8 +87,10 @@ def view_from_params(data: dict, mode: str) -> ViewSpec:
                     crops=int(data.get("test_crops", 1)) if test else 1)
 
 
-def views_text(clips: int, crops: int) -> str:
-    """How test accuracies were measured, for reports: ``"2 clips x 3 crops"``."""
+def views_text(data: dict) -> str:
+    """How test accuracies are measured, from the ``data`` parameters, for tables and reports:
+    ``"2 clips x 3 crops"`` (softmax averaged over the views)."""
+    clips, crops = int(data.get("test_clips", 1)), int(data.get("test_crops", 1))
     return f"{clips} clip{'s' if clips != 1 else ''} x {crops} crop{'s' if crops != 1 else ''}"
 
 
