@@ -2,7 +2,7 @@
 these commands, and so can a person.
 
     stfusion generate            write the built-in benchmark videos
-    stfusion prepare             decode videos into the clip cache with train / val / test splits
+    stfusion prepare             prepare the videos (clip cache or one file each) with train / val / test splits
     stfusion train-supernet      train the template network with Variational DropPath
     stfusion sample-strategies   list the most probable, sampled and hand-designed strategies
     stfusion score-strategies    score every listed strategy with the supernet's shared weights
@@ -101,14 +101,29 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--root", default=None, metavar="DIR", help="output folder (default: data.root)")
     _timing(sp, "generate")
 
-    sp = add("prepare", cmd_prepare, "decode videos into the clip cache with train/val/test splits",
-             "Read the dataset's annotations (data.dataset, data.root, data.annotations, data.split), decode "
-             "every video once at data.size into the clip cache, hold out data.val_fraction of the training "
-             "videos for selection and mark data.calib_fraction of the rest for BN recalibration.")
+    sp = add("prepare", cmd_prepare, "prepare the videos (clip cache or one file each) with train/val/test splits",
+             "Read the dataset's annotations (data.dataset, data.root, data.annotations, data.split) and prepare "
+             "every video in data.storage: 'cache' decodes each once at data.size into clips.npy; 'videos' "
+             "re-encodes each (H.264, a key frame every 16 frames, short side data.short_side, no audio), packs "
+             "JPEG frame folders into one file, or with data.prepare: link uses the files as they are; 'auto' "
+             "takes the cache when its estimate is under data.cache_max_gb. Holds out data.val_fraction of the "
+             "training videos for selection and marks data.calib_fraction of the rest for BN recalibration. "
+             "Videos storage runs in shards (--shard I/N on many machines, then --merge N); a killed shard, run "
+             "again, redoes only the videos it had not finished. Writes CACHE/manifest.csv, classes.csv, "
+             "storage.json and clips.npy or videos/.")
     sp.add_argument("--root", default=None, metavar="DIR", help="dataset folder (default: data.root)")
-    sp.add_argument("--cache", default=P.CACHE, metavar="DIR", help="clip cache folder (default: %(default)s)")
+    sp.add_argument("--cache", default=P.CACHE, metavar="DIR", help="output folder (default: %(default)s)")
     sp.add_argument("--workers", type=int, default=None, metavar="N", help="decoding processes (default: data.workers)")
-    _timing(sp, "prepare")
+    part = sp.add_mutually_exclusive_group()
+    part.add_argument("--shard", type=_shard_arg, default=None, metavar="I/N",
+                      help="videos storage: prepare only the videos k with k %% N == I (0 <= I < N), writing "
+                           "CACHE/shards/manifest-I-of-N.csv")
+    part.add_argument("--merge", type=int, default=None, metavar="N",
+                      help="videos storage: merge the N shard manifests into manifest.csv (with the val and "
+                           "calibration draws), classes.csv and storage.json")
+    sp.add_argument("--timing", default=None, metavar="JSON",
+                    help=f"where to record the seconds this stage took (default: {P.TIMING}/prepare.json; for "
+                         "--shard I/N: CACHE/shards/timing-I-of-N.json, added up by --merge)")
 
     sp = add("train-supernet", cmd_train_supernet, "train the template network with Variational DropPath",
              "Train the template network (model.*): supernet.warmup_epochs without gates, then supernet.epochs "
@@ -237,12 +252,27 @@ def cmd_generate(args, params):
         info.update(P.generate(sp, root=root, progress=args.progress))
 
 
+def _shard_arg(text: str) -> tuple[int, int]:
+    i, sep, n = text.partition("/")
+    if not (sep and i.isdigit() and n.isdigit() and 0 <= int(i) < int(n)):
+        raise argparse.ArgumentTypeError(f"expected I/N with 0 <= I < N, got {text!r}")
+    return int(i), int(n)
+
+
 def cmd_prepare(args, params):
     from . import pipeline as P
 
-    with P.timed("prepare", args.timing) as info:
+    shards = Path(args.cache) / "shards"
+    timing = args.timing or (shards / "timing-{}-of-{}.json".format(*args.shard) if args.shard
+                             else f"{P.TIMING}/prepare.json")
+    with P.timed("prepare", timing) as info:
         info.update(P.prepare(_stage(args, params, "prepare"), root=args.root, cache_dir=args.cache,
-                              workers=args.workers, progress=args.progress))
+                              workers=args.workers, progress=args.progress, shard=args.shard, merge=args.merge))
+    if args.merge:
+        runs = [P.read_json(shards / f"timing-{i}-of-{args.merge}.json") for i in range(args.merge)
+                if (shards / f"timing-{i}-of-{args.merge}.json").is_file()]
+        info.update(jobs=len(runs), run_seconds=round(sum(r["seconds"] for r in runs), 3))
+        _add_run_seconds(timing, info)
 
 
 def cmd_train_supernet(args, params):

@@ -12,7 +12,7 @@ was trained with, the class list), so stages after training read no model parame
 Default layout (all paths can be changed on the command line)::
 
     data/builtin/                      generated benchmark (videos, annotations.csv, classes.csv)
-    data/cache/                        decoded clip cache, manifest with train/val/test splits, classes.csv
+    data/cache/                        prepared data (clip cache or videos/), manifest with splits, classes.csv, storage.json
     checkpoints/supernet/              model.pt, last.pt (resume), history.csv, drop_rates.csv
     checkpoints/finetune/<id>/         derived networks, finetuned
     checkpoints/standalone/<id>/       strategies trained from scratch
@@ -89,7 +89,8 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "prepare": [
         "seed", "preset", "data.dataset", "data.root", "data.annotations", "data.split", "data.backend",
         "data.size", "data.val_fraction", "data.calib_fraction", "data.workers", "data.builtin.frames",
-        "data.frames", "data.stride",
+        "data.frames", "data.stride", "data.storage", "data.cache_max_gb", "data.prepare", "data.short_side",
+        "data.prepare_shards",
     ],
     "train_supernet": [
         "seed", *_DATA_LOADING, *_TRAIN_VIEW, "model", "gate.init_p", "gate.temperature", "gate.rescale",
@@ -379,46 +380,15 @@ def generate(params: dict, *, root: str | Path = DATA_ROOT, progress: bool = Tru
 
 def prepare(
     params: dict, *, root: str | Path | None = None, cache_dir: str | Path = CACHE, workers: int | None = None,
-    progress: bool = True,
+    progress: bool = True, shard: tuple[int, int] | None = None, merge: int | None = None,
 ) -> dict:
-    """Stage ``prepare``: read the dataset's annotations and decode every video into the clip cache, with
-    train / val / test splits and the calibration subset (``data/cache``). For the built-in benchmark the
-    videos are generated first when ``root`` holds none."""
-    from .data.cache import preprocess
-    from .data.formats import read_annotations
+    """Stage ``prepare``: read the dataset's annotations and prepare it in ``data.storage`` (the clip cache or
+    one file per video, :mod:`stfusion.storage`) with train / val / test splits and the calibration subset
+    (``data/cache``); ``shard=(I, N)`` prepares one shard of videos storage, ``merge=N`` merges N shards."""
+    from .data.prepare import prepare_dataset
 
-    d = params["data"]
-    root = Path(root if root is not None else d["root"])
-    kinds = None
-    if d["dataset"] == "builtin":
-        from .data.builtin import class_kinds
-
-        if not (root / "annotations.csv").is_file():
-            raise StfusionError(
-                f"no built-in benchmark in {root} (run 'stfusion generate --root {root}' first)"
-            )
-        kinds = class_kinds(root)
-    videos, classes = read_annotations(d["dataset"], root, d.get("annotations"), split=d.get("split", 1))
-    cache_frames = _cache_frames(params)
-    manifest = preprocess(
-        videos, classes, cache_dir, cache_frames=cache_frames, size=d["size"], backend=d.get("backend", "decord"),
-        val_fraction=d.get("val_fraction", 0.25), calib_fraction=d.get("calib_fraction", 0.2),
-        seed=params["seed"], workers=workers or d.get("workers", 1), class_kinds=kinds, progress=progress,
-    )
-    counts = manifest["split"].value_counts().to_dict() if "split" in manifest else {}
-    summary = {"dataset": d["dataset"], "root": str(root), "cache": str(cache_dir), "classes": len(classes),
-               "videos": int(len(manifest)), **{f"n_{k}": int(v) for k, v in counts.items()}}
-    log.info("clip cache in %s: %s", cache_dir, summary)
-    return summary
-
-
-def _cache_frames(params: dict) -> int:
-    """Frames cached per video: all frames of the built-in clips; for real datasets enough for one clip of
-    ``frames`` at ``stride`` plus room for temporal jitter (twice the clip span)."""
-    d = params["data"]
-    if d["dataset"] == "builtin":
-        return int(d.get("builtin", {}).get("frames", 12))
-    return int(2 * d["frames"] * d.get("stride", 1))
+    return prepare_dataset(params, root=root, cache_dir=cache_dir, workers=workers, progress=progress, shard=shard,
+                           merge=merge)
 
 
 def train_supernet(

@@ -208,6 +208,37 @@ def test_generic_csv(tmp_path):
     assert videos["split"].tolist() == ["train", "train"]
 
 
+def test_ids_are_unique_for_class_folders_absolute_paths_and_suffixes(tmp_path):
+    """Absolute paths in class folders (a/001.mp4, b/001.mp4), two files differing only in their suffix, and a
+    file outside root all get distinct ids, the same on every read."""
+    root = tmp_path / "data"
+    outside = tmp_path / "elsewhere" / "a"
+    files = [root / "a" / "001.mp4", root / "b" / "001.mp4", root / "x" / "clip.mov", root / "x" / "clip.webm",
+             outside / "001.mp4"]
+    lines = ["path,label"] + [f"{f},{f.parent.name}" for f in files]
+    (root).mkdir()
+    (root / "annotations.csv").write_text("\n".join(lines) + "\n")
+    videos, _ = read_annotations("csv", root)
+    _check(videos)
+    ids = videos["video_id"].tolist()
+    assert ids[:4] == ["a/001", "b/001", "x/clip.mov", "x/clip.webm"]
+    assert ids[4].startswith("a/001~") and len(ids[4]) == len("a/001~") + 8
+    assert read_annotations("csv", root)[0]["video_id"].tolist() == ids  # stable
+    assert [Path(p) for p in videos["path"]] == files
+
+
+def test_natural_ids_kept_unless_they_name_two_files(tmp_path):
+    """HMDB51-style names are kept; the same file name in two class folders falls back to path ids."""
+    root = tmp_path / "hmdb"
+    split = root / "testTrainMulti_7030_splits"
+    split.mkdir(parents=True)
+    (split / "jump_test_split1.txt").write_text("same.avi 1\nonly_jump.avi 2\n")
+    (split / "run_test_split1.txt").write_text("same.avi 1\n")
+    videos, _ = read_annotations("hmdb51", root)
+    _check(videos)
+    assert videos["video_id"].tolist() == ["jump/same", "only_jump", "run/same"]
+
+
 def test_builtin_reads_what_generate_wrote(tmp_path_factory):
     root = builtin_root(tmp_path_factory, clips_per_class=4, seed=0)
     videos, classes = read_annotations("builtin", root)

@@ -39,7 +39,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from ..checkpoint import write_csv
 from ..errors import StfusionError
+from .manifest import assign_splits, class_table
 from .video import DecoderFallbackWarning, VideoReadError, read_uniform
 
 __all__ = ["MANIFEST_COLUMNS", "STATUSES", "preprocess", "resize_crop"]
@@ -94,32 +96,6 @@ def _mp_context():
 
 def _tmp_name(path: Path) -> Path:
     return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def _write_csv(df: pd.DataFrame, path: Path) -> None:
-    tmp = _tmp_name(path)
-    try:
-        df.to_csv(tmp, index=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
-def _pick(ids: list[str], fraction: float, key, at_least_one: bool, keep_one: bool) -> set[str]:
-    """Choose ``round(len * fraction)`` of ``ids`` at random (deterministic in ``key``)."""
-    n = len(ids)
-    if n == 0 or fraction <= 0:
-        return set()
-    k = int(round(n * fraction))
-    if at_least_one:
-        k = max(k, 1)
-    if keep_one:
-        k = min(k, n - 1)
-    k = min(k, n)
-    order = np.random.default_rng(key).permutation(n)
-    ids = sorted(ids)
-    return {ids[i] for i in order[:k]}
 
 
 def preprocess(
@@ -237,25 +213,12 @@ def preprocess(
         df.loc[ok, "cache_index"] = np.arange(int(ok.sum()))
 
         # splits and calibration subset (usable videos only; deterministic in seed and video ids)
-        if val_fraction > 0 and not (df["split"] == "val").any():
-            for c in range(len(classes)):
-                rows = df.index[ok & (df["split"] == "train").to_numpy() & (df["label_idx"] == c).to_numpy()]
-                chosen = _pick(df.loc[rows, "video_id"].tolist(), val_fraction, [seed, 1, c], at_least_one=True, keep_one=True)
-                df.loc[rows[df.loc[rows, "video_id"].isin(chosen).to_numpy()], "split"] = "val"
-        df["calib"] = False
-        if calib_fraction > 0:
-            for c in range(len(classes)):
-                rows = df.index[ok & (df["split"] == "train").to_numpy() & (df["label_idx"] == c).to_numpy()]
-                chosen = _pick(df.loc[rows, "video_id"].tolist(), calib_fraction, [seed, 2, c], at_least_one=True, keep_one=False)
-                df.loc[rows[df.loc[rows, "video_id"].isin(chosen).to_numpy()], "calib"] = True
-
+        assign_splits(df, "video_id", ok, len(classes), seed=seed, val_fraction=val_fraction,
+                      calib_fraction=calib_fraction)
         manifest = df[MANIFEST_COLUMNS].copy()
-        kinds = class_kinds or {}
-        class_table = pd.DataFrame({"index": range(len(classes)), "name": list(classes),
-                                    "kind": [kinds.get(c, "unknown") for c in classes]})
         os.replace(tmp_ok, clips_path)
-        _write_csv(class_table, out_dir / "classes.csv")
-        _write_csv(manifest, out_dir / "manifest.csv")
+        write_csv(class_table(classes, class_kinds), out_dir / "classes.csv")
+        write_csv(manifest, out_dir / "manifest.csv")
     finally:
         for tmp in (tmp_all, tmp_ok):
             if tmp.exists():

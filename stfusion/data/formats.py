@@ -36,8 +36,14 @@ Formats and the files each one reads (``annotations`` is the file or folder hold
                  0 unused) in ``annotations``, ``root`` or ``root/testTrainMulti_7030_splits``; videos
                  ``root/<class>/<video>``.  Classes: sorted class names of the split files.
 
+Video ids: the dataset's own ids (SSv2 and SSv1 numbers, Kinetics ``<youtube_id>_<start>_<end>``, UCF101 and
+HMDB51 file names) where each names one file; for ``csv``/``builtin``, and for any ids that name several
+files (``a/001.avi`` and ``b/001.avi``), the ids of :func:`path_ids`: the path relative to ``root`` without
+suffix (``a/001``), with the suffix where only it differs (``clip.mov``, ``clip.webm``), a short hash of the
+folder for paths outside ``root``.
+
 Errors raise :class:`StfusionError` with one line: missing dataset folder, missing or empty annotation
-file, wrong columns, duplicated video ids, or no known label at all.  A label that is not in the class list
+file, wrong columns, the same video listed twice, or no known label at all.  A label that is not in the class list
 (e.g. an SSv2 template missing from labels.json) does not stop reading: the row keeps its label and
 :func:`stfusion.data.cache.preprocess` marks it ``unknown_label``.  Missing video files are not checked here
 (preprocessing marks them ``missing``).
@@ -45,6 +51,7 @@ file, wrong columns, duplicated video ids, or no known label at all.  A label th
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -55,7 +62,7 @@ import pandas as pd
 
 from ..errors import StfusionError
 
-__all__ = ["DATASETS", "read_annotations", "VIDEO_SUFFIXES"]
+__all__ = ["DATASETS", "path_ids", "read_annotations", "VIDEO_SUFFIXES"]
 
 log = logging.getLogger(__name__)
 
@@ -119,15 +126,17 @@ def _require_columns(df: pd.DataFrame, required, path: Path) -> None:
         )
 
 
-def _finish(rows, classes: list[str], source: str) -> tuple[pd.DataFrame, list[str]]:
+def _finish(rows, classes: list[str], source: str, root: Path) -> tuple[pd.DataFrame, list[str]]:
     videos = pd.DataFrame(rows, columns=COLUMNS)
     if videos.empty:
         raise StfusionError(f"no videos listed in {source}")
-    videos["video_id"] = videos["video_id"].astype(str)
+    videos["video_id"] = _unique_ids(videos["video_id"].astype(str).tolist(), videos["path"].tolist(), root)
     videos["label"] = videos["label"].astype(str)
     dup = videos["video_id"][videos["video_id"].duplicated()]
     if len(dup):
-        raise StfusionError(f"duplicated video id {dup.iloc[0]!r} in {source} ({dup.nunique()} ids appear twice)")
+        first = videos["path"][videos["video_id"] == dup.iloc[0]].iloc[0]
+        raise StfusionError(f"duplicated video id {dup.iloc[0]!r} in {source} ({dup.nunique()} ids appear twice; "
+                            f"the same video {first} is listed more than once)")
     if len(set(classes)) != len(classes):
         seen = set()
         first = next(c for c in classes if c in seen or seen.add(c))
@@ -141,6 +150,42 @@ def _finish(rows, classes: list[str], source: str) -> tuple[pd.DataFrame, list[s
         log.warning("%s: %d videos have a label outside the class list (first: %r)", source, (~known).sum(),
                     videos.loc[~known, "label"].iloc[0])
     return videos.reset_index(drop=True), list(classes)
+
+
+def path_ids(paths, root) -> list[str]:
+    """Video ids from file paths, unique and stable for any layout: the path relative to ``root`` without its
+    suffix (``a/001.mp4`` -> ``a/001``); the suffix is kept where files differ only in it (``clip.mov``,
+    ``clip.webm``); a path outside ``root`` becomes ``<folder>/<stem>~<8 hex digits of its folder's absolute
+    path>``.  The same list of paths always gives the same ids (nothing is read from disk)."""
+    root = os.path.abspath(root)
+    short, long = [], []
+    for path in paths:
+        p = Path(os.path.normpath(os.path.join(root, str(path))))
+        try:
+            rel = p.relative_to(root)
+            tail = "" if rel.parent == Path(".") else f"{rel.parent.as_posix()}/"
+            mark = ""
+        except ValueError:
+            tail, mark = f"{p.parent.name}/", "~" + hashlib.sha1(str(p.parent).encode()).hexdigest()[:8]
+        stem, suffix = (p.stem, p.suffix) if p.suffix else (p.name, "")
+        short.append(f"{tail}{stem}{mark}")
+        long.append(f"{tail}{stem}{suffix}{mark}")
+    owners: dict[str, set[str]] = {}
+    for vid, name in zip(short, long):
+        owners.setdefault(vid, set()).add(name)
+    return [name if len(owners[vid]) > 1 else vid for vid, name in zip(short, long)]
+
+
+def _unique_ids(ids: list[str], paths: list[str], root: Path) -> list[str]:
+    """The dataset's own ids where each names one file; ids shared by different files become :func:`path_ids`."""
+    owners: dict[str, set[str]] = {}
+    for vid, path in zip(ids, paths):
+        owners.setdefault(vid, set()).add(os.path.normpath(path))
+    clash = {vid for vid, files in owners.items() if len(files) > 1}
+    if not clash:
+        return ids
+    derived = path_ids(paths, root)
+    return [new if vid in clash else vid for vid, new in zip(ids, derived)]
 
 
 def _check_root(root) -> Path:
@@ -172,7 +217,7 @@ def _builtin(root: Path, annotations, split):
     cls = _read_csv(cls_path, dtype=str, keep_default_na=False)
     _require_columns(cls, ["name", "kind"], cls_path)
     rows = _csv_rows(df, root, ann)
-    return _finish(rows, cls["name"].tolist(), str(ann))
+    return _finish(rows, cls["name"].tolist(), str(ann), root)
 
 
 def _csv_rows(df: pd.DataFrame, root: Path, source: Path):
@@ -186,9 +231,9 @@ def _csv_rows(df: pd.DataFrame, root: Path, source: Path):
         if split is None:
             raise StfusionError(f"{source}: unknown split {rec.split!r} for {rel} (use train or test)")
         p = Path(rel)
-        video_id = str(p.with_suffix("")) if not p.is_absolute() else p.stem
-        rows.append((Path(video_id).as_posix(), str(p if p.is_absolute() else root / p), str(rec.label).strip(), split))
-    return rows
+        rows.append(("", str(p if p.is_absolute() else root / p), str(rec.label).strip(), split))
+    ids = path_ids([r[1] for r in rows], root)
+    return [(vid, *row[1:]) for vid, row in zip(ids, rows)]
 
 
 def _csv(root: Path, annotations, split):
@@ -201,7 +246,7 @@ def _csv(root: Path, annotations, split):
     _require_columns(df, ["path", "label"], ann)
     rows = _csv_rows(df, root, ann)
     classes = sorted({r[2] for r in rows})
-    return _finish(rows, classes, str(ann))
+    return _finish(rows, classes, str(ann), root)
 
 
 def _ssv2(root: Path, annotations, split):
@@ -232,7 +277,7 @@ def _ssv2(root: Path, annotations, split):
             label = str(template).replace("[", "").replace("]", "")
             vid = str(item["id"])
             rows.append((vid, str(root / f"{vid}.webm"), label, sp))
-    return _finish(rows, classes, f"ssv2 annotations in {lab_path.parent}")
+    return _finish(rows, classes, f"ssv2 annotations in {lab_path.parent}", root)
 
 
 def _ssv1(root: Path, annotations, split):
@@ -247,7 +292,7 @@ def _ssv1(root: Path, annotations, split):
             if not sep or not vid.strip():
                 raise StfusionError(f"{path} line {n}: expected 'id;label', got {line[:60]!r}")
             rows.append((vid.strip(), str(root / vid.strip()), label.strip(), sp))
-    return _finish(rows, classes, f"ssv1 annotations in {folder}")
+    return _finish(rows, classes, f"ssv1 annotations in {folder}", root)
 
 
 _KINETICS_COLS = ["label", "youtube_id", "time_start", "time_end", "split"]
@@ -307,7 +352,7 @@ def _kinetics(root: Path, annotations, split):
         path = index.get(name, root / f"{name}.mp4")
         rows.append((name, str(path), label, sp))
     classes = sorted(df["label"].astype(str).str.strip().unique())
-    return _finish(rows, classes, f"kinetics400 annotations in {ann}")
+    return _finish(rows, classes, f"kinetics400 annotations in {ann}", root)
 
 
 def _check_split(dataset: str, split) -> int:
@@ -351,7 +396,7 @@ def _ucf101(root: Path, annotations, split):
             if not p.exists() and (root / Path(rel).name).exists():
                 p = root / Path(rel).name
             rows.append((Path(rel).stem, str(p), label, sp))
-    return _finish(rows, classes, f"ucf101 split {n} in {ind.parent}")
+    return _finish(rows, classes, f"ucf101 split {n} in {ind.parent}", root)
 
 
 _HMDB_RE = re.compile(r"^(?P<cls>.+)_test_split(?P<n>[1-3])\.txt$")
@@ -382,7 +427,7 @@ def _hmdb51(root: Path, annotations, split):
             if parts[1] == "0":
                 continue
             rows.append((Path(parts[0]).stem, str(root / cls / parts[0]), cls, "train" if parts[1] == "1" else "test"))
-    return _finish(rows, classes, f"hmdb51 split {n} files")
+    return _finish(rows, classes, f"hmdb51 split {n} files", root)
 
 
 _READERS = {

@@ -18,6 +18,8 @@ import logging
 import os
 import re
 import warnings
+import zipfile
+from contextlib import contextmanager
 from pathlib import Path
 
 import av  # before decord, see the module docstring
@@ -30,6 +32,7 @@ except ImportError:  # pragma: no cover - decord is a hard dependency, but keep 
     decord = None
 
 from ..errors import StfusionError
+from .packed import PACK_SUFFIX, PackedFrames
 from .sampling import uniform_indices
 
 __all__ = [
@@ -107,26 +110,55 @@ def _frame_files(folder: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if p.suffix.lower() in FRAME_SUFFIXES and p.is_file())
 
 
-# ----------------------------------------------------------------------------------------- JPEG folders
-def _read_folder(folder: Path, indices) -> tuple[np.ndarray, int]:
+# ------------------------------------------------------------------------------ JPEG folders and packs
+def _is_images(p: Path) -> bool:
+    """A JPEG frame folder or a packed one (:mod:`stfusion.data.packed`) rather than a video file."""
+    return p.is_dir() or p.suffix.lower() == PACK_SUFFIX
+
+
+@contextmanager
+def _images(p: Path):
+    """The frames of a folder (sorted image files) or of a ``.jpgpack`` file: a sequence of what PIL opens."""
+    if p.is_dir():
+        files = _frame_files(p)
+        if not files:
+            raise VideoReadError(f"no JPEG frames in folder {p}", "empty")
+        yield files
+        return
+    try:
+        pack = PackedFrames(p)
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise VideoReadError(f"not a readable frame pack: {p} ({_one_line(exc)})") from None
+    with pack:
+        if not len(pack):
+            raise VideoReadError(f"no frames in {p}", "empty")
+        yield pack
+
+
+def _count_images(p: Path) -> int:
+    with _images(p) as frames:
+        return len(frames)
+
+
+def _read_images(p: Path, indices) -> tuple[np.ndarray, int]:
     from PIL import Image, UnidentifiedImageError
 
-    files = _frame_files(folder)
-    if not files:
-        raise VideoReadError(f"no JPEG frames in folder {folder}", "empty")
-    idx = np.arange(len(files)) if indices is None else _as_indices(indices, len(files))
-    uniq, inverse = np.unique(idx, return_inverse=True)
-    frames = []
-    for i in uniq:
-        try:
-            with Image.open(files[i]) as im:
-                frames.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
-        except (OSError, UnidentifiedImageError, SyntaxError) as exc:
-            raise VideoReadError(f"unreadable frame {files[i].name} in {folder}: {_one_line(exc)}") from None
+    with _images(p) as sources:
+        n = len(sources)
+        idx = np.arange(n) if indices is None else _as_indices(indices, n)
+        uniq, inverse = np.unique(idx, return_inverse=True)
+        frames = []
+        for i in uniq:
+            try:
+                with Image.open(sources[i]) as im:
+                    frames.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
+            except (OSError, UnidentifiedImageError, SyntaxError, zipfile.BadZipFile) as exc:
+                name = sources.names[i] if isinstance(sources, PackedFrames) else sources[i].name
+                raise VideoReadError(f"unreadable frame {name} in {p}: {_one_line(exc)}") from None
     if len({f.shape for f in frames}) > 1:
-        raise VideoReadError(f"frames of different sizes in folder {folder}")
+        raise VideoReadError(f"frames of different sizes in {p}")
     out = np.stack(frames) if frames else np.zeros((0, 1, 1, 3), np.uint8)
-    return out[inverse], len(files)
+    return out[inverse], n
 
 
 # ---------------------------------------------------------------------------------------------- decord
@@ -245,7 +277,7 @@ def _uniform_pyav(path: Path, num: int, threads: int) -> tuple[np.ndarray, int]:
 def _dispatch(path, backend: str, threads: int, folder_fn, decord_fn, pyav_fn):
     backend = _check_backend(backend)
     p = _check_path(path)
-    if p.is_dir():
+    if _is_images(p):
         return folder_fn(p)
     if backend == "decord":
         try:
@@ -271,7 +303,8 @@ def read_frames(path, indices=None, backend: str = "decord", *, threads: int = 1
 
     ``indices``: frame numbers to return, in the order given (repeats allowed); None = every frame.
     ``backend``: ``decord`` (falls back to PyAV with a :class:`DecoderFallbackWarning` when decord fails) or
-    ``pyav``.  A directory is read as sorted ``.jpg``/``.jpeg``/``.png`` frames.  ``threads``: decoder
+    ``pyav``.  A directory is read as sorted ``.jpg``/``.jpeg``/``.png`` frames, a ``.jpgpack`` file
+    (:mod:`stfusion.data.packed`) as the frames it packs.  ``threads``: decoder
     threads (0 = FFmpeg's choice).  Raises :class:`VideoReadError` (a :class:`StfusionError`) for missing,
     empty, corrupt, truncated or non-video files and :class:`StfusionError` for out-of-range indices.
     """
@@ -279,7 +312,7 @@ def read_frames(path, indices=None, backend: str = "decord", *, threads: int = 1
         path,
         backend,
         threads,
-        lambda p: _read_folder(p, indices),
+        lambda p: _read_images(p, indices),
         lambda p: _read_decord(p, indices, threads),
         lambda p: _read_pyav(p, indices, threads),
     )
@@ -294,10 +327,8 @@ def read_uniform(path, num: int, backend: str = "decord", *, threads: int = 1) -
         raise StfusionError(f"number of frames to read must be at least 1, got {num}")
 
     def folder(p):
-        n = len(_frame_files(p))
-        if n == 0:
-            raise VideoReadError(f"no JPEG frames in folder {p}", "empty")
-        return _read_folder(p, uniform_indices(n, num))[0], n
+        n = _count_images(p)
+        return _read_images(p, uniform_indices(n, num))[0], n
 
     return _dispatch(
         path,
@@ -310,14 +341,11 @@ def read_uniform(path, num: int, backend: str = "decord", *, threads: int = 1) -
 
 
 def count_frames(path, backend: str = "decord") -> int:
-    """Number of frames of a video file (decord's index, or decoded by PyAV) or JPEG frame folder."""
+    """Number of frames of a video file (decord's index, or decoded by PyAV), JPEG frame folder or frame pack."""
     backend = _check_backend(backend)
     p = _check_path(path)
-    if p.is_dir():
-        n = len(_frame_files(p))
-        if n == 0:
-            raise VideoReadError(f"no JPEG frames in folder {p}", "empty")
-        return n
+    if _is_images(p):
+        return _count_images(p)
 
     def by_decord(q):
         vr = _decord_open(q, 1)

@@ -16,13 +16,29 @@ os.environ.update(
 )
 
 from stfusion import pipeline as P  # noqa: E402  (light: no torch / pandas at import)
+from stfusion import storage as S  # noqa: E402  (light)
+from stfusion.config import apply_preset  # noqa: E402
 
 CONDA_ENV = "../envs/stfusion.yaml"
 
 ROOT = config["data"]["root"]
 IS_BUILTIN = config["data"]["dataset"] == "builtin"
 CACHE = P.CACHE
-CACHE_FILES = {"manifest": f"{CACHE}/manifest.csv", "clips": f"{CACHE}/clips.npy", "classes": f"{CACHE}/classes.csv"}
+# The prepared dataset, whatever its storage: what every stage after `prepare` takes as input.
+CACHE_FILES = {"manifest": f"{CACHE}/manifest.csv", "classes": f"{CACHE}/classes.csv",
+               "storage": f"{CACHE}/{S.STORAGE_FILE}"}
+
+
+def _storage(cfg):
+    """`cache` or `videos`, decided as `stfusion prepare` decides (data.storage: auto reads the annotation list
+    to count the videos; set it to cache or videos to skip that)."""
+    effective = apply_preset(dict(cfg))
+    explicit = effective["data"].get("storage", "auto") != "auto"
+    return S.choose(effective, None if explicit else S.count_videos(effective))["storage"]
+
+
+STORAGE = _storage(config)
+PREPARE_SHARDS = int(config["data"].get("prepare_shards", 1))
 SUPERNET_DIR = P.SUPERNET_DIR
 SUPERNET = P.SUPERNET
 CANDIDATES = P.CANDIDATES
@@ -113,3 +129,4 @@ def selected_ids(wildcards):
 
 wildcard_constraints:
     sid="[nstb]+",
+    shard="[0-9]+",

@@ -1,0 +1,77 @@
+"""The ``prepare`` stage: read the annotations, choose the storage (:mod:`stfusion.storage`) and prepare the
+dataset into the cache folder, whole or one shard at a time.
+
+``cache`` storage: :func:`stfusion.data.cache.preprocess` (one job; sharding does not apply) plus
+``storage.json``.  ``videos`` storage: :func:`stfusion.data.prepare_videos.prepare_shard` for shard ``I`` of
+``N`` (``shard=(I, N)``), :func:`stfusion.data.manifest.merge_shards` (``merge=N``), or, with neither, all
+``data.prepare_shards`` shards one after the other and their merge.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from ..errors import StfusionError
+from ..storage import cache_frames, choose, write_storage
+
+__all__ = ["prepare_dataset"]
+
+log = logging.getLogger(__name__)
+
+
+def prepare_dataset(params: dict, *, root=None, cache_dir, workers: int | None = None, progress: bool = True,
+                    shard: tuple[int, int] | None = None, merge: int | None = None) -> dict:
+    """Prepare ``params['data']``'s dataset into ``cache_dir``; returns a summary (for the timing record)."""
+    from .cache import preprocess
+    from .formats import read_annotations
+
+    d = params["data"]
+    root = Path(root if root is not None else d["root"])
+    kinds = None
+    if d["dataset"] == "builtin":
+        from .builtin import class_kinds
+
+        if not (root / "annotations.csv").is_file():
+            raise StfusionError(f"no built-in benchmark in {root} (run 'stfusion generate --root {root}' first)")
+        kinds = class_kinds(root)
+    videos, classes = read_annotations(d["dataset"], root, d.get("annotations"), split=d.get("split", 1))
+    storage = choose(params, len(videos))
+    log.info("storage %s: %s", storage["storage"], storage["reason"])
+    workers = int(workers or d.get("workers", 1))
+    common = {"dataset": d["dataset"], "root": str(root), "cache": str(cache_dir), "classes": len(classes),
+              "storage": storage["storage"]}
+    if storage["storage"] == "cache":
+        if shard is not None or merge is not None:
+            raise StfusionError(f"--shard and --merge are for videos storage; this dataset goes to the cache "
+                                f"({storage['reason']}; set data.storage: videos to shard it)")
+        manifest = preprocess(
+            videos, classes, cache_dir, cache_frames=cache_frames(params), size=d["size"],
+            backend=d.get("backend", "decord"), val_fraction=d.get("val_fraction", 0.25),
+            calib_fraction=d.get("calib_fraction", 0.2), seed=params["seed"], workers=workers, class_kinds=kinds,
+            progress=progress,
+        )
+        write_storage(cache_dir, storage)
+        counts = manifest["split"].value_counts().to_dict()
+        summary = {**common, "videos": int(len(manifest)), **{f"n_{k}": int(v) for k, v in counts.items()}}
+        log.info("clip cache in %s: %s", cache_dir, summary)
+        return summary
+
+    from .manifest import merge_shards
+    from .prepare_videos import prepare_shard
+
+    mode, short_side = d.get("prepare", "reencode"), int(d.get("short_side", 128))
+    storage.update(prepare=mode, short_side=short_side)
+    n_shards = shard[1] if shard else merge or int(d.get("prepare_shards", 1))
+    todo = [shard[0]] if shard else [] if merge else range(n_shards)
+    span = int(d["frames"]) * int(d.get("stride", 1))
+    for i in todo:
+        _, part = prepare_shard(videos, classes, cache_dir, i, n_shards, mode=mode, short_side=short_side,
+                                clip_span=span, backend=d.get("backend", "decord"), workers=workers,
+                                progress=progress)
+    if shard:
+        return {**common, "shard": f"{shard[0]}/{shard[1]}", **part}
+    _, summary = merge_shards(cache_dir, n_shards, videos, classes, kinds=kinds, seed=params["seed"],
+                              val_fraction=d.get("val_fraction", 0.25), calib_fraction=d.get("calib_fraction", 0.2),
+                              storage=storage)
+    return {**common, "shards": n_shards, **summary}
