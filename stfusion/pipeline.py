@@ -264,11 +264,13 @@ def file_digest(path: str | Path, limit: int | None = None) -> str:
 
 
 def data_fingerprint(cache_dir: str | Path) -> str:
-    """Identity of a clip cache: its manifest, class list and the head and size of ``clips.npy``. A checkpoint
-    left by training on other data is discarded rather than resumed."""
+    """Identity of a prepared dataset: its manifest, class list and the head and size of ``clips.npy`` (videos
+    storage: ``storage.json``; the manifest names every file). A checkpoint left by training on other data is
+    discarded rather than resumed."""
     cache_dir = Path(cache_dir)
+    clips = cache_dir / "clips.npy"
     parts = [file_digest(cache_dir / "manifest.csv"), file_digest(cache_dir / "classes.csv"),
-             file_digest(cache_dir / "clips.npy", limit=1 << 20)]
+             file_digest(clips if clips.is_file() else cache_dir / "storage.json", limit=1 << 20)]
     return "-".join(p[:12] for p in parts)
 
 

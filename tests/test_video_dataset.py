@@ -14,7 +14,7 @@ import torch
 from stfusion.data.dataset import ClipDataset
 from stfusion.data.sampling import segment_test_clips, spatial_crops, test_clips
 from stfusion.data.transforms import ViewSpec, normalize, view_from_params, views_text
-from stfusion.data.video_dataset import ClipDecodeError, VideoDataset, open_clips, read_storage
+from stfusion.data.video_dataset import ClipDecodeError, VideoDataset, open_clips
 from stfusion.errors import StfusionError
 from stfusion.models import build_model
 from stfusion.prefix_scoring import score_strategies_prefix
@@ -60,13 +60,12 @@ def _frames_of(manifest, split, i):
 
 def test_storage_json_picks_the_dataset(prepared, tmp_path):
     folder, _ = prepared
-    assert read_storage(folder) == "videos" and read_storage(tmp_path) == "cache"  # no storage.json: the cache
     data = {"frames": 4, "stride": 2, "size": 32, "crop": 32, "train_short_side": [40, 56], "flip": True}
     ds = open_clips(data, folder, "train", train=True)
     assert isinstance(ds, VideoDataset) and len(ds) == 6 and ds.view == ViewSpec("train", 32, (40, 56), True)
     (tmp_path / "storage.json").write_text(json.dumps({"storage": "tape"}))
-    with pytest.raises(StfusionError, match="unknown storage 'tape'"):
-        read_storage(tmp_path)
+    with pytest.raises(StfusionError, match="storage must be cache or videos"):
+        open_clips(data, tmp_path, "train", train=True)
 
 
 def test_eval_view_is_the_centre_crop_and_never_varies(prepared):

@@ -15,7 +15,7 @@ from .sampling import (
     uniform_indices,
 )
 from .transforms import ViewSpec, normalize, view_from_params
-from .video_dataset import VideoDataset, open_clips, read_storage
+from .video_dataset import VideoDataset, open_clips
 from .video import (
     BACKENDS,
     DECORD_BAD_WIDTHS,
@@ -57,7 +57,6 @@ __all__ = [
     "preprocess",
     "read_annotations",
     "read_frames",
-    "read_storage",
     "read_uniform",
     "resize_crop",
     "segment_indices",

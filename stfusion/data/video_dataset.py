@@ -17,12 +17,11 @@ if that fails too:
 - in evaluation and scoring the run stops with one line naming the file (:class:`ClipDecodeError`): every
   strategy is scored on the same videos, never on a set that depends on which reads happened to fail.
 
-:func:`open_clips` picks the dataset from ``storage.json`` of the folder (absent: the clip cache).
+:func:`open_clips` picks the dataset from ``storage.json`` of the folder (:func:`stfusion.storage.read_storage`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -30,16 +29,16 @@ import numpy as np
 import pandas as pd
 
 from ..errors import StfusionError
+from ..storage import read_storage
 from .dataset import ClipDataset, SplitClips, default_view, load_classes, split_rows
 from .transforms import ViewSpec, view_from_params
 from .video import read_frames
 
-__all__ = ["STORAGES", "ClipDecodeError", "DecodeFailures", "VideoDataset", "load_video_manifest", "open_clips",
-           "read_storage", "split_failures"]
+__all__ = ["ClipDecodeError", "DecodeFailures", "VideoDataset", "load_video_manifest", "open_clips",
+           "split_failures"]
 
 log = logging.getLogger(__name__)
 
-STORAGES = ("cache", "videos")
 #: videos tried in place of one that fails (the next ones of the split), each read up to twice
 REPLACEMENT_TRIES = 3
 _MANIFEST_NEED = ("path", "label_idx", "split", "calib", "frames", "status")
@@ -53,21 +52,6 @@ class ClipDecodeError(StfusionError):
         if "Original Traceback" in message:
             message = message.strip().splitlines()[-1].split("ClipDecodeError: ", 1)[-1]
         super().__init__(message)
-
-
-def read_storage(cache_dir) -> str:
-    """``storage`` of ``storage.json`` in a prepared folder: ``cache`` or ``videos`` (no file: ``cache``,
-    as written before there was a choice)."""
-    path = Path(cache_dir) / "storage.json"
-    if not path.is_file():
-        return "cache"
-    try:
-        storage = json.loads(path.read_text()).get("storage")
-    except (ValueError, AttributeError):
-        raise StfusionError(f"{path} is not a JSON object with a 'storage' key (prepare again)") from None
-    if storage not in STORAGES:
-        raise StfusionError(f"{path}: unknown storage {storage!r} (expected one of: {', '.join(STORAGES)})")
-    return storage
 
 
 def load_video_manifest(cache_dir) -> pd.DataFrame:
@@ -178,7 +162,7 @@ def open_clips(data: dict, cache_dir, split: str, *, train: bool, views: str | N
     view = view_from_params(data, views or ("train" if train else "eval"))
     kw = dict(frames=data["frames"], stride=data.get("stride", 1), sampling=data.get("sampling", "dense"),
               train=train, calib_only=calib_only, view=view)
-    if read_storage(cache_dir) == "cache":
+    if read_storage(cache_dir)["storage"] == "cache":
         return ClipDataset(cache_dir, split, **kw)
     return VideoDataset(cache_dir, split, backend=data.get("backend", "decord"),
                         max_decode_failures=float(data.get("max_decode_failures", 0.0)), **kw)
