@@ -29,7 +29,10 @@ def _resolve_preset(cfg):
         return dict(cfg)
     from stfusion.config import deep_merge
 
-    explicit = {k: v for k, v in workflow.config_settings.overwrite_config.items() if k != "preset"}
+    def given(over, values):  # the (typed) values at the keys that --configfile / --config gave
+        return {k: given(v, values[k]) if isinstance(v, dict) else values[k] for k, v in over.items()}
+
+    explicit = given({k: v for k, v in workflow.config_settings.overwrite_config.items() if k != "preset"}, cfg)
     return {**deep_merge(apply_preset(dict(cfg)), explicit), "preset": None}
 
 
