@@ -39,6 +39,9 @@ GOALS = {  # name: (comparison, goal)
     "gpu_channels_last_3d": ("<=", 1.00),
     "gpu_bf16_channels_last_3d": ("<=", 1.00),
     "gpu_pinned_memory": ("<=", 1.00),
+    "video_loader_16x112": (">=", 15.0),
+    "video_loader_32x224": (">=", 4.0),
+    "train_epoch_memory_4x": ("<=", 1.15),
 }
 
 
@@ -167,7 +170,13 @@ def main(argv=None) -> int:
             emit(line("data_loader", rate / supernet_rate))
             note(f"loader {rate:.0f} clips/s vs supernet training {supernet_rate:.0f} clips/s")
 
-    # (5) GPU paths
+    # (5) videos storage: loader clips/s per worker process, training-epoch memory over 4x the videos
+    import bench_videos
+
+    for name, value in bench_videos.run(quick, note=note).items():
+        emit(line(name, value))
+
+    # (6) GPU paths
     if not torch.cuda.is_available():
         emit("gpu: skipped (CUDA not available)")
     else:
