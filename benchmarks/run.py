@@ -39,6 +39,9 @@ GOALS = {  # name: (comparison, goal)
     "gpu_channels_last_3d": ("<=", 1.00),
     "gpu_bf16_channels_last_3d": ("<=", 1.00),
     "gpu_pinned_memory": ("<=", 1.00),
+    "prepared_seek_speedup": (">=", 3.0),
+    "prepared_bytes": ("<=", 1.0),
+    "prepare_peak_memory": ("<=", 1.15),
     "video_loader_16x112": (">=", 15.0),
     "video_loader_32x224": (">=", 4.0),
     "train_epoch_memory_4x": ("<=", 1.15),
@@ -190,6 +193,21 @@ def main(argv=None) -> int:
                 emit(line(f"gpu_{key}", value))
         note(f"GPU: {res['device']}")
     tmp.cleanup()
+
+    # (7) videos storage: seeking in prepared files, their size, the memory of preparing them
+    import bench_prepare
+
+    prep = bench_prepare.run(quick)
+    for name in ("prepared_seek_speedup", "prepared_bytes", "prepare_peak_memory"):
+        emit(line(name, prep[name]["ratio"]))
+    res = prep["prepared_seek_speedup"]
+    note(f"random 16-frame clip at 128p: {res['long_s'] * 1e3:.1f} ms with key frames every 250, "
+         f"{res['prepared_s'] * 1e3:.1f} ms prepared ({res['clips']} clips)")
+    res = prep["prepared_bytes"]
+    note(f"GB per hour of video: sources 480x360 {res['source_gb_per_hour']:.3f}, prepared short side 256 "
+         f"{res['prepared_gb_per_hour']:.3f}, short side 128 {res['prepared_128_gb_per_hour']:.3f}")
+    res = prep["prepare_peak_memory"]
+    note(f"prepare peak RSS {res['rss_1x_mb']:.0f} MB for {res['videos']} videos, {res['rss_4x_mb']:.0f} MB for 4x")
     if args.cpu_settings:
         res = bench_model.cpu_settings(params, repeats=3 if quick else 8)
         note("CPU settings, supernet step time over the default ({threads} threads, oneDNN on, contiguous): "

@@ -18,6 +18,9 @@ GOALS = {
     "prefix_scoring": ("<=", 0.33),
     "prefix_scoring_flops": ("<=", 0.33),
     "data_loader": (">=", 5.0),
+    "prepared_seek_speedup": (">=", 3.0),
+    "prepared_bytes": ("<=", 1.0),
+    "prepare_peak_memory": ("<=", 1.15),
     "video_loader_16x112": (">=", 15.0),
     "video_loader_32x224": (">=", 4.0),
     "train_epoch_memory_4x": ("<=", 1.15),
@@ -48,6 +51,7 @@ def test_quick_run_prints_one_line_per_goal():
             assert ratios[name]["op"] == op and float(ratios[name]["goal"]) == goal
             assert float(ratios[name]["value"]) > 0
     for name in ("supernet_overhead", "hard_gate_subnet", "prefix_scoring", "prefix_scoring_flops",
+                 "prepared_seek_speedup", "prepared_bytes", "prepare_peak_memory",
                  "video_loader_16x112", "video_loader_32x224", "train_epoch_memory_4x"):
         assert name in ratios, f"{name} must always run"
     gpu = GPU & set(names)

@@ -114,6 +114,7 @@ def reencode(src, dst, short_side: int) -> dict:
                                           "x264-params": f"keyint={KEYINT}:min-keyint={KEYINT}:scenecut=0"}
                     scaled = frame.reformat(width=width, height=height, format="yuv420p")
                     scaled.pts, scaled.time_base = count, 1 / rate
+                    scaled.pict_type = av.video.frame.PictureType.NONE  # the source's key frames force none here
                     for packet in stream.encode(scaled):
                         out.mux(packet)
                     count += 1

@@ -1,0 +1,120 @@
+"""Videos storage: what the preparation (``stfusion.data.prepare_videos``) buys and costs, on generated footage-like
+video (a smooth texture panned across the frame with a moving disk and sensor noise, encoded at CRF 23 like
+downloaded video, with an audio track).
+
+    python benchmarks/bench_prepare.py [--quick]
+
+* ``prepared_seek_speedup``: time to decode a random training clip (16 consecutive frames of a 10-s video at
+  short side 128, decord, a fresh reader per clip as DataLoader workers do) from files with a 250-frame key-frame
+  interval (x264's default) over the same from the prepared files (a key frame every 16): goal >= 3.
+* ``prepared_bytes``: bytes of the prepared files (short side 256) over the bytes of the 480x360 sources:
+  goal <= 1.
+* ``prepare_peak_memory``: peak resident memory of preparing 4x the videos over preparing 1x, each in a fresh
+  process (``resource.getrusage`` maxrss): goal <= 1.15 (memory flat in the dataset size).
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE.parent))
+
+from video_factory import textured_frames, write_source  # noqa: E402
+
+from stfusion.data.prepare_videos import reencode  # noqa: E402
+from stfusion.data.video import read_frames  # noqa: E402
+
+
+def seek_speedup(tmp: Path, *, videos: int, frames: int, clips: int, short_side: int = 128, seed: int = 0) -> dict:
+    """Random-clip decode time of long-GOP sources over prepared files of the same videos (same size)."""
+    long_gop, prepared = [], []
+    width = short_side * 4 // 3 // 2 * 2
+    for k in range(videos):
+        src = write_source(tmp / f"seek{short_side}-{k}.mp4", textured_frames(frames, short_side, width, seed=k), 30,
+                           keyint=250)
+        long_gop.append(src)
+        prepared.append(tmp / f"seek{short_side}-{k}-prepared.mp4")
+        reencode(src, prepared[-1], short_side)
+    rng = np.random.default_rng(seed)
+    draws = [(int(rng.integers(videos)), int(rng.integers(0, frames - 16))) for _ in range(clips)]
+
+    def timed(files) -> float:
+        read_frames(files[0], [0])  # warm-up
+        start = time.perf_counter()
+        for v, s in draws:
+            read_frames(files[v], np.arange(s, s + 16))
+        return (time.perf_counter() - start) / len(draws)
+
+    long_s, prepared_s = timed(long_gop), timed(prepared)
+    return {"ratio": long_s / prepared_s, "long_s": long_s, "prepared_s": prepared_s, "clips": clips}
+
+
+def prepared_bytes(tmp: Path, *, videos: int, frames: int, short_side: int = 256) -> dict:
+    """Bytes of prepared files at ``short_side`` over their 480x360 sources; bytes per hour of each."""
+    source = written = 0
+    for k in range(videos):
+        src = write_source(tmp / f"size{k}.mp4", textured_frames(frames, 360, 480, seed=10 + k), 30)
+        out = tmp / f"size{k}-prepared.mp4"
+        reencode(src, out, short_side)
+        source += src.stat().st_size
+        written += out.stat().st_size
+    hours = videos * frames / 30 / 3600
+    small = tmp / "size0-prepared-128.mp4"
+    reencode(tmp / "size0.mp4", small, 128)
+    return {"ratio": written / source, "source_gb_per_hour": source / hours / 1e9,
+            "prepared_gb_per_hour": written / hours / 1e9,
+            "prepared_128_gb_per_hour": small.stat().st_size / (frames / 30 / 3600) / 1e9}
+
+
+_MEMORY_CHILD = """
+import resource, sys
+import pandas as pd
+from stfusion.data.prepare_videos import prepare_shard
+paths = sys.argv[2:]
+videos = pd.DataFrame({"video_id": [f"v{i}" for i in range(len(paths))], "path": paths, "label": "a", "split": "train"})
+prepare_shard(videos, ["a"], sys.argv[1], 0, 1, mode="reencode", short_side=128, clip_span=16, progress=False)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def prepare_memory(tmp: Path, *, videos: int, frames: int) -> dict:
+    """Peak RSS (kB) of ``prepare_shard`` over ``videos`` and ``4 * videos`` videos, each in a fresh process."""
+    files = [str(write_source(tmp / f"mem{k}.mp4", textured_frames(frames, 240, 320, seed=20 + k), 25))
+             for k in range(4 * videos)]
+
+    def peak(n: int) -> int:
+        out = subprocess.run([sys.executable, "-c", _MEMORY_CHILD, str(tmp / f"mem-out-{n}"), *files[:n]],
+                             capture_output=True, text=True, check=True, cwd=HERE.parent,
+                             env={"PYTHONPATH": str(HERE.parent), "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"})
+        return int(out.stdout.split()[-1])
+
+    one, four = peak(videos), peak(4 * videos)
+    return {"ratio": four / one, "rss_1x_mb": one / 1024, "rss_4x_mb": four / 1024, "videos": videos}
+
+
+def run(quick: bool) -> dict:
+    """All three measurements (tiny sizes with ``quick``)."""
+    with tempfile.TemporaryDirectory(prefix="stfusion-prepare-bench-") as name:
+        tmp = Path(name)
+        return {
+            "prepared_seek_speedup": seek_speedup(tmp, videos=2 if quick else 4, frames=120 if quick else 300,
+                                                  clips=6 if quick else 40),
+            "prepared_bytes": prepared_bytes(tmp, videos=1 if quick else 3, frames=30 if quick else 90),
+            "prepare_peak_memory": prepare_memory(tmp, videos=2 if quick else 5, frames=10 if quick else 50),
+        }
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    for key, res in run(ap.parse_args().quick).items():
+        print(key, {k: round(v, 4) if isinstance(v, float) else v for k, v in res.items()})
