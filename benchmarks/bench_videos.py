@@ -1,6 +1,7 @@
 """Videos storage at run time: loader throughput per worker process and the memory of a training epoch.
 
     python benchmarks/bench_videos.py [--quick]
+    python benchmarks/bench_videos.py --gpu-loader     # on a GPU: the training step vs the loader (8, 16 workers)
 
 - ``video_loader_16x112``: training clips per second that one loader process delivers (decode + scale jitter +
   random crop + flip, :class:`stfusion.data.video_dataset.VideoDataset`) of 16 frames (stride 2) at 112x112 from
@@ -112,6 +113,60 @@ def _train_one_epoch(folder: Path) -> None:
     print(json.dumps({"maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "videos": len(ds)}))
 
 
+def gpu_loader_check(workers=(8, 16), *, device: str = "cuda", batch: int = 32, frames: int = 16, crop: int = 224,
+                     n_videos: int = 32, steps: int = 10, backbone: str = "densenet121") -> list[str]:
+    """The loader against the GPU (the issue's GPU check): seconds per training step of the ``backbone`` template
+    at ``frames`` x ``crop`` x ``crop``, batch ``batch``, bf16 autocast and channels_last_3d, vs seconds per
+    batch that DataLoaders with each number of ``workers`` deliver from 256p prepared files. One line each."""
+    import torch
+    import torch.nn.functional as F
+
+    from stfusion.config import load_params
+    from stfusion.data.loader import clip_loader
+    from stfusion.data.transforms import ViewSpec, normalize
+    from stfusion.data.video_dataset import VideoDataset
+    from stfusion.models import build_model
+
+    params = load_params(REPO / "params.yaml", {"model": {"backbone": backbone, "unit": "factorised"}})
+    model = build_model(params, 400).to(device).to(memory_format=torch.channels_last_3d).train()
+    opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x = torch.randint(0, 256, (batch, 3, frames, crop, crop), dtype=torch.uint8)
+    y = torch.randint(0, 400, (batch,), device=device)
+
+    def step():
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
+            loss = F.cross_entropy(model(normalize(x, device, channels_last=True)).float(), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    step()
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
+    t = time.perf_counter()
+    for _ in range(steps):
+        step()
+    sync()
+    step_s = (time.perf_counter() - t) / steps
+    precision = "bf16" if device == "cuda" else "fp32"
+    lines = [f"{backbone} {frames}x{crop}x{crop} batch {batch} {precision} channels_last_3d on {device}: "
+             f"{step_s:.3f} s a step"]
+    with tempfile.TemporaryDirectory(prefix="stfusion-gpu-loader-") as tmp:
+        folder = prepared_folder(Path(tmp), 256, (480, 360), n_videos, 2 * 2 * frames + 32, rows=batch * (steps + 2))
+        ds = VideoDataset(folder, "train", frames=frames, stride=2, view=ViewSpec("train", crop, (256, 320), True))
+        for w in workers:
+            it = iter(clip_loader(ds, batch, workers=w))
+            next(it)  # workers started, first batches in flight
+            t = time.perf_counter()
+            for _ in range(steps):
+                next(it)
+            batch_s = (time.perf_counter() - t) / steps
+            verdict = "keeps up" if batch_s <= step_s else "is the bottleneck"
+            lines.append(f"loader with {w} workers: {batch_s:.3f} s a batch ({batch / batch_s:.0f} clips/s): the loader "
+                         f"{verdict} ({batch_s / step_s:.2f}x the step)")
+    return lines
+
+
 def run(quick: bool, note=print) -> dict[str, float]:
     """Every figure of this file: ``{name: value}`` for the goals of ``benchmarks/run.py``."""
     results = {}
@@ -137,10 +192,17 @@ def run(quick: bool, note=print) -> dict[str, float]:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
+    ap.add_argument("--gpu-loader", action="store_true",
+                    help="the DenseNet-121 training step on the GPU (16x224x224, batch 32, bf16, channels_last_3d) "
+                         "vs the loader with 8 and 16 workers from 256p files")
     ap.add_argument("--epoch", type=Path, help=argparse.SUPPRESS)  # the subprocess of train_epoch_memory_4x
     args = ap.parse_args(argv)
     if args.epoch:
         _train_one_epoch(args.epoch)
+        return 0
+    if args.gpu_loader:
+        for text in gpu_loader_check():
+            print(text, flush=True)
         return 0
     for name, value in run(args.quick, note=lambda text: print(text, file=sys.stderr)).items():
         print(f"{name}: {value:.3f}")
