@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 import torch
 
-from stfusion.data.dataset import ClipDataset
+from stfusion.data.dataset import MEAN, STD, ClipDataset
 from stfusion.data.sampling import segment_test_clips, spatial_crops, test_clips
 from stfusion.data.transforms import ViewSpec, normalize, view_from_params, views_text
 from stfusion.data.video_dataset import ClipDecodeError, VideoDataset, open_clips
@@ -186,16 +186,50 @@ def test_decode_failures_are_counted_and_stop_training_past_the_limit(tmp_path, 
             tmp_path / "strict", progress=False)
 
 
-def test_cache_views_keep_the_default_and_crop_where_asked(tmp_path):
+@pytest.fixture(scope="module")
+def small_cache(tmp_path_factory):
     from stfusion.data import preprocess
 
+    tmp_path = tmp_path_factory.mktemp("small_cache")
     videos = []
-    for k in range(4):
+    for k in range(10):
         write_clip(tmp_path / "src" / f"{k}.mp4", n=8, h=32, w=40, seed=k)
         videos.append({"video_id": str(k), "path": str(tmp_path / "src" / f"{k}.mp4"), "label": f"c{k % 2}",
-                       "split": "train" if k < 2 else "test"})
+                       "split": "train" if k < 8 else "test"})
     preprocess(pd.DataFrame(videos), ["c0", "c1"], tmp_path / "cache", cache_frames=8, size=32, workers=1,
-               progress=False)
+               val_fraction=0.0, progress=False)
+    return tmp_path
+
+
+class _FloatItems(torch.utils.data.Dataset):
+    """The former items of the cache dataset: float32, normalised in the dataset (per item, on the CPU)."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        x, y = self.ds[i]
+        return x.float().sub_(MEAN[0]).mul_(1.0 / STD[0]), y
+
+
+def test_uint8_items_train_exactly_as_float_items_did(small_cache, tiny_params):
+    """Normalising on the device after the copy changes no number of a training run on the cache."""
+    ds = ClipDataset(small_cache / "cache", "train", frames=4, flip=True)
+    cfg = TrainConfig(epochs=2, warmup_epochs=1, batch_size=4, lr=0.05, kl_k=5.0, device="cpu")
+    histories = []
+    for k, data in enumerate((ds, _FloatItems(ds))):
+        torch.manual_seed(0)
+        histories.append(fit(build_model(tiny_params, 2), data, cfg, small_cache / f"run{k}", progress=False))
+    pd.testing.assert_frame_equal(histories[0].drop(columns="seconds"), histories[1].drop(columns="seconds"),
+                                  check_exact=True)
+    assert (histories[0]["kl"] > 0).any()  # the gated epoch ran
+
+
+def test_cache_views_keep_the_default_and_crop_where_asked(small_cache):
+    tmp_path = small_cache
     whole = ClipDataset(tmp_path / "cache", "train", frames=4)
     cropped = ClipDataset(tmp_path / "cache", "train", frames=4, view=ViewSpec("train", crop=24, short_side=(40, 48)))
     torch.manual_seed(0)
