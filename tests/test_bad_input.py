@@ -202,7 +202,7 @@ def test_every_video_bad_fails_without_output(tmp_path):
     [
         ("", "empty"),  # empty annotation file
         ("file,category\nx.mp4,a\n", "column"),  # wrong columns
-        ("path,label\nx.mp4,a\nx.mp4,b\n", "duplicate"),  # duplicated ids
+        ("path,label\nx.mp4,a\nx.mp4,b\n", "x.mp4 is listed more than once"),  # one video twice
     ],
 )
 def test_bad_annotation_files(tmp_path, content, needle):

@@ -73,6 +73,34 @@ def test_names_and_sizes():
         scaled_size(64, 48, 47)
 
 
+def test_variable_frame_rate_becomes_constant(tmp_path):
+    """Frames go to the output frame of their timestamp: a gap repeats the previous frame, a crowded frame is
+    dropped; the output has a constant rate and key frames only every KEYINT frames."""
+    from fractions import Fraction
+
+    from stfusion.data.prepare_videos import reencode
+
+    times_ms = [0, 40, 80, 200, 240, 250, 280]  # 25 fps with a gap after 80 ms and a frame crowding 240 ms
+    src = tmp_path / "vfr.mkv"
+    with av.open(str(src), "w", format="matroska") as out:
+        stream = out.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        stream.codec_context.time_base = Fraction(1, 1000)
+        stream.options = {"crf": "10"}
+        for i, t in enumerate(times_ms):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 20 + 30 * i, np.uint8), format="rgb24")
+            frame.pts, frame.time_base = t, Fraction(1, 1000)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    info = reencode(src, tmp_path / "cfr.mp4", SHORT)
+    assert (info["frames"], info["fps"], info["width"], info["height"]) == (8, 25.0, 64, 48)
+    levels = [int(round(f.mean() / 30 - 20 / 30)) for f in read_frames(tmp_path / "cfr.mp4", backend="pyav")]
+    assert levels == [0, 1, 2, 2, 2, 3, 4, 6]  # frame 2 fills the gap, frame 5 (250 ms) shares 240 ms's slot
+    assert _probe(tmp_path / "cfr.mp4")["rate"] == 25.0
+
+
 # ------------------------------------------------------------------------------- shards, kill, rerun
 @pytest.fixture(scope="module")
 def kinetics(tmp_path_factory):
@@ -164,10 +192,17 @@ def test_two_shards_one_killed_and_rerun(kinetics, tmp_path):
 def test_ssv1_frames_are_packed_byte_for_byte_and_ssv2_reencoded(tmp_path):
     ssv1 = tmp_path / "ssv1"
     folders = ssv1_like(ssv1)
+    (ssv1 / "99").mkdir()
+    (ssv1 / "99" / "00001.jpg").write_text("not a JPEG")  # a damaged frame folder: a row, not a crash
+    with open(ssv1 / "something-something-v1-train.csv", "a") as f:
+        f.write("99;Pushing something from left to right\n")
     summary = prepare_dataset(_params(dataset="ssv1", root=str(ssv1), val_fraction=0.0), cache_dir=tmp_path / "c1",
                               progress=False)
     assert summary["ok"] == len(folders) and summary["bytes_ratio"] > 1.0  # the JPEG bytes plus the ZIP headers
     manifest = pd.read_csv(tmp_path / "c1" / "manifest.csv", keep_default_na=False, dtype={"id": str})
+    bad = manifest.set_index("id").loc["99"]
+    assert bad["status"] == "unreadable" and "00001.jpg" in bad["reason"]
+    manifest = manifest[manifest["id"] != "99"]
     import zipfile
 
     for folder, row in zip(folders, manifest.itertuples()):
@@ -187,6 +222,25 @@ def test_ssv1_frames_are_packed_byte_for_byte_and_ssv2_reencoded(tmp_path):
     assert manifest["path"].tolist() == [f"videos/{v['id']}.mp4" for v in videos]
     assert manifest["frames"].tolist() == [v["frames"] for v in videos]
     assert (manifest["height"] == SHORT).all() and manifest["split"].tolist()[-1] == "test"
+
+
+def test_rerun_redoes_changed_sources_and_settings_only(tmp_path):
+    root = tmp_path / "ssv2"
+    videos = ssv2_like(root, n=3)
+    cache = tmp_path / "cache"
+    params = _params(dataset="ssv2", root=str(root))
+    prepare_dataset(params, cache_dir=cache, progress=False)
+    files = {v["id"]: cache / "videos" / f"{v['id']}.mp4" for v in videos}
+    stamp = {vid: f.stat().st_mtime_ns for vid, f in files.items()}
+    os.utime(videos[0]["path"], ns=(time.time_ns(), time.time_ns()))  # the first source changed
+    files["1002"].unlink()  # a prepared file lost
+    prepare_dataset(params, cache_dir=cache, progress=False)
+    assert files["1000"].stat().st_mtime_ns != stamp["1000"] and files["1002"].is_file()
+    assert files["1001"].stat().st_mtime_ns == stamp["1001"]  # untouched: not redone
+    params["data"]["short_side"] = 32  # other settings: everything redone
+    prepare_dataset(params, cache_dir=cache, progress=False)
+    assert all(_probe(f)["height"] == 32 for f in files.values())
+    assert pd.read_csv(cache / "manifest.csv")["height"].tolist() == [32, 32, 32]
 
 
 def test_link_uses_the_files_as_they_are(kinetics, tmp_path):

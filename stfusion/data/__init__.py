@@ -1,5 +1,5 @@
-"""Data layer: built-in benchmark, published annotation formats, video decoding, the uint8 cache and the
-Dataset that training reads (METHOD.md §8-§10)."""
+"""Data layer: built-in benchmark, published annotation formats, video decoding, the uint8 cache, the prepared
+videos (``prepare_videos``, ``manifest``, ``packed``) and the Dataset that training reads (METHOD.md §8-§10)."""
 
 from .builtin import APPEARANCE_CLASSES, CLASSES, MOTION_PAIRS, class_kinds, footage_files, generate
 from .cache import MANIFEST_COLUMNS, STATUSES, preprocess, resize_crop

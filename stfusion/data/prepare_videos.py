@@ -4,8 +4,10 @@ Per video (``data.prepare``):
 
 ``reencode``  PyAV decodes the source and writes ``videos/<id>.mp4``: H.264 (libx264, CRF :data:`CRF`, preset
               :data:`PRESET`), yuv420p, a key frame every :data:`KEYINT` frames (seeking a clip decodes at most
-              that many frames first), constant frame rate (the source's average rate; every decoded frame is one
-              output frame), no audio, short side ``short_side`` (width and height even).
+              that many frames first), constant frame rate (the source's average rate: a frame goes to the
+              output frame of its timestamp, so a variable-rate source has frames repeated in its gaps and
+              dropped where they crowd; AVI, without presentation times, maps one to one), no audio, short
+              side ``short_side`` (width and height even).
 ``link``      the user's file is used as it is (the manifest holds its absolute path); it is only probed: frame
               count, rate and size, and its first and last frames decoded.
 JPEG frame folders (Something-Something V1) are packed, never re-encoded: ``videos/<id>.jpgpack``
@@ -82,6 +84,20 @@ def _rate(stream) -> tuple[Fraction, str]:
     return Fraction(rate).limit_denominator(1001), ""
 
 
+def _slot(time: float | None, t0: float | None, count: int, rate: float) -> tuple[int, float | None]:
+    """The output frame a decoded frame at ``time`` (seconds; None: unknown) goes to, given ``count`` frames
+    written so far and the first frame's time ``t0``: ``round((time - t0) * rate)``.  Times that jump by more
+    than a second (broken timestamps) re-anchor ``t0`` so the frame goes next.  Returns ``(slot, t0)``."""
+    if time is None:
+        return count, t0
+    if t0 is None:
+        t0 = time
+    slot = int(round((time - t0) * rate))
+    if abs(slot - count) > rate:
+        return count, time - count / rate
+    return slot, t0
+
+
 def reencode(src, dst, short_side: int) -> dict:
     """Re-encode ``src`` into the mp4 ``dst`` (see the module docstring), atomically; returns ``frames, fps,
     width, height, reason``.  Raises :class:`VideoReadError` for a file that cannot be used."""
@@ -100,10 +116,18 @@ def reencode(src, dst, short_side: int) -> dict:
             stream_in.thread_type = "SLICE"
             stream_in.codec_context.thread_count = 1
             rate, info["reason"] = _rate(stream_in)
-            stream = None
-            count = 0
+            use_times = source.format.name != "avi"  # AVI has no presentation times (B-frames come reordered)
+            stream, last, t0 = None, None, None
+            decoded = count = 0
+
+            def put(scaled) -> None:
+                scaled.pts, scaled.time_base = count, 1 / rate
+                for packet in stream.encode(scaled):
+                    out.mux(packet)
+
             try:
                 for frame in source.decode(stream_in):
+                    decoded += 1
                     if stream is None:
                         width, height = scaled_size(frame.width, frame.height, short_side)
                         stream = out.add_stream("libx264", rate=rate)
@@ -112,21 +136,25 @@ def reencode(src, dst, short_side: int) -> dict:
                         stream.codec_context.thread_count = 1
                         stream.options = {"crf": str(CRF), "preset": PRESET,
                                           "x264-params": f"keyint={KEYINT}:min-keyint={KEYINT}:scenecut=0"}
+                    slot, t0 = _slot(frame.time if use_times else None, t0, count, float(rate))
+                    if slot < count:  # a second frame within one output frame's time: dropped
+                        continue
                     scaled = frame.reformat(width=width, height=height, format="yuv420p")
-                    scaled.pts, scaled.time_base = count, 1 / rate
                     scaled.pict_type = av.video.frame.PictureType.NONE  # the source's key frames force none here
-                    for packet in stream.encode(scaled):
-                        out.mux(packet)
-                    count += 1
+                    while count < slot:  # a gap in a variable-rate source: the previous frame again
+                        put(last)
+                        count += 1
+                    put(scaled)
+                    count, last = count + 1, scaled
             except (av.error.FFmpegError, ValueError) as exc:
                 raise VideoReadError(
-                    f"corrupt or truncated video {src}: decoding failed after {count} frames ({_one_line(exc)})"
+                    f"corrupt or truncated video {src}: decoding failed after {decoded} frames ({_one_line(exc)})"
                 ) from None
             declared = int(stream_in.frames or 0)
             if count == 0:
                 raise VideoReadError(f"video has no frames: {src}", "empty")
-            if declared and count < 0.9 * declared:
-                raise VideoReadError(f"truncated video {src}: the container declares {declared} frames, decoded {count}")
+            if declared and decoded < 0.9 * declared:
+                raise VideoReadError(f"truncated video {src}: the container declares {declared} frames, decoded {decoded}")
             for packet in stream.encode():
                 out.mux(packet)
         info.update(frames=count, fps=float(rate), width=width, height=height)
@@ -227,7 +255,8 @@ def _journal_path(out_dir: Path, shard: int, n_shards: int) -> Path:
 
 
 def _finished(out_dir: Path, settings: dict) -> dict[str, dict]:
-    """Journal entries (of every shard count) still valid: same settings and source, prepared file intact."""
+    """Journal entries (of every shard count) still valid, by video id: same settings, the source unchanged
+    since, the prepared file intact.  Each entry holds ``source_key`` (path, size, mtime) and the shard ``row``."""
     done: dict[str, dict] = {}
     for journal in sorted((out_dir / "shards").glob("journal-*.jsonl")):
         for line in journal.read_text().splitlines():
@@ -246,7 +275,7 @@ def _finished(out_dir: Path, settings: dict) -> dict[str, dict]:
             stored = out_dir / row["path"]
             if not stored.exists() or _size(stored) != row["bytes"]:
                 continue
-        valid[vid] = row
+        valid[vid] = entry
     return valid
 
 
@@ -284,8 +313,8 @@ def prepare_shard(videos: pd.DataFrame, classes: list[str], out_dir, shard: int,
         if base["label_idx"] < 0:
             rows[order] = {**base, "path": rec.path, "frames": 0, "fps": 0.0, "width": 0, "height": 0, "bytes": 0,
                            "status": "unknown_label", "reason": f"label {rec.label!r} is not in the class list"}
-        elif rec.video_id in finished:
-            rows[order] = {**base, **finished[rec.video_id]}
+        elif rec.video_id in finished and finished[rec.video_id]["source_key"][0] == rec.path:
+            rows[order] = {**base, **finished[rec.video_id]["row"]}
             reused += 1
         else:
             rows[order] = base
