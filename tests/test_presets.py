@@ -61,6 +61,8 @@ def test_preset_carries_the_fields_protocol(name):
     else:
         assert d["flip"] is True and d["crop"] == 112 and d["eval_short_side"] == 128
     assert d["test_clips"] == (2 if name.startswith("kinetics") else 1) and d["test_crops"] == 1
+    # prepared once at the smallest training short side; the big sets never go through the decoded cache
+    assert d["short_side"] == lo and d["storage"] == ("auto" if d["crop"] == 112 else "videos")
     views = [view_from_params(d, mode) for mode in ("train", "eval", "test")]
     assert [v.n_views for v in views] == [1, 1, d["test_clips"]]
 
