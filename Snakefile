@@ -8,6 +8,9 @@ min_version("8.0")
 configfile: "params.yaml"
 
 
+include: "workflow/rules/config_types.smk"
+
+
 validate(config, "workflow/schemas/params.schema.yaml")
 
 

@@ -5,7 +5,8 @@
 #   2. CUDA training speed: the default supernet (params.yaml, built-in benchmark) trained by the CLI on the GPU in
 #      fp32, bf16 and channels_last_3d, against the same run on the machine's CPU cores;
 #   3. DDP under torchrun on the GPU: 2 processes (gloo, since NCCL refuses two ranks on one GPU; SyncBatchNorm on)
-#      against 1 process with the same global batch, and a gated supernet run of the CLI under torchrun.
+#      against 1 process with the same global batch, and a gated supernet run of the CLI under torchrun;
+#   4. the videos-storage loader against the GPU: DenseNet-121 training step vs seconds per batch of 8 and 16 workers.
 # Results go to $OUT (default gpu-checks/). Usage: bash benchmarks/gpu_checks.sh
 set -uo pipefail
 OUT=${OUT:-gpu-checks}
@@ -51,5 +52,7 @@ t=$(STFUSION_DIST_BACKEND=gloo secs "$PY" -m torch.distributed.run --nproc_per_n
     --set supernet.device=cuda)
 echo "torchrun 2 processes train-supernet (gated, every parameter used): ${t} s, history rows $(($(wc -l <"$W/sn-ddp/history.csv") - 1))" \
   | tee -a "$OUT/ddp.txt"
+echo "== 4. the videos loader against the GPU step (DenseNet-121, 16x224x224, batch 32, 8 and 16 workers, 256p files)"
+"$PY" benchmarks/bench_videos.py --gpu-loader 2>&1 | tee "$OUT/gpu_loader.txt"
 tail -n 20 "$OUT/train.log" "$OUT/ddp.log" >"$OUT/tails.txt"
 rm -rf "$W"

@@ -42,6 +42,9 @@ GOALS = {  # name: (comparison, goal)
     "prepared_seek_speedup": (">=", 3.0),
     "prepared_bytes": ("<=", 1.0),
     "prepare_peak_memory": ("<=", 1.15),
+    "video_loader_16x112": (">=", 15.0),
+    "video_loader_32x224": (">=", 4.0),
+    "train_epoch_memory_4x": ("<=", 1.15),
 }
 
 
@@ -170,7 +173,13 @@ def main(argv=None) -> int:
             emit(line("data_loader", rate / supernet_rate))
             note(f"loader {rate:.0f} clips/s vs supernet training {supernet_rate:.0f} clips/s")
 
-    # (5) GPU paths
+    # (5) videos storage: loader clips/s per worker process, training-epoch memory over 4x the videos
+    import bench_videos
+
+    for name, value in bench_videos.run(quick, note=note).items():
+        emit(line(name, value))
+
+    # (6) GPU paths
     if not torch.cuda.is_available():
         emit("gpu: skipped (CUDA not available)")
     else:
@@ -185,7 +194,7 @@ def main(argv=None) -> int:
         note(f"GPU: {res['device']}")
     tmp.cleanup()
 
-    # (6) videos storage: seeking in prepared files, their size, the memory of preparing them
+    # (7) videos storage: seeking in prepared files, their size, the memory of preparing them
     import bench_prepare
 
     prep = bench_prepare.run(quick)

@@ -68,11 +68,13 @@ def apply_preset(params: dict) -> dict:
 
 
 def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> dict[str, Any]:
-    """Read, merge the preset and overrides into, and validate a params file."""
+    """Read and validate a params file: the preset over the file, ``overrides`` (``--set``) over both."""
     params = _load_yaml(Path(path))
     if overrides:
         params = deep_merge(params, overrides)
     validate(params)
     params = apply_preset(params)
+    if overrides:  # explicit overrides win over the preset
+        params = deep_merge(params, {k: v for k, v in overrides.items() if k != "preset"})
     validate(params)
     return params

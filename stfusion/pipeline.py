@@ -74,7 +74,10 @@ REPORT = f"{RESULTS}/report.md"
 METRICS = f"{RESULTS}/metrics.json"
 
 # --------------------------------------------------------------------------------------- stage parameters
-_DATA_LOADING = ["preset", "data.frames", "data.stride", "data.sampling"]
+_DATA_LOADING = ["preset", "data.frames", "data.stride", "data.sampling", "data.size", "data.backend"]
+#: the views of :func:`stfusion.data.transforms.view_from_params`: training, evaluation (and calibration), test
+_TRAIN_VIEW = ["data.flip", "data.crop", "data.train_short_side", "data.max_decode_failures"]
+_TEST_VIEW = ["data.eval_crop", "data.eval_short_side", "data.test_clips", "data.test_crops"]
 
 #: where and how networks train (:func:`stfusion.train.compute_settings`): read by every training stage
 _COMPUTE = ["supernet.device", "supernet.precision", "supernet.channels_last", "supernet.loader_workers"]
@@ -90,23 +93,23 @@ STAGE_PARAMS: dict[str, list[str]] = {
         "data.prepare_shards",
     ],
     "train_supernet": [
-        "seed", *_DATA_LOADING, "data.flip", "model", "gate.init_p", "gate.temperature", "gate.rescale",
+        "seed", *_DATA_LOADING, *_TRAIN_VIEW, "model", "gate.init_p", "gate.temperature", "gate.rescale",
         "gate.kl_k", "gate.kl_form", "gate.n_train", "supernet",
     ],
     "sample_strategies": ["seed", "preset", "gate.keep_prob", "scoring.n_samples", "scoring.top_k"],
     "score_strategies": [
-        "seed", *_DATA_LOADING, "supernet.device", "scoring.recalibrate_bn", "scoring.calib_batches",
+        "seed", *_DATA_LOADING, *_TEST_VIEW, "supernet.device", "supernet.loader_workers", "scoring.recalibrate_bn", "scoring.calib_batches",
         "scoring.batch_size",
     ],
     "analyze": ["preset", "gate.keep_prob"],
     "derive": ["preset", "derive.top_k", "derive.st_threshold"],
     "finetune": [
-        "seed", *_DATA_LOADING, "data.flip", "supernet.momentum", "supernet.schedule", *_COMPUTE,
+        "seed", *_DATA_LOADING, *_TRAIN_VIEW, *_TEST_VIEW, "supernet.momentum", "supernet.schedule", *_COMPUTE,
         "scoring.batch_size", "finetune",
     ],
     "select_standalone": ["preset", "validate.n_strategies"],
     "train_standalone": [
-        "seed", *_DATA_LOADING, "data.flip", "supernet.momentum", "supernet.schedule", *_COMPUTE,
+        "seed", *_DATA_LOADING, *_TRAIN_VIEW, *_TEST_VIEW, "supernet.momentum", "supernet.schedule", *_COMPUTE,
         "scoring.batch_size", "validate.epochs", "validate.lr", "validate.batch_size", "validate.weight_decay",
     ],
     "report": ["seed", "preset"],
@@ -261,11 +264,13 @@ def file_digest(path: str | Path, limit: int | None = None) -> str:
 
 
 def data_fingerprint(cache_dir: str | Path) -> str:
-    """Identity of a clip cache: its manifest, class list and the head and size of ``clips.npy``. A checkpoint
-    left by training on other data is discarded rather than resumed."""
+    """Identity of a prepared dataset: its manifest, class list and the head and size of ``clips.npy`` (videos
+    storage: ``storage.json``; the manifest names every file). A checkpoint left by training on other data is
+    discarded rather than resumed."""
     cache_dir = Path(cache_dir)
+    clips = cache_dir / "clips.npy"
     parts = [file_digest(cache_dir / "manifest.csv"), file_digest(cache_dir / "classes.csv"),
-             file_digest(cache_dir / "clips.npy", limit=1 << 20)]
+             file_digest(clips if clips.is_file() else cache_dir / "storage.json", limit=1 << 20)]
     return "-".join(p[:12] for p in parts)
 
 
@@ -299,14 +304,11 @@ def class_groups(cache_dir: str | Path) -> tuple[list[dict], dict[str, list[int]
     return rows, groups
 
 
-def clip_dataset(params: dict, cache_dir: str | Path, split: str, *, train: bool, calib_only: bool = False):
-    from .data.dataset import ClipDataset
+def clip_dataset(params: dict, cache_dir: str | Path, split: str, *, train: bool, views: str | None = None,
+                 calib_only: bool = False):
+    from .data.video_dataset import open_clips
 
-    d = params["data"]
-    return ClipDataset(
-        cache_dir, split, frames=d["frames"], stride=d.get("stride", 1), sampling=d.get("sampling", "dense"),
-        train=train, flip=bool(d.get("flip", False)) and train, calib_only=calib_only,
-    )
+    return open_clips(params["data"], cache_dir, split, train=train, views=views, calib_only=calib_only)
 
 
 def _require_cache(cache_dir: str | Path) -> None:
@@ -503,6 +505,7 @@ def score_strategies(
 
     from .checkpoint import write_csv
     from .prefix_scoring import score_strategies_prefix
+    from .data.transforms import views_text
     from .scoring import calibration_batches, eval_loader, score_resumable
     from .train import resolve_device
 
@@ -515,8 +518,9 @@ def score_strategies(
     bs = int(s.get("batch_size", 32))
     _, groups = class_groups(cache_dir)
     val = clip_dataset(params, cache_dir, "val", train=False)
-    test = clip_dataset(params, cache_dir, "test", train=False)
-    calib_set = clip_dataset(params, cache_dir, "train", train=True, calib_only=True)
+    test = clip_dataset(params, cache_dir, "test", train=False, views="test")
+    calib_set = clip_dataset(params, cache_dir, "train", train=True, views="eval", calib_only=True)
+    workers = int(params["supernet"].get("loader_workers", 0))
     calib = calibration_batches(calib_set, bs, int(s.get("calib_batches", 4)), seed=params["seed"])
     strategies = [strategy_of(t, model.n_fusion_layers) for t in cand["strategy"]]
     kw = dict(model=model, num_classes=_num_classes(model), calib_batches=calib, groups=groups, device=device,
@@ -530,7 +534,7 @@ def score_strategies(
         log.info("scoring %d strategies on %d %s clips (%s BN)", len(strategies), len(dataset), split,
                  "recalibrated" if recalibrate else "plain")
         df = score_resumable(score_strategies_prefix, strategies, partial / f"{split}-{int(recalibrate)}",
-                             val_loader=eval_loader(dataset, bs), recalibrate=recalibrate, **kw)
+                             val_loader=eval_loader(dataset, bs, workers), recalibrate=recalibrate, **kw)
         return df.drop(columns=["strategy", "n"]).assign(id=lambda d: d["id"].astype(str)).set_index("id")
 
     main_val = run(val, recal, "val")
@@ -545,6 +549,7 @@ def score_strategies(
         if col.startswith("top1"):
             out_df[col.replace("top1", "top1_test", 1)] = test_df[col]
     out_df["bn_mode"] = "recalibrated" if recal else "plain"
+    out_df["test_views"] = views_text(params["data"])
     out_df = out_df.reset_index()
     out_df = add_rank(out_df)
     write_csv(out_df, out)
@@ -629,6 +634,7 @@ def _train_plain_runs(
     (e.g. the digest of the supernet a network is exported from) joins the training settings, so a run left by
     another supernet or other data is never resumed."""
     origin = origin or {}
+    from .data.transforms import views_text
     from .scoring import eval_loader, evaluate, group_accuracy
     from .train import fit, plain_config, resolve_device
 
@@ -643,7 +649,7 @@ def _train_plain_runs(
     todo = strategies[strategies["id"].astype(str).isin(ids)] if ids else strategies
     train_set = clip_dataset(params, cache_dir, "train", train=True)
     val = clip_dataset(params, cache_dir, "val", train=False)
-    test = clip_dataset(params, cache_dir, "test", train=False)
+    test = clip_dataset(params, cache_dir, "test", train=False, views="test")
     _, groups = class_groups(cache_dir)
     bs = int(params["scoring"].get("batch_size", 32))
     device = resolve_device(params["supernet"].get("device", "auto"))
@@ -661,11 +667,12 @@ def _train_plain_runs(
         hist = fit(net, train_set, cfg, run_dir, progress=progress)
         res = {"id": sid, "strategy": row["strategy"], "name": row.get("name", sid)}
         for split, ds in (("val", val), ("test", test)):
-            r = evaluate(net, eval_loader(ds, bs), _num_classes(net), device)
+            r = evaluate(net, eval_loader(ds, bs, cfg.loader_workers), _num_classes(net), device)
             res[f"top1_{split}"] = r["top1"]
             res[f"top5_{split}"] = r["top5"]
             for k, v in group_accuracy(r, groups).items():
                 res[k.replace("top1", f"top1_{split}", 1)] = v
+        res["test_views"] = views_text(params["data"])
         res["n_params"] = int(sum(p.numel() for p in net.parameters()))
         res["epochs"] = int(cfg.total_epochs)
         res["final_train_top1"] = float(hist.iloc[-1]["train_top1"]) if len(hist) else float("nan")

@@ -49,6 +49,7 @@ from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm import tqdm
 
+from .data.transforms import average_views, normalize
 from .errors import StfusionError
 from .models.base import FusionNetwork
 from .scoring import Metrics, bn_state, result_row, score_strategies
@@ -169,10 +170,14 @@ def _bn_restore(bns: Sequence[_BatchNorm], snap: Sequence[tuple]) -> None:
                 buf.copy_(val)
 
 
-def _chunks(loader: Iterable, size: int | None, device: torch.device) -> Iterator[list[tuple[Tensor, Tensor]]]:
-    chunk: list[tuple[Tensor, Tensor]] = []
+def _chunks(loader: Iterable, size: int | None, device: torch.device) -> Iterator[list[tuple[Tensor, Tensor, int]]]:
+    """Chunks of ``(network input, labels, views per video)``: test views ``(N, V, 3, T, H, W)`` run as
+    ``N * V`` clips, their logits averaged at the leaves."""
+    chunk: list[tuple[Tensor, Tensor, int]] = []
     for x, y in loader:
-        chunk.append((x.to(device), y.to(device)))
+        views = x.shape[1] if x.ndim == 6 else 1
+        x = normalize(x, device)
+        chunk.append((x.flatten(0, 1) if x.ndim == 6 else x, y.to(device), views))
         if size is not None and len(chunk) >= size:
             yield chunk
             chunk = []
@@ -226,14 +231,14 @@ def score_strategies_prefix(
         model.set_strategy(s)
     saved = bn_state(model)
     metrics = {s: Metrics(num_classes) for s in strategies}
-    calib = [x.to(device) for x in calib_batches] if recalibrate else []
+    calib = [normalize(x, device) for x in calib_batches] if recalibrate else []
     node_bn: dict[tuple[int, tuple[int, ...]], list[tuple]] = {}
     node_macs: dict[tuple[int, tuple[int, ...]], int] = {}
     last = len(chain) - 1
     bar = tqdm(desc="score (prefix)", disable=not progress, leave=False)
 
     def visit(depth: int, group: list[Strategy], parent_calib: list[Tensor], parent_eval: list[Tensor],
-              ys: list[Tensor], first_chunk: bool) -> None:
+              ys: list[tuple[Tensor, int]], first_chunk: bool) -> None:
         module, rep = chain.modules[depth], group[0]
         node = (depth, chain.key(depth, rep))
         chain.set_states(depth, rep)
@@ -261,8 +266,8 @@ def score_strategies_prefix(
             if not checked:
                 check_forward(root_input[0], eval_out[0])
             for s in dict.fromkeys(group):
-                for logits, y in zip(eval_out, ys):
-                    metrics[s].update(logits, y)
+                for logits, (y, views) in zip(eval_out, ys):
+                    metrics[s].update(average_views(logits, views), y)
             bar.update(1)
             return
         children: dict[tuple[int, ...], list[Strategy]] = {}
@@ -294,8 +299,8 @@ def score_strategies_prefix(
     try:
         with MacCounter(model) as counter:
             for ci, chunk in enumerate(_chunks(val_loader, chunk_batches, device)):
-                root_input[:] = [x for x, _ in chunk]
-                visit(0, unique, calib, root_input, [y for _, y in chunk], ci == 0)
+                root_input[:] = [x for x, _, _ in chunk]
+                visit(0, unique, calib, root_input, [(y, v) for _, y, v in chunk], ci == 0)
     except _NotTheForward as exc:
         log.warning("%s; scoring strategies one by one", exc)
         model.load_state_dict(saved, strict=False)

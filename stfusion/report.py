@@ -255,6 +255,8 @@ def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: 
         tab = pd.DataFrame([{"strategy": label, "units": r["strategy"], **{c: r.get(c, np.nan) for c in cols}}
                             for label, r in rows])
         L += [_md(tab), ""]
+        if "test_views" in ranked:
+            L += [f"Test accuracies (`top1_test*`): {ranked['test_views'].iloc[0]} per video, softmax averaged.", ""]
         L.append("All-S treats every frame on its own (a spatial stem and 1x3x3 convs, averaged over time), so it "
                  "cannot tell a motion class from its time reversal: its motion accuracy is bounded by telling the "
                  "pairs apart.")
@@ -384,6 +386,8 @@ def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: 
                   "spearman_rho_plain_bn", "spearman_rho_log_prob"):
             m[k] = fidelity.get(k)
         m["n_standalone"] = fidelity.get("n")
+    if ranked is not None and "test_views" in ranked and len(ranked):
+        m["test_views"] = str(ranked["test_views"].iloc[0])
     if finetuned is not None and "top1_test" in finetuned and len(finetuned):
         m["best_finetuned_top1_test"] = float(finetuned["top1_test"].max())
     m["checks_passed"] = int(sum(1 for c in checks if c["ok"]))

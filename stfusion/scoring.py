@@ -10,7 +10,7 @@ the recalibrated mode never leak into each other.
 from __future__ import annotations
 
 import logging
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -20,19 +20,22 @@ from torch.optim.swa_utils import update_bn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .data.loader import clip_loader
+from .data.transforms import average_views, normalize
 from .models.base import FusionNetwork
 from .strategies import Strategy
 
 log = logging.getLogger(__name__)
 
 
-def eval_loader(dataset: Dataset, batch_size: int) -> DataLoader:
-    """Deterministic, unshuffled batches."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False)
+def eval_loader(dataset: Dataset, batch_size: int, workers: int = 0) -> DataLoader:
+    """Deterministic, unshuffled batches, loaded by ``workers`` processes."""
+    return clip_loader(dataset, batch_size, workers=workers)
 
 
 def calibration_batches(dataset: Dataset, batch_size: int, n_batches: int, seed: int) -> list[torch.Tensor]:
-    """A fixed list of input batches ``(B, 3, T, H, W)`` drawn once (seeded) and reused for every strategy."""
+    """A fixed list of uint8 input batches ``(B, 3, T, H, W)`` drawn once (seeded) and reused for every
+    strategy (:func:`normalized` feeds them to the network)."""
     gen = torch.Generator().manual_seed(seed)
     order = torch.randperm(len(dataset), generator=gen)[: batch_size * n_batches].tolist()
     state = torch.get_rng_state()
@@ -40,6 +43,13 @@ def calibration_batches(dataset: Dataset, batch_size: int, n_batches: int, seed:
     xs = [dataset[i][0] for i in order]
     torch.set_rng_state(state)
     return [torch.stack(xs[i : i + batch_size]) for i in range(0, len(xs), batch_size)]
+
+
+def normalized(batches: Iterable[torch.Tensor], device: torch.device) -> Iterator[torch.Tensor]:
+    """The network's float input on ``device`` for each uint8 batch (:func:`stfusion.data.transforms.normalize`),
+    one batch at a time."""
+    for x in batches:
+        yield normalize(x, device)
 
 
 def bn_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -78,9 +88,16 @@ def evaluate(model: torch.nn.Module, loader: Iterable, num_classes: int, device:
     model.eval()
     metrics = Metrics(num_classes)
     for x, y in loader:
-        x, y = x.to(device), y.to(device)
-        metrics.update(model(x), y)
+        metrics.update(view_logits(model, normalize(x, device)), y.to(device))
     return metrics.result()
+
+
+def view_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """``model``'s logits ``(N, C)`` for clips ``(N, 3, T, H, W)``, or for test views ``(N, V, 3, T, H, W)``
+    the log of the softmax averaged over the ``V`` views (:func:`~stfusion.data.transforms.average_views`)."""
+    if x.ndim == 5:
+        return model(x)
+    return average_views(model(x.flatten(0, 1)), x.shape[1])
 
 
 def group_accuracy(result: dict, groups: dict[str, Sequence[int]]) -> dict[str, float]:
@@ -124,7 +141,7 @@ def score_strategies(
         if recalibrate:
             if not calib_batches:
                 raise ValueError("recalibrate=True needs calibration batches")
-            update_bn(calib_batches, model, device=device)
+            update_bn(normalized(calib_batches, device), model, device=device)
         rows.append(result_row(strategy, evaluate(model, val_loader, num_classes, device), groups))
     model.load_state_dict(saved, strict=False)
     model.set_strategy(None)

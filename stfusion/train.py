@@ -4,7 +4,7 @@ networks (derived or stand-alone strategies). Both resume from the last atomic c
 Files in ``out_dir``:
   ``last.pt``          checkpoint after the last finished epoch (model, optimizer, scheduler, epoch, RNG, history)
   ``model.pt``         the final weights (written once training is complete)
-  ``history.csv``      one row an epoch: phase, lr, loss, cross-entropy, KL, train accuracy, seconds
+  ``history.csv``      one row an epoch: phase, lr, loss, cross-entropy, KL, train accuracy, decode failures
   ``drop_rates.csv``   one row per epoch, layer and path: the drop rate p (gated networks only)
 """
 
@@ -26,6 +26,9 @@ from tqdm import tqdm
 from . import distributed
 
 from .checkpoint import load_checkpoint, rng_state, save_torch, set_rng_state, write_csv
+from .data.loader import clip_loader
+from .data.transforms import normalize
+from .data.video_dataset import DecodeFailures, split_failures
 from .errors import StfusionError
 from .models.base import FusionNetwork
 
@@ -108,9 +111,8 @@ def epoch_loader(train_set: Dataset, cfg: TrainConfig, epoch: int) -> DataLoader
     )
     sampler.set_epoch(epoch)
     local = cfg.batch_size // world
-    pin = torch.cuda.is_available()
-    return DataLoader(train_set, batch_size=local, sampler=sampler, drop_last=len(train_set) > cfg.batch_size,
-                      pin_memory=pin, num_workers=cfg.loader_workers)
+    return clip_loader(train_set, local, sampler=sampler, drop_last=len(train_set) > cfg.batch_size,
+                       workers=cfg.loader_workers)
 
 
 def fit(
@@ -121,7 +123,7 @@ def fit(
     *,
     progress: bool = True,
 ) -> pd.DataFrame:
-    """Train ``model`` on ``train_set`` (items ``((3, T, H, W) float, label)``), resuming from ``out_dir/last.pt``.
+    """Train ``model`` on ``train_set`` (items ``(uint8 (3, T, H, W), label[, decode failure])``), resuming from ``out_dir/last.pt``.
 
     With ``cfg.kl_k`` set, the model is a supernet: gate-free for ``warmup_epochs``, then gated with loss
     ``CE + KL`` (METHOD.md §4). Returns the history table.
@@ -180,10 +182,12 @@ def fit(
         model.train()
         sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "correct": 0, "n": 0}
         t0 = time.perf_counter()
-        for step, (x, y) in enumerate(epoch_loader(train_set, cfg, epoch)):
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            if cfg.channels_last:
-                x = x.contiguous(memory_format=torch.channels_last_3d)
+        loader = epoch_loader(train_set, cfg, epoch)
+        failures = DecodeFailures(train_set, len(loader.sampler))
+        for step, batch in enumerate(loader):
+            x, y, failed = split_failures(batch)
+            failures.add(failed)
+            x, y = normalize(x, device, channels_last=cfg.channels_last), y.to(device, non_blocking=True)
             with autocast:
                 logits = net(x).float()
             ce = F.cross_entropy(logits, y)
@@ -214,7 +218,8 @@ def fit(
         n = max(sums["n"], 1)
         row = {
             "epoch": epoch + 1, "phase": phase, "lr": lr, "loss": sums["loss"] / n, "ce": sums["ce"] / n,
-            "kl": sums["kl"] / n, "train_top1": sums["correct"] / n, "seconds": time.perf_counter() - t0,
+            "kl": sums["kl"] / n, "train_top1": sums["correct"] / n, "decode_failures": failures.count,
+            "seconds": time.perf_counter() - t0,
         }
         history.append(row)
         if gated:
@@ -224,8 +229,9 @@ def fit(
         bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_top1']:.2f}")
         if not main:
             continue
-        log.info("epoch %d/%d %s loss %.4f ce %.4f kl %.4f acc %.3f lr %.4g (%.1fs)", epoch + 1,
-                 cfg.total_epochs, phase, row["loss"], row["ce"], row["kl"], row["train_top1"], lr, row["seconds"])
+        log.info("epoch %d/%d %s loss %.4f ce %.4f kl %.4f acc %.3f lr %.4g decode failures %d (%.1fs)", epoch + 1,
+                 cfg.total_epochs, phase, row["loss"], row["ce"], row["kl"], row["train_top1"], lr,
+                 row["decode_failures"], row["seconds"])
         save_torch(
             {
                 "arch": model.arch, "config": asdict(cfg), "epoch": epoch + 1, "model": model.state_dict(),

@@ -21,6 +21,9 @@ GOALS = {
     "prepared_seek_speedup": (">=", 3.0),
     "prepared_bytes": ("<=", 1.0),
     "prepare_peak_memory": ("<=", 1.15),
+    "video_loader_16x112": (">=", 15.0),
+    "video_loader_32x224": (">=", 4.0),
+    "train_epoch_memory_4x": ("<=", 1.15),
 }
 GPU = {"gpu_bf16_autocast", "gpu_channels_last_3d", "gpu_pinned_memory"}
 
@@ -48,7 +51,8 @@ def test_quick_run_prints_one_line_per_goal():
             assert ratios[name]["op"] == op and float(ratios[name]["goal"]) == goal
             assert float(ratios[name]["value"]) > 0
     for name in ("supernet_overhead", "hard_gate_subnet", "prefix_scoring", "prefix_scoring_flops",
-                 "prepared_seek_speedup", "prepared_bytes", "prepare_peak_memory"):
+                 "prepared_seek_speedup", "prepared_bytes", "prepare_peak_memory",
+                 "video_loader_16x112", "video_loader_32x224", "train_epoch_memory_4x"):
         assert name in ratios, f"{name} must always run"
     gpu = GPU & set(names)
     assert gpu == GPU or (not gpu and "gpu" in skipped)  # all three GPU lines, or the one skipped line

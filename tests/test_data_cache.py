@@ -33,6 +33,7 @@ from stfusion.data import (  # noqa: E402
     uniform_indices,
 )
 from stfusion.data.dataset import MEAN, STD  # noqa: E402
+from stfusion.data.transforms import ViewSpec, normalize  # noqa: E402
 from stfusion.errors import StfusionError  # noqa: E402
 
 
@@ -231,10 +232,9 @@ def test_all_bad_raises_and_keeps_previous_outputs(inputs, cache, tmp_path):
 
 # ------------------------------------------------------------------------------------------- dataset
 def _pixels(x: torch.Tensor) -> np.ndarray:
-    """Undo the normalisation: (3, T, H, W) float -> (T, H, W, 3) uint8."""
-    m = torch.tensor(MEAN).view(3, 1, 1, 1)
-    s = torch.tensor(STD).view(3, 1, 1, 1)
-    return (x * s + m).round().clamp(0, 255).byte().permute(1, 2, 3, 0).numpy()
+    """A uint8 item (3, T, H, W) as frames (T, H, W, 3)."""
+    assert x.dtype == torch.uint8
+    return x.permute(1, 2, 3, 0).numpy()
 
 
 def test_dataset_items_and_labels(cache):
@@ -245,9 +245,12 @@ def test_dataset_items_and_labels(cache):
     assert len(ds) == len(rows) and ds.num_classes == 14
     assert ds.labels.dtype == torch.int64 and ds.labels.tolist() == rows.label_idx.tolist()
     x, y = ds[3]
-    assert x.shape == (3, 8, 32, 32) and x.dtype == torch.float32 and isinstance(y, int)
+    assert x.shape == (3, 8, 32, 32) and x.dtype == torch.uint8 and isinstance(y, int)
     np.testing.assert_array_equal(_pixels(x), clips[rows.cache_index.iloc[3], 2:10])  # centre clip of 12
-    assert abs(float(x.mean())) < 1.0 and 0.3 < float(x.std()) < 2.0
+    z = normalize(x[None], "cpu")[0]  # the network's input: (x - MEAN) / STD on the device
+    assert z.dtype == torch.float32 and abs(float(z.mean())) < 1.0 and 0.3 < float(z.std()) < 2.0
+    m, s = torch.tensor(MEAN).view(3, 1, 1, 1), torch.tensor(STD).view(3, 1, 1, 1)
+    torch.testing.assert_close(z, (x.float() - m) / s)
     torch.manual_seed(0)
     assert torch.equal(ds[3][0], x)  # evaluation is deterministic
     assert len(ClipDataset(out, "train", frames=8, calib_only=True)) == int((manifest.calib & (manifest.status == "ok")).sum())
@@ -285,13 +288,19 @@ def test_dataset_training_randomness_follows_torch_rng(cache):
 def test_dataset_views(cache):
     out, _ = cache
     clips = np.load(out / "clips.npy")
-    ds = ClipDataset(out, "val", frames=4, stride=2, train=False)
-    views = ds.views(0, n_clips=3)
+    ds = ClipDataset(out, "val", frames=4, stride=2, train=False, view=ViewSpec("test", clips=3))
+    views = ds[0][0]
     assert views.shape == (3, 3, 4, 32, 32)
     video = clips[ds.manifest.cache_index[0]]
     for k, idx in enumerate(test_clips(12, 4, 2, 3)):
         np.testing.assert_array_equal(_pixels(views[k]), video[idx])
-    assert torch.equal(views[1], ds[0][0])  # the middle of three views is the evaluation clip
+    centre = ClipDataset(out, "val", frames=4, stride=2, train=False)
+    assert torch.equal(views[1], centre[0][0])  # the middle of three views is the evaluation clip
+    crops = ClipDataset(out, "val", frames=4, stride=2, train=False, view=ViewSpec("test", crop=24, crops=3))
+    x = crops[0][0]
+    assert x.shape == (3, 3, 4, 24, 24)  # left, centre, right of the centre clip
+    for k, left in enumerate((0, 4, 8)):
+        np.testing.assert_array_equal(_pixels(x[k]), video[test_clips(12, 4, 2, 1)[0], 4:28, left : left + 24])
 
 
 def test_dataset_errors(cache, tmp_path):

@@ -3,7 +3,7 @@ videos (``prepare_videos``, ``manifest``, ``packed``) and the Dataset that train
 
 from .builtin import APPEARANCE_CLASSES, CLASSES, MOTION_PAIRS, class_kinds, footage_files, generate
 from .cache import MANIFEST_COLUMNS, STATUSES, preprocess, resize_crop
-from .dataset import MEAN, STD, ClipDataset, load_classes, load_manifest
+from .dataset import MEAN, STD, ClipDataset, SplitClips, load_classes, load_manifest
 from .formats import DATASETS, read_annotations
 from .sampling import (
     TorchRNG,
@@ -14,6 +14,8 @@ from .sampling import (
     train_indices,
     uniform_indices,
 )
+from .transforms import ViewSpec, normalize, view_from_params
+from .video_dataset import VideoDataset, open_clips
 from .video import (
     BACKENDS,
     DECORD_BAD_WIDTHS,
@@ -37,6 +39,9 @@ __all__ = [
     "STATUSES",
     "STD",
     "ClipDataset",
+    "SplitClips",
+    "VideoDataset",
+    "ViewSpec",
     "DecoderFallbackWarning",
     "TorchRNG",
     "VideoReadError",
@@ -47,6 +52,8 @@ __all__ = [
     "generate",
     "load_classes",
     "load_manifest",
+    "normalize",
+    "open_clips",
     "preprocess",
     "read_annotations",
     "read_frames",
@@ -57,5 +64,6 @@ __all__ = [
     "test_clips",
     "train_indices",
     "uniform_indices",
+    "view_from_params",
     "write_video",
 ]

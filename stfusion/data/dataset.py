@@ -1,7 +1,11 @@
-"""A torch Dataset over the preprocessing cache (``clips.npy`` + ``manifest.csv`` + ``classes.csv``)."""
+"""Datasets of clips: :class:`SplitClips` (what every storage shares: one split, temporal sampling, the spatial
+views of :mod:`stfusion.data.transforms`) and :class:`ClipDataset` over the preprocessing cache (``clips.npy`` +
+``manifest.csv`` + ``classes.csv``). Items are ``uint8`` clips: :func:`~stfusion.data.transforms.normalize`
+turns batches into the networks' floats on the device."""
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -10,13 +14,12 @@ import torch
 from torch.utils.data import Dataset
 
 from ..errors import StfusionError
-from .sampling import TorchRNG, centre_indices, segment_indices, test_clips, train_indices
+from .sampling import TorchRNG, segment_indices, segment_test_clips, test_clips, train_indices
+from .transforms import MEAN, STD, ViewSpec, crop_boxes, cut
 
-__all__ = ["ClipDataset", "load_classes", "load_manifest", "MEAN", "STD", "SPLITS", "SAMPLINGS"]
+__all__ = ["ClipDataset", "SplitClips", "default_view", "split_rows", "load_classes", "load_manifest", "MEAN", "STD", "SPLITS",
+           "SAMPLINGS"]
 
-#: per-channel normalisation on the 0-255 scale (the usual video constants 0.45 / 0.225)
-MEAN = (114.75, 114.75, 114.75)
-STD = (57.375, 57.375, 57.375)
 SPLITS = ("train", "val", "test")
 SAMPLINGS = ("dense", "segment")
 
@@ -47,16 +50,109 @@ def load_manifest(cache_dir) -> pd.DataFrame:
     return df
 
 
-class ClipDataset(Dataset):
-    """Clips of one split of a cache: ``dataset[i] -> (float32 (3, T, H, W), int label)``.
+def split_rows(manifest: pd.DataFrame, split: str, calib_only: bool = False) -> pd.DataFrame:
+    """The usable (``status`` ok) rows of ``split`` in a manifest; ``calib_only``: its calibration subset."""
+    if split not in SPLITS:
+        raise StfusionError(f"unknown split {split!r} (choose one of: {', '.join(SPLITS)})")
+    keep = (manifest["status"] == "ok") & (manifest["split"] == split)
+    if calib_only:
+        keep &= manifest["calib"]
+    return manifest[keep].reset_index(drop=True)
 
-    ``frames``/``stride``: clip length and step, in cached frames.  ``sampling``: ``dense`` (a run of
-    ``frames`` frames ``stride`` apart; random start when training, the centre clip otherwise) or
-    ``segment`` (TSN: one frame per equal segment; random within the segment when training, its centre
-    otherwise).  ``flip``: random horizontal flip when training (keep False where labels are directional).
-    Random draws use torch's global RNG, so restoring a checkpointed torch RNG state reproduces them.
-    ``calib_only``: only the calibration subset of the split.  Pixels are normalised with :data:`MEAN` and
-    :data:`STD`.
+
+def default_view(train: bool, flip: bool = False) -> ViewSpec:
+    """The whole decoded frame: random flip when ``train`` and ``flip``, else as it is."""
+    return ViewSpec("train" if train else "eval", flip=bool(flip) and train)
+
+
+class SplitClips(Dataset):
+    """Clips of one split: ``dataset[i] -> (uint8 (3, T, H, W), int label)``; in ``test`` view mode the clip is
+    every view of the video, ``uint8 (V, 3, T, H, W)`` with ``V = clips * crops`` (clip-major), all cut from
+    one decode of the union of the clips' frames.
+
+    ``frames``/``stride``: clip length and step, in decoded frames.  ``sampling``: ``dense`` (a run of
+    ``frames`` frames ``stride`` apart; random start when training, the centre clip, or ``clips`` evenly
+    spaced clips when testing) or ``segment`` (TSN: one frame per equal segment; random within the segment
+    when training, its centre, or ``clips`` evenly spaced positions within every segment when testing).
+    ``train``: random temporal positions (else the deterministic ones). ``view``: the spatial protocol
+    (:class:`~stfusion.data.transforms.ViewSpec`: random crop and flip, centre crop, or test views). Random draws use torch's global RNG, so restoring a
+    checkpointed torch RNG state reproduces them.
+
+    Subclasses give the rows (``manifest``, filtered to the split), ``_n_frames(i)`` and ``_decode(i, t)``
+    (``uint8 (len(t), H, W, 3)`` for sorted frame indices ``t``).
+    """
+
+    def _setup(self, classes: pd.DataFrame, manifest: pd.DataFrame, split: str, *, frames: int, stride: int,
+               sampling: str, train: bool, view: ViewSpec) -> None:
+        if sampling not in SAMPLINGS:
+            raise StfusionError(f"unknown sampling {sampling!r} (choose one of: {', '.join(SAMPLINGS)})")
+        if int(frames) < 1 or int(stride) < 1:
+            raise StfusionError(f"frames and stride must be at least 1 (got frames={frames}, stride={stride})")
+        self.classes, self.manifest, self.split = classes, manifest, split
+        self.frames, self.stride, self.sampling, self.view = int(frames), int(stride), sampling, view
+        if view.mode == "test" and train:
+            raise StfusionError("test views are deterministic: build the dataset with train=False")
+        self.train, self.flip = bool(train), view.flip
+        self._labels = manifest["label_idx"].to_numpy(dtype=np.int64)
+        self.labels = torch.from_numpy(self._labels.copy())
+        self.num_classes = len(classes)
+        self._rng = TorchRNG()
+
+    def __len__(self) -> int:
+        return len(self._labels)
+
+    def _n_frames(self, i: int) -> int:
+        raise NotImplementedError
+
+    def _decode(self, i: int, t: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def clip_indices(self, i: int, rng=None) -> np.ndarray:
+        """Frame indices of video ``i``: ``(T,)`` (training with ``rng``, or the centre clip) or, in test
+        mode, ``(clips, T)``."""
+        n = self._n_frames(i)
+        if self.view.mode == "test":
+            if self.sampling == "segment":
+                return segment_test_clips(n, self.frames, self.view.clips)
+            return test_clips(n, self.frames, self.stride, self.view.clips)
+        if self.sampling == "segment":
+            return segment_indices(n, self.frames, rng)
+        if rng is None:
+            return test_clips(n, self.frames, self.stride, 1)[0]
+        return train_indices(n, self.frames, self.stride, rng)
+
+    def clip(self, i: int) -> torch.Tensor:
+        """The transformed clip (or test views) of video ``i``, ``uint8``."""
+        view = self.view
+        if view.mode != "test":
+            frames = self._decode(i, self.clip_indices(i, self._rng if self.train else None))
+            box = crop_boxes(frames.shape[1], frames.shape[2], view, self._rng)[0]
+            flip = view.mode == "train" and view.flip and bool(torch.rand(()) < 0.5)
+            return cut(frames, box, view.crop, flip)
+        idx = self.clip_indices(i)
+        union = np.unique(idx)  # one decode for every view
+        frames = self._decode(i, union)
+        boxes = crop_boxes(frames.shape[1], frames.shape[2], view)
+        return torch.stack([cut(frames[np.searchsorted(union, t)], box, view.crop) for t in idx for box in boxes])
+
+    def _check_index(self, i: int) -> int:
+        if i < 0:
+            i += len(self)
+        if not 0 <= i < len(self):
+            raise IndexError(i)
+        return i
+
+    def __getitem__(self, i: int):
+        i = self._check_index(i)
+        return self.clip(i), int(self._labels[i])
+
+
+class ClipDataset(SplitClips):
+    """Clips of one split of the clip cache (``uint8`` items, see :class:`SplitClips`); frame indices count
+    cached frames. ``calib_only``: only the calibration subset of the split. ``view``: the spatial protocol
+    (default: random crop with ``flip`` when ``train``, else the centre view). The cache is square at its own
+    side and is never rescaled: the view's short side is ignored, and a crop of None or of at least that side
+    is the whole frame.
     """
 
     def __init__(
@@ -70,20 +166,11 @@ class ClipDataset(Dataset):
         train: bool = True,
         flip: bool = False,
         calib_only: bool = False,
+        view: ViewSpec | None = None,
     ):
-        if split not in SPLITS:
-            raise StfusionError(f"unknown split {split!r} (choose one of: {', '.join(SPLITS)})")
-        if sampling not in SAMPLINGS:
-            raise StfusionError(f"unknown sampling {sampling!r} (choose one of: {', '.join(SAMPLINGS)})")
-        if int(frames) < 1 or int(stride) < 1:
-            raise StfusionError(f"frames and stride must be at least 1 (got frames={frames}, stride={stride})")
         self.cache_dir = Path(cache_dir)
-        self.classes = load_classes(self.cache_dir)
-        manifest = load_manifest(self.cache_dir)
-        keep = (manifest["status"] == "ok") & (manifest["split"] == split)
-        if calib_only:
-            keep &= manifest["calib"]
-        self.manifest = manifest[keep].reset_index(drop=True)
+        classes = load_classes(self.cache_dir)
+        rows = split_rows(load_manifest(self.cache_dir), split, calib_only)
         self._clips_path = _require(self.cache_dir / "clips.npy")
         self._clips = None
         shape = self.clips.shape
@@ -95,21 +182,15 @@ class ClipDataset(Dataset):
                 f"frames={frames} is more than the {self.cache_frames} frames per video in the cache "
                 f"(preprocess again with cache_frames >= {frames})"
             )
+        view = view or default_view(train, flip)
+        # the cache is square at its own side: no rescaling, and a crop cannot be larger than the frame
+        view = replace(view, short_side=None, crop=None if view.crop is None else min(view.crop, shape[2]))
+        self._setup(classes, rows, split, frames=frames, stride=stride,
+                    sampling=sampling, train=train, view=view)
         idx = self.manifest["cache_index"].to_numpy(dtype=np.int64)
         if len(idx) and (idx.min() < 0 or idx.max() >= len(self.clips)):
             raise StfusionError(f"manifest and clips.npy of {self.cache_dir} do not match (preprocess again)")
-        self.frames, self.stride, self.sampling = int(frames), int(stride), sampling
-        self.train, self.flip, self.split = bool(train), bool(flip), split
         self._cache_index = idx
-        self._labels = self.manifest["label_idx"].to_numpy(dtype=np.int64)
-        self.labels = torch.from_numpy(self._labels.copy())
-        self.num_classes = len(self.classes)
-        self._rng = TorchRNG()
-        self._mean = torch.tensor(MEAN, dtype=torch.float32).view(3, 1, 1, 1)
-        self._inv_std = 1.0 / torch.tensor(STD, dtype=torch.float32).view(3, 1, 1, 1)
-        self._scalar_norm = len(set(MEAN)) == 1 and len(set(STD)) == 1
-        if not self.train:  # the evaluation clip is the same for every video: compute it once
-            self._eval_idx = self._indices(None)
 
     @property
     def clips(self) -> np.ndarray:
@@ -123,39 +204,8 @@ class ClipDataset(Dataset):
         state["_clips"] = None
         return state
 
-    def __len__(self) -> int:
-        return len(self._labels)
+    def _n_frames(self, i: int) -> int:
+        return self.cache_frames
 
-    def _indices(self, rng) -> np.ndarray:
-        if self.sampling == "segment":
-            return segment_indices(self.cache_frames, self.frames, rng)
-        if rng is None:
-            return centre_indices(self.cache_frames, self.frames, self.stride)
-        return train_indices(self.cache_frames, self.frames, self.stride, rng)
-
-    def _to_tensor(self, clip: np.ndarray) -> torch.Tensor:
-        x = torch.from_numpy(np.ascontiguousarray(clip)).permute(3, 0, 1, 2).float()
-        if self._scalar_norm:  # one constant for every channel: cheapest path (~15 us for 8x32x32)
-            return x.sub_(MEAN[0]).mul_(1.0 / STD[0])
-        return x.sub_(self._mean).mul_(self._inv_std)
-
-    def __getitem__(self, i: int):
-        if i < 0:
-            i += len(self)
-        if not 0 <= i < len(self):
-            raise IndexError(i)
-        t = self._indices(self._rng) if self.train else self._eval_idx
-        clip = self.clips[self._cache_index[i], t]
-        if self.train and self.flip and bool(torch.rand(()) < 0.5):
-            clip = clip[:, :, ::-1]
-        return self._to_tensor(clip), int(self._labels[i])
-
-    def views(self, i: int, n_clips: int = 1) -> torch.Tensor:
-        """``n_clips`` uniformly spaced temporal views of video ``i`` as ``(n_clips, 3, T, H, W)``
-        (:func:`~stfusion.data.sampling.test_clips`; with ``segment`` sampling every view is the centre one)."""
-        if self.sampling == "segment":
-            idx = np.repeat(segment_indices(self.cache_frames, self.frames, None)[None], n_clips, axis=0)
-        else:
-            idx = test_clips(self.cache_frames, self.frames, self.stride, n_clips)
-        video = self.clips[self._cache_index[i]]
-        return torch.stack([self._to_tensor(video[t]) for t in idx])
+    def _decode(self, i: int, t: np.ndarray) -> np.ndarray:
+        return self.clips[self._cache_index[i], t]

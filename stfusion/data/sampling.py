@@ -22,6 +22,7 @@ __all__ = [
     "train_indices",
     "segment_indices",
     "test_clips",
+    "segment_test_clips",
     "centre_indices",
     "spatial_crops",
 ]
@@ -120,6 +121,17 @@ def test_clips(n_frames: int, frames: int, stride: int, n_clips: int) -> np.ndar
 
 
 test_clips.__test__ = False  # a sampler, not a pytest test, when imported into a test module
+
+
+def segment_test_clips(n_frames: int, frames: int, n_clips: int) -> np.ndarray:
+    """``n_clips`` TSN clips as an int array ``(n_clips, frames)``: clip ``k`` takes the frame at the
+    ``(k + 0.5) / n_clips`` position of every one of ``frames`` equal segments (one clip = the segment centres,
+    :func:`segment_indices` without ``rng``)."""
+    _check(n_frames, frames)
+    if int(n_clips) < 1:
+        raise StfusionError(f"n_clips must be at least 1, got {n_clips}")
+    seg = np.arange(frames, dtype=np.float64)[None] + (np.arange(n_clips)[:, None] + 0.5) / n_clips
+    return np.clip(np.floor(seg * n_frames / frames).astype(np.int64), 0, n_frames - 1)
 
 
 def centre_indices(n_frames: int, frames: int, stride: int = 1) -> np.ndarray:

@@ -21,6 +21,23 @@ from stfusion.config import apply_preset  # noqa: E402
 
 CONDA_ENV = "../envs/stfusion.yaml"
 
+
+def _resolve_preset(cfg):
+    """A preset sets its dataset's protocol over params.yaml, and what --configfile / --config set explicitly wins
+    over the preset. Rules and commands read this resolved configuration (`preset` null: already applied)."""
+    if not cfg.get("preset"):
+        return dict(cfg)
+    from stfusion.config import deep_merge
+
+    def given(over, values):  # the (typed) values at the keys that --configfile / --config gave
+        return {k: given(v, values[k]) if isinstance(v, dict) else values[k] for k, v in over.items()}
+
+    explicit = given({k: v for k, v in workflow.config_settings.overwrite_config.items() if k != "preset"}, cfg)
+    return {**deep_merge(apply_preset(dict(cfg)), explicit), "preset": None}
+
+
+config.update(_resolve_preset(config))
+
 ROOT = config["data"]["root"]
 IS_BUILTIN = config["data"]["dataset"] == "builtin"
 CACHE = P.CACHE

@@ -1,0 +1,162 @@
+"""Spatial transforms of decoded clips and the normalisation of batches: small pure functions.
+
+The field's protocol (METHOD.md §8), as data: a :class:`ViewSpec` says how the clips of one use are cut.
+
+- **train**: the short side is drawn from ``short_side = (min, max)``, a random ``crop`` x ``crop`` square is
+  taken, and flipped horizontally half of the time when ``flip``;
+- **eval** (validation, BatchNorm calibration, scoring): short side ``short_side[0]``, the centre ``crop``;
+- **test**: ``clips`` temporal clips x ``crops`` spatial crops (1 = centre, 3 = left/centre/right along the
+  longer side), every view from one decode; the networks' softmaxes are averaged over the views.
+
+Rescaling to a short side ``s`` and cropping ``c`` is done the cheap way round: the box that the crop covers
+in the scaled frame is mapped back to the decoded frame (side ``c * short / s`` pixels), cut there and resized
+to ``c`` (bilinear, antialiased, uint8 in and out). ``short_side=None`` keeps the decoded scale, so on the
+square clip cache with ``crop`` equal to its side every transform is the identity.
+
+Clips stay ``uint8`` until they reach the device: :func:`normalize` turns a batch into floats there (a quarter
+of the bytes through the pinned host-to-device copy), one function for training, calibration and scoring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..errors import StfusionError
+from .sampling import spatial_crops
+
+__all__ = ["MEAN", "STD", "MODES", "ViewSpec", "view_from_params", "crop_boxes", "cut", "normalize", "average_views", "views_text"]
+
+#: per-channel normalisation on the 0-255 scale (the usual video constants 0.45 / 0.225)
+MEAN = (114.75, 114.75, 114.75)
+STD = (57.375, 57.375, 57.375)
+MODES = ("train", "eval", "test")
+
+
+@dataclass(frozen=True)
+class ViewSpec:
+    """How clips are cut. ``mode``: train | eval | test; ``crop``: output side in pixels (None = the whole
+    decoded frame, square frames only); ``short_side``: ``(min, max)`` short side to rescale to (eval and
+    test use ``min``; None = as decoded); ``flip``: random horizontal flip (train); ``clips`` x ``crops``:
+    test views."""
+
+    mode: str = "eval"
+    crop: int | None = None
+    short_side: tuple[int, int] | None = None
+    flip: bool = False
+    clips: int = 1
+    crops: int = 1
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise StfusionError(f"unknown view mode {self.mode!r} (choose one of: {', '.join(MODES)})")
+        if self.crops not in (1, 3):
+            raise StfusionError(f"data.test_crops must be 1 or 3, got {self.crops}")
+        if int(self.clips) < 1:
+            raise StfusionError(f"data.test_clips must be at least 1, got {self.clips}")
+        if self.short_side is not None:
+            lo, hi = self.short_side
+            if not 1 <= lo <= hi:
+                raise StfusionError(f"short side range must be 1 <= min <= max, got [{lo}, {hi}]")
+            if self.crop is not None and self.crop > lo:
+                raise StfusionError(f"crop {self.crop} is larger than the short side {lo} it is cut from")
+
+    @property
+    def n_views(self) -> int:
+        """Views per video: ``clips * crops`` when testing, else 1."""
+        return self.clips * self.crops if self.mode == "test" else 1
+
+
+def view_from_params(data: dict, mode: str) -> ViewSpec:
+    """The :class:`ViewSpec` of ``mode`` (train | eval | test) from the ``data`` section of the parameters:
+    ``crop``/``train_short_side``/``flip`` for training, ``eval_crop``/``eval_short_side`` for evaluation,
+    plus ``test_clips`` x ``test_crops`` for testing; a crop of null is ``size``."""
+    if mode == "train":
+        short = data.get("train_short_side")
+        return ViewSpec("train", int(data.get("crop") or data["size"]), tuple(map(int, short)) if short else None,
+                        bool(data.get("flip", False)))
+    if mode not in MODES:
+        raise StfusionError(f"unknown view mode {mode!r} (choose one of: {', '.join(MODES)})")
+    short = data.get("eval_short_side")
+    test = mode == "test"
+    return ViewSpec(mode, int(data.get("eval_crop") or data["size"]), (int(short), int(short)) if short else None,
+                    clips=int(data.get("test_clips", 1)) if test else 1,
+                    crops=int(data.get("test_crops", 1)) if test else 1)
+
+
+def views_text(data: dict) -> str:
+    """How test accuracies are measured, from the ``data`` parameters, for tables and reports:
+    ``"2 clips x 3 crops"`` (softmax averaged over the views)."""
+    clips, crops = int(data.get("test_clips", 1)), int(data.get("test_crops", 1))
+    return f"{clips} clip{'s' if clips != 1 else ''} x {crops} crop{'s' if crops != 1 else ''}"
+
+
+def crop_boxes(h: int, w: int, spec: ViewSpec, rng=None) -> np.ndarray:
+    """Crop boxes in decoded-frame pixels, int ``(K, 4)`` of ``(top, left, bottom, right)``: one random box
+    (train, drawn with ``rng.integers``), the centre box (eval), or ``spec.crops`` boxes (test)."""
+    short = min(h, w)
+    if spec.short_side is None:
+        target = short
+    elif spec.mode == "train":
+        lo, hi = spec.short_side
+        target = int(rng.integers(lo, hi + 1)) if hi > lo else lo
+    else:
+        target = spec.short_side[0]
+    crop = short if spec.crop is None else spec.crop
+    if spec.crop is None and h != w:
+        raise StfusionError(f"frames of {h}x{w} need a crop size (data.crop / data.eval_crop)")
+    scale = short / target
+    side = min(max(int(round(crop * scale)), 1), short)  # the crop's side in decoded pixels
+    if spec.mode == "train":
+        # no draw where there is no room: the square cache at its own side consumes no random numbers
+        top = int(rng.integers(0, h - side + 1)) if h > side else 0
+        left = int(rng.integers(0, w - side + 1)) if w > side else 0
+        return np.array([[top, left, top + side, left + side]], dtype=np.int64)
+    return spatial_crops(h, w, side, spec.crops if spec.mode == "test" else 1)
+
+
+def cut(frames: np.ndarray, box, size: int | None, flip: bool = False) -> torch.Tensor:
+    """One view of decoded frames ``uint8 (T, H, W, 3)``: the ``box`` region, resized to ``size`` x ``size``
+    (no resize when it already has that side or ``size`` is None), mirrored when ``flip``, as ``uint8 (3, T,
+    size, size)``."""
+    top, left, bottom, right = (int(v) for v in box)
+    region = frames[:, top:bottom, left:right]
+    if flip:
+        region = region[:, :, ::-1]
+    x = torch.from_numpy(np.ascontiguousarray(region)).permute(0, 3, 1, 2)  # (T, 3, h, w)
+    if size is not None and (x.shape[-2] != size or x.shape[-1] != size):
+        x = F.interpolate(x.contiguous(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    return x.permute(1, 0, 2, 3).contiguous()
+
+
+def _standardize(x: torch.Tensor) -> torch.Tensor:
+    """``(x - MEAN) / STD`` in place, channels on the axis before ``(T, H, W)``."""
+    if len(set(MEAN)) == 1 and len(set(STD)) == 1:  # one constant for every channel
+        return x.sub_(MEAN[0]).mul_(1.0 / STD[0])
+    mean = torch.tensor(MEAN, dtype=torch.float32, device=x.device).view(3, 1, 1, 1)
+    return x.sub_(mean).mul_(1.0 / torch.tensor(STD, dtype=torch.float32, device=x.device).view(3, 1, 1, 1))
+
+
+def normalize(x: torch.Tensor, device: torch.device | str, *, channels_last: bool = False) -> torch.Tensor:
+    """A batch of uint8 clips ``(N, 3, T, H, W)`` (or views ``(N, V, 3, T, H, W)``) as the network's float32
+    input on ``device``: moved as uint8 (non-blocking from pinned memory), then ``(x - MEAN) / STD``
+    (:data:`MEAN`, :data:`STD` on the 0-255 scale). A float batch is taken as already normalised (pixels are
+    uint8, network inputs float) and only moved. ``channels_last``: channels_last_3d memory layout."""
+    x = x.to(device, non_blocking=True)
+    if x.dtype == torch.uint8:
+        x = _standardize(x.float())
+    if channels_last and x.ndim == 5:
+        x = x.contiguous(memory_format=torch.channels_last_3d)
+    return x
+
+
+def average_views(logits: torch.Tensor, n_views: int) -> torch.Tensor:
+    """Logits ``(N * V, C)`` of ``V`` views per video (video-major) as ``(N, C)`` log of the mean softmax: its
+    argmax and cross-entropy are those of the averaged probabilities. One view: the logits unchanged."""
+    if n_views == 1:
+        return logits
+    probs = logits.float().softmax(-1).view(-1, n_views, logits.shape[-1]).mean(1)
+    return probs.clamp_min(torch.finfo(probs.dtype).tiny).log()

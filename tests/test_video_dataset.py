@@ -1,0 +1,242 @@
+"""The ``videos`` storage at run time: on-the-fly decoding of prepared files, the train / eval / test views,
+multi-view testing, and a file damaged after preparation (replacement in training, a clear stop in scoring)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from stfusion.data.dataset import MEAN, STD, ClipDataset
+from stfusion.data.sampling import segment_test_clips, spatial_crops, test_clips
+from stfusion.data.transforms import ViewSpec, normalize, view_from_params, views_text
+from stfusion.data.video_dataset import ClipDecodeError, VideoDataset, open_clips
+from stfusion.errors import StfusionError
+from stfusion.models import build_model
+from stfusion.prefix_scoring import score_strategies_prefix
+from stfusion.scoring import eval_loader, evaluate, score_strategies, view_logits
+from stfusion.strategies import families
+from stfusion.train import TrainConfig, fit
+
+from conftest_data import write_clip
+
+H, W, N_FRAMES = 48, 64, 12  # prepared at short side 48
+SPLITS = {"train": 6, "val": 3, "test": 3}
+
+
+def write_prepared(folder, h=H, w=W, n=N_FRAMES) -> pd.DataFrame:
+    """A ``videos`` folder as preparation leaves it: lossless mp4 files, manifest.csv, classes.csv, storage.json.
+    Returns the manifest with a ``frames_data`` column holding each video's decoded frames."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows, seed = [], 0
+    for split, count in SPLITS.items():
+        for k in range(count):
+            rel = f"videos/{split}_{k}.mp4"
+            frames = write_clip(folder / rel, n=n, h=h, w=w, seed=seed)
+            rows.append({"id": f"{split}_{k}", "path": rel, "label": f"c{k % 2}", "label_idx": k % 2, "split": split,
+                         "calib": k < 2, "frames": n, "fps": 12, "width": w, "height": h, "status": "ok",
+                         "reason": "", "frames_data": frames})
+            seed += 1
+    df = pd.DataFrame(rows)
+    df.drop(columns="frames_data").to_csv(folder / "manifest.csv", index=False)
+    pd.DataFrame({"index": [0, 1], "name": ["c0", "c1"], "kind": ["", ""]}).to_csv(folder / "classes.csv", index=False)
+    (folder / "storage.json").write_text(json.dumps({"storage": "videos"}))
+    return df
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("prepared")
+    return folder, write_prepared(folder)
+
+
+def _frames_of(manifest, split, i):
+    return manifest[manifest.split == split].iloc[i]["frames_data"]
+
+
+def test_storage_json_picks_the_dataset(prepared, tmp_path):
+    folder, _ = prepared
+    data = {"frames": 4, "stride": 2, "size": 32, "crop": 32, "train_short_side": [40, 56], "flip": True}
+    ds = open_clips(data, folder, "train", train=True)
+    assert isinstance(ds, VideoDataset) and len(ds) == 6 and ds.view == ViewSpec("train", 32, (40, 56), True)
+    (tmp_path / "storage.json").write_text(json.dumps({"storage": "tape"}))
+    with pytest.raises(StfusionError, match="storage must be cache or videos"):
+        open_clips(data, tmp_path, "train", train=True)
+
+
+def test_eval_view_is_the_centre_crop_and_never_varies(prepared):
+    folder, manifest = prepared
+    ds = VideoDataset(folder, "val", frames=4, stride=2, train=False, view=ViewSpec("eval", crop=32))
+    x, y = ds[1]
+    assert x.dtype == torch.uint8 and x.shape == (3, 4, 32, 32) and y == 1
+    video = _frames_of(manifest, "val", 1)
+    t = test_clips(N_FRAMES, 4, 2, 1)[0]
+    box = spatial_crops(H, W, 32, 1)[0]  # (8, 16, 40, 48): no short side, no resize
+    np.testing.assert_array_equal(x.permute(1, 2, 3, 0).numpy(), video[t, box[0]:box[2], box[1]:box[3]])
+    torch.manual_seed(3)
+    assert torch.equal(ds[1][0], x)
+    scaled = VideoDataset(folder, "val", frames=4, stride=2, train=False,
+                          view=view_from_params({"size": 32, "eval_crop": 24, "eval_short_side": 36}, "eval"))
+    a = scaled[1][0]
+    assert a.shape == (3, 4, 24, 24) and torch.equal(scaled[1][0], a)
+
+
+def test_train_crops_vary(prepared):
+    folder, _ = prepared
+    ds = VideoDataset(folder, "train", frames=4, stride=2, train=True,
+                      view=ViewSpec("train", crop=32, short_side=(36, 48), flip=True))
+    torch.manual_seed(0)
+    items = [ds[0] for _ in range(8)]
+    assert all(x.shape == (3, 4, 32, 32) and x.dtype == torch.uint8 and y == 0 and f == "" for x, y, f in items)
+    assert len({x.numpy().tobytes() for x, _, _ in items}) == 8  # scale, position, flip and start all drawn
+    torch.manual_seed(0)
+    again = [ds[0][0] for _ in range(8)]
+    assert all(torch.equal(a, b) for (a, _, _), b in zip(items, again))  # from torch's RNG: reproducible
+
+
+def test_test_views_come_from_one_decode(prepared, monkeypatch):
+    folder, manifest = prepared
+    ds = VideoDataset(folder, "test", frames=4, stride=2, train=False, view=ViewSpec("test", crop=32, clips=2, crops=3))
+    decoded = []
+    real = ds._decode
+    monkeypatch.setattr(ds, "_decode", lambda i, t: decoded.append(t.copy()) or real(i, t))
+    x, _ = ds[2]
+    assert x.shape == (6, 3, 4, 32, 32) and len(decoded) == 1
+    clips = test_clips(N_FRAMES, 4, 2, 2)
+    np.testing.assert_array_equal(decoded[0], np.unique(clips))
+    video = _frames_of(manifest, "test", 2)
+    for v, (c, box) in enumerate((c, b) for c in range(2) for b in spatial_crops(H, W, 32, 3)):
+        np.testing.assert_array_equal(x[v].permute(1, 2, 3, 0).numpy(), video[clips[c], box[0]:box[2], box[1]:box[3]])
+    seg = VideoDataset(folder, "test", frames=3, sampling="segment", train=False, view=ViewSpec("test", crop=32, clips=2))
+    np.testing.assert_array_equal(segment_test_clips(N_FRAMES, 3, 2), [[1, 5, 9], [3, 7, 11]])
+    box = spatial_crops(H, W, 32, 1)[0]
+    xs = seg[0][0]
+    assert xs.shape == (2, 3, 3, 32, 32)
+    np.testing.assert_array_equal(xs[1].permute(1, 2, 3, 0).numpy(),
+                                  _frames_of(manifest, "test", 0)[[3, 7, 11], box[0]:box[2], box[1]:box[3]])
+    assert views_text({"test_clips": 2, "test_crops": 3}) == "2 clips x 3 crops"
+    assert views_text({}) == "1 clip x 1 crop"
+
+
+def test_multi_view_score_is_the_mean_of_single_view_softmaxes(prepared, tiny_params):
+    folder, _ = prepared
+    torch.manual_seed(0)
+    model = build_model(tiny_params, 2).eval()
+    ds = VideoDataset(folder, "test", frames=4, stride=2, train=False, view=ViewSpec("test", crop=32, clips=2, crops=3))
+    x = torch.stack([ds[i][0] for i in range(len(ds))])
+    y = torch.tensor([ds[i][1] for i in range(len(ds))])
+    with torch.no_grad():
+        singles = torch.stack([model(normalize(x[:, v], "cpu")).softmax(-1) for v in range(6)])  # (6, N, C)
+        averaged = view_logits(model, normalize(x, "cpu")).exp()
+    torch.testing.assert_close(averaged, singles.mean(0), rtol=1e-5, atol=1e-6)
+    res = evaluate(model, eval_loader(ds, 2), 2, "cpu")
+    nll = -singles.mean(0)[torch.arange(len(y)), y].log().mean()
+    assert res["n"] == 3 and res["top1"] == pytest.approx(float((singles.mean(0).argmax(1) == y).double().mean()))
+    assert res["loss"] == pytest.approx(float(nll), rel=1e-5)
+    # the prefix-shared scorer averages the views the same way
+    strategies = list(families(model.n_fusion_layers).values())[:3]
+    kw = dict(model=model, strategies=strategies, val_loader=eval_loader(ds, 2), num_classes=2, recalibrate=False,
+              progress=False)
+    naive, prefix = score_strategies(**kw), score_strategies_prefix(**kw)
+    assert prefix.attrs["prefix_shared"]
+    pd.testing.assert_frame_equal(naive, prefix, rtol=1e-5)
+
+
+def _damaged(tmp_path, split="train", index=1):
+    folder = tmp_path / "prepared"
+    manifest = write_prepared(folder)
+    path = folder / manifest[manifest.split == split].iloc[index]["path"]
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])  # truncated after preparation
+    return folder, manifest, path
+
+
+def test_damaged_file_is_replaced_in_training_and_stops_scoring(tmp_path, caplog):
+    folder, manifest, bad = _damaged(tmp_path)
+    ds = VideoDataset(folder, "train", frames=4, stride=2, train=True, view=ViewSpec("train", crop=32))
+    x, y, failure = ds[1]
+    assert str(bad) in failure and x.shape == (3, 4, 32, 32)
+    assert y == int(manifest[manifest.split == "train"].iloc[2]["label_idx"])  # the next video of the split
+    assert ds[0][2] == ""
+    # scoring: retried, then one line naming the file, also from a worker process
+    calib = VideoDataset(folder, "train", frames=4, stride=2, train=False, view=ViewSpec("eval", crop=32))
+    with pytest.raises(ClipDecodeError, match=r"cannot decode .*train_1\.mp4") as err:
+        list(eval_loader(calib, 2, workers=1))
+    assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
+
+
+def test_decode_failures_are_counted_and_stop_training_past_the_limit(tmp_path, tiny_params, caplog):
+    folder, _, bad = _damaged(tmp_path)
+    torch.manual_seed(0)
+    model = build_model(tiny_params, 2)
+    cfg = TrainConfig(epochs=2, batch_size=3, lr=0.01, device="cpu", loader_workers=1)
+    ds = VideoDataset(folder, "train", frames=4, stride=2, view=ViewSpec("train", crop=32), max_decode_failures=0.2)
+    with caplog.at_level(logging.WARNING):
+        hist = fit(model, ds, cfg, tmp_path / "run", progress=False)
+    # the damaged video, once an epoch (1 of 6 <= 0.2), counted in the training process from a worker's batches
+    assert list(hist["decode_failures"]) == [1, 1]
+    assert list(pd.read_csv(tmp_path / "run" / "history.csv")["decode_failures"]) == [1, 1]
+    assert str(bad) in caplog.text
+    strict = VideoDataset(folder, "train", frames=4, stride=2, view=ViewSpec("train", crop=32), max_decode_failures=0.1)
+    with pytest.raises(StfusionError, match=rf"training stopped: 1 of the epoch's 6 videos failed .*{bad.name}"):
+        fit(build_model(tiny_params, 2), strict, TrainConfig(epochs=1, batch_size=3, lr=0.01, device="cpu"),
+            tmp_path / "strict", progress=False)
+
+
+@pytest.fixture(scope="module")
+def small_cache(tmp_path_factory):
+    from stfusion.data import preprocess
+
+    tmp_path = tmp_path_factory.mktemp("small_cache")
+    videos = []
+    for k in range(10):
+        write_clip(tmp_path / "src" / f"{k}.mp4", n=8, h=32, w=40, seed=k)
+        videos.append({"video_id": str(k), "path": str(tmp_path / "src" / f"{k}.mp4"), "label": f"c{k % 2}",
+                       "split": "train" if k < 8 else "test"})
+    preprocess(pd.DataFrame(videos), ["c0", "c1"], tmp_path / "cache", cache_frames=8, size=32, workers=1,
+               val_fraction=0.0, progress=False)
+    return tmp_path
+
+
+class _FloatItems(torch.utils.data.Dataset):
+    """The former items of the cache dataset: float32, normalised in the dataset (per item, on the CPU)."""
+
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        x, y = self.ds[i]
+        return x.float().sub_(MEAN[0]).mul_(1.0 / STD[0]), y
+
+
+def test_uint8_items_train_exactly_as_float_items_did(small_cache, tiny_params):
+    """Normalising on the device after the copy changes no number of a training run on the cache."""
+    ds = ClipDataset(small_cache / "cache", "train", frames=4, flip=True)
+    cfg = TrainConfig(epochs=2, warmup_epochs=1, batch_size=4, lr=0.05, kl_k=5.0, device="cpu")
+    histories = []
+    for k, data in enumerate((ds, _FloatItems(ds))):
+        torch.manual_seed(0)
+        histories.append(fit(build_model(tiny_params, 2), data, cfg, small_cache / f"run{k}", progress=False))
+    pd.testing.assert_frame_equal(histories[0].drop(columns="seconds"), histories[1].drop(columns="seconds"),
+                                  check_exact=True)
+    assert (histories[0]["kl"] > 0).any()  # the gated epoch ran
+
+
+def test_cache_views_keep_the_default_and_crop_where_asked(small_cache):
+    tmp_path = small_cache
+    whole = ClipDataset(tmp_path / "cache", "train", frames=4)
+    cropped = ClipDataset(tmp_path / "cache", "train", frames=4, view=ViewSpec("train", crop=24, short_side=(40, 48)))
+    torch.manual_seed(0)
+    a = whole[0][0]
+    torch.manual_seed(0)
+    default = ClipDataset(tmp_path / "cache", "train", frames=4, view=ViewSpec("train", crop=32))
+    assert torch.equal(default[0][0], a)  # crop == side: the identity, and the same random numbers
+    assert cropped[0][0].shape == (3, 4, 24, 24)
+    test = ClipDataset(tmp_path / "cache", "test", frames=4, train=False, view=ViewSpec("test", crop=40, clips=2, crops=3))
+    assert test[0][0].shape == (6, 3, 4, 32, 32)  # a crop larger than the cache is the whole frame
