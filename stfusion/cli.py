@@ -156,6 +156,8 @@ def build_parser() -> argparse.ArgumentParser:
              "strategy on validation.")
     sp.add_argument("--preference", default=P.PREFERENCE, metavar="CSV", help="preference (default: %(default)s)")
     sp.add_argument("--ranking", default=P.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
+    sp.add_argument("--checkpoint", default=P.SUPERNET, metavar="PT",
+                    help="supernet, for the networks' MACs and parameters (default: %(default)s)")
     sp.add_argument("--out", default=P.DERIVED, metavar="CSV", help="derived table (default: %(default)s)")
     _timing(sp, "derive")
 
@@ -289,7 +291,8 @@ def cmd_derive(args, params):
     from . import pipeline as P
 
     with P.timed("derive", args.timing) as info:
-        df = P.derive(_stage(args, params, "derive"), preference=args.preference, ranking=args.ranking, out=args.out)
+        df = P.derive(_stage(args, params, "derive"), preference=args.preference, ranking=args.ranking, out=args.out,
+                      checkpoint=args.checkpoint)
         info["strategies"] = int(len(df))
 
 

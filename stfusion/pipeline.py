@@ -101,12 +101,13 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "derive": ["preset", "derive.top_k", "derive.st_threshold"],
     "finetune": [
         "seed", *_DATA_LOADING, "data.flip", "supernet.momentum", "supernet.schedule", *_COMPUTE,
-        "scoring.batch_size", "finetune",
+        "supernet.eval_every", "scoring.batch_size", "finetune",
     ],
     "select_standalone": ["preset", "validate.n_strategies"],
     "train_standalone": [
         "seed", *_DATA_LOADING, "data.flip", "supernet.momentum", "supernet.schedule", *_COMPUTE,
-        "scoring.batch_size", "validate.epochs", "validate.lr", "validate.batch_size", "validate.weight_decay",
+        "supernet.eval_every", "scoring.batch_size", "validate.epochs", "validate.lr", "validate.batch_size",
+        "validate.weight_decay",
     ],
     "report": ["seed", "preset"],
 }
@@ -315,8 +316,10 @@ def _require_cache(cache_dir: str | Path) -> None:
 
 
 # -------------------------------------------------------------------------------------------- supernet io
-def save_supernet_build(path: str | Path, params: dict, num_classes: int, classes: list[dict]) -> None:
-    """Add what is needed to rebuild the network (model and gate sections, classes) to a checkpoint."""
+def save_supernet_build(path: str | Path, params: dict, num_classes: int, classes: list[dict],
+                        clip_shape: Sequence[int]) -> None:
+    """Add what is needed to rebuild the network (model and gate sections, classes) and the shape of its input
+    clips ``(3, T, H, W)`` (the input size the costs of its strategies are counted for) to a checkpoint."""
     from .checkpoint import load_checkpoint, save_torch
 
     ckpt = load_checkpoint(path)
@@ -325,6 +328,7 @@ def save_supernet_build(path: str | Path, params: dict, num_classes: int, classe
         "gate": copy.deepcopy(params.get("gate", {})),
         "num_classes": int(num_classes),
         "classes": classes,
+        "clip_shape": [int(n) for n in clip_shape],
     }
     save_torch(ckpt, path)
 
@@ -340,6 +344,15 @@ def build_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> Fusion
         )
     model_params = {**build["model"], "pretrained_2d": None}  # the weights come from the checkpoint
     return build_model({"model": model_params, "gate": build["gate"]}, build["num_classes"])
+
+
+def clip_shape(ckpt: dict, path: str | Path = "checkpoint") -> list[int]:
+    """The ``(3, T, H, W)`` input clips a supernet checkpoint was trained on."""
+    shape = ckpt.get("build", {}).get("clip_shape")
+    if not shape:
+        raise StfusionError(f"{path} does not record its input size; it was written by an older "
+                            "'stfusion train-supernet' (rerun it)")
+    return list(shape)
 
 
 def load_supernet(path: str | Path) -> tuple[FusionNetwork, dict]:
@@ -432,6 +445,7 @@ def train_supernet(
 
     from .models import build_model
     from . import distributed
+    from .evaluation import supernet_evaluator
     from .train import fit, supernet_config
 
     _require_cache(cache_dir)
@@ -443,9 +457,12 @@ def train_supernet(
     cfg = supernet_config(params, len(train_set))
     cfg.extra = {**cfg.extra, "data": data_fingerprint(cache_dir)}
     _discard_stale(out_dir / "last.pt", model.arch, asdict(cfg))
-    history = fit(model, train_set, cfg, out_dir, progress=progress)
+    evaluate = supernet_evaluator(clip_dataset(params, cache_dir, "val", train=False), cfg.batch_size,
+                                  train_set.num_classes, every=params["supernet"].get("eval_every", 1),
+                                  total_epochs=cfg.total_epochs)
+    history = fit(model, train_set, cfg, out_dir, progress=progress, evaluate=evaluate)
     if distributed.is_main():
-        save_supernet_build(out_dir / "model.pt", params, train_set.num_classes, classes)
+        save_supernet_build(out_dir / "model.pt", params, train_set.num_classes, classes, train_set[0][0].shape)
     p = model.drop_rates()
     last = history.iloc[-1].to_dict() if len(history) else {}
     return {"epochs": int(cfg.total_epochs), "n_train": len(train_set), "fusion_layers": model.n_fusion_layers,
@@ -532,6 +549,7 @@ def score_strategies(
     import hashlib
 
     from .checkpoint import write_csv
+    from .costs import add_costs
     from .prefix_scoring import score_strategies_prefix
     from .scoring import calibration_batches, eval_loader, score_resumable
     from .train import resolve_device
@@ -575,8 +593,7 @@ def score_strategies(
         if col.startswith("top1"):
             out_df[col.replace("top1", "top1_test", 1)] = test_df[col]
     out_df["bn_mode"] = "recalibrated" if recal else "plain"
-    out_df = out_df.reset_index()
-    out_df = add_rank(out_df)
+    out_df = add_costs(add_rank(out_df.reset_index()), model, val[0][0].shape)
     write_csv(out_df, out)
     shutil.rmtree(partial, ignore_errors=True)
     if partial.parent.is_dir() and not any(partial.parent.iterdir()):
@@ -639,14 +656,19 @@ def analyze(
 # --------------------------------------------------------------------------------------------- derived
 def derive(
     params: dict, *, preference: str | Path = PREFERENCE, ranking: str | Path = RANKING, out: str | Path = DERIVED,
+    checkpoint: str | Path = SUPERNET,
 ) -> pd.DataFrame:
-    """Stage ``derive``: new strategies from the preferences (see :mod:`stfusion.derive`)."""
+    """Stage ``derive``: new strategies from the preferences (see :mod:`stfusion.derive`), with the MACs and
+    parameters of each derived network (:mod:`stfusion.costs`) for the supernet's input clips."""
+    from .costs import add_costs
     from .derive import derive_strategies
 
     pref = read_table(preference, "preference table")
     ranked = read_table(ranking, "ranking")
+    model, ckpt = load_supernet(checkpoint)
     d = params["derive"]
     df = derive_strategies(pref, ranked, top_k=d.get("top_k", 3), st_threshold=d.get("st_threshold", 0.5))
+    df = add_costs(df, model, clip_shape(ckpt, checkpoint))
     write_table(df, out)
     return df
 
@@ -659,6 +681,8 @@ def _train_plain_runs(
     (e.g. the digest of the supernet a network is exported from) joins the training settings, so a run left by
     another supernet or other data is never resumed."""
     origin = origin or {}
+    from .costs import network_costs
+    from .evaluation import plain_evaluator
     from .scoring import eval_loader, evaluate, group_accuracy
     from .train import fit, plain_config, resolve_device
 
@@ -688,7 +712,9 @@ def _train_plain_runs(
         run_dir = Path(ckpt_dir) / sid
         _discard_stale(run_dir / "last.pt", net.arch, asdict(cfg))
         log.info("%s: training %s (%s) for %d epochs", what, sid, row["strategy"], cfg.total_epochs)
-        hist = fit(net, train_set, cfg, run_dir, progress=progress)
+        validation = plain_evaluator(val, bs, _num_classes(net), every=params["supernet"].get("eval_every", 1),
+                                     total_epochs=cfg.total_epochs)
+        hist = fit(net, train_set, cfg, run_dir, progress=progress, evaluate=validation)
         res = {"id": sid, "strategy": row["strategy"], "name": row.get("name", sid)}
         for split, ds in (("val", val), ("test", test)):
             r = evaluate(net, eval_loader(ds, bs), _num_classes(net), device)
@@ -696,7 +722,7 @@ def _train_plain_runs(
             res[f"top5_{split}"] = r["top5"]
             for k, v in group_accuracy(r, groups).items():
                 res[k.replace("top1", f"top1_{split}", 1)] = v
-        res["n_params"] = int(sum(p.numel() for p in net.parameters()))
+        res.update(network_costs(net, val[0][0].shape))
         res["epochs"] = int(cfg.total_epochs)
         res["final_train_top1"] = float(hist.iloc[-1]["train_top1"]) if len(hist) else float("nan")
         res["seconds"] = round(time.perf_counter() - t0, 3)
@@ -800,7 +826,7 @@ def validate_ranking(
     sel = supernet_scores(read_table(selection, "stand-alone selection"), read_table(ranking, "ranking"))
     runs = _gather_runs(sel["id"].astype(str), runs_dir, "stfusion train-standalone")
     runs = runs.drop(columns=["strategy", "name"], errors="ignore")
-    runs = runs.rename(columns={c: f"standalone_{c}" for c in runs.columns if c != "id"})
+    runs = runs.rename(columns={c: f"standalone_{c}" for c in runs.columns if c not in ("id", "macs", "params")})
     df = sel.merge(runs, on="id", how="left")
     out_dir = Path(out_dir)
     write_table(df, out_dir / "standalone.csv")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -120,11 +121,13 @@ def fit(
     out_dir: str | Path,
     *,
     progress: bool = True,
+    evaluate: Callable[[FusionNetwork, int], dict] | None = None,
 ) -> pd.DataFrame:
     """Train ``model`` on ``train_set`` (items ``((3, T, H, W) float, label)``), resuming from ``out_dir/last.pt``.
 
     With ``cfg.kl_k`` set, the model is a supernet: gate-free for ``warmup_epochs``, then gated with loss
-    ``CE + KL`` (METHOD.md §4). Returns the history table.
+    ``CE + KL`` (METHOD.md §4). ``evaluate(model, epoch)`` (1-based epoch; see :mod:`stfusion.evaluation`) runs
+    on the main process after every epoch; its dict joins the epoch's history row. Returns the history table.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -216,6 +219,8 @@ def fit(
             "epoch": epoch + 1, "phase": phase, "lr": lr, "loss": sums["loss"] / n, "ce": sums["ce"] / n,
             "kl": sums["kl"] / n, "train_top1": sums["correct"] / n, "seconds": time.perf_counter() - t0,
         }
+        if evaluate is not None and main:
+            row.update(evaluate(model, epoch + 1))
         history.append(row)
         if gated:
             p = model.drop_rates()

@@ -6,6 +6,7 @@ checkpoint derive:
     input:
         preference=PREFERENCE,
         ranking=RANKING,
+        model=SUPERNET,
     output:
         table=DERIVED,
         markdown=DERIVED.replace(".csv", ".md"),
@@ -18,7 +19,7 @@ checkpoint derive:
         CONDA_ENV
     shell:
         "python -m stfusion.cli derive --preference {input.preference} --ranking {input.ranking} "
-        "--out {output.table} --timing {output.timing} --log {log} --no-progress"
+        "--checkpoint {input.model} --out {output.table} --timing {output.timing} --log {log} --no-progress"
 
 
 rule finetune:
