@@ -8,7 +8,7 @@ min_version("8.0")
 configfile: "params.yaml"
 
 
-validate(config, "workflow/schemas/params.schema.yaml")
+validate(config, "stfusion/schema/params.schema.yaml")  # the schema the package validates with
 
 
 include: "workflow/rules/common.smk"
