@@ -1,33 +1,12 @@
-# stfusion: spatiotemporal fusion strategies as a probability space. `snakemake --cores all` runs everything;
-# the stages live in workflow/rules/*.smk, one `stfusion <stage>` command a rule (see README.md).
-from snakemake.utils import min_version, validate
-
-min_version("8.0")
+# stfusion's workflow is workflow/Snakefile (the layout of the snakemake-workflow catalog); this file includes it,
+# so `snakemake --cores all` runs it from the top folder too.
 
 
-configfile: "params.yaml"
+include: "workflow/Snakefile"
 
 
-validate(config, "stfusion/schema/params.schema.yaml")  # the schema the package validates with
-
-
-include: "workflow/rules/common.smk"
-include: "workflow/rules/data.smk"
-include: "workflow/rules/supernet.smk"
-include: "workflow/rules/strategies.smk"
-include: "workflow/rules/derive.smk"
-include: "workflow/rules/validate.smk"
-include: "workflow/rules/report.smk"
-
-
-rule all:
+# an included file's default target does not carry over: this rule asks for the workflow's `all`
+rule default:
     input:
-        REPORT,
-        METRICS,
-        RANKING,
-        f"{ANALYSIS}/preference.csv",
-        f"{ANALYSIS}/preference.png",
-        f"{ANALYSIS}/scatter.png",
-        FINETUNE_TABLE,
-        FIDELITY,
+        rules.all.input,
     default_target: True

@@ -53,8 +53,8 @@ def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("common options")
     g.add_argument("--params", default=None, metavar="FILE",
-                   help="parameters file, validated against the schema (default: $STFUSION_PARAMS if set, "
-                        "else params.yaml)")
+                   help="parameters file merged over the packaged defaults and validated against the schema "
+                        "(default: $STFUSION_PARAMS if set, else params.yaml of the working folder if present)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one parameter, e.g. --set scoring.n_samples=50 (YAML value; repeatable)")
     g.add_argument("--log", metavar="FILE", help="also write the log to FILE")
@@ -407,9 +407,9 @@ def main(argv: list[str] | None = None) -> int:
 
         set_threads(args.threads)
         if args.params is None:
-            args.params = os.environ.get("STFUSION_PARAMS") or "params.yaml"
+            args.params = os.environ.get("STFUSION_PARAMS") or None
         params = load_params(args.params, parse_overrides(args.overrides))
-        log.info("stfusion %s (params %s)", args.command, args.params)
+        log.info("stfusion %s (params %s)", args.command, args.params or "packaged defaults + ./params.yaml")
         args.func(args, params)
     except StfusionError as exc:
         message = " ".join(str(exc).split("\n"))

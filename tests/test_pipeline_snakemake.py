@@ -20,8 +20,8 @@ TINY = REPO / "tests" / "configs" / "tiny.yaml"
 pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake is not installed")
 
 
-def snakemake(*args, cwd=REPO, check=True, timeout=600):
-    cmd = ["snakemake", "-s", str(REPO / "Snakefile"), *args]
+def snakemake(*args, cwd=REPO, check=True, timeout=600, snakefile=REPO / "Snakefile"):
+    cmd = ["snakemake", "-s", str(snakefile), *args]
     out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
@@ -44,11 +44,17 @@ def planned_jobs(output: str) -> dict[str, int]:
     return jobs
 
 
-def test_dry_run_plans_every_stage(tmp_path):
-    out = snakemake("-n", "--cores", "2", "-d", str(tmp_path), "--configfile", str(REPO / "params.yaml"))
+STAGE_RULES = ("generate_builtin", "prepare", "train_supernet", "sample_strategies", "score_strategies", "analyze",
+               "derive", "select_standalone", "finetune_table", "validate_ranking", "report")
+
+
+@pytest.mark.parametrize("snakefile, target", [("Snakefile", "default"), ("workflow/Snakefile", "all")])
+def test_dry_run_plans_every_stage(tmp_path, snakefile, target):
+    """The workflow is workflow/Snakefile; the top-level Snakefile includes it. Without a params.yaml in the
+    working folder the packaged defaults drive it."""
+    out = snakemake("-n", "--cores", "2", "-d", str(tmp_path), snakefile=REPO / snakefile)
     jobs = planned_jobs(out.stdout + out.stderr)
-    for rule in ("generate_builtin", "prepare", "train_supernet", "sample_strategies", "score_strategies",
-                 "analyze", "derive", "select_standalone", "finetune_table", "validate_ranking", "report", "all"):
+    for rule in (*STAGE_RULES, target):
         assert jobs.get(rule) == 1, (rule, jobs)
 
 
