@@ -14,6 +14,8 @@ these commands, and so can a person.
     stfusion train-standalone    train chosen strategies from scratch
     stfusion validate-ranking    rank correlations between stand-alone accuracy and supernet scores
     stfusion report              results/report.md and results/metrics.json
+    stfusion export              a derived or finetuned network as a deployable file (torch.export, ONNX)
+    stfusion init                a new project folder: params.yaml (and the Snakemake workflow)
 
 Every subcommand takes ``--params`` (default ``params.yaml``), ``--set KEY=VALUE`` overrides, explicit input and
 output paths (defaults: the standard layout), ``--log FILE`` and ``--threads N``. Errors with a plain
@@ -88,10 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     common = _common()
 
-    def add(name, func, help_, description):
+    def add(name, func, help_, description, needs_params=True):
         sp = sub.add_parser(name, parents=[common], help=help_, description=description, epilog=EPILOG,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-        sp.set_defaults(func=func, stage_name=name.replace("-", "_"))
+        sp.set_defaults(func=func, stage_name=name.replace("-", "_"), needs_params=needs_params)
         return sp
 
     sp = add("generate", cmd_generate, "write the built-in benchmark videos",
@@ -219,6 +221,15 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--cache", default=P.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
     sp.add_argument("--out", default=P.REPORT, metavar="MD", help="report (default: %(default)s)")
     sp.add_argument("--metrics", default=P.METRICS, metavar="JSON", help="metrics (default: %(default)s)")
+
+    sp = add("init", cmd_init, "a new project folder: params.yaml (and the Snakemake workflow)",
+             "Write DIR/params.yaml, the commented defaults every command reads (edit the keys you change; "
+             "the others keep their packaged defaults). With --workflow also the Snakemake workflow: "
+             "DIR/Snakefile and DIR/workflow/ (rules, profiles, conda environment, report captions), so "
+             "'snakemake --cores all' runs the pipeline there.", needs_params=False)
+    sp.add_argument("dir", nargs="?", default=".", metavar="DIR", help="project folder (default: the working folder)")
+    sp.add_argument("--workflow", action="store_true", help="also write the Snakemake workflow")
+    sp.add_argument("--force", action="store_true", help="overwrite existing project files")
     return parser
 
 
@@ -357,6 +368,14 @@ def cmd_report(args, params):
              scalars.get("checks_total", 0))
 
 
+def cmd_init(args, params):
+    from .project import init_project
+
+    written = init_project(args.dir, workflow=args.workflow, force=args.force)
+    log.info("wrote %d file(s) to %s%s", len(written), args.dir,
+             "; run the pipeline there with 'snakemake --cores all'" if args.workflow else "")
+
+
 # ----------------------------------------------------------------------------------------------- main
 def parse_overrides(items: list[str]) -> dict:
     """``["a.b=1", "c=x"]`` -> ``{"a": {"b": 1}, "c": "x"}`` (values read as YAML)."""
@@ -408,8 +427,10 @@ def main(argv: list[str] | None = None) -> int:
         set_threads(args.threads)
         if args.params is None:
             args.params = os.environ.get("STFUSION_PARAMS") or None
-        params = load_params(args.params, parse_overrides(args.overrides))
-        log.info("stfusion %s (params %s)", args.command, args.params or "packaged defaults + ./params.yaml")
+        params = None
+        if args.needs_params:
+            params = load_params(args.params, parse_overrides(args.overrides))
+            log.info("stfusion %s (params %s)", args.command, args.params or "packaged defaults + ./params.yaml")
         args.func(args, params)
     except StfusionError as exc:
         message = " ".join(str(exc).split("\n"))
