@@ -222,6 +222,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--out", default=P.REPORT, metavar="MD", help="report (default: %(default)s)")
     sp.add_argument("--metrics", default=P.METRICS, metavar="JSON", help="metrics (default: %(default)s)")
 
+    sp = add("export", cmd_export, "a derived or finetuned network as a deployable file (torch.export, ONNX)",
+             "Write the plain network of one strategy (only its kept convs, no gates) as a deployable file: "
+             "'pt2' (torch.export, load with torch.export.load(path).module()) or 'onnx' (needs the onnx extra: "
+             "pip install 'stfusion[onnx]'). The weights are the finetuned ones of CKPT/<id>/model.pt when the "
+             "strategy was finetuned, else the supernet's. Input: clips (N, 3, T, H, W) normalised as in "
+             "training; output: logits (N, classes). The file is checked against PyTorch on a random batch; a "
+             "JSON file beside it records strategy, weights, input normalisation, classes, MACs and parameters.",
+             needs_params=False)
+    sp.add_argument("--strategy", required=True, metavar="ID|TEXT",
+                    help="strategy id (e.g. stb) or text (e.g. 'S|ST|S+ST')")
+    sp.add_argument("--format", default="pt2", choices=["pt2", "onnx"], help="file format (default: %(default)s)")
+    sp.add_argument("--checkpoint", default=P.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
+    sp.add_argument("--finetuned", default=P.FINETUNE_CKPT, metavar="CKPT",
+                    help="finetuned networks, CKPT/<id>/model.pt (default: %(default)s)")
+    sp.add_argument("--out", default=None, metavar="FILE",
+                    help="output file (default: results/export/<id>.<format>)")
+
     sp = add("init", cmd_init, "a new project folder: params.yaml (and the Snakemake workflow)",
              "Write DIR/params.yaml, the commented defaults every command reads (edit the keys you change; "
              "the others keep their packaged defaults). With --workflow also the Snakemake workflow: "
@@ -364,8 +381,18 @@ def cmd_report(args, params):
 
     scalars = P.report(_stage(args, params, "report"), results=args.results, checkpoint_dir=args.checkpoint_dir,
                        cache_dir=args.cache, out=args.out, metrics=args.metrics)
+    from .report import summary_lines
+
     log.info("report written to %s (%d of %d checks pass)", args.out, scalars.get("checks_passed", 0),
              scalars.get("checks_total", 0))
+    for line in summary_lines(Path(args.results), Path(args.out)):
+        log.info("%s", line)
+
+
+def cmd_export(args, params):
+    from .export import export
+
+    export(args.strategy, args.format, args.out, checkpoint=args.checkpoint, finetuned_dir=args.finetuned)
 
 
 def cmd_init(args, params):

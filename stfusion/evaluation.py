@@ -12,13 +12,19 @@ saved and restored around it, so validating never changes the training itself.
   template's BatchNorm statistics, no recalibration; a strategy both rules agree on is evaluated once),
   ``most_probable_R`` (its text form) and, every epoch, ``entropy_R``: the posterior entropy in nats.
 * Plain networks, finetuned or stand-alone (:func:`plain_evaluator`): ``val_top1`` and ``val_loss``.
+
+After training, every plain run also leaves its history and its per-video test predictions beside its record
+(:func:`run_files`); the gather stages copy those of the run best on validation (:func:`copy_best_run`), for
+the DVC plots (curves, confusion matrix) and the report.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import contextmanager
+from pathlib import Path
 
+import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
@@ -93,3 +99,34 @@ def supernet_evaluator(val_set: Dataset, batch_size: int, num_classes: int, *, e
         return row
 
     return run
+
+
+@torch.no_grad()
+def test_predictions(net: torch.nn.Module, dataset, batch_size: int) -> pd.DataFrame:
+    """One row a video of ``dataset`` (a :class:`~stfusion.data.dataset.ClipDataset`): ``video_id``,
+    ``actual`` and ``predicted`` class names (the confusion matrix's input)."""
+    net.eval()
+    device = _device(net)
+    predicted = torch.cat([net(x.to(device)).argmax(1).cpu() for x, _ in eval_loader(dataset, batch_size)])
+    names = dataset.classes["name"].astype(str).tolist()
+    return pd.DataFrame({"video_id": dataset.manifest["video_id"].astype(str),
+                         "actual": [names[i] for i in dataset.labels.tolist()],
+                         "predicted": [names[i] for i in predicted.tolist()]})
+
+
+def run_files(runs_dir: str | Path, sid: str) -> dict[str, Path]:
+    """The files one training run leaves beside its record ``<id>.json``: its history and test predictions."""
+    runs_dir = Path(runs_dir)
+    return {"history": runs_dir / f"{sid}.history.csv", "predictions": runs_dir / f"{sid}.predictions.csv"}
+
+
+def copy_best_run(table: pd.DataFrame, score: str, runs_dir: str | Path, out_dir: str | Path) -> str:
+    """Copy the history and test predictions of the run best on ``score`` (a validation column of ``table``) to
+    ``out_dir/best_history.csv`` and ``out_dir/best_test_predictions.csv``; returns its id."""
+    from .checkpoint import write_csv
+
+    best = str(table.sort_values(score, ascending=False, kind="stable").iloc[0]["id"])
+    for kind, path in run_files(runs_dir, best).items():
+        name = "best_history.csv" if kind == "history" else "best_test_predictions.csv"
+        write_csv(pd.read_csv(path).assign(id=best), Path(out_dir) / name)
+    return best

@@ -22,7 +22,8 @@ Default layout (all paths can be changed on the command line)::
     results/finetune/                  runs/<id>.json, accuracy.csv/.md
     results/validation/                strategies.csv, runs/<id>.json, standalone.csv/.md, ranking_fidelity.json
     results/timing/<stage>.json        seconds per stage
-    results/report.md, results/metrics.json
+    results/report.md, results/metrics.json (numbers only), results/versions.json (library versions)
+    results/report/                    HTML tables, Pareto figures, confusion matrix, curves, drop-rate summary
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 from . import __version__
 from .errors import StfusionError
+from .tables import write_table
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions: Snakemake imports this module to read STAGE_PARAMS
     import pandas as pd
@@ -72,6 +74,8 @@ FIDELITY = f"{VALIDATION}/ranking_fidelity.json"
 TIMING = f"{RESULTS}/timing"
 REPORT = f"{RESULTS}/report.md"
 METRICS = f"{RESULTS}/metrics.json"
+VERSIONS = f"{RESULTS}/versions.json"
+REPORT_DIR = f"{RESULTS}/report"  # the report's HTML tables and figures (the Snakemake report shows them)
 
 # --------------------------------------------------------------------------------------- stage parameters
 _DATA_LOADING = ["preset", "data.frames", "data.stride", "data.sampling"]
@@ -201,28 +205,6 @@ def read_table(path: str | Path, what: str = "table") -> pd.DataFrame:
     if not path.is_file():
         raise StfusionError(f"{what} not found: {path} (run the stage that writes it first)")
     return pd.read_csv(path)
-
-
-def write_table(df: pd.DataFrame, csv_path: str | Path, markdown: bool = True, floatfmt: str = ".4f") -> None:
-    """Write ``df`` as CSV and, with ``markdown``, as a Markdown table beside it (same name, ``.md``)."""
-    from .checkpoint import write_csv, write_text
-
-    write_csv(df, csv_path)
-    if markdown:
-        write_text(Path(csv_path).with_suffix(".md"), to_markdown(df, floatfmt) + "\n")
-
-
-def to_markdown(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
-    """A Markdown table (pandas ``to_markdown``); ``|`` inside cells (strategies' text form) is escaped."""
-    import pandas as pd
-
-    if df is None or df.empty:
-        return "_(empty)_"
-    df = df.copy()
-    for col in df.columns:
-        if not pd.api.types.is_numeric_dtype(df[col]):
-            df[col] = df[col].map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)
-    return df.to_markdown(index=False, floatfmt=floatfmt)
 
 
 def set_threads(threads: int | None) -> None:
@@ -681,8 +663,9 @@ def _train_plain_runs(
     (e.g. the digest of the supernet a network is exported from) joins the training settings, so a run left by
     another supernet or other data is never resumed."""
     origin = origin or {}
+    from .checkpoint import write_csv
     from .costs import network_costs
-    from .evaluation import plain_evaluator
+    from .evaluation import plain_evaluator, run_files, test_predictions
     from .scoring import eval_loader, evaluate, group_accuracy
     from .train import fit, plain_config, resolve_device
 
@@ -723,6 +706,9 @@ def _train_plain_runs(
             for k, v in group_accuracy(r, groups).items():
                 res[k.replace("top1", f"top1_{split}", 1)] = v
         res.update(network_costs(net, val[0][0].shape))
+        files = run_files(runs_dir, sid)
+        write_csv(hist.drop(columns=["seconds"], errors="ignore"), files["history"])
+        write_csv(test_predictions(net, test, bs), files["predictions"])
         res["epochs"] = int(cfg.total_epochs)
         res["final_train_top1"] = float(hist.iloc[-1]["train_top1"]) if len(hist) else float("nan")
         res["seconds"] = round(time.perf_counter() - t0, 3)
@@ -755,6 +741,7 @@ def finetune_table(*, derived: str | Path = DERIVED, runs_dir: str | Path = FINE
                    ranking: str | Path = RANKING, out: str | Path = FINETUNE_TABLE) -> pd.DataFrame:
     """Gather the finetuning runs of every derived strategy into one accuracy table (CSV + Markdown), with each
     strategy's supernet score before finetuning where it was scored."""
+    from .evaluation import copy_best_run
     from .validation import supernet_scores
 
     table = read_table(derived, "derived strategy table")
@@ -765,6 +752,7 @@ def finetune_table(*, derived: str | Path = DERIVED, runs_dir: str | Path = FINE
     df = table.merge(runs.drop(columns=["strategy", "name"], errors="ignore"), on="id", how="left")
     df = df.sort_values("top1_val", ascending=False, kind="stable").reset_index(drop=True)
     write_table(df, out)
+    copy_best_run(df, "top1_val", runs_dir, Path(out).parent)
     return df
 
 
@@ -821,6 +809,7 @@ def validate_ranking(
 ) -> dict:
     """Gather the stand-alone runs; Kendall tau and Spearman rho between stand-alone accuracy and the supernet
     score (with and without BN recalibration) and the log-probability (``ranking_fidelity.json``)."""
+    from .evaluation import copy_best_run
     from .validation import fidelity, plot_fidelity, supernet_scores
 
     sel = supernet_scores(read_table(selection, "stand-alone selection"), read_table(ranking, "ranking"))
@@ -830,6 +819,7 @@ def validate_ranking(
     df = sel.merge(runs, on="id", how="left")
     out_dir = Path(out_dir)
     write_table(df, out_dir / "standalone.csv")
+    copy_best_run(df, "standalone_top1_val", runs_dir, out_dir)
     result = fidelity(df)
     write_json(out_dir / "ranking_fidelity.json", result)
     plot_fidelity(df, out_dir / "ranking_fidelity.png")
@@ -839,14 +829,20 @@ def validate_ranking(
 # ---------------------------------------------------------------------------------------------- report
 def report(params: dict, *, results: str | Path = RESULTS, checkpoint_dir: str | Path = SUPERNET_DIR,
            cache_dir: str | Path = CACHE, out: str | Path = REPORT, metrics: str | Path = METRICS) -> dict:
-    """Stage ``report``: ``results/report.md`` and ``results/metrics.json`` from every table above."""
+    """Stage ``report``: ``report.md``, ``metrics.json`` (numbers only) and ``versions.json`` in ``results``,
+    and the report folder ``results/report/`` (:mod:`stfusion.report_files`), from every table above."""
     from .checkpoint import write_text
     from .report import build_report
+    from .report_files import write_report_files
 
-    text, scalars = build_report(Path(results), Path(checkpoint_dir), Path(cache_dir), seed=int(params["seed"]),
-                                 versions=library_versions())
+    results, versions = Path(results), library_versions()
+    classes = [str(row["name"]) for row in class_groups(cache_dir)[0]]
+    write_report_files(results, Path(checkpoint_dir), results / Path(REPORT_DIR).name, classes)
+    text, scalars = build_report(results, Path(checkpoint_dir), Path(cache_dir), seed=int(params["seed"]),
+                                 versions=versions)
     write_text(out, text)
     write_json(metrics, scalars)
+    write_json(results / Path(VERSIONS).name, versions)
     return scalars
 
 

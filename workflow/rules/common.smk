@@ -111,5 +111,15 @@ def selected_ids(wildcards):
     return _ids(checkpoints.select_standalone.get().output.table)
 
 
+def in_report(name, caption, category, kind, label):
+    """A file of the report folder, shown in the Snakemake report with its caption, category and labels."""
+    return report(
+        f"{P.REPORT_DIR}/{name}",
+        caption=f"../report/{caption}.rst",
+        category=category,
+        labels={"kind": kind, "name": label},
+    )
+
+
 wildcard_constraints:
     sid="[nstb]+",

@@ -29,6 +29,8 @@ rule finetune:
         derived=DERIVED,
     output:
         run=f"{FINETUNE_RUNS}/{{sid}}.json",
+        history=f"{FINETUNE_RUNS}/{{sid}}.history.csv",
+        predictions=f"{FINETUNE_RUNS}/{{sid}}.predictions.csv",
         model=f"{FINETUNE_CKPT}/{{sid}}/model.pt",
     params:
         values=stage_values("finetune"),
@@ -54,9 +56,13 @@ rule finetune_table:
         derived=DERIVED,
         ranking=RANKING,
         runs=lambda w: expand(f"{FINETUNE_RUNS}/{{sid}}.json", sid=derived_ids(w)),
+        run_files=lambda w: expand(f"{FINETUNE_RUNS}/{{sid}}.{{kind}}.csv", sid=derived_ids(w),
+                                   kind=["history", "predictions"]),
     output:
         table=FINETUNE_TABLE,
         markdown=FINETUNE_TABLE.replace(".csv", ".md"),
+        best_history=FINETUNE_TABLE.replace("accuracy.csv", "best_history.csv"),
+        best_predictions=FINETUNE_TABLE.replace("accuracy.csv", "best_test_predictions.csv"),
         timing=f"{TIMING}/finetune.json",
     params:
         runs_dir=dirname("runs"),

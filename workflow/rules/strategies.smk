@@ -53,9 +53,24 @@ rule analyze:
         network_md=f"{ANALYSIS}/network.md",
         preference=PREFERENCE,
         preference_md=f"{ANALYSIS}/preference.md",
-        heatmap=f"{ANALYSIS}/preference.png",
-        scatter=f"{ANALYSIS}/scatter.png",
-        drop_rates=f"{ANALYSIS}/drop_rates.png",
+        heatmap=report(
+            f"{ANALYSIS}/preference.png",
+            caption="../report/preference_heatmap.rst",
+            category="1. Probability space",
+            labels={"kind": "figure", "name": "preference heatmap"},
+        ),
+        scatter=report(
+            f"{ANALYSIS}/scatter.png",
+            caption="../report/scatter.rst",
+            category="2. Strategies",
+            labels={"kind": "figure", "name": "log-probability vs score"},
+        ),
+        drop_rates=report(
+            f"{ANALYSIS}/drop_rates.png",
+            caption="../report/drop_rates.rst",
+            category="1. Probability space",
+            labels={"kind": "figure", "name": "drop rates"},
+        ),
         summary=f"{ANALYSIS}/summary.json",
         timing=f"{TIMING}/analyze.json",
     params:

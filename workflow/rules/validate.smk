@@ -26,6 +26,8 @@ rule train_standalone:
         selection=SELECTION,
     output:
         run=f"{STANDALONE_RUNS}/{{sid}}.json",
+        history=f"{STANDALONE_RUNS}/{{sid}}.history.csv",
+        predictions=f"{STANDALONE_RUNS}/{{sid}}.predictions.csv",
         model=f"{STANDALONE_CKPT}/{{sid}}/model.pt",
     params:
         values=stage_values("train_standalone"),
@@ -51,11 +53,20 @@ rule validate_ranking:
         selection=SELECTION,
         ranking=RANKING,
         runs=lambda w: expand(f"{STANDALONE_RUNS}/{{sid}}.json", sid=selected_ids(w)),
+        run_files=lambda w: expand(f"{STANDALONE_RUNS}/{{sid}}.{{kind}}.csv", sid=selected_ids(w),
+                                   kind=["history", "predictions"]),
     output:
         fidelity=FIDELITY,
         table=f"{VALIDATION}/standalone.csv",
         markdown=f"{VALIDATION}/standalone.md",
-        plot=f"{VALIDATION}/ranking_fidelity.png",
+        plot=report(
+            f"{VALIDATION}/ranking_fidelity.png",
+            caption="../report/fidelity.rst",
+            category="4. Ranking fidelity",
+            labels={"kind": "figure", "name": "supernet score vs stand-alone accuracy"},
+        ),
+        best_history=f"{VALIDATION}/best_history.csv",
+        best_predictions=f"{VALIDATION}/best_test_predictions.csv",
         timing=f"{TIMING}/validate_ranking.json",
     params:
         runs_dir=dirname("runs"),
