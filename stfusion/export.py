@@ -12,7 +12,7 @@ else the supernet's weights (a derived network before finetuning). Formats:
 Both take a batch of any size: ``clips (N, 3, T, H, W)``, normalised as in training (``(x - mean) / std`` on the
 0-255 scale), and give ``logits (N, num_classes)``. Every written file is loaded back and run on a random batch:
 its logits must match PyTorch's within :data:`TOLERANCE` (largest absolute difference). A JSON file beside it
-records the strategy, the weights' origin, the input layout and normalisation, the class names, MACs and
+(``<file>.json``) records the strategy, the weights' origin, the input layout and normalisation, the class names, MACs and
 parameters.
 """
 
@@ -29,7 +29,7 @@ from .errors import StfusionError
 log = logging.getLogger(__name__)
 
 FORMATS = ("pt2", "onnx")
-EXPORT_DIR = "results/export"  #: default folder: ``<id>.pt2`` / ``<id>.onnx`` and ``<id>.json``
+EXPORT_DIR = "results/export"  #: default folder: ``<id>.pt2`` / ``<id>.onnx``, each with its ``.json``
 #: largest absolute logit difference accepted between the written file and the PyTorch network
 TOLERANCE = 1e-4
 
@@ -75,6 +75,7 @@ def write_onnx(net: torch.nn.Module, clip_shape, out: Path) -> None:
         import onnxscript  # noqa: F401
     except ImportError:
         raise StfusionError("the onnx format needs the onnx extra: pip install 'stfusion[onnx]'") from None
+    logging.getLogger("onnxscript").setLevel(logging.WARNING)  # its graph passes log every step at INFO
     atomic_write(out, lambda tmp: torch.onnx.export(
         net, (_example(clip_shape),), str(tmp), dynamo=True, dynamic_shapes=({0: _batch_dim()},),
         input_names=["clips"], output_names=["logits"], external_data=False, verbose=False))
@@ -97,7 +98,7 @@ def run_exported(path: Path, fmt: str, clips: torch.Tensor) -> torch.Tensor:
 def export(strategy: str, fmt: str, out: str | Path | None, *, checkpoint: str | Path,
            finetuned_dir: str | Path) -> dict:
     """Write the network of ``strategy`` as ``fmt`` to ``out`` (``None``: ``EXPORT_DIR/<id>.<fmt>``) and the JSON
-    record beside it (suffix ``.json``), after checking the file against PyTorch; returns the record."""
+    record beside it (``out`` + ``.json``), after checking the file against PyTorch; returns the record."""
     from .costs import CONVENTION, network_costs
     from .data.dataset import MEAN, STD
     from .pipeline import write_json
@@ -120,7 +121,7 @@ def export(strategy: str, fmt: str, out: str | Path | None, *, checkpoint: str |
                                                   "mean_0_255": list(MEAN), "std_0_255": list(STD)},
                 output={"name": "logits", "shape": ["N", len(info["classes"])]},
                 max_abs_difference=diff, tolerance=TOLERANCE, **network_costs(net, shape), cost_convention=CONVENTION)
-    write_json(out.with_suffix(".json"), info)
+    write_json(out.with_name(out.name + ".json"), info)
     log.info("exported %s (%s) to %s: %d MACs a clip, %d parameters, max |logit difference| %.2g", info["id"],
              info["weights"], out, info["macs"], info["params"], diff)
     return info
