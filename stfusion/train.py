@@ -4,7 +4,8 @@ networks (derived or stand-alone strategies). Both resume from the last atomic c
 Files in ``out_dir``:
   ``last.pt``          checkpoint after the last finished epoch (model, optimizer, scheduler, epoch, RNG, history)
   ``model.pt``         the final weights (written once training is complete)
-  ``history.csv``      one row an epoch: phase, lr, loss, cross-entropy, KL, train accuracy, seconds
+  ``history.csv``      one row an epoch: phase, lr, loss, cross-entropy, KL, train accuracy, and the validation
+                       columns of ``fit``'s ``evaluate`` hook (:mod:`stfusion.evaluation`)
   ``drop_rates.csv``   one row per epoch, layer and path: the drop rate p (gated networks only)
 """
 

@@ -119,6 +119,7 @@ def test_dvc_push_pull_restores_outputs(dvc_repo):
     clone = base / "clone"
     run(["git", "clone", "-q", str(repo), str(clone)], base)
     assert not (clone / "checkpoints").exists()
+    assert md5(clone / "results" / "metrics.json") == md5(repo / "results" / "metrics.json")  # git, not DVC
     run(["dvc", "pull"], clone)
     for path in ("checkpoints/supernet/model.pt", "checkpoints/supernet/history.csv", "data/cache/manifest.csv",
                  "results/strategies/ranking.csv", "results/analysis/preference.csv", "results/metrics.json",
