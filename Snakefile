@@ -7,6 +7,6 @@ include: "workflow/Snakefile"
 
 # an included file's default target does not carry over: this rule asks for the workflow's `all`
 rule default:
+    default_target: True
     input:
         rules.all.input,
-    default_target: True

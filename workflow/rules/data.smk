@@ -8,13 +8,13 @@ if IS_BUILTIN:
             annotations=f"{ROOT}/annotations.csv",
             classes=f"{ROOT}/classes.csv",
             timing=f"{TIMING}/generate.json",
-        params:
-            values=stage_values("generate"),
-            root=dirname("annotations", "output"),
         log:
             "logs/generate.log",
         conda:
             CONDA_ENV
+        params:
+            values=stage_values("generate"),
+            root=dirname("annotations", "output"),
         shell:
             "python -m stfusion.cli generate --root {params.root} --timing {output.timing} --log {log} --no-progress"
 
@@ -25,15 +25,15 @@ rule prepare:
     output:
         **CACHE_FILES,
         timing=f"{TIMING}/prepare.json",
-    params:
-        values=stage_values("prepare"),
-        root=lambda w, input: os.path.dirname(input.annotations) if IS_BUILTIN else input.root,
-        cache=dirname("manifest", "output"),
-    threads: 4
     log:
         "logs/prepare.log",
     conda:
         CONDA_ENV
+    threads: 4
+    params:
+        values=stage_values("prepare"),
+        root=lambda w, input: os.path.dirname(input.annotations) if IS_BUILTIN else input.root,
+        cache=dirname("manifest", "output"),
     shell:
         "python -m stfusion.cli prepare --root {params.root} --cache {params.cache} --workers {threads} "
         "--timing {output.timing} --log {log} --no-progress"
