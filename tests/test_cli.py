@@ -16,7 +16,8 @@ from conftest import REPO
 
 COMMANDS = [
     "generate", "prepare", "train-supernet", "sample-strategies", "score-strategies", "analyze", "derive",
-    "finetune", "finetune-table", "select-standalone", "train-standalone", "validate-ranking", "report",
+    "finetune", "finetune-table", "select-standalone", "train-standalone", "validate-ranking", "report", "export",
+    "init",
 ]
 
 

@@ -300,7 +300,7 @@ def test_catalog_layout_license_and_formatting():
     readme = (REPO / "README.md").read_text().lower()
     assert "snakemake" in readme and "workflow" in readme
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
-    assert project["project"]["license"]["text"] == "MIT"
+    assert project["project"]["license"] == "MIT" and project["project"]["license-files"] == ["LICENSE"]
     assert (REPO / "LICENSE").read_text().startswith("MIT License")
     if shutil.which("snakefmt") is None:
         pytest.skip("snakefmt is not installed (it is in the test extra)")

@@ -78,6 +78,9 @@ def test_non_editable_install_runs_anywhere(tmp_path):
     tiny = yaml.safe_load(TINY.read_text())
     tiny["supernet"].update(epochs=1, warmup_epochs=1)
     (proj / "params.yaml").write_text(yaml.safe_dump(tiny))
+    plan = subprocess.run(["snakemake", "-n", "--cores", "1"], cwd=proj, env=env, capture_output=True, text=True,
+                          timeout=300)  # the packaged workflow resolves its rules, schema and captions here
+    assert plan.returncode == 0 and "train_supernet" in plan.stdout, plan.stderr[-3000:]
     stfusion("generate", cwd=proj)
     stfusion("prepare", cwd=proj)
     stfusion("train-supernet", cwd=proj)
