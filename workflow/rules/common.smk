@@ -1,7 +1,6 @@
 # Shared helpers: output layout, the parameters each stage reads, the command that runs a stage.
 import hashlib
 import os
-import sys
 from pathlib import Path
 
 import yaml
