@@ -1,36 +1,12 @@
-# stfusion: spatiotemporal fusion strategies as a probability space. `snakemake --cores all` runs everything;
-# the stages live in workflow/rules/*.smk, one `stfusion <stage>` command a rule (see README.md).
-from snakemake.utils import min_version, validate
-
-min_version("8.0")
+# stfusion's workflow is workflow/Snakefile (the layout of the snakemake-workflow catalog); this file includes it,
+# so `snakemake --cores all` runs it from the top folder too.
 
 
-configfile: "params.yaml"
+include: "workflow/Snakefile"
 
 
-include: "workflow/rules/config_types.smk"
-
-
-validate(config, "workflow/schemas/params.schema.yaml")
-
-
-include: "workflow/rules/common.smk"
-include: "workflow/rules/data.smk"
-include: "workflow/rules/supernet.smk"
-include: "workflow/rules/strategies.smk"
-include: "workflow/rules/derive.smk"
-include: "workflow/rules/validate.smk"
-include: "workflow/rules/report.smk"
-
-
-rule all:
-    input:
-        REPORT,
-        METRICS,
-        RANKING,
-        f"{ANALYSIS}/preference.csv",
-        f"{ANALYSIS}/preference.png",
-        f"{ANALYSIS}/scatter.png",
-        FINETUNE_TABLE,
-        FIDELITY,
+# an included file's default target does not carry over: this rule asks for the workflow's `all`
+rule default:
     default_target: True
+    input:
+        rules.all.input,

@@ -21,7 +21,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from stfusion.models import build_model
-from stfusion.prefix_scoring import count_macs, score_strategies_prefix
+from stfusion.costs import count_macs
+from stfusion.prefix_scoring import score_strategies_prefix
 from stfusion.scoring import score_strategies
 from stfusion.train import TrainConfig, fit
 

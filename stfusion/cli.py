@@ -14,6 +14,8 @@ these commands, and so can a person.
     stfusion train-standalone    train chosen strategies from scratch
     stfusion validate-ranking    rank correlations between stand-alone accuracy and supernet scores
     stfusion report              results/report.md and results/metrics.json
+    stfusion export              a derived or finetuned network as a deployable file (torch.export, ONNX)
+    stfusion init                a new project folder: params.yaml (and the Snakemake workflow)
 
 Every subcommand takes ``--params`` (default ``params.yaml``), ``--set KEY=VALUE`` overrides, explicit input and
 output paths (defaults: the standard layout), ``--log FILE`` and ``--threads N``. Errors with a plain
@@ -53,8 +55,8 @@ def _common() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     g = p.add_argument_group("common options")
     g.add_argument("--params", default=None, metavar="FILE",
-                   help="parameters file, validated against the schema (default: $STFUSION_PARAMS if set, "
-                        "else params.yaml)")
+                   help="parameters file merged over the packaged defaults and validated against the schema "
+                        "(default: $STFUSION_PARAMS if set, else params.yaml of the working folder if present)")
     g.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override one parameter, e.g. --set scoring.n_samples=50 (YAML value; repeatable)")
     g.add_argument("--log", metavar="FILE", help="also write the log to FILE")
@@ -88,10 +90,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub.required = True
     common = _common()
 
-    def add(name, func, help_, description):
+    def add(name, func, help_, description, needs_params=True):
         sp = sub.add_parser(name, parents=[common], help=help_, description=description, epilog=EPILOG,
                             formatter_class=argparse.RawDescriptionHelpFormatter)
-        sp.set_defaults(func=func, stage_name=name.replace("-", "_"))
+        sp.set_defaults(func=func, stage_name=name.replace("-", "_"), needs_params=needs_params)
         return sp
 
     sp = add("generate", cmd_generate, "write the built-in benchmark videos",
@@ -171,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
              "strategy on validation.")
     sp.add_argument("--preference", default=P.PREFERENCE, metavar="CSV", help="preference (default: %(default)s)")
     sp.add_argument("--ranking", default=P.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
+    sp.add_argument("--checkpoint", default=P.SUPERNET, metavar="PT",
+                    help="supernet, for the networks' MACs and parameters (default: %(default)s)")
     sp.add_argument("--out", default=P.DERIVED, metavar="CSV", help="derived table (default: %(default)s)")
     _timing(sp, "derive")
 
@@ -232,6 +236,32 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--cache", default=P.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
     sp.add_argument("--out", default=P.REPORT, metavar="MD", help="report (default: %(default)s)")
     sp.add_argument("--metrics", default=P.METRICS, metavar="JSON", help="metrics (default: %(default)s)")
+
+    sp = add("export", cmd_export, "a derived or finetuned network as a deployable file (torch.export, ONNX)",
+             "Write the plain network of one strategy (only its kept convs, no gates) as a deployable file: "
+             "'pt2' (torch.export, load with torch.export.load(path).module()) or 'onnx' (needs the onnx extra: "
+             "pip install 'stfusion[onnx]'). The weights are the finetuned ones of CKPT/<id>/model.pt when the "
+             "strategy was finetuned, else the supernet's. Input: clips (N, 3, T, H, W) normalised as in "
+             "training; output: logits (N, classes). The file is checked against PyTorch on a random batch; a "
+             "JSON file beside it records strategy, weights, input normalisation, classes, MACs and parameters.",
+             needs_params=False)
+    sp.add_argument("--strategy", required=True, metavar="ID|TEXT",
+                    help="strategy id (e.g. stb) or text (e.g. 'S|ST|S+ST')")
+    sp.add_argument("--format", default="pt2", choices=["pt2", "onnx"], help="file format (default: %(default)s)")
+    sp.add_argument("--checkpoint", default=P.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
+    sp.add_argument("--finetuned", default=P.FINETUNE_CKPT, metavar="CKPT",
+                    help="finetuned networks, CKPT/<id>/model.pt (default: %(default)s)")
+    sp.add_argument("--out", default=None, metavar="FILE",
+                    help="output file (default: results/export/<id>.<format>)")
+
+    sp = add("init", cmd_init, "a new project folder: params.yaml (and the Snakemake workflow)",
+             "Write DIR/params.yaml, the commented defaults every command reads (edit the keys you change; "
+             "the others keep their packaged defaults). With --workflow also the Snakemake workflow: "
+             "DIR/Snakefile and DIR/workflow/ (rules, profiles, conda environment, report captions), so "
+             "'snakemake --cores all' runs the pipeline there.", needs_params=False)
+    sp.add_argument("dir", nargs="?", default=".", metavar="DIR", help="project folder (default: the working folder)")
+    sp.add_argument("--workflow", action="store_true", help="also write the Snakemake workflow")
+    sp.add_argument("--force", action="store_true", help="overwrite existing project files")
     return parser
 
 
@@ -319,7 +349,8 @@ def cmd_derive(args, params):
     from . import pipeline as P
 
     with P.timed("derive", args.timing) as info:
-        df = P.derive(_stage(args, params, "derive"), preference=args.preference, ranking=args.ranking, out=args.out)
+        df = P.derive(_stage(args, params, "derive"), preference=args.preference, ranking=args.ranking, out=args.out,
+                      checkpoint=args.checkpoint)
         info["strategies"] = int(len(df))
 
 
@@ -380,8 +411,26 @@ def cmd_report(args, params):
 
     scalars = P.report(_stage(args, params, "report"), results=args.results, checkpoint_dir=args.checkpoint_dir,
                        cache_dir=args.cache, out=args.out, metrics=args.metrics)
+    from .report import summary_lines
+
     log.info("report written to %s (%d of %d checks pass)", args.out, scalars.get("checks_passed", 0),
              scalars.get("checks_total", 0))
+    for line in summary_lines(Path(args.results), Path(args.out)):
+        log.info("%s", line)
+
+
+def cmd_export(args, params):
+    from .export import export
+
+    export(args.strategy, args.format, args.out, checkpoint=args.checkpoint, finetuned_dir=args.finetuned)
+
+
+def cmd_init(args, params):
+    from .project import init_project
+
+    written = init_project(args.dir, workflow=args.workflow, force=args.force)
+    log.info("wrote %d file(s) to %s%s", len(written), args.dir,
+             "; run the pipeline there with 'snakemake --cores all'" if args.workflow else "")
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -434,9 +483,11 @@ def main(argv: list[str] | None = None) -> int:
 
         set_threads(args.threads)
         if args.params is None:
-            args.params = os.environ.get("STFUSION_PARAMS") or "params.yaml"
-        params = load_params(args.params, parse_overrides(args.overrides))
-        log.info("stfusion %s (params %s)", args.command, args.params)
+            args.params = os.environ.get("STFUSION_PARAMS") or None
+        params = None
+        if args.needs_params:
+            params = load_params(args.params, parse_overrides(args.overrides))
+            log.info("stfusion %s (params %s)", args.command, args.params or "packaged defaults + ./params.yaml")
         args.func(args, params)
     except StfusionError as exc:
         message = " ".join(str(exc).split("\n"))

@@ -1,4 +1,10 @@
-"""Loading and validating ``params.yaml`` (one source of truth for Snakemake, DVC and the CLI)."""
+"""Loading and validating the parameters (one source of truth for Snakemake, DVC and the CLI).
+
+The package ships the defaults (``stfusion/defaults/params.yaml``, the commented file ``stfusion init`` writes;
+a checkout's ``params.yaml`` is the same file). A command reads the defaults, then the params file over them:
+``--params FILE`` (or ``$STFUSION_PARAMS``), else ``params.yaml`` in the working folder when there is one; that
+file may set only the keys it changes.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,9 @@ import yaml
 from .errors import StfusionError
 
 SCHEMA_PATH = Path(__file__).parent / "schema" / "params.schema.yaml"
+DEFAULTS_PATH = Path(__file__).parent / "defaults" / "params.yaml"
 PRESET_DIR = Path(__file__).parent / "presets"
+PARAMS_FILE = "params.yaml"  #: the params file of the working folder, read when no other is named
 
 
 def _load_yaml(path: Path) -> dict:
@@ -67,9 +75,14 @@ def apply_preset(params: dict) -> dict:
     return deep_merge(params, _load_yaml(path))
 
 
-def load_params(path: str | Path = "params.yaml", overrides: dict | None = None) -> dict[str, Any]:
-    """Read and validate a params file: the preset over the file, ``overrides`` (``--set``) over both."""
-    params = _load_yaml(Path(path))
+def load_params(path: str | Path | None = None, overrides: dict | None = None) -> dict[str, Any]:
+    """The packaged defaults with the params file ``path`` merged over them (``None``: ``params.yaml`` of the
+    working folder when it exists, else the defaults alone), then the preset and ``overrides``; validated."""
+    params = _load_yaml(DEFAULTS_PATH)
+    if path is None and Path(PARAMS_FILE).is_file():
+        path = PARAMS_FILE
+    if path is not None:
+        params = deep_merge(params, _load_yaml(Path(path)))
     if overrides:
         params = deep_merge(params, overrides)
     validate(params)

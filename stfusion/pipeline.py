@@ -22,7 +22,8 @@ Default layout (all paths can be changed on the command line)::
     results/finetune/                  runs/<id>.json, accuracy.csv/.md
     results/validation/                strategies.csv, runs/<id>.json, standalone.csv/.md, ranking_fidelity.json
     results/timing/<stage>.json        seconds per stage
-    results/report.md, results/metrics.json
+    results/report.md, results/metrics.json (numbers only), results/versions.json (library versions)
+    results/report/                    HTML tables, Pareto figures, confusion matrix, curves, drop-rate summary
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 from . import __version__
 from .errors import StfusionError
+from .tables import write_table
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions: Snakemake imports this module to read STAGE_PARAMS
     import pandas as pd
@@ -72,6 +74,8 @@ FIDELITY = f"{VALIDATION}/ranking_fidelity.json"
 TIMING = f"{RESULTS}/timing"
 REPORT = f"{RESULTS}/report.md"
 METRICS = f"{RESULTS}/metrics.json"
+VERSIONS = f"{RESULTS}/versions.json"
+REPORT_DIR = f"{RESULTS}/report"  # the report's HTML tables and figures (the Snakemake report shows them)
 
 # --------------------------------------------------------------------------------------- stage parameters
 _DATA_LOADING = ["preset", "data.frames", "data.stride", "data.sampling", "data.size", "data.backend"]
@@ -98,19 +102,20 @@ STAGE_PARAMS: dict[str, list[str]] = {
     ],
     "sample_strategies": ["seed", "preset", "gate.keep_prob", "scoring.n_samples", "scoring.top_k"],
     "score_strategies": [
-        "seed", *_DATA_LOADING, *_TEST_VIEW, "supernet.device", "supernet.loader_workers", "scoring.recalibrate_bn", "scoring.calib_batches",
-        "scoring.batch_size",
+        "seed", *_DATA_LOADING, *_TEST_VIEW, "supernet.device", "supernet.loader_workers", "scoring.recalibrate_bn",
+        "scoring.calib_batches", "scoring.batch_size",
     ],
     "analyze": ["preset", "gate.keep_prob"],
     "derive": ["preset", "derive.top_k", "derive.st_threshold"],
     "finetune": [
         "seed", *_DATA_LOADING, *_TRAIN_VIEW, *_TEST_VIEW, "supernet.momentum", "supernet.schedule", *_COMPUTE,
-        "scoring.batch_size", "finetune",
+        "supernet.eval_every", "scoring.batch_size", "finetune",
     ],
     "select_standalone": ["preset", "validate.n_strategies"],
     "train_standalone": [
         "seed", *_DATA_LOADING, *_TRAIN_VIEW, *_TEST_VIEW, "supernet.momentum", "supernet.schedule", *_COMPUTE,
-        "scoring.batch_size", "validate.epochs", "validate.lr", "validate.batch_size", "validate.weight_decay",
+        "supernet.eval_every", "scoring.batch_size", "validate.epochs", "validate.lr", "validate.batch_size",
+        "validate.weight_decay",
     ],
     "report": ["seed", "preset"],
 }
@@ -206,28 +211,6 @@ def read_table(path: str | Path, what: str = "table") -> pd.DataFrame:
     return pd.read_csv(path)
 
 
-def write_table(df: pd.DataFrame, csv_path: str | Path, markdown: bool = True, floatfmt: str = ".4f") -> None:
-    """Write ``df`` as CSV and, with ``markdown``, as a Markdown table beside it (same name, ``.md``)."""
-    from .checkpoint import write_csv, write_text
-
-    write_csv(df, csv_path)
-    if markdown:
-        write_text(Path(csv_path).with_suffix(".md"), to_markdown(df, floatfmt) + "\n")
-
-
-def to_markdown(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
-    """A Markdown table (pandas ``to_markdown``); ``|`` inside cells (strategies' text form) is escaped."""
-    import pandas as pd
-
-    if df is None or df.empty:
-        return "_(empty)_"
-    df = df.copy()
-    for col in df.columns:
-        if not pd.api.types.is_numeric_dtype(df[col]):
-            df[col] = df[col].map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)
-    return df.to_markdown(index=False, floatfmt=floatfmt)
-
-
 def set_threads(threads: int | None) -> None:
     import torch
 
@@ -318,8 +301,10 @@ def _require_cache(cache_dir: str | Path) -> None:
 
 
 # -------------------------------------------------------------------------------------------- supernet io
-def save_supernet_build(path: str | Path, params: dict, num_classes: int, classes: list[dict]) -> None:
-    """Add what is needed to rebuild the network (model and gate sections, classes) to a checkpoint."""
+def save_supernet_build(path: str | Path, params: dict, num_classes: int, classes: list[dict],
+                        clip_shape: Sequence[int]) -> None:
+    """Add what is needed to rebuild the network (model and gate sections, classes) and the shape of its input
+    clips ``(3, T, H, W)`` (the input size the costs of its strategies are counted for) to a checkpoint."""
     from .checkpoint import load_checkpoint, save_torch
 
     ckpt = load_checkpoint(path)
@@ -328,6 +313,7 @@ def save_supernet_build(path: str | Path, params: dict, num_classes: int, classe
         "gate": copy.deepcopy(params.get("gate", {})),
         "num_classes": int(num_classes),
         "classes": classes,
+        "clip_shape": [int(n) for n in clip_shape],
     }
     save_torch(ckpt, path)
 
@@ -343,6 +329,15 @@ def build_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> Fusion
         )
     model_params = {**build["model"], "pretrained_2d": None}  # the weights come from the checkpoint
     return build_model({"model": model_params, "gate": build["gate"]}, build["num_classes"])
+
+
+def clip_shape(ckpt: dict, path: str | Path = "checkpoint") -> list[int]:
+    """The ``(3, T, H, W)`` input clips a supernet checkpoint was trained on."""
+    shape = ckpt.get("build", {}).get("clip_shape")
+    if not shape:
+        raise StfusionError(f"{path} does not record its input size; it was written by an older "
+                            "'stfusion train-supernet' (rerun it)")
+    return list(shape)
 
 
 def load_supernet(path: str | Path) -> tuple[FusionNetwork, dict]:
@@ -404,6 +399,7 @@ def train_supernet(
 
     from .models import build_model
     from . import distributed
+    from .evaluation import supernet_evaluator
     from .train import fit, supernet_config
 
     _require_cache(cache_dir)
@@ -415,9 +411,12 @@ def train_supernet(
     cfg = supernet_config(params, len(train_set))
     cfg.extra = {**cfg.extra, "data": data_fingerprint(cache_dir)}
     _discard_stale(out_dir / "last.pt", model.arch, asdict(cfg))
-    history = fit(model, train_set, cfg, out_dir, progress=progress)
+    evaluate = supernet_evaluator(clip_dataset(params, cache_dir, "val", train=False), cfg.batch_size,
+                                  train_set.num_classes, every=params["supernet"].get("eval_every", 1),
+                                  total_epochs=cfg.total_epochs)
+    history = fit(model, train_set, cfg, out_dir, progress=progress, evaluate=evaluate)
     if distributed.is_main():
-        save_supernet_build(out_dir / "model.pt", params, train_set.num_classes, classes)
+        save_supernet_build(out_dir / "model.pt", params, train_set.num_classes, classes, train_set[0][0].shape)
     p = model.drop_rates()
     last = history.iloc[-1].to_dict() if len(history) else {}
     return {"epochs": int(cfg.total_epochs), "n_train": len(train_set), "fusion_layers": model.n_fusion_layers,
@@ -504,6 +503,7 @@ def score_strategies(
     import hashlib
 
     from .checkpoint import write_csv
+    from .costs import add_costs
     from .prefix_scoring import score_strategies_prefix
     from .data.transforms import views_text
     from .scoring import calibration_batches, eval_loader, score_resumable
@@ -550,8 +550,7 @@ def score_strategies(
             out_df[col.replace("top1", "top1_test", 1)] = test_df[col]
     out_df["bn_mode"] = "recalibrated" if recal else "plain"
     out_df["test_views"] = views_text(params["data"])
-    out_df = out_df.reset_index()
-    out_df = add_rank(out_df)
+    out_df = add_costs(add_rank(out_df.reset_index()), model, val[0][0].shape)
     write_csv(out_df, out)
     shutil.rmtree(partial, ignore_errors=True)
     if partial.parent.is_dir() and not any(partial.parent.iterdir()):
@@ -614,14 +613,19 @@ def analyze(
 # --------------------------------------------------------------------------------------------- derived
 def derive(
     params: dict, *, preference: str | Path = PREFERENCE, ranking: str | Path = RANKING, out: str | Path = DERIVED,
+    checkpoint: str | Path = SUPERNET,
 ) -> pd.DataFrame:
-    """Stage ``derive``: new strategies from the preferences (see :mod:`stfusion.derive`)."""
+    """Stage ``derive``: new strategies from the preferences (see :mod:`stfusion.derive`), with the MACs and
+    parameters of each derived network (:mod:`stfusion.costs`) for the supernet's input clips."""
+    from .costs import add_costs
     from .derive import derive_strategies
 
     pref = read_table(preference, "preference table")
     ranked = read_table(ranking, "ranking")
+    model, ckpt = load_supernet(checkpoint)
     d = params["derive"]
     df = derive_strategies(pref, ranked, top_k=d.get("top_k", 3), st_threshold=d.get("st_threshold", 0.5))
+    df = add_costs(df, model, clip_shape(ckpt, checkpoint))
     write_table(df, out)
     return df
 
@@ -635,6 +639,9 @@ def _train_plain_runs(
     another supernet or other data is never resumed."""
     origin = origin or {}
     from .data.transforms import views_text
+    from .checkpoint import write_csv
+    from .costs import network_costs
+    from .evaluation import plain_evaluator, run_files, test_predictions
     from .scoring import eval_loader, evaluate, group_accuracy
     from .train import fit, plain_config, resolve_device
 
@@ -664,7 +671,9 @@ def _train_plain_runs(
         run_dir = Path(ckpt_dir) / sid
         _discard_stale(run_dir / "last.pt", net.arch, asdict(cfg))
         log.info("%s: training %s (%s) for %d epochs", what, sid, row["strategy"], cfg.total_epochs)
-        hist = fit(net, train_set, cfg, run_dir, progress=progress)
+        validation = plain_evaluator(val, bs, _num_classes(net), every=params["supernet"].get("eval_every", 1),
+                                     total_epochs=cfg.total_epochs)
+        hist = fit(net, train_set, cfg, run_dir, progress=progress, evaluate=validation)
         res = {"id": sid, "strategy": row["strategy"], "name": row.get("name", sid)}
         for split, ds in (("val", val), ("test", test)):
             r = evaluate(net, eval_loader(ds, bs, cfg.loader_workers), _num_classes(net), device)
@@ -673,7 +682,10 @@ def _train_plain_runs(
             for k, v in group_accuracy(r, groups).items():
                 res[k.replace("top1", f"top1_{split}", 1)] = v
         res["test_views"] = views_text(params["data"])
-        res["n_params"] = int(sum(p.numel() for p in net.parameters()))
+        res.update(network_costs(net, val[0][0].shape))
+        files = run_files(runs_dir, sid)
+        write_csv(hist.drop(columns=["seconds"], errors="ignore"), files["history"])
+        write_csv(test_predictions(net, test, bs), files["predictions"])
         res["epochs"] = int(cfg.total_epochs)
         res["final_train_top1"] = float(hist.iloc[-1]["train_top1"]) if len(hist) else float("nan")
         res["seconds"] = round(time.perf_counter() - t0, 3)
@@ -706,6 +718,7 @@ def finetune_table(*, derived: str | Path = DERIVED, runs_dir: str | Path = FINE
                    ranking: str | Path = RANKING, out: str | Path = FINETUNE_TABLE) -> pd.DataFrame:
     """Gather the finetuning runs of every derived strategy into one accuracy table (CSV + Markdown), with each
     strategy's supernet score before finetuning where it was scored."""
+    from .evaluation import copy_best_run
     from .validation import supernet_scores
 
     table = read_table(derived, "derived strategy table")
@@ -716,6 +729,7 @@ def finetune_table(*, derived: str | Path = DERIVED, runs_dir: str | Path = FINE
     df = table.merge(runs.drop(columns=["strategy", "name"], errors="ignore"), on="id", how="left")
     df = df.sort_values("top1_val", ascending=False, kind="stable").reset_index(drop=True)
     write_table(df, out)
+    copy_best_run(df, "top1_val", runs_dir, Path(out).parent)
     return df
 
 
@@ -772,15 +786,17 @@ def validate_ranking(
 ) -> dict:
     """Gather the stand-alone runs; Kendall tau and Spearman rho between stand-alone accuracy and the supernet
     score (with and without BN recalibration) and the log-probability (``ranking_fidelity.json``)."""
+    from .evaluation import copy_best_run
     from .validation import fidelity, plot_fidelity, supernet_scores
 
     sel = supernet_scores(read_table(selection, "stand-alone selection"), read_table(ranking, "ranking"))
     runs = _gather_runs(sel["id"].astype(str), runs_dir, "stfusion train-standalone")
     runs = runs.drop(columns=["strategy", "name"], errors="ignore")
-    runs = runs.rename(columns={c: f"standalone_{c}" for c in runs.columns if c != "id"})
+    runs = runs.rename(columns={c: f"standalone_{c}" for c in runs.columns if c not in ("id", "macs", "params")})
     df = sel.merge(runs, on="id", how="left")
     out_dir = Path(out_dir)
     write_table(df, out_dir / "standalone.csv")
+    copy_best_run(df, "standalone_top1_val", runs_dir, out_dir)
     result = fidelity(df)
     write_json(out_dir / "ranking_fidelity.json", result)
     plot_fidelity(df, out_dir / "ranking_fidelity.png")
@@ -790,14 +806,20 @@ def validate_ranking(
 # ---------------------------------------------------------------------------------------------- report
 def report(params: dict, *, results: str | Path = RESULTS, checkpoint_dir: str | Path = SUPERNET_DIR,
            cache_dir: str | Path = CACHE, out: str | Path = REPORT, metrics: str | Path = METRICS) -> dict:
-    """Stage ``report``: ``results/report.md`` and ``results/metrics.json`` from every table above."""
+    """Stage ``report``: ``report.md``, ``metrics.json`` (numbers only) and ``versions.json`` in ``results``,
+    and the report folder ``results/report/`` (:mod:`stfusion.report_files`), from every table above."""
     from .checkpoint import write_text
     from .report import build_report
+    from .report_files import write_report_files
 
-    text, scalars = build_report(Path(results), Path(checkpoint_dir), Path(cache_dir), seed=int(params["seed"]),
-                                 versions=library_versions())
+    results, versions = Path(results), library_versions()
+    classes = [str(row["name"]) for row in class_groups(cache_dir)[0]]
+    write_report_files(results, Path(checkpoint_dir), results / Path(REPORT_DIR).name, classes)
+    text, scalars = build_report(results, Path(checkpoint_dir), Path(cache_dir), seed=int(params["seed"]),
+                                 versions=versions)
     write_text(out, text)
     write_json(metrics, scalars)
+    write_json(results / Path(VERSIONS).name, versions)
     return scalars
 
 

@@ -33,14 +33,12 @@ Work is counted as multiply-accumulates of the conv and linear layers actually e
 returned table carries ``attrs["macs_executed"]`` (everything run, including ``attrs["macs_check"]``: one clip through
 the whole network, which checks once that the chain composes to ``forward``) and ``attrs["macs_naive"]`` (what
 running every strategy through the whole network would execute, summed from the same per-node counts;
-:func:`count_macs` measures a naive run directly).
+:func:`stfusion.costs.count_macs` measures a naive run directly; the convention is in :mod:`stfusion.costs`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import math
 from collections.abc import Iterable, Iterator, Sequence
 
 import pandas as pd
@@ -50,53 +48,13 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from tqdm import tqdm
 
 from .data.transforms import average_views, normalize
+from .costs import MacCounter
 from .errors import StfusionError
 from .models.base import FusionNetwork
 from .scoring import Metrics, bn_state, result_row, score_strategies
 from .strategies import Strategy
 
 log = logging.getLogger(__name__)
-
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-
-def module_macs(module: nn.Module, output: Tensor) -> int:
-    """Multiply-accumulates of one call of a conv or linear layer that produced ``output``."""
-    if isinstance(module, _CONV):
-        return output.numel() * (module.in_channels // module.groups) * math.prod(module.kernel_size)
-    if isinstance(module, nn.Linear):
-        return output.numel() * module.in_features
-    return 0
-
-
-class MacCounter:
-    """Counts conv / linear multiply-accumulates of a model while installed (``with MacCounter(model) as c``)."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-        self.total = 0
-        self._handles: list = []
-
-    def _hook(self, module, inputs, output):
-        self.total += module_macs(module, output)
-
-    def __enter__(self) -> MacCounter:
-        self._handles = [m.register_forward_hook(self._hook) for m in self.model.modules()
-                         if isinstance(m, (*_CONV, nn.Linear))]
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for h in self._handles:
-            h.remove()
-        self._handles = []
-
-
-@contextlib.contextmanager
-def count_macs(model: nn.Module) -> Iterator[MacCounter]:
-    """Context manager: ``with count_macs(model) as c: ...; c.total`` (multiply-accumulates executed)."""
-    with MacCounter(model) as counter:
-        yield counter
-
 
 class _Chain:
     """The module chain of a network with, per module, the fusion layers inside it and its BatchNorms."""
@@ -332,4 +290,4 @@ def _naive(model, strategies, val_loader, num_classes, calib_batches, recalibrat
     return df
 
 
-__all__ = ["MacCounter", "count_macs", "module_macs", "score_strategies_prefix"]
+__all__ = ["score_strategies_prefix"]

@@ -27,11 +27,17 @@ import numpy as np
 import pandas as pd
 
 from .analysis import preference_summary
+from .costs import CONVENTION
+from .tables import to_markdown
 
 DEPTH_MARGIN = 0.02
 MOTION_GAP = 0.15
 APPEARANCE_SPREAD = 0.10
 PRODUCT_TOL = 1e-9
+HTML_COMMAND = "snakemake --report results/report.zip"
+HTML_POINTER = (f"This page is the one to read first. The same tables as HTML with every figure: `{HTML_COMMAND}` "
+                "(a Snakemake report; open report.html inside the zip) or `dvc plots show` (DVC's plots in "
+                "dvc_plots/index.html). The HTML tables and figures alone are in `report/`.")
 STAGE_ORDER = ["generate", "prepare", "train_supernet", "sample_strategies", "score_strategies", "analyze",
                "derive", "finetune", "validate_ranking", "report"]
 
@@ -53,8 +59,6 @@ def _fmt(x, digits: int = 3) -> str:
 
 
 def _md(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
-    from .pipeline import to_markdown
-
     if df is None or df.empty:
         return "_(not available)_"
     return to_markdown(df, floatfmt)
@@ -213,7 +217,7 @@ def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: 
     checks = compute_checks(pref, ranked, fidelity, summary.get("initial_marginals"))
     best = best_sampled(ranked)
 
-    L: list[str] = ["# stfusion report", ""]
+    L: list[str] = ["# stfusion report", "", HTML_POINTER, ""]
     L.append("Spatiotemporal fusion strategies of a 3D CNN as a probability space (Zhou et al., CVPR 2020): a template "
              "network trained with Variational DropPath, strategies scored with its shared weights, layer-level "
              "preferences, derived networks, and a check of the ranking against networks trained on their own.")
@@ -264,8 +268,11 @@ def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: 
     if finetuned is not None:
         L += ["Derived networks after finetuning (plain networks holding only their kept convs):", ""]
         cols = [c for c in ["name", "rule", "strategy", "top1_val", "top1_val_motion", "top1_val_appearance",
-                            "top1_test", "top1_test_motion", "top1_test_appearance", "n_params"] if c in finetuned]
-        L += [_md(finetuned[cols]), ""]
+                            "top1_test", "top1_test_motion", "top1_test_appearance", "macs", "params"]
+                if c in finetuned]
+        L += [_md(finetuned[cols]), "", f"Costs: {CONVENTION}. Test accuracy against MACs:", "",
+              "![derived networks: accuracy vs MACs](report/pareto_derived.png)", "",
+              "![confusion matrix of the best derived network](report/confusion.png)", ""]
 
     # network level
     L += ["## Network level: families and sampled strategies", ""]
@@ -276,11 +283,13 @@ def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: 
         fam = net[net["source"].str.contains("family")]
         top = net[~net["source"].str.contains("family")].head(10)
         cols = [c for c in ["rank", "name", "source", "strategy", "log_prob", "prob", "top1", "top1_motion",
-                            "top1_appearance", "top1_plain_bn", "top1_test"] if c in net]
+                            "top1_appearance", "top1_plain_bn", "top1_test", "macs", "params"] if c in net]
         L += [f"{len(ranked)} strategies scored (rank 1 = best validation top-1 of all). Families:", "",
               _md(fam[cols], ".4g"), "", "Best ten of the others (most probable and sampled):", "",
               _md(top[cols], ".4g"), "", "Full table: `analysis/network.csv`. Scatter of log-probability vs score:",
-              "", "![log-probability vs score](analysis/scatter.png)", ""]
+              "", "![log-probability vs score](analysis/scatter.png)", "",
+              f"Supernet score against MACs per clip ({CONVENTION}):", "",
+              "![network level: accuracy vs MACs](report/pareto_network.png)", ""]
 
     # layer level
     L += ["## Layer level: preference", ""]
@@ -301,7 +310,8 @@ def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: 
     # derived
     L += ["## Derived strategies", ""]
     if derived is not None:
-        cols = [c for c in ["name", "rule", "strategy", "log_prob", "n_S", "n_ST", "n_S+ST"] if c in derived]
+        cols = [c for c in ["name", "rule", "strategy", "log_prob", "n_S", "n_ST", "n_S+ST", "macs", "params"]
+                if c in derived]
         L += ["Rules: most probable state per layer; top-k most probable; threshold on P(ST kept) and P(S kept); "
               "one state per stage; best sampled on validation (see `stfusion.derive`).", "",
               _md(derived[cols], ".4g"), ""]
@@ -324,7 +334,7 @@ def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: 
     if standalone is not None:
         cols = [c for c in ["name", "strategy", "log_prob", "supernet_top1_recal", "supernet_top1_plain_bn",
                             "standalone_top1_val", "standalone_top1_test", "standalone_top1_test_motion",
-                            "standalone_top1_test_appearance"] if c in standalone]
+                            "standalone_top1_test_appearance", "macs", "params"] if c in standalone]
         L += [_md(standalone[cols], ".4g"), "", "![ranking fidelity](validation/ranking_fidelity.png)", ""]
 
     # supernet
@@ -333,8 +343,11 @@ def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: 
         L += ["## Supernet training", "",
               f"{len(history)} epochs ({int((history['phase'] == 'warmup').sum())} gate-free warm-up); final train "
               f"top-1 {_fmt(last.get('train_top1'))}, cross-entropy {_fmt(last.get('ce'))}, "
-              f"KL {_fmt(last.get('kl'), 4)}. "
-              "History: `../checkpoints/supernet/history.csv`.", ""]
+              f"KL {_fmt(last.get('kl'), 4)}; validation top-1 of the gate-free template "
+              f"{_fmt(last.get('val_top1'))}, of the most probable strategy {_fmt(last.get('val_top1_most_probable_paper'))}"
+              f" (paper keep rule); posterior entropy {_fmt(last.get('entropy_paper'))} nats. "
+              "History: `../checkpoints/supernet/history.csv`.", "",
+              "![training and validation curves](report/curves.png)", ""]
 
     # timing
     total = float(timing["seconds"].sum()) if len(timing) else float("nan")
@@ -354,11 +367,12 @@ def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: 
           "- `derived/strategies.csv|md`, `finetune/accuracy.csv|md`: derived strategies and their finetuned accuracy",
           "- `validation/standalone.csv|md`, `validation/ranking_fidelity.json`: stand-alone runs, rank "
           "correlations",
-          "- `metrics.json`: the scalars of this report", "",
+          "- `metrics.json`: the scalars of this report (numbers only); `versions.json`: the library versions",
+          "- `report/`: the tables as HTML, accuracy against MACs, the confusion matrix, the curves", "",
           "Library versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
 
     # metrics
-    m: dict = {"seed": seed, "versions": versions}
+    m: dict = {"seed": seed}
     m["n_classes"] = n_classes
     m.update({f"n_{k}": int(v) for k, v in n_split.items()})
     if summary:
@@ -381,6 +395,8 @@ def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: 
                     m[f"best_sampled_{col}"] = float(best[col])
         if "top1_motion" in ranked:
             m["best_top1_motion"] = float(ranked["top1_motion"].max())
+            if "all_S_top1_motion" in m:
+                m["all_S_motion_gap"] = m["best_top1_motion"] - m["all_S_top1_motion"]
     if fidelity:
         for k in ("kendall_tau", "spearman_rho", "kendall_tau_plain_bn", "kendall_tau_log_prob",
                   "spearman_rho_plain_bn", "spearman_rho_log_prob"):
@@ -395,4 +411,18 @@ def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: 
     m["time_total_s"] = None if math.isnan(total) else round(total, 1)
     for r in timing.itertuples():
         m[f"time_{r.stage}_s"] = round(float(r.seconds), 1)
+    m = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not math.isnan(v)}  # numbers only
     return "\n".join(L), m
+
+
+# ------------------------------------------------------------------------------------------------ summary
+def summary_lines(results: Path, report: Path) -> list[str]:
+    """The last lines of a run: where the report is, the HTML report command and the three numbers that matter
+    (the best sampled strategy, the all-S gap on the motion classes, Kendall tau)."""
+    m = _read_json(results / "metrics.json") or {}
+    best = best_sampled(_read_csv(results / "strategies" / "ranking.csv"))
+    where = f"{best['strategy']} (validation top-1 {_fmt(best['top1'])})" if best is not None else "n/a"
+    return [f"stfusion: read {report} first (checks, tables, figures)",
+            f"stfusion: HTML report: {HTML_COMMAND}",
+            f"stfusion: best strategy {where}; all-S gap on motion {_fmt(m.get('all_S_motion_gap'))}; "
+            f"Kendall tau {_fmt(m.get('kendall_tau'))}"]

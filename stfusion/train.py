@@ -4,7 +4,8 @@ networks (derived or stand-alone strategies). Both resume from the last atomic c
 Files in ``out_dir``:
   ``last.pt``          checkpoint after the last finished epoch (model, optimizer, scheduler, epoch, RNG, history)
   ``model.pt``         the final weights (written once training is complete)
-  ``history.csv``      one row an epoch: phase, lr, loss, cross-entropy, KL, train accuracy, decode failures
+  ``history.csv``      one row an epoch: phase, lr, loss, cross-entropy, KL, train accuracy, decode failures, and
+                       the validation columns of ``fit``'s ``evaluate`` hook (:mod:`stfusion.evaluation`)
   ``drop_rates.csv``   one row per epoch, layer and path: the drop rate p (gated networks only)
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -122,11 +124,13 @@ def fit(
     out_dir: str | Path,
     *,
     progress: bool = True,
+    evaluate: Callable[[FusionNetwork, int], dict] | None = None,
 ) -> pd.DataFrame:
     """Train ``model`` on ``train_set`` (items ``(uint8 (3, T, H, W), label[, decode failure])``), resuming from ``out_dir/last.pt``.
 
     With ``cfg.kl_k`` set, the model is a supernet: gate-free for ``warmup_epochs``, then gated with loss
-    ``CE + KL`` (METHOD.md §4). Returns the history table.
+    ``CE + KL`` (METHOD.md §4). ``evaluate(model, epoch)`` (1-based epoch; see :mod:`stfusion.evaluation`) runs
+    on the main process after every epoch; its dict joins the epoch's history row. Returns the history table.
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -221,6 +225,8 @@ def fit(
             "kl": sums["kl"] / n, "train_top1": sums["correct"] / n, "decode_failures": failures.count,
             "seconds": time.perf_counter() - t0,
         }
+        if evaluate is not None and main:
+            row.update(evaluate(model, epoch + 1))
         history.append(row)
         if gated:
             p = model.drop_rates()

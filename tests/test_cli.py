@@ -16,7 +16,8 @@ from conftest import REPO
 
 COMMANDS = [
     "generate", "prepare", "train-supernet", "sample-strategies", "score-strategies", "analyze", "derive",
-    "finetune", "finetune-table", "select-standalone", "train-standalone", "validate-ranking", "report",
+    "finetune", "finetune-table", "select-standalone", "train-standalone", "validate-ranking", "report", "export",
+    "init",
 ]
 
 
@@ -87,7 +88,7 @@ def test_parse_overrides():
 
 def test_stage_params_name_existing_keys():
     params = load_params(REPO / "params.yaml")
-    schema = yaml.safe_load((REPO / "workflow" / "schemas" / "params.schema.yaml").read_text())
+    schema = yaml.safe_load((REPO / "stfusion" / "schema" / "params.schema.yaml").read_text())
     for stage, keys in pipeline.STAGE_PARAMS.items():
         for key in keys:
             node = schema

@@ -91,8 +91,23 @@ def test_dvc_repro_end_to_end(dvc_repo):
                  "checkpoints/supernet/model.pt", "results/finetune/accuracy.csv"):
         assert (repo / path).is_file(), path
     shown = run(["dvc", "metrics", "show"], repo)
-    assert "seed" in shown and "checks_passed" in shown  # null metrics (an undefined tau on tiny data) are not shown
+    assert "seed" in shown and "checks_passed" in shown and "torch" not in shown  # numbers only
     assert "Data and pipelines are up to date" in run(["dvc", "status"], repo)
+
+
+@pytest.mark.slow
+def test_dvc_plots_show_renders_every_plot(dvc_repo):
+    repo, base, _ = dvc_repo
+    out = base / "plots"
+    run(["dvc", "plots", "show", "-o", str(out)], repo)
+    html = (out / "index.html").read_text()
+    declared = yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]
+    for plot in declared:
+        name = plot if isinstance(plot, str) else next(iter(plot))
+        assert name in html, name  # every plot is rendered (images by path, data plots by id)
+    templates = {next(iter(p.values()))["template"] for p in declared if isinstance(p, dict)}
+    assert templates == {"linear", "scatter", "confusion"}
+    assert '"predicted"' in html and '"val_top1"' in html  # the data of the confusion matrix and of the curves
 
 
 @pytest.mark.slow
@@ -104,6 +119,7 @@ def test_dvc_push_pull_restores_outputs(dvc_repo):
     clone = base / "clone"
     run(["git", "clone", "-q", str(repo), str(clone)], base)
     assert not (clone / "checkpoints").exists()
+    assert md5(clone / "results" / "metrics.json") == md5(repo / "results" / "metrics.json")  # git, not DVC
     run(["dvc", "pull"], clone)
     for path in ("checkpoints/supernet/model.pt", "checkpoints/supernet/history.csv", "data/cache/manifest.csv",
                  "results/strategies/ranking.csv", "results/analysis/preference.csv", "results/metrics.json",

@@ -20,8 +20,8 @@ TINY = REPO / "tests" / "configs" / "tiny.yaml"
 pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake is not installed")
 
 
-def snakemake(*args, cwd=REPO, check=True, timeout=600):
-    cmd = ["snakemake", "-s", str(REPO / "Snakefile"), *args]
+def snakemake(*args, cwd=REPO, check=True, timeout=600, snakefile=REPO / "Snakefile"):
+    cmd = ["snakemake", "-s", str(snakefile), *args]
     out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}")
@@ -44,11 +44,17 @@ def planned_jobs(output: str) -> dict[str, int]:
     return jobs
 
 
-def test_dry_run_plans_every_stage(tmp_path):
-    out = snakemake("-n", "--cores", "2", "-d", str(tmp_path), "--configfile", str(REPO / "params.yaml"))
+STAGE_RULES = ("generate_builtin", "prepare", "train_supernet", "sample_strategies", "score_strategies", "analyze",
+               "derive", "select_standalone", "finetune_table", "validate_ranking", "report")
+
+
+@pytest.mark.parametrize("snakefile, target", [("Snakefile", "default"), ("workflow/Snakefile", "all")])
+def test_dry_run_plans_every_stage(tmp_path, snakefile, target):
+    """The workflow is workflow/Snakefile; the top-level Snakefile includes it. Without a params.yaml in the
+    working folder the packaged defaults drive it."""
+    out = snakemake("-n", "--cores", "2", "-d", str(tmp_path), snakefile=REPO / snakefile)
     jobs = planned_jobs(out.stdout + out.stderr)
-    for rule in ("generate_builtin", "prepare", "train_supernet", "sample_strategies", "score_strategies",
-                 "analyze", "derive", "select_standalone", "finetune_table", "validate_ranking", "report", "all"):
+    for rule in (*STAGE_RULES, target):
         assert jobs.get(rule) == 1, (rule, jobs)
 
 
@@ -122,7 +128,7 @@ def test_tiny_pipeline_outputs(tiny_run):
     finetuned = pd.read_csv(res / "finetune" / "accuracy.csv")
     assert set(finetuned["id"]) == set(derived["id"])
     metrics = json.loads((res / "metrics.json").read_text())
-    assert metrics["seed"] == 0 and "torch" in metrics["versions"]
+    assert metrics["seed"] == 0 and "torch" in json.loads((res / "versions.json").read_text())
     report = (res / "report.md").read_text()
     for heading in ("Checks (METHOD.md §9)", "Motion vs appearance", "Layer level", "Ranking fidelity",
                     "Time per stage"):
@@ -183,3 +189,121 @@ def test_default_pipeline_means_something(tmp_path):
     assert (pref[["P(ST)", "P(S+ST)"]].max(axis=1) > pref["P(S)"]).any()
     fid = json.loads((res / "validation" / "ranking_fidelity.json").read_text())
     assert fid["n"] >= 6 and fid["kendall_tau"] is not None
+
+
+# ------------------------------------------------------------- what the tiny run gives a user (issue 11)
+@pytest.mark.slow
+def test_tiny_run_prints_where_to_look(tiny_run):
+    work, out = tiny_run
+    tail = (out.stdout + out.stderr).splitlines()
+    lines = [line for line in tail if line.startswith("stfusion: ")]
+    assert lines[-3:][0] == "stfusion: read results/report.md first (checks, tables, figures)"
+    assert lines[-2] == "stfusion: HTML report: snakemake --report results/report.zip"
+    assert re.match(r"stfusion: best strategy \S+ \(validation top-1 \d\.\d{3}\); all-S gap on motion ", lines[-1])
+    assert "snakemake --report results/report.zip" in (work / "results" / "report.md").read_text()
+
+
+@pytest.mark.slow
+def test_tiny_run_curves_costs_and_metrics(tiny_run):
+    work, _ = tiny_run
+    res = work / "results"
+    hist = pd.read_csv(work / "checkpoints" / "supernet" / "history.csv")
+    for col in ("val_top1", "val_loss", "val_top1_most_probable_paper", "entropy_paper", "entropy_plain"):
+        assert hist[col].notna().all(), col  # eval_every 1: every epoch
+    assert hist["val_top1"].between(0, 1).all() and (hist["entropy_paper"] > 0).all()
+    for kind in ("finetune", "validation"):
+        best = pd.read_csv(res / kind / "best_history.csv")
+        assert {"epoch", "train_top1", "val_top1", "val_loss", "id"} <= set(best.columns) and len(best) == 1
+    pred = pd.read_csv(res / "finetune" / "best_test_predictions.csv")
+    manifest = pd.read_csv(work / "data" / "cache" / "manifest.csv")
+    assert len(pred) == int((manifest["split"] == "test").sum()) and {"actual", "predicted"} <= set(pred.columns)
+    tables = {"ranking": res / "strategies" / "ranking.csv", "network": res / "analysis" / "network.csv",
+              "derived": res / "derived" / "strategies.csv", "finetune": res / "finetune" / "accuracy.csv",
+              "standalone": res / "validation" / "standalone.csv"}
+    costs = {}
+    for name, path in tables.items():
+        df = pd.read_csv(path)
+        assert (df["macs"] > 0).all() and (df["params"] > 0).all(), name
+        costs[name] = dict(zip(df["strategy"], df["macs"]))
+    # one strategy, one cost, whichever table lists it
+    for name, by_strategy in costs.items():
+        for text, macs in by_strategy.items():
+            assert costs["ranking"].get(text, macs) == macs, (name, text)
+    ranking = pd.read_csv(tables["ranking"]).set_index("name")
+    assert ranking.at["all-S", "macs"] < ranking.at["all-ST", "macs"] < ranking.at["all-S+ST", "macs"]
+    metrics = json.loads((res / "metrics.json").read_text())
+    assert all(isinstance(v, (int, float)) for v in metrics.values()), metrics
+    for name in ("ranking", "network", "preference", "derived", "finetune", "standalone"):
+        assert "<table" in (res / "report" / f"{name}.html").read_text()
+
+
+@pytest.mark.slow
+def test_tiny_run_snakemake_report_zip(tiny_run):
+    import zipfile
+
+    work, _ = tiny_run
+    snakemake("--configfile", str(TINY), "-d", str(work), "--report", str(work / "results" / "report.zip"),
+              cwd=work)
+    with zipfile.ZipFile(work / "results" / "report.zip") as z:
+        names = z.namelist()
+        html = z.read(next(n for n in names if n.endswith("report/report.html"))).decode()
+    shown = {n.rsplit("/", 1)[-1] for n in names if "/data/raw/" in n}
+    assert {"preference.png", "scatter.png", "drop_rates.png", "ranking_fidelity.png", "ranking.html",
+            "preference.html", "derived.html", "finetune.html", "network.html", "standalone.html",
+            "pareto_network.png", "pareto_derived.png", "confusion.png", "curves.png"} <= shown, shown
+    for text in ("Probability space", "Derived networks", "Ranking fidelity", "Pareto front",
+                 "Variational DropPath"):
+        assert text in html, text
+
+
+@pytest.mark.slow
+def test_tiny_run_exports_a_finetuned_network(tiny_run):
+    """pt2 through torch.export, loaded back; ONNX through onnxruntime where the onnx extra is installed; both
+    against the PyTorch network on real clips of the test split, within stfusion.export.TOLERANCE."""
+    import torch
+
+    from stfusion.config import load_params
+    from stfusion.export import TOLERANCE, export, load_network, run_exported
+    from stfusion.pipeline import clip_dataset
+
+    work, _ = tiny_run
+    best = pd.read_csv(work / "results" / "finetune" / "accuracy.csv").iloc[0]
+    kw = dict(checkpoint=work / "checkpoints" / "supernet" / "model.pt", finetuned_dir=work / "checkpoints" / "finetune")
+    net, info = load_network(str(best["id"]), **kw)
+    assert info["weights"].endswith(f"{best['id']}/model.pt")  # the finetuned weights, not the supernet's
+    params = load_params(next((work / ".snakemake" / "stfusion").glob("params-*.yaml")))  # the run's own
+    test = clip_dataset(params, work / "data" / "cache", "test", train=False)
+    clips = torch.stack([test[i][0] for i in range(min(5, len(test)))])
+    with torch.no_grad():
+        expected = net(clips)
+    formats = ["pt2"] + (["onnx"] if _has("onnxruntime") and _has("onnxscript") else [])
+    for fmt in formats:
+        out = work / "results" / "export" / f"{best['id']}.{fmt}"
+        record = export(best["strategy"], fmt, out, **kw)  # the text form names the same network as the id
+        assert record["id"] == best["id"] and record["macs"] == best["macs"] and record["params"] == best["params"]
+        assert (run_exported(out, fmt, clips) - expected).abs().max() <= TOLERANCE, fmt
+        assert json.loads(out.with_name(out.name + ".json").read_text())["classes"][0]
+    assert (work / "results" / "export" / f"{best['id']}.pt2").stat().st_size > 0
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None
+
+
+def test_catalog_layout_license_and_formatting():
+    """What the snakemake-workflow catalog looks for, a LICENSE matching pyproject.toml, snakefmt formatting."""
+    catalog = yaml.safe_load((REPO / ".snakemake-workflow-catalog.yml").read_text())
+    assert catalog["usage"]["software-stack-deployment"]["conda"] is True and catalog["usage"]["report"] is True
+    assert (REPO / "workflow" / "Snakefile").is_file() and list((REPO / "workflow" / "rules").glob("*.smk"))
+    readme = (REPO / "README.md").read_text().lower()
+    assert "snakemake" in readme and "workflow" in readme
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "MIT" and project["project"]["license-files"] == ["LICENSE"]
+    assert (REPO / "LICENSE").read_text().startswith("MIT License")
+    if shutil.which("snakefmt") is None:
+        pytest.skip("snakefmt is not installed (it is in the test extra)")
+    assert project["tool"]["snakefmt"]["line_length"] == 120
+    out = subprocess.run(["snakefmt", "--check", "Snakefile", "workflow"], cwd=REPO, capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr

@@ -15,7 +15,8 @@ from torch.utils.data import DataLoader, TensorDataset
 from stfusion.errors import StfusionError
 from stfusion.models import build_model
 from stfusion.models.plain import PlainTemplate
-from stfusion.prefix_scoring import count_macs, score_strategies_prefix
+from stfusion.costs import count_macs
+from stfusion.prefix_scoring import score_strategies_prefix
 from stfusion.scoring import bn_state, score_strategies
 from stfusion.strategies import BOTH, ST, S, Strategy, enumerate_all
 

@@ -1,17 +1,16 @@
 # Shared helpers: output layout, the parameters each stage reads, the command that runs a stage.
 import hashlib
 import os
-import sys
 from pathlib import Path
 
 import yaml
 
-# The rules import stfusion from this checkout (also inside a --use-conda environment, which holds only the
-# dependencies): the layout and the per-stage parameter lists have one definition, in stfusion/pipeline.py.
-sys.path.insert(0, workflow.basedir)
+# The commands import stfusion from the project folder when it holds the package (a checkout; also inside a
+# --use-conda environment, which holds only the dependencies), else the installed one: the layout and the
+# per-stage parameter lists have one definition, in stfusion/pipeline.py.
 os.environ.update(
     PYTHONPATH=os.pathsep.join(
-        [workflow.basedir] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        [str(PROJECT_DIR)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     )
 )
 
@@ -82,11 +81,11 @@ def _params_file(cfg):
     the environment variable STFUSION_PARAMS (the default of their --params option), so the file's name is not
     part of any rule's parameters and never triggers a rerun by itself."""
     on_disk = None
-    if Path("params.yaml").is_file():
-        with open("params.yaml") as f:
+    if Path(PARAMS_FILE).is_file():
+        with open(PARAMS_FILE) as f:
             on_disk = yaml.safe_load(f)
     if cfg == on_disk:
-        return "params.yaml"
+        return PARAMS_FILE
     text = yaml.safe_dump(dict(cfg), sort_keys=False)
     path = Path(".snakemake") / "stfusion" / f"params-{hashlib.sha1(text.encode()).hexdigest()[:12]}.yaml"
     if not path.is_file():
@@ -142,6 +141,16 @@ def derived_ids(wildcards):
 def selected_ids(wildcards):
     """The ids of the strategies to train stand-alone (known once `select_standalone` has run)."""
     return _ids(checkpoints.select_standalone.get().output.table)
+
+
+def in_report(name, caption, category, kind, label):
+    """A file of the report folder, shown in the Snakemake report with its caption, category and labels."""
+    return report(
+        f"{P.REPORT_DIR}/{name}",
+        caption=f"../report/{caption}.rst",
+        category=category,
+        labels={"kind": kind, "name": label},
+    )
 
 
 wildcard_constraints:

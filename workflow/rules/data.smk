@@ -9,13 +9,13 @@ if IS_BUILTIN:
             annotations=f"{ROOT}/annotations.csv",
             classes=f"{ROOT}/classes.csv",
             timing=f"{TIMING}/generate.json",
-        params:
-            values=stage_values("generate"),
-            root=dirname("annotations", "output"),
         log:
             "logs/generate.log",
         conda:
             CONDA_ENV
+        params:
+            values=stage_values("generate"),
+            root=dirname("annotations", "output"),
         shell:
             "python -m stfusion.cli generate --root {params.root} --timing {output.timing} --log {log} --no-progress"
 

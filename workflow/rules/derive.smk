@@ -6,19 +6,20 @@ checkpoint derive:
     input:
         preference=PREFERENCE,
         ranking=RANKING,
+        model=SUPERNET,
     output:
         table=DERIVED,
         markdown=DERIVED.replace(".csv", ".md"),
         timing=f"{TIMING}/derive.json",
-    params:
-        values=stage_values("derive"),
     log:
         "logs/derive.log",
     conda:
         CONDA_ENV
+    params:
+        values=stage_values("derive"),
     shell:
         "python -m stfusion.cli derive --preference {input.preference} --ranking {input.ranking} "
-        "--out {output.table} --timing {output.timing} --log {log} --no-progress"
+        "--checkpoint {input.model} --out {output.table} --timing {output.timing} --log {log} --no-progress"
 
 
 rule finetune:
@@ -28,20 +29,22 @@ rule finetune:
         derived=DERIVED,
     output:
         run=f"{FINETUNE_RUNS}/{{sid}}.json",
+        history=f"{FINETUNE_RUNS}/{{sid}}.history.csv",
+        predictions=f"{FINETUNE_RUNS}/{{sid}}.predictions.csv",
         model=f"{FINETUNE_CKPT}/{{sid}}/model.pt",
+    log:
+        "logs/finetune/{sid}.log",
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         values=stage_values("finetune"),
         cache=dirname("manifest"),
         ckpt_dir=dirname("model", "output", up=2),
         runs_dir=dirname("run", "output"),
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    log:
-        "logs/finetune/{sid}.log",
-    conda:
-        CONDA_ENV
     shell:
         "python -m stfusion.cli finetune --strategy {wildcards.sid} --checkpoint {input.model} "
         "--cache {params.cache} --derived {input.derived} --ckpt-dir {params.ckpt_dir} "
@@ -53,16 +56,21 @@ rule finetune_table:
         derived=DERIVED,
         ranking=RANKING,
         runs=lambda w: expand(f"{FINETUNE_RUNS}/{{sid}}.json", sid=derived_ids(w)),
+        run_files=lambda w: expand(
+            f"{FINETUNE_RUNS}/{{sid}}.{{kind}}.csv", sid=derived_ids(w), kind=["history", "predictions"]
+        ),
     output:
         table=FINETUNE_TABLE,
         markdown=FINETUNE_TABLE.replace(".csv", ".md"),
+        best_history=FINETUNE_TABLE.replace("accuracy.csv", "best_history.csv"),
+        best_predictions=FINETUNE_TABLE.replace("accuracy.csv", "best_test_predictions.csv"),
         timing=f"{TIMING}/finetune.json",
-    params:
-        runs_dir=dirname("runs"),
     log:
         "logs/finetune_table.log",
     conda:
         CONDA_ENV
+    params:
+        runs_dir=dirname("runs"),
     shell:
         "python -m stfusion.cli finetune-table --derived {input.derived} --runs-dir {params.runs_dir} "
         "--ranking {input.ranking} --out {output.table} --timing {output.timing} --log {log} --no-progress"

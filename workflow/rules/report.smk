@@ -1,35 +1,64 @@
-# Stage 9: the report a person reads first, and the scalar metrics.
+# Stage 9: the report a person reads first, the scalar metrics, and the tables and figures of the Snakemake
+# report (`snakemake --report results/report.zip`).
 
 
 rule report:
     input:
         **CACHE_FILES,
         history=f"{SUPERNET_DIR}/history.csv",
+        drop_rates=f"{SUPERNET_DIR}/drop_rates.csv",
         ranking=RANKING,
         preference=PREFERENCE,
         network=f"{ANALYSIS}/network.csv",
         derived=DERIVED,
         finetune=FINETUNE_TABLE,
+        finetune_best=FINETUNE_TABLE.replace("accuracy.csv", "best_history.csv"),
+        finetune_predictions=FINETUNE_TABLE.replace("accuracy.csv", "best_test_predictions.csv"),
         fidelity=FIDELITY,
         standalone=f"{VALIDATION}/standalone.csv",
+        standalone_best=f"{VALIDATION}/best_history.csv",
         timing=lambda w: [
             f"{TIMING}/{s}.json"
             for s in (["generate"] if IS_BUILTIN else [])
-            + ["prepare", "train_supernet", "sample_strategies", "score_strategies", "analyze", "derive",
-               "finetune", "validate_ranking"]
+            + [
+                "prepare",
+                "train_supernet",
+                "sample_strategies",
+                "score_strategies",
+                "analyze",
+                "derive",
+                "finetune",
+                "validate_ranking",
+            ]
         ],
     output:
         report=REPORT,
         metrics=METRICS,
+        versions=P.VERSIONS,
+        ranking=in_report("ranking.html", "ranking", "2. Strategies", "table", "ranking"),
+        network=in_report("network.html", "network", "2. Strategies", "table", "network level"),
+        pareto_network=in_report(
+            "pareto_network.png", "pareto_network", "2. Strategies", "figure", "network level: accuracy vs MACs"
+        ),
+        preference=in_report("preference.html", "preference", "1. Probability space", "table", "preference"),
+        drop_rate_summary=f"{P.REPORT_DIR}/drop_rates.csv",
+        derived=in_report("derived.html", "derived", "3. Derived networks", "table", "derived"),
+        finetune=in_report("finetune.html", "finetune", "3. Derived networks", "table", "finetune accuracy"),
+        pareto_derived=in_report(
+            "pareto_derived.png", "pareto_derived", "3. Derived networks", "figure", "derived: accuracy vs MACs"
+        ),
+        confusion=in_report("confusion.png", "confusion", "3. Derived networks", "figure", "confusion matrix"),
+        standalone=in_report("standalone.html", "standalone", "4. Ranking fidelity", "table", "stand-alone"),
+        curves=in_report("curves.png", "curves", "5. Training", "figure", "training and validation curves"),
+    log:
+        "logs/report.log",
+    conda:
+        CONDA_ENV
     params:
         values=stage_values("report"),
         results=dirname("report", "output"),
         checkpoint_dir=dirname("history"),
         cache=dirname("manifest"),
-    log:
-        "logs/report.log",
-    conda:
-        CONDA_ENV
     shell:
         "python -m stfusion.cli report --results {params.results} "
         "--checkpoint-dir {params.checkpoint_dir} --cache {params.cache} --out {output.report} "

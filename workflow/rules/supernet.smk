@@ -10,18 +10,18 @@ rule train_supernet:
         history=f"{SUPERNET_DIR}/history.csv",
         drop_rates=f"{SUPERNET_DIR}/drop_rates.csv",
         timing=f"{TIMING}/train_supernet.json",
-    params:
-        values=stage_values("train_supernet"),
-        cache=dirname("manifest"),
-        out=dirname("model", "output"),
-    threads: 8
-    resources:
-        mem_mb=8000,
-        runtime=60,
     log:
         "logs/train_supernet.log",
     conda:
         CONDA_ENV
+    threads: 8
+    resources:
+        mem_mb=8000,
+        runtime=60,
+    params:
+        values=stage_values("train_supernet"),
+        cache=dirname("manifest"),
+        out=dirname("model", "output"),
     shell:
         "python -m stfusion.cli train-supernet --cache {params.cache} --out {params.out} --threads {threads} "
         "--timing {output.timing} --log {log} --no-progress"

@@ -8,12 +8,12 @@ checkpoint select_standalone:
     output:
         table=SELECTION,
         markdown=SELECTION.replace(".csv", ".md"),
-    params:
-        values=stage_values("select_standalone"),
     log:
         "logs/select_standalone.log",
     conda:
         CONDA_ENV
+    params:
+        values=stage_values("select_standalone"),
     shell:
         "python -m stfusion.cli select-standalone --ranking {input.ranking} --out {output.table} "
         "--log {log} --no-progress"
@@ -26,20 +26,22 @@ rule train_standalone:
         selection=SELECTION,
     output:
         run=f"{STANDALONE_RUNS}/{{sid}}.json",
+        history=f"{STANDALONE_RUNS}/{{sid}}.history.csv",
+        predictions=f"{STANDALONE_RUNS}/{{sid}}.predictions.csv",
         model=f"{STANDALONE_CKPT}/{{sid}}/model.pt",
+    log:
+        "logs/standalone/{sid}.log",
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
     params:
         values=stage_values("train_standalone"),
         cache=dirname("manifest"),
         ckpt_dir=dirname("model", "output", up=2),
         runs_dir=dirname("run", "output"),
-    threads: 1
-    resources:
-        mem_mb=4000,
-        runtime=30,
-    log:
-        "logs/standalone/{sid}.log",
-    conda:
-        CONDA_ENV
     shell:
         "python -m stfusion.cli train-standalone --strategy {wildcards.sid} --checkpoint {input.model} "
         "--cache {params.cache} --selection {input.selection} --ckpt-dir {params.ckpt_dir} "
@@ -51,19 +53,29 @@ rule validate_ranking:
         selection=SELECTION,
         ranking=RANKING,
         runs=lambda w: expand(f"{STANDALONE_RUNS}/{{sid}}.json", sid=selected_ids(w)),
+        run_files=lambda w: expand(
+            f"{STANDALONE_RUNS}/{{sid}}.{{kind}}.csv", sid=selected_ids(w), kind=["history", "predictions"]
+        ),
     output:
         fidelity=FIDELITY,
         table=f"{VALIDATION}/standalone.csv",
         markdown=f"{VALIDATION}/standalone.md",
-        plot=f"{VALIDATION}/ranking_fidelity.png",
+        plot=report(
+            f"{VALIDATION}/ranking_fidelity.png",
+            caption="../report/fidelity.rst",
+            category="4. Ranking fidelity",
+            labels={"kind": "figure", "name": "supernet score vs stand-alone accuracy"},
+        ),
+        best_history=f"{VALIDATION}/best_history.csv",
+        best_predictions=f"{VALIDATION}/best_test_predictions.csv",
         timing=f"{TIMING}/validate_ranking.json",
-    params:
-        runs_dir=dirname("runs"),
-        out_dir=dirname("fidelity", "output"),
     log:
         "logs/validate_ranking.log",
     conda:
         CONDA_ENV
+    params:
+        runs_dir=dirname("runs"),
+        out_dir=dirname("fidelity", "output"),
     shell:
         "python -m stfusion.cli validate-ranking --selection {input.selection} --runs-dir {params.runs_dir} "
         "--ranking {input.ranking} --out-dir {params.out_dir} --timing {output.timing} --log {log} --no-progress"
