@@ -28,7 +28,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from .scoring import eval_loader, evaluate
+from .data.transforms import normalize
+from .scoring import eval_loader, evaluate, view_logits
 from .strategies import KEEP_PROB_RULES
 
 Evaluator = Callable[[torch.nn.Module, int], dict]
@@ -103,13 +104,16 @@ def supernet_evaluator(val_set: Dataset, batch_size: int, num_classes: int, *, e
 
 @torch.no_grad()
 def test_predictions(net: torch.nn.Module, dataset, batch_size: int) -> pd.DataFrame:
-    """One row a video of ``dataset`` (a :class:`~stfusion.data.dataset.ClipDataset`): ``video_id``,
+    """One row a video of ``dataset`` (a split of either storage, items ``(3, T, H, W)`` or test views
+    ``(V, 3, T, H, W)``): ``video_id``,
     ``actual`` and ``predicted`` class names (the confusion matrix's input)."""
     net.eval()
     device = _device(net)
-    predicted = torch.cat([net(x.to(device)).argmax(1).cpu() for x, _ in eval_loader(dataset, batch_size)])
+    predicted = torch.cat([view_logits(net, normalize(x, device)).argmax(1).cpu()
+                           for x, _ in eval_loader(dataset, batch_size)])
     names = dataset.classes["name"].astype(str).tolist()
-    return pd.DataFrame({"video_id": dataset.manifest["video_id"].astype(str),
+    ids = dataset.manifest["video_id" if "video_id" in dataset.manifest else "id"]
+    return pd.DataFrame({"video_id": ids.astype(str),
                          "actual": [names[i] for i in dataset.labels.tolist()],
                          "predicted": [names[i] for i in predicted.tolist()]})
 

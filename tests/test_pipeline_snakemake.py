@@ -263,6 +263,7 @@ def test_tiny_run_exports_a_finetuned_network(tiny_run):
     import torch
 
     from stfusion.config import load_params
+    from stfusion.data.transforms import normalize
     from stfusion.export import TOLERANCE, export, load_network, run_exported
     from stfusion.pipeline import clip_dataset
 
@@ -273,7 +274,7 @@ def test_tiny_run_exports_a_finetuned_network(tiny_run):
     assert info["weights"].endswith(f"{best['id']}/model.pt")  # the finetuned weights, not the supernet's
     params = load_params(next((work / ".snakemake" / "stfusion").glob("params-*.yaml")))  # the run's own
     test = clip_dataset(params, work / "data" / "cache", "test", train=False)
-    clips = torch.stack([test[i][0] for i in range(min(5, len(test)))])
+    clips = normalize(torch.stack([test[i][0] for i in range(min(5, len(test)))]), torch.device("cpu"))
     with torch.no_grad():
         expected = net(clips)
     formats = ["pt2"] + (["onnx"] if _has("onnxruntime") and _has("onnxscript") else [])

@@ -41,8 +41,11 @@ ROOT = config["data"]["root"]
 IS_BUILTIN = config["data"]["dataset"] == "builtin"
 CACHE = P.CACHE
 # The prepared dataset, whatever its storage: what every stage after `prepare` takes as input.
-CACHE_FILES = {"manifest": f"{CACHE}/manifest.csv", "classes": f"{CACHE}/classes.csv",
-               "storage": f"{CACHE}/{S.STORAGE_FILE}"}
+CACHE_FILES = {
+    "manifest": f"{CACHE}/manifest.csv",
+    "classes": f"{CACHE}/classes.csv",
+    "storage": f"{CACHE}/{S.STORAGE_FILE}",
+}
 
 
 def _storage(cfg):

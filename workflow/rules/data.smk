@@ -29,15 +29,15 @@ if STORAGE == "cache":
             **CACHE_FILES,
             clips=f"{CACHE}/clips.npy",
             timing=f"{TIMING}/prepare.json",
-        params:
-            values=stage_values("prepare"),
-            root=lambda w, input: os.path.dirname(input.annotations) if IS_BUILTIN else input.root,
-            cache=dirname("manifest", "output"),
-        threads: 4
         log:
             "logs/prepare.log",
         conda:
             CONDA_ENV
+        threads: 4
+        params:
+            values=stage_values("prepare"),
+            root=lambda w, input: os.path.dirname(input.annotations) if IS_BUILTIN else input.root,
+            cache=dirname("manifest", "output"),
         shell:
             "python -m stfusion.cli prepare --root {params.root} --cache {params.cache} --workers {threads} "
             "--timing {output.timing} --log {log} --no-progress"
@@ -52,16 +52,16 @@ else:
         output:
             manifest=f"{CACHE}/shards/manifest-{{shard}}-of-{PREPARE_SHARDS}.csv",
             timing=f"{CACHE}/shards/timing-{{shard}}-of-{PREPARE_SHARDS}.json",
+        log:
+            f"logs/prepare/shard-{{shard}}-of-{PREPARE_SHARDS}.log",
+        conda:
+            CONDA_ENV
+        threads: 4
         params:
             values=stage_values("prepare"),
             root=lambda w, input: os.path.dirname(input.annotations) if IS_BUILTIN else input.root,
             cache=CACHE,
             shards=PREPARE_SHARDS,
-        threads: 4
-        log:
-            f"logs/prepare/shard-{{shard}}-of-{PREPARE_SHARDS}.log",
-        conda:
-            CONDA_ENV
         shell:
             "python -m stfusion.cli prepare --shard {wildcards.shard}/{params.shards} --root {params.root} "
             "--cache {params.cache} --workers {threads} --timing {output.timing} --log {log} --no-progress"
@@ -73,15 +73,15 @@ else:
         output:
             **CACHE_FILES,
             timing=f"{TIMING}/prepare.json",
+        log:
+            "logs/prepare.log",
+        conda:
+            CONDA_ENV
         params:
             values=stage_values("prepare"),
             root=lambda w, input: os.path.dirname(input.annotations) if IS_BUILTIN else input.root,
             cache=dirname("manifest", "output"),
             shards=PREPARE_SHARDS,
-        log:
-            "logs/prepare.log",
-        conda:
-            CONDA_ENV
         shell:
             "python -m stfusion.cli prepare --merge {params.shards} --root {params.root} --cache {params.cache} "
             "--timing {output.timing} --log {log} --no-progress"
