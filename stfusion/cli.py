@@ -17,7 +17,8 @@ these commands, and so can a person.
 
 Every subcommand takes ``--params`` (default ``params.yaml``), ``--set KEY=VALUE`` overrides, explicit input and
 output paths (defaults: the standard layout), ``--log FILE`` and ``--threads N``. Errors with a plain
-explanation end the command with one line ``stfusion: error: ...`` and exit status 2.
+explanation end the command with one line ``stfusion: error: ...`` and exit status 2. A training command stopped
+by SIGTERM or SIGUSR1 writes its checkpoint and exits with status 75 (``EXIT_RESUME``); running it again resumes.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import yaml
 
-from .errors import StfusionError
+from .errors import EXIT_RESUME, ResumableStop, StfusionError
 
 # Idle OpenMP threads sleep instead of spinning. On a shared or oversubscribed CPU, spinning threads make every
 # parallel torch op wait for descheduled peers: a training step measured 10x slower with 2 threads than with 1
@@ -416,6 +417,10 @@ def main(argv: list[str] | None = None) -> int:
                 h.flush()
         print(f"stfusion: error: {message}", file=sys.stderr)
         return 2
+    except ResumableStop as exc:
+        log.warning("%s", exc)
+        print(f"stfusion: {exc}", file=sys.stderr)
+        return EXIT_RESUME
     except KeyboardInterrupt:
         print("stfusion: interrupted", file=sys.stderr)
         return 130

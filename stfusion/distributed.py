@@ -44,6 +44,31 @@ def barrier() -> None:
         dist.barrier()
 
 
+def any_true(*flags: bool) -> tuple[bool, ...]:
+    """Each flag OR-ed over the ranks (one small all-reduce; also a barrier): every rank takes the same decision,
+    e.g. to write a checkpoint or to stop, at the same step."""
+    if world_size() == 1:
+        return tuple(bool(f) for f in flags)
+    t = torch.tensor([float(f) for f in flags])
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return tuple(bool(v) for v in t.tolist())
+
+
+def gather(obj) -> list:
+    """``obj`` of every rank, in rank order, on every rank (``[obj]`` in a single-process run)."""
+    if world_size() == 1:
+        return [obj]
+    out = [None] * world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def elastic_run_id() -> str:
+    """The id shared by every rank and every elastic restart of one ``torchrun`` launch (its rendezvous id);
+    empty outside torchrun."""
+    return os.environ.get("TORCHELASTIC_RUN_ID", "")
+
+
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

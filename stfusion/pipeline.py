@@ -34,7 +34,6 @@ import platform
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -442,7 +441,7 @@ def train_supernet(
     model = build_model(params, train_set.num_classes)
     cfg = supernet_config(params, len(train_set))
     cfg.extra = {**cfg.extra, "data": data_fingerprint(cache_dir)}
-    _discard_stale(out_dir / "last.pt", model.arch, asdict(cfg))
+    _discard_stale(out_dir / "last.pt", model.arch, cfg.settings())
     history = fit(model, train_set, cfg, out_dir, progress=progress)
     if distributed.is_main():
         save_supernet_build(out_dir / "model.pt", params, train_set.num_classes, classes)
@@ -453,14 +452,17 @@ def train_supernet(
             "mean_p_S": float(p[:, 0].mean()), "mean_p_ST": float(p[:, 1].mean())}
 
 
-def _discard_stale(last: Path, arch: dict, config: dict) -> None:
+def _discard_stale(last: Path, arch: dict, settings: dict) -> None:
     import torch
+
+    from .train import RUN_ONLY_FIELDS
 
     if not last.exists():
         return
     try:
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
-        same = ckpt.get("arch") == arch and ckpt.get("config") == config
+        written = {k: v for k, v in (ckpt.get("config") or {}).items() if k not in RUN_ONLY_FIELDS}
+        same = ckpt.get("arch") == arch and written == settings
     except Exception:  # noqa: BLE001 - a damaged file is stale too
         same = False
     if not same:
@@ -686,7 +688,7 @@ def _train_plain_runs(
         cfg = plain_config(params, section, seed_offset)
         cfg.extra = {**cfg.extra, "data": data_fp, **origin}
         run_dir = Path(ckpt_dir) / sid
-        _discard_stale(run_dir / "last.pt", net.arch, asdict(cfg))
+        _discard_stale(run_dir / "last.pt", net.arch, cfg.settings())
         log.info("%s: training %s (%s) for %d epochs", what, sid, row["strategy"], cfg.total_epochs)
         hist = fit(net, train_set, cfg, run_dir, progress=progress)
         res = {"id": sid, "strategy": row["strategy"], "name": row.get("name", sid)}
