@@ -76,7 +76,8 @@ METRICS = f"{RESULTS}/metrics.json"
 _DATA_LOADING = ["preset", "data.frames", "data.stride", "data.sampling"]
 
 #: where and how networks train (:func:`stfusion.train.compute_settings`): read by every training stage
-_COMPUTE = ["supernet.device", "supernet.precision", "supernet.channels_last", "supernet.loader_workers"]
+_COMPUTE = ["supernet.device", "supernet.precision", "supernet.channels_last", "supernet.loader_workers",
+            "supernet.checkpoint_minutes", "supernet.gpus_per_node", "supernet.nodes", "supernet.max_restarts"]
 
 #: The parameters each stage reads (dotted keys; a section name means the whole section). ``preset`` is listed
 #: everywhere because a preset may set any section.
@@ -94,7 +95,8 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "sample_strategies": ["seed", "preset", "gate.keep_prob", "scoring.n_samples", "scoring.top_k"],
     "score_strategies": [
         "seed", *_DATA_LOADING, "supernet.device", "scoring.recalibrate_bn", "scoring.calib_batches",
-        "scoring.batch_size",
+        "scoring.batch_size", "scoring.racing", "scoring.keep_top", "scoring.race_first_clips",
+        "scoring.race_growth", "scoring.race_confidence",
     ],
     "analyze": ["preset", "gate.keep_prob"],
     "derive": ["preset", "derive.top_k", "derive.st_threshold"],
