@@ -35,7 +35,15 @@ def init_from_env() -> bool:
     backend = os.environ.get("STFUSION_DIST_BACKEND") or ("nccl" if torch.cuda.is_available() else "gloo")
     if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    dist.init_process_group(backend=backend)
+    restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    if restart == "0":
+        dist.init_process_group(backend=backend)
+        return True
+    # after an elastic restart the launcher's store still holds the previous attempt's addresses (a rank would
+    # connect to a dead peer): this attempt's keys get their own prefix
+    store, rank_, world = next(dist.rendezvous("env://"))
+    dist.init_process_group(backend=backend, store=dist.PrefixStore(f"restart{restart}", store), rank=rank_,
+                            world_size=world)
     return True
 
 
