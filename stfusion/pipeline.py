@@ -532,7 +532,9 @@ def score_strategies(
     ``scoring.recalibrate_bn`` is false), ``top5``, ``top1_motion``, ``top1_appearance`` (validation, per class
     kind), ``top1_test`` (+ per kind: the test split, same mode, for reporting only), ``top1_recal`` and
     ``top1_plain_bn`` (validation with and without BN recalibration, both always measured), ``rank`` (1 = best
-    ``top1``; ties broken by log-probability)."""
+    ``top1``; ties broken by log-probability). With ``scoring.racing`` (:mod:`stfusion.racing`) also
+    ``race_status``, ``race_clips``, ``top1_partial``, ``top1_low``, ``top1_high``; the dropped strategies' score
+    columns are empty (NaN) and they rank last."""
     import hashlib
 
     from .checkpoint import write_csv
@@ -565,9 +567,15 @@ def score_strategies(
                  "recalibrated" if recalibrate else "plain")
         df = score_resumable(score_strategies_prefix, strategies, partial / f"{split}-{int(recalibrate)}",
                              val_loader=eval_loader(dataset, bs), recalibrate=recalibrate, **kw)
-        return df.drop(columns=["strategy", "n"]).assign(id=lambda d: d["id"].astype(str)).set_index("id")
+        return _indexed(df)
 
-    main_val = run(val, recal, "val")
+    if s.get("racing", False):
+        from .racing import race_stage
+
+        main_val = race_stage(params, strategies, val, cand, **kw)
+        strategies = [st for st, full in zip(strategies, main_val["race_status"] == "full") if full]
+    else:
+        main_val = run(val, recal, "val")
     other_val = run(val, not recal, "val")
     test_df = run(test, recal, "test")
     out_df = cand.set_index("id")
@@ -588,6 +596,10 @@ def score_strategies(
     best = out_df.iloc[0]
     log.info("best on validation: %s (top1 %.3f, test %.3f)", best["strategy"], best["top1"], best["top1_test"])
     return out_df
+
+
+def _indexed(scores: pd.DataFrame) -> pd.DataFrame:
+    return scores.drop(columns=["strategy", "n"]).assign(id=lambda d: d["id"].astype(str)).set_index("id")
 
 
 def _num_classes(model: torch.nn.Module) -> int:

@@ -168,3 +168,22 @@ def fully_scored(table: pd.DataFrame) -> pd.DataFrame:
     if "race_status" not in table:
         return table
     return table[table["race_status"].astype(str) == FULL]
+
+
+def race_stage(params: dict, strategies: Sequence[Strategy], dataset: Dataset, candidates: pd.DataFrame, *,
+               model: FusionNetwork, num_classes: int, **kw) -> pd.DataFrame:
+    """The ``score_strategies`` stage's validation scores with ``scoring.racing``: a race with the ``scoring``
+    keys (``keep_top``, ``race_first_clips``, ``race_growth``, ``race_confidence``, ``batch_size``,
+    ``recalibrate_bn``) in which the named families are protected; indexed by strategy id, without the
+    ``strategy`` and ``n`` columns."""
+    s = params["scoring"]
+    families = candidates.loc[candidates["source"].astype(str).str.contains("family"), "id"].astype(str)
+    table = race_strategies(model, strategies, dataset, num_classes, keep_top=int(s.get("keep_top", 5)),
+                            first_clips=int(s.get("race_first_clips", 128)), growth=float(s.get("race_growth", 2.0)),
+                            confidence=float(s.get("race_confidence", 0.99)), seed=int(params.get("seed", 0)),
+                            batch_size=int(s.get("batch_size", 32)), recalibrate=bool(s.get("recalibrate_bn", True)),
+                            protect=list(families), **kw)
+    full = int((table["race_status"] == FULL).sum())
+    log.info("racing: %d of %d strategies scored on all %d validation clips; %.3g conv/linear MACs", full,
+             len(table), len(dataset), table.attrs["macs_executed"])
+    return table.drop(columns=["strategy", "n"]).assign(id=lambda d: d["id"].astype(str)).set_index("id")

@@ -71,3 +71,26 @@ def test_race_keeps_exact_scores_for_survivors_and_marks_the_dropped(trained):
     # dropping strategies saves work: fewer MACs than scoring all of them on every clip
     assert raced.attrs["macs_executed"] < ref.attrs["macs_executed"]
     assert sum(r["scored"] for r in raced.attrs["rounds"][1:]) < len(strategies) * 3
+
+
+def test_dropped_strategies_are_never_taken_as_fully_scored():
+    """Downstream of a raced ranking: the network table marks the status, the stand-alone selection and the best
+    sampled strategy come from fully scored rows only."""
+    from stfusion.analysis import network_table
+    from stfusion.pipeline import add_rank
+    from stfusion.validation import select_strategies
+
+    rows = []
+    for i in range(8):
+        full = i < 6
+        rows.append({"id": f"s{i}", "name": f"sample-{i}", "source": "sample", "strategy": "x", "log_prob": -i,
+                     "prob": 0.1, "top1": 0.9 - 0.1 * i if full else np.nan, "race_status": FULL if full else DROPPED,
+                     "race_clips": 100 if full else 10, "top1_partial": 0.95 if not full else 0.9 - 0.1 * i})
+    ranked = add_rank(pd.DataFrame(rows))
+    assert list(ranked["id"][-2:]) == ["s6", "s7"]  # dropped: last, although their partial score is the highest
+    net = network_table(ranked)
+    assert {"race_status", "race_clips", "top1_partial"} <= set(net.columns)
+    sel = select_strategies(ranked, 4)
+    assert not set(sel["id"]) & {"s6", "s7"}
+    with pytest.raises(Exception, match="whole validation split"):
+        select_strategies(ranked, 7)
