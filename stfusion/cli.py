@@ -295,11 +295,16 @@ def cmd_derive(args, params):
 
 
 def cmd_finetune(args, params):
+    from . import distributed
     from . import pipeline as P
 
-    P.finetune(_stage(args, params, "finetune"), checkpoint=args.checkpoint, cache_dir=args.cache,
-               derived=args.derived, strategies=args.strategy, ckpt_dir=args.ckpt_dir, runs_dir=args.runs_dir,
-               progress=args.progress)
+    distributed.init_from_env()  # under torchrun: one process a GPU
+    try:
+        P.finetune(_stage(args, params, "finetune"), checkpoint=args.checkpoint, cache_dir=args.cache,
+                   derived=args.derived, strategies=args.strategy, ckpt_dir=args.ckpt_dir, runs_dir=args.runs_dir,
+                   progress=args.progress)
+    finally:
+        distributed.cleanup()
 
 
 def cmd_finetune_table(args, params):
@@ -319,11 +324,16 @@ def cmd_select(args, params):
 
 
 def cmd_train_standalone(args, params):
+    from . import distributed
     from . import pipeline as P
 
-    P.train_standalone(_stage(args, params, "train_standalone"), checkpoint=args.checkpoint, cache_dir=args.cache,
-                       selection=args.selection, strategies=args.strategy, ckpt_dir=args.ckpt_dir,
-                       runs_dir=args.runs_dir, progress=args.progress)
+    distributed.init_from_env()  # under torchrun: one process a GPU
+    try:
+        P.train_standalone(_stage(args, params, "train_standalone"), checkpoint=args.checkpoint,
+                           cache_dir=args.cache, selection=args.selection, strategies=args.strategy,
+                           ckpt_dir=args.ckpt_dir, runs_dir=args.runs_dir, progress=args.progress)
+    finally:
+        distributed.cleanup()
 
 
 def cmd_validate(args, params):

@@ -675,6 +675,7 @@ def _train_plain_runs(
     (e.g. the digest of the supernet a network is exported from) joins the training settings, so a run left by
     another supernet or other data is never resumed."""
     origin = origin or {}
+    from . import distributed
     from .scoring import eval_loader, evaluate, group_accuracy
     from .train import fit, plain_config, resolve_device
 
@@ -716,7 +717,8 @@ def _train_plain_runs(
         res["epochs"] = int(cfg.total_epochs)
         res["final_train_top1"] = float(hist.iloc[-1]["train_top1"]) if len(hist) else float("nan")
         res["seconds"] = round(time.perf_counter() - t0, 3)
-        write_json(Path(runs_dir) / f"{sid}.json", res)
+        if distributed.is_main():
+            write_json(Path(runs_dir) / f"{sid}.json", res)
         log.info("%s %s: val %.3f test %.3f (%.0f s)", what, sid, res["top1_val"], res["top1_test"], res["seconds"])
         results.append(res)
     return results

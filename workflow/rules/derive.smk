@@ -34,18 +34,21 @@ rule finetune:
         cache=dirname("manifest"),
         ckpt_dir=dirname("model", "output", up=2),
         runs_dir=dirname("run", "output"),
+        launch=TRAIN_LAUNCH,
+        threads=threads_per_process,
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
+        **TRAIN_RESOURCES,
     log:
         "logs/finetune/{sid}.log",
     conda:
         CONDA_ENV
     shell:
-        "python -m stfusion.cli finetune --strategy {wildcards.sid} --checkpoint {input.model} "
+        "{params.launch} stfusion.cli finetune --strategy {wildcards.sid} --checkpoint {input.model} "
         "--cache {params.cache} --derived {input.derived} --ckpt-dir {params.ckpt_dir} "
-        "--runs-dir {params.runs_dir} --threads {threads} --log {log} --no-progress"
+        "--runs-dir {params.runs_dir} --threads {params.threads} --log {log} --no-progress"
 
 
 rule finetune_table:

@@ -32,18 +32,21 @@ rule train_standalone:
         cache=dirname("manifest"),
         ckpt_dir=dirname("model", "output", up=2),
         runs_dir=dirname("run", "output"),
+        launch=TRAIN_LAUNCH,
+        threads=threads_per_process,
     threads: 1
     resources:
         mem_mb=4000,
         runtime=30,
+        **TRAIN_RESOURCES,
     log:
         "logs/standalone/{sid}.log",
     conda:
         CONDA_ENV
     shell:
-        "python -m stfusion.cli train-standalone --strategy {wildcards.sid} --checkpoint {input.model} "
+        "{params.launch} stfusion.cli train-standalone --strategy {wildcards.sid} --checkpoint {input.model} "
         "--cache {params.cache} --selection {input.selection} --ckpt-dir {params.ckpt_dir} "
-        "--runs-dir {params.runs_dir} --threads {threads} --log {log} --no-progress"
+        "--runs-dir {params.runs_dir} --threads {params.threads} --log {log} --no-progress"
 
 
 rule validate_ranking:
