@@ -80,3 +80,47 @@ def elastic_run_id() -> str:
 def cleanup() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+class GlobalBatchNorm3d(torch.nn.BatchNorm3d):
+    """BatchNorm3d whose training-mode statistics are those of the global batch of every rank, on any backend
+    (gloo on CPU included; PyTorch's SyncBatchNorm is CUDA-only). One differentiable all-reduce of the
+    per-channel sums ``(C,)``, sums of squares and count a layer and step; eval mode is plain BatchNorm3d, and
+    the parameters and buffers are BatchNorm3d's (same state dict)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or world_size() == 1:
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        c, dims = x.shape[1], (0, 2, 3, 4)
+        count = x.new_tensor([x.numel() / c])
+        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        n = stats[-1]
+        mean = stats[:c] / n
+        var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked += 1
+                m = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.detach(), m)
+                self.running_var.lerp_(var.detach() * n / (n - 1).clamp_min(1), m)
+        shape = (1, c, 1, 1, 1)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        return y * self.weight.view(shape) + self.bias.view(shape) if self.affine else y
+
+
+def global_batchnorm(module: torch.nn.Module) -> torch.nn.Module:
+    """``module`` with every BatchNorm3d replaced, in place, by a :class:`GlobalBatchNorm3d` holding the same
+    parameter and buffer tensors."""
+    for name, child in module.named_children():
+        if type(child) is torch.nn.BatchNorm3d:
+            bn = GlobalBatchNorm3d(child.num_features, child.eps, child.momentum, child.affine,
+                                   child.track_running_stats)
+            for key, value in [*child.named_parameters(recurse=False), *child.named_buffers(recurse=False)]:
+                setattr(bn, key, value)  # the same tensors: the optimizer keeps training them
+            bn.train(child.training)
+            setattr(module, name, bn)
+        else:
+            global_batchnorm(child)
+    return module

@@ -66,7 +66,7 @@ class TrainConfig:
     kl_k: float | None = None  # None: plain training, no KL term
     kl_form: str = "linear"
     n_train: int | None = None  # N of the KL term; None = len(train_set)
-    sync_bn: bool = True  # SyncBatchNorm under multi-GPU DDP (CUDA only; ignored on CPU and single-process runs)
+    sync_bn: bool = True  # BatchNorm over the global batch under DDP (SyncBatchNorm on CUDA, GlobalBatchNorm3d on CPU)
     precision: str = "fp32"  # fp32 | bf16 (autocast of the forward; weights, gate logits and the KL stay fp32)
     channels_last: bool = False  # model and batches in channels_last_3d (NDHWC) memory layout
     loader_workers: int = 0  # DataLoader worker processes (0: load in the training process)
@@ -273,8 +273,11 @@ def fit(
             raise failed or StfusionError(f"rank 0 could not write the checkpoint {ckpt_path}; see its log")
         clock.reset()
 
-    if distributed.world_size() > 1 and cfg.sync_bn and device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    if distributed.world_size() > 1 and cfg.sync_bn:
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:  # gloo on CPU: PyTorch's SyncBatchNorm needs CUDA
+            distributed.global_batchnorm(model)
     net, net_phase, check_unused = model, None, False
     clock = CheckpointClock(cfg.checkpoint_minutes)
     bar = tqdm(range(state.epoch, cfg.total_epochs), desc=f"train {out_dir.name}",

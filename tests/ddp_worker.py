@@ -2,10 +2,9 @@
 
     python tests/ddp_worker.py OUT WARMUP_EPOCHS GATED_EPOCHS [cpu|cuda] [--checkpoint-minutes M] [--pid-dir D]
 
-On CPU, BatchNorm is replaced by identity: there is no SyncBatchNorm on CPU, and per-rank batch statistics would
-differ from the single-process global batch, which is not what this test is about (gradient averaging, sampler
-sharding, rank-0 checkpointing). On CUDA (the GPU check in benchmarks/gpu_checks.sh) BatchNorm stays and ``fit``
-converts it to SyncBatchNorm, so several processes again see the statistics of the global batch.
+BatchNorm stays: ``fit`` makes it use the statistics of the global batch under DDP (GlobalBatchNorm3d over gloo
+on CPU; SyncBatchNorm on CUDA, the GPU check in benchmarks/gpu_checks.sh), so several processes see what one
+process sees. ``--no-bn`` replaces BatchNorm by identity.
 
 ``--pid-dir`` writes ``rank<R>-restart<N>`` (holding the process id) there at start, so a test can kill one rank
 of a given torchrun attempt.
@@ -43,6 +42,7 @@ def main(argv=None) -> None:
     ap.add_argument("device", nargs="?", default="cpu")
     ap.add_argument("--checkpoint-minutes", type=float, default=None)
     ap.add_argument("--pid-dir", default=None)
+    ap.add_argument("--no-bn", action="store_true")
     args = ap.parse_args(argv)
     if args.pid_dir:
         name = f"rank{os.environ.get('RANK', '0')}-restart{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
@@ -50,7 +50,7 @@ def main(argv=None) -> None:
     distributed.init_from_env()
     torch.manual_seed(0)
     model = build_model(TINY_PARAMS, 2)
-    if args.device == "cpu":
+    if args.no_bn:
         strip_bn(model)
     cfg = TrainConfig(epochs=args.gated, warmup_epochs=args.warmup, batch_size=16, lr=0.02, kl_k=5.0,
                       device=args.device, checkpoint_minutes=args.checkpoint_minutes)
