@@ -5,7 +5,9 @@
 #   2. CUDA training speed: the default supernet (params.yaml, built-in benchmark) trained by the CLI on the GPU in
 #      fp32, bf16 and channels_last_3d, against the same run on the machine's CPU cores;
 #   3. DDP under torchrun on the GPU: 2 processes (gloo, since NCCL refuses two ranks on one GPU; SyncBatchNorm on)
-#      against 1 process with the same global batch, and a gated supernet run of the CLI under torchrun.
+#      against 1 process with the same global batch, and a gated supernet run of the CLI under torchrun;
+#   4. the supernet overhead of the small preset (launch-bound on a GPU) with torch.compile of the forward
+#      (goal <= 1.3), and the elastic-restart and DDP tests on the GPU machine.
 # Results go to $OUT (default gpu-checks/). Usage: bash benchmarks/gpu_checks.sh
 set -uo pipefail
 OUT=${OUT:-gpu-checks}
@@ -51,5 +53,11 @@ t=$(STFUSION_DIST_BACKEND=gloo secs "$PY" -m torch.distributed.run --nproc_per_n
     --set supernet.device=cuda)
 echo "torchrun 2 processes train-supernet (gated, every parameter used): ${t} s, history rows $(($(wc -l <"$W/sn-ddp/history.csv") - 1))" \
   | tee -a "$OUT/ddp.txt"
+
+echo "== 4. torch.compile of the gated forward (small preset, GPU), and the fault-tolerance tests"
+"$PY" benchmarks/run.py --device cuda --compile 2>&1 | grep -E "supernet_overhead|supernet step" \
+  | tee "$OUT/compile.txt"
+"$PY" -m pytest -q tests/test_ddp.py tests/test_fault_tolerance.py -k "elastic or sigterm" 2>&1 | tail -n 3 \
+  | tee "$OUT/fault_tests.txt"
 tail -n 20 "$OUT/train.log" "$OUT/ddp.log" >"$OUT/tails.txt"
 rm -rf "$W"

@@ -62,6 +62,15 @@ def any_true(*flags: bool) -> tuple[bool, ...]:
     return tuple(bool(v) for v in t.tolist())
 
 
+def sum_over_ranks(values: dict[str, float]) -> dict[str, float]:
+    """``values`` summed over the ranks (one all-reduce in float64); the same dict in a single-process run."""
+    if world_size() == 1:
+        return dict(values)
+    t = torch.tensor([float(v) for v in values.values()], dtype=torch.float64)
+    dist.all_reduce(t)
+    return dict(zip(values, t.tolist()))
+
+
 def gather(obj) -> list:
     """``obj`` of every rank, in rank order, on every rank (``[obj]`` in a single-process run)."""
     if world_size() == 1:
@@ -82,6 +91,22 @@ def cleanup() -> None:
         dist.destroy_process_group()
 
 
+class _SumOverRanks(torch.autograd.Function):
+    """``x`` summed over the ranks, with the gradient summed over the ranks in the backward pass."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        out = x.clone()
+        dist.all_reduce(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 class GlobalBatchNorm3d(torch.nn.BatchNorm3d):
     """BatchNorm3d whose training-mode statistics are those of the global batch of every rank, on any backend
     (gloo on CPU included; PyTorch's SyncBatchNorm is CUDA-only). One differentiable all-reduce of the
@@ -91,11 +116,9 @@ class GlobalBatchNorm3d(torch.nn.BatchNorm3d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or world_size() == 1:
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
-
         c, dims = x.shape[1], (0, 2, 3, 4)
         count = x.new_tensor([x.numel() / c])
-        stats = all_reduce(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
+        stats = _SumOverRanks.apply(torch.cat([x.sum(dims), (x * x).sum(dims), count]))
         n = stats[-1]
         mean = stats[:c] / n
         var = (stats[c : 2 * c] / n - mean * mean).clamp_min(0)

@@ -37,11 +37,16 @@ def launch_prefix(gpus_per_node: int = 1, nodes: int = 1, max_restarts: int = 3,
             f"--rdzv-endpoint={head}:{port} --rdzv-id=$SLURM_JOB_ID-${{SLURM_RESTART_COUNT:-0}} -m")
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str]) -> int:
+    """``torchrun`` with SIGUSR1 ignored. Everything after ``-m MODULE`` goes to the module untouched (torchrun's
+    own parser would take ``--log`` for an abbreviation of its ``--log-dir``)."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # inherited by the workers until they install their handler
-    from torch.distributed.run import main as torchrun
+    from torch.distributed.run import parse_args, run
 
-    torchrun(argv)
+    cut = argv.index("-m") + 2 if "-m" in argv else len(argv)
+    args = parse_args(argv[:cut])
+    args.training_script_args = argv[cut:]
+    run(args)
     return 0
 
 

@@ -5,7 +5,8 @@ Files in ``out_dir``:
   ``last.pt``          the last checkpoint: model, optimizer, scheduler, finished epochs, the step reached in the
                        next epoch with its partial sums, every rank's RNG states, the optimizer step count, history
   ``model.pt``         the final weights (written once training is complete)
-  ``history.csv``      one row an epoch: phase, lr, loss, cross-entropy, KL, train accuracy, optimizer steps
+  ``history.csv``      one row an epoch: phase, lr, loss, cross-entropy, KL, train accuracy (over the global
+                       batches of every rank), optimizer steps
   ``drop_rates.csv``   one row per epoch, layer and path: the drop rate p (gated networks only)
 
 A checkpoint is written after every epoch and, with ``checkpoint_minutes``, every that many minutes inside an
@@ -320,10 +321,11 @@ def fit(
                         _stopped(stop.signal, ckpt_path, epoch, state.step)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
-            n = max(sums["n"], 1)
+            total = distributed.sum_over_ranks({k: sums[k] for k in ("loss", "ce", "kl", "correct", "n")})
+            n = max(total["n"], 1)
             row = {
-                "epoch": epoch + 1, "phase": phase, "lr": lr, "loss": sums["loss"] / n, "ce": sums["ce"] / n,
-                "kl": sums["kl"] / n, "train_top1": sums["correct"] / n, "steps": state.optimizer_steps,
+                "epoch": epoch + 1, "phase": phase, "lr": lr, "loss": total["loss"] / n, "ce": total["ce"] / n,
+                "kl": total["kl"] / n, "train_top1": total["correct"] / n, "steps": state.optimizer_steps,
                 "seconds": time.perf_counter() - t0,
             }
             state.history.append(row)

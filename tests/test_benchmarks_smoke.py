@@ -17,6 +17,8 @@ GOALS = {
     "hard_gate_subnet": ("<=", 1.05),
     "prefix_scoring": ("<=", 0.33),
     "prefix_scoring_flops": ("<=", 0.33),
+    "racing_time": ("<=", 0.35),
+    "racing_flops": ("<=", 0.25),
     "data_loader": (">=", 5.0),
 }
 GPU = {"gpu_bf16_autocast", "gpu_channels_last_3d", "gpu_pinned_memory"}
