@@ -143,9 +143,14 @@ class SeededSamples(Dataset):
 
     def __getitem__(self, item):
         i, epoch = item
-        with torch.random.fork_rng(devices=[], enabled=torch.utils.data.get_worker_info() is None):
-            torch.manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_000_007 + i) % (1 << 63))
+        in_worker = torch.utils.data.get_worker_info() is not None
+        state = None if in_worker else torch.get_rng_state()
+        torch.default_generator.manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_000_007 + i) % (1 << 63))
+        try:
             return self.dataset[i]
+        finally:
+            if state is not None:
+                torch.set_rng_state(state)
 
 
 def epoch_loader(train_set: Dataset, cfg: TrainConfig, epoch: int, skip_batches: int = 0) -> DataLoader:
