@@ -53,8 +53,8 @@ def paired_ratio(candidate: Callable[[], object], baseline: Callable[[], object]
     """Time ``candidate`` and ``baseline`` alternately (which goes first alternates too).
 
     ``ratio`` is the median of the per-pair ratios of wall-clock time (robust to the slow load drift of a shared
-    machine), ``cpu_ratio`` the same for process CPU time (all threads); ``candidate_s`` / ``baseline_s`` are
-    median wall times."""
+    machine), ``ratio_q1`` / ``ratio_q3`` their quartiles, ``cpu_ratio`` the median for process CPU time (all
+    threads); ``candidate_s`` / ``baseline_s`` are median wall times."""
     for _ in range(warmup):
         baseline()
         candidate()
@@ -67,10 +67,12 @@ def paired_ratio(candidate: Callable[[], object], baseline: Callable[[], object]
             wall[fn].append(time.perf_counter() - t)
             cpu[fn].append(time.process_time() - c)
 
-    def med_ratio(d):
-        return statistics.median(a / b for a, b in zip(d[candidate], d[baseline]))
+    def ratios(d):
+        return [a / b for a, b in zip(d[candidate], d[baseline])]
 
-    return {"ratio": med_ratio(wall), "cpu_ratio": med_ratio(cpu), "candidate_s": statistics.median(wall[candidate]),
+    q1, _, q3 = statistics.quantiles(ratios(wall), n=4) if repeats > 1 else (float("nan"),) * 3
+    return {"ratio": statistics.median(ratios(wall)), "cpu_ratio": statistics.median(ratios(cpu)),
+            "ratio_q1": q1, "ratio_q3": q3, "candidate_s": statistics.median(wall[candidate]),
             "baseline_s": statistics.median(wall[baseline]), "repeats": repeats}
 
 
@@ -94,9 +96,12 @@ def _synced(fn: Callable[[], object], device: torch.device) -> Callable[[], None
     return run
 
 
-def _train_step(model, optimizer, x, y, kl: dict | None) -> Callable[[], None]:
+def _train_step(forward, optimizer, x, y, kl: dict | None, model=None) -> Callable[[], None]:
+    """One SGD step through ``forward`` (the model, or a compiled wrapper of ``model``)."""
+    model = model if model is not None else forward
+
     def step():
-        logits = model(x)
+        logits = forward(x)
         loss = F.cross_entropy(logits, y)
         if kl is not None:
             loss = loss + model.kl(kl["n_train"], kl["k"], kl["form"])
@@ -108,10 +113,11 @@ def _train_step(model, optimizer, x, y, kl: dict | None) -> Callable[[], None]:
 
 
 def supernet_step(params: dict, x: torch.Tensor, y: torch.Tensor, *, gated: bool = True,
-                  channels_last: bool = False, bf16: bool = False) -> Callable[[], None]:
+                  channels_last: bool = False, bf16: bool = False, compile: bool = False) -> Callable[[], None]:
     """One training step of a freshly seeded template on the batch ``(x, y)``, on ``x``'s device: gated (all
     gates stochastic, CE + KL) or gate-free (both paths on, CE only); in ``channels_last_3d`` and/or under bf16
-    autocast; synchronised on a GPU."""
+    autocast; with ``compile``, the forward through :func:`torch.compile` (fewer kernel launches for the
+    gated layers' small element-wise ops); synchronised on a GPU."""
     dev = x.device
     layout = torch.channels_last_3d if channels_last else torch.contiguous_format
     g = params["gate"]
@@ -121,7 +127,8 @@ def supernet_step(params: dict, x: torch.Tensor, y: torch.Tensor, *, gated: bool
     model.set_gates_active(gated)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    step = _train_step(model, opt, x.contiguous(memory_format=layout), y, kl)
+    forward = torch.compile(model) if compile else model
+    step = _train_step(forward, opt, x.contiguous(memory_format=layout), y, kl, model)
 
     def run():
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=bf16):
@@ -131,7 +138,7 @@ def supernet_step(params: dict, x: torch.Tensor, y: torch.Tensor, *, gated: bool
 
 
 def supernet_overhead(params: dict | None = None, *, repeats: int = 20, batch: int | None = None,
-                      device: str = "cpu", channels_last: bool = False) -> dict:
+                      device: str = "cpu", channels_last: bool = False, compile: bool = False) -> dict:
     """Training step (forward, CE + KL, backward, SGD) of the supernet, all gates stochastic (template mode,
     gated), over the same template with both paths always on and no gates (``set_gates_active(False)``,
     CE only): same widths, same input, on ``device`` (in channels_last_3d with ``channels_last``)."""
@@ -139,7 +146,7 @@ def supernet_overhead(params: dict | None = None, *, repeats: int = 20, batch: i
     dev = torch.device(device)
     batch = batch or int(params["supernet"]["batch_size"])
     x, y = (t.to(dev) for t in _clip_batch(params, batch))
-    steps = {name: supernet_step(params, x, y, gated=gated, channels_last=channels_last)
+    steps = {name: supernet_step(params, x, y, gated=gated, channels_last=channels_last, compile=compile)
              for name, gated in (("supernet", True), ("plain", False))}
     res = paired_ratio(steps["supernet"], steps["plain"], repeats)
     res["batch"] = batch

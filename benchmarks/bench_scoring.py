@@ -196,3 +196,102 @@ def prefix_scoring(quick: bool = False, cache: Path | None = None, n_strategies:
         "entropy_nats": posterior.entropy(), "source": sn["source"], "train_s": sn["train_s"],
         "val_clips": len(sn["val"]), "calib_clips": sum(len(c) for c in sn["calib"]),
     }
+
+
+def naive_macs(model, strategies, clip: torch.Tensor, clips: int) -> int:
+    """Conv/linear MACs of naive full scoring: every strategy through the whole network once per clip
+    (``clips`` = validation + calibration clips; the count per clip does not depend on the mode), counted on one
+    clip ``(1, 3, T, H, W)`` per distinct strategy."""
+    per_clip = {}
+    model.eval()
+    with torch.no_grad():
+        for s in dict.fromkeys(strategies):
+            model.set_strategy(s)
+            with count_macs(model) as c:
+                model(clip)
+            per_clip[s] = c.total
+    model.set_strategy(None)
+    return sum(per_clip[s] for s in strategies) * clips
+
+
+def racing(quick: bool = False, folder=None, device: str = "cpu", naive_sample: int = 16) -> dict:
+    """Racing + prefix sharing against naive full scoring (every strategy through the whole network on every
+    validation clip, :func:`stfusion.scoring.score_strategies`) of 256 strategies (32 with ``quick``) drawn from
+    the posterior of a small supernet (6 fusion layers, widths 8/16/32, 4 frames of 16 x 16) trained briefly on a
+    built-in benchmark generated with a validation split of over 1,000 clips (128 videos a class, 80% of the
+    labelled training videos held out; 16 a class with ``quick``).
+
+    Naive full scoring of all 256 would take most of an hour on 2 cores, so it is measured on ``naive_sample``
+    strategies drawn at random from the 256 and extrapolated: its MACs exactly (:func:`naive_macs`), its time as
+    the sample's time x (all strategies' naive MACs / the sample's). The reference ranking is the one-pass
+    prefix-shared scoring of all 256 on the whole split, whose scores equal the naive scorer's (checked here on
+    the sample, and in tests/test_prefix_scoring.py). Best strategy and top-5 set by :func:`ranking`."""
+    from stfusion.data import class_kinds, generate, preprocess, read_annotations
+    from stfusion.racing import fully_scored, race_strategies
+
+    params = load_params()
+    params["model"].update(widths=[8, 16, 32], layers_per_stage=[2, 2, 2], stem_width=8)
+    params["data"].update(frames=4, size=16)
+    tmp = tempfile.TemporaryDirectory(prefix="stfusion-race-") if folder is None else None
+    folder = Path(folder or tmp.name)
+    t = time.perf_counter()
+    with contextlib.redirect_stdout(sys.stderr):
+        generate(folder / "builtin", clips_per_class=16 if quick else 128, frames=12, size=32, progress=False)
+        videos, classes = read_annotations("builtin", folder / "builtin")
+        preprocess(videos, classes, folder / "cache", cache_frames=12, size=16, workers=2, val_fraction=0.8,
+                   class_kinds=class_kinds(folder / "builtin"), progress=False)
+    data_s = time.perf_counter() - t
+    train, val, groups, num_classes = _cache_data(params, folder / "cache")
+    torch.manual_seed(0)
+    model = build_model(params, num_classes)
+    g = params["gate"]
+    cfg = TrainConfig(epochs=1 if quick else 2, warmup_epochs=1 if quick else 3, batch_size=16, lr=0.05,
+                      kl_k=float(g["kl_k"]), kl_form=g.get("kl_form", "linear"), seed=0, device=device)
+    t = time.perf_counter()
+    with tempfile.TemporaryDirectory() as ckpt:
+        fit(model, train, cfg, ckpt, progress=False)
+    train_s = time.perf_counter() - t
+    model.eval()
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(2))[:64].tolist()
+    xs = torch.stack([train[i][0] for i in order])
+    calib = [xs[i : i + 32] for i in range(0, len(xs), 32)]
+    posterior = model.posterior()
+    strategies = posterior.sample(32 if quick else 256, seed=0)
+    kw = dict(calib_batches=calib, groups=groups, progress=False, device=device)
+    loader = DataLoader(val, batch_size=64)
+
+    t = time.perf_counter()
+    raced = race_strategies(model, strategies, val, num_classes, keep_top=5, first_clips=64 if quick else 128,
+                            growth=2.0, confidence=0.99, seed=0, batch_size=64, **kw)
+    race_s = time.perf_counter() - t
+    reference = score_strategies_prefix(model, strategies, loader, num_classes, **kw)
+    sample = [strategies[i] for i in torch.randperm(len(strategies), generator=torch.Generator().manual_seed(3))
+              [: min(naive_sample, len(strategies))].tolist()]
+    t = time.perf_counter()
+    with count_macs(model) as c:
+        naive_sample_df = score_strategies(model, sample, loader, num_classes, **kw)
+    sample_s, sample_macs = time.perf_counter() - t, c.total
+    ref_by_id = reference.drop_duplicates("id").set_index("id")
+    diff = float(np.abs(naive_sample_df.set_index("id")[SCORE_COLUMNS].to_numpy(float)
+                        - ref_by_id.loc[naive_sample_df["id"], SCORE_COLUMNS].to_numpy(float)).max())
+    assert diff <= 1e-5, f"prefix scores differ from the naive scorer by {diff}"
+    clip = val[0][0][None].to(device)
+    n_clips = len(val) + sum(len(b) for b in calib)
+    macs_naive = naive_macs(model, strategies, clip, n_clips)
+    assert abs(naive_macs(model, sample, clip, n_clips) - sample_macs) <= 1e-6 * sample_macs, "MAC count mismatch"
+    naive_s = sample_s * macs_naive / sample_macs
+    full = fully_scored(raced)
+    best_naive, best_race = ranking(reference.drop_duplicates("id")), ranking(full.drop_duplicates("id"))
+    if tmp is not None:
+        tmp.cleanup()
+    return {
+        "ratio": race_s / naive_s, "flops_ratio": raced.attrs["macs_executed"] / macs_naive, "race_s": race_s,
+        "naive_s": naive_s, "naive_sample_s": sample_s, "naive_sample": len(sample),
+        "macs_race": raced.attrs["macs_executed"], "macs_naive": macs_naive,
+        "macs_prefix_full": reference.attrs["macs_executed"],
+        "same_best": best_naive[0] == best_race[0], "same_top5": set(best_naive[:5]) == set(best_race[:5]),
+        "best": best_naive[0], "top5_naive": best_naive[:5], "top5_race": best_race[:5],
+        "strategies": len(strategies), "distinct": len(set(strategies)), "full": int(len(full.drop_duplicates("id"))),
+        "rounds": raced.attrs["rounds"], "val_clips": len(val), "data_s": data_s, "train_s": train_s,
+        "entropy_nats": posterior.entropy(),
+    }

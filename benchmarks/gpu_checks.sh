@@ -7,6 +7,8 @@
 #   3. DDP under torchrun on the GPU: 2 processes (gloo, since NCCL refuses two ranks on one GPU; SyncBatchNorm on)
 #      against 1 process with the same global batch, and a gated supernet run of the CLI under torchrun;
 #   4. the videos-storage loader against the GPU: DenseNet-121 training step vs seconds per batch of 8 and 16 workers.
+#   5. the supernet overhead of the small preset (launch-bound on a GPU) with torch.compile of the forward
+#      (goal <= 1.3), and the elastic-restart and DDP tests on the GPU machine.
 # Results go to $OUT (default gpu-checks/). Usage: bash benchmarks/gpu_checks.sh
 set -uo pipefail
 OUT=${OUT:-gpu-checks}
@@ -54,5 +56,11 @@ echo "torchrun 2 processes train-supernet (gated, every parameter used): ${t} s,
   | tee -a "$OUT/ddp.txt"
 echo "== 4. the videos loader against the GPU step (DenseNet-121, 16x224x224, batch 32, 8 and 16 workers, 256p files)"
 "$PY" benchmarks/bench_videos.py --gpu-loader 2>&1 | tee "$OUT/gpu_loader.txt"
+
+echo "== 5. torch.compile of the gated forward (small preset, GPU), and the fault-tolerance tests"
+"$PY" benchmarks/run.py --device cuda --compile 2>&1 | grep -E "supernet_overhead|supernet step" \
+  | tee "$OUT/compile.txt"
+"$PY" -m pytest -q tests/test_ddp.py tests/test_fault_tolerance.py -k "elastic or sigterm" 2>&1 | tail -n 3 \
+  | tee "$OUT/fault_tests.txt"
 tail -n 20 "$OUT/train.log" "$OUT/ddp.log" >"$OUT/tails.txt"
 rm -rf "$W"

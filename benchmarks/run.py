@@ -34,6 +34,8 @@ GOALS = {  # name: (comparison, goal)
     "hard_gate_subnet": ("<=", 1.05),
     "prefix_scoring": ("<=", 0.33),
     "prefix_scoring_flops": ("<=", 0.33),
+    "racing_time": ("<=", 0.35),
+    "racing_flops": ("<=", 0.25),
     "data_loader": (">=", 5.0),
     "gpu_bf16_autocast": ("<=", 1.00),
     "gpu_channels_last_3d": ("<=", 1.00),
@@ -97,6 +99,8 @@ def main(argv=None) -> int:
                          "batch 32")
     ap.add_argument("--channels-last", action="store_true",
                     help="goal 1 (supernet overhead) with model and input in channels_last_3d")
+    ap.add_argument("--compile", action="store_true",
+                    help="goal 1 (supernet overhead) with both forwards through torch.compile")
     ap.add_argument("--threads", type=int, default=None,
                     help="torch intra-op threads (default: torch's own, i.e. the cores; 1 with --quick)")
     args = ap.parse_args(argv)
@@ -127,11 +131,12 @@ def main(argv=None) -> int:
     # (1) supernet training-step overhead
     dev = args.device
     note(f"goals 1-3 on {dev}" + (f" ({torch.cuda.get_device_name(0)})" if dev == "cuda" else ""))
-    res = bench_model.supernet_overhead(params, repeats=reps, device=dev, channels_last=args.channels_last)
+    res = bench_model.supernet_overhead(params, repeats=3 if quick else 80, device=dev,
+                                        channels_last=args.channels_last, compile=args.compile)
     emit(line("supernet_overhead", res["ratio"]))
     note(f"supernet step {res['candidate_s'] * 1e3:.1f} ms vs plain {res['baseline_s'] * 1e3:.1f} ms "
-         f"(batch {res['batch']}, median of {res['repeats']} interleaved pairs; CPU-time ratio "
-         f"{res['cpu_ratio']:.3f})")
+         f"(batch {res['batch']}, median of {res['repeats']} interleaved pairs, quartiles {res['ratio_q1']:.3f}-"
+         f"{res['ratio_q3']:.3f}; CPU-time ratio {res['cpu_ratio']:.3f})")
     supernet_rate, batch = res["supernet_clips_per_s"], res["batch"]
 
     # (2) hard-gate mode vs the exported plain subnet
@@ -156,6 +161,19 @@ def main(argv=None) -> int:
          f"{res['calib_clips']} calibration clips; trained {res['train_s']:.0f} s on {res['source']}; "
          f"max |diff| {res['max_abs_diff']:.1e}, rankings "
          f"{'identical' if res['same_ranking'] else 'differ (GPU kernels)'}")
+
+    # (3b) racing + prefix sharing vs naive full scoring, 256 strategies, >= 1,000 validation clips
+    res = bench_scoring.racing(quick, device=dev)
+    emit(line("racing_time", res["ratio"]))
+    emit(line("racing_flops", res["flops_ratio"]))
+    note(f"racing {res['race_s']:.1f} s vs naive {res['naive_s']:.1f} s (extrapolated from {res['naive_sample']} "
+         f"strategies scored naively in {res['naive_sample_s']:.1f} s); MACs {res['macs_race']:.3g} vs naive "
+         f"{res['macs_naive']:.3g} (prefix sharing alone, one pass: {res['macs_prefix_full']:.3g}); "
+         f"{res['strategies']} strategies ({res['distinct']} distinct, posterior entropy "
+         f"{res['entropy_nats']:.2f} nats), {res['full']} distinct scored in full on {res['val_clips']} validation clips; "
+         f"rounds {[(r['clips'], r['scored'], r['dropped']) for r in res['rounds']]} (clips, scored, dropped); "
+         f"same best: {res['same_best']}, same top-5 set: {res['same_top5']} (naive {res['top5_naive']}, racing "
+         f"{res['top5_race']}); data {res['data_s']:.0f} s, training {res['train_s']:.0f} s")
 
     # (4) data loader vs supernet consumption
     loader = None if cache is None else _bench_loader(cache, params["data"]["frames"], batch, 2 if quick else 10)

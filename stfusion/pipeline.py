@@ -35,7 +35,6 @@ import platform
 import shutil
 import time
 from contextlib import contextmanager
-from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
@@ -84,7 +83,8 @@ _TRAIN_VIEW = ["data.flip", "data.crop", "data.train_short_side", "data.max_deco
 _TEST_VIEW = ["data.eval_crop", "data.eval_short_side", "data.test_clips", "data.test_crops"]
 
 #: where and how networks train (:func:`stfusion.train.compute_settings`): read by every training stage
-_COMPUTE = ["supernet.device", "supernet.precision", "supernet.channels_last", "supernet.loader_workers"]
+_COMPUTE = ["supernet.device", "supernet.precision", "supernet.channels_last", "supernet.loader_workers",
+            "supernet.checkpoint_minutes", "supernet.gpus_per_node", "supernet.nodes", "supernet.max_restarts"]
 
 #: The parameters each stage reads (dotted keys; a section name means the whole section). ``preset`` is listed
 #: everywhere because a preset may set any section.
@@ -103,7 +103,8 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "sample_strategies": ["seed", "preset", "gate.keep_prob", "scoring.n_samples", "scoring.top_k"],
     "score_strategies": [
         "seed", *_DATA_LOADING, *_TEST_VIEW, "supernet.device", "supernet.loader_workers", "scoring.recalibrate_bn",
-        "scoring.calib_batches", "scoring.batch_size",
+        "scoring.calib_batches", "scoring.batch_size", "scoring.racing", "scoring.keep_top",
+        "scoring.race_first_clips", "scoring.race_growth", "scoring.race_confidence",
     ],
     "analyze": ["preset", "gate.keep_prob"],
     "derive": ["preset", "derive.top_k", "derive.st_threshold"],
@@ -410,7 +411,7 @@ def train_supernet(
     model = build_model(params, train_set.num_classes)
     cfg = supernet_config(params, len(train_set))
     cfg.extra = {**cfg.extra, "data": data_fingerprint(cache_dir)}
-    _discard_stale(out_dir / "last.pt", model.arch, asdict(cfg))
+    _discard_stale(out_dir / "last.pt", model.arch, cfg.settings())
     evaluate = supernet_evaluator(clip_dataset(params, cache_dir, "val", train=False), cfg.batch_size,
                                   train_set.num_classes, every=params["supernet"].get("eval_every", 1),
                                   total_epochs=cfg.total_epochs)
@@ -424,14 +425,17 @@ def train_supernet(
             "mean_p_S": float(p[:, 0].mean()), "mean_p_ST": float(p[:, 1].mean())}
 
 
-def _discard_stale(last: Path, arch: dict, config: dict) -> None:
+def _discard_stale(last: Path, arch: dict, settings: dict) -> None:
     import torch
+
+    from .train import RUN_ONLY_FIELDS
 
     if not last.exists():
         return
     try:
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
-        same = ckpt.get("arch") == arch and ckpt.get("config") == config
+        written = {k: v for k, v in (ckpt.get("config") or {}).items() if k not in RUN_ONLY_FIELDS}
+        same = ckpt.get("arch") == arch and written == settings
     except Exception:  # noqa: BLE001 - a damaged file is stale too
         same = False
     if not same:
@@ -499,7 +503,9 @@ def score_strategies(
     ``scoring.recalibrate_bn`` is false), ``top5``, ``top1_motion``, ``top1_appearance`` (validation, per class
     kind), ``top1_test`` (+ per kind: the test split, same mode, for reporting only), ``top1_recal`` and
     ``top1_plain_bn`` (validation with and without BN recalibration, both always measured), ``rank`` (1 = best
-    ``top1``; ties broken by log-probability)."""
+    ``top1``; ties broken by log-probability). With ``scoring.racing`` (:mod:`stfusion.racing`) also
+    ``race_status``, ``race_clips``, ``top1_partial``, ``top1_low``, ``top1_high``; the dropped strategies' score
+    columns are empty (NaN) and they rank last."""
     import hashlib
 
     from .checkpoint import write_csv
@@ -535,9 +541,15 @@ def score_strategies(
                  "recalibrated" if recalibrate else "plain")
         df = score_resumable(score_strategies_prefix, strategies, partial / f"{split}-{int(recalibrate)}",
                              val_loader=eval_loader(dataset, bs, workers), recalibrate=recalibrate, **kw)
-        return df.drop(columns=["strategy", "n"]).assign(id=lambda d: d["id"].astype(str)).set_index("id")
+        return _indexed(df)
 
-    main_val = run(val, recal, "val")
+    if s.get("racing", False):
+        from .racing import race_stage
+
+        main_val = race_stage(params, strategies, val, cand, **kw)
+        strategies = [st for st, full in zip(strategies, main_val["race_status"] == "full") if full]
+    else:
+        main_val = run(val, recal, "val")
     other_val = run(val, not recal, "val")
     test_df = run(test, recal, "test")
     out_df = cand.set_index("id")
@@ -558,6 +570,10 @@ def score_strategies(
     best = out_df.iloc[0]
     log.info("best on validation: %s (top1 %.3f, test %.3f)", best["strategy"], best["top1"], best["top1_test"])
     return out_df
+
+
+def _indexed(scores: pd.DataFrame) -> pd.DataFrame:
+    return scores.drop(columns=["strategy", "n"]).assign(id=lambda d: d["id"].astype(str)).set_index("id")
 
 
 def _num_classes(model: torch.nn.Module) -> int:
@@ -638,6 +654,7 @@ def _train_plain_runs(
     (e.g. the digest of the supernet a network is exported from) joins the training settings, so a run left by
     another supernet or other data is never resumed."""
     origin = origin or {}
+    from . import distributed
     from .data.transforms import views_text
     from .checkpoint import write_csv
     from .costs import network_costs
@@ -669,7 +686,7 @@ def _train_plain_runs(
         cfg = plain_config(params, section, seed_offset)
         cfg.extra = {**cfg.extra, "data": data_fp, **origin}
         run_dir = Path(ckpt_dir) / sid
-        _discard_stale(run_dir / "last.pt", net.arch, asdict(cfg))
+        _discard_stale(run_dir / "last.pt", net.arch, cfg.settings())
         log.info("%s: training %s (%s) for %d epochs", what, sid, row["strategy"], cfg.total_epochs)
         validation = plain_evaluator(val, bs, _num_classes(net), every=params["supernet"].get("eval_every", 1),
                                      total_epochs=cfg.total_epochs)
@@ -689,7 +706,8 @@ def _train_plain_runs(
         res["epochs"] = int(cfg.total_epochs)
         res["final_train_top1"] = float(hist.iloc[-1]["train_top1"]) if len(hist) else float("nan")
         res["seconds"] = round(time.perf_counter() - t0, 3)
-        write_json(Path(runs_dir) / f"{sid}.json", res)
+        if distributed.is_main():
+            write_json(Path(runs_dir) / f"{sid}.json", res)
         log.info("%s %s: val %.3f test %.3f (%.0f s)", what, sid, res["top1_val"], res["top1_test"], res["seconds"])
         results.append(res)
     return results

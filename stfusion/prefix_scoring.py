@@ -156,6 +156,7 @@ def score_strategies_prefix(
     device: torch.device | str = "cpu",
     progress: bool = True,
     chunk_batches: int | None = 8,
+    bn_cache: dict | None = None,
 ) -> pd.DataFrame:
     """Score every strategy with the template's shared weights, sharing the work of common prefixes.
 
@@ -164,6 +165,10 @@ def score_strategies_prefix(
     float rounding. ``chunk_batches`` bounds the cached validation batches (``None``: all at once). The table's
     ``attrs`` hold ``macs_executed``, ``macs_naive`` and ``prefix_shared`` (False when the network exposes no
     module chain and the naive scorer ran instead, logged).
+
+    ``bn_cache``: a dict kept between calls with the same model and calibration batches (racing scores the same
+    strategies on successive clip sets): the recalibrated statistics of every tree node go into it, and a call
+    whose nodes are all in it skips the calibration passes (the statistics are identical).
     """
     device = torch.device(device)
     try:
@@ -190,7 +195,9 @@ def score_strategies_prefix(
     saved = bn_state(model)
     metrics = {s: Metrics(num_classes) for s in strategies}
     calib = [normalize(x, device) for x in calib_batches] if recalibrate else []
-    node_bn: dict[tuple[int, tuple[int, ...]], list[tuple]] = {}
+    node_bn: dict[tuple[int, tuple[int, ...]], list[tuple]] = {} if bn_cache is None else bn_cache
+    unique = list(dict.fromkeys(strategies))
+    calibrated = {(d, chain.key(d, s)) for s in unique for d in range(len(chain))} <= node_bn.keys()
     node_macs: dict[tuple[int, tuple[int, ...]], int] = {}
     last = len(chain) - 1
     bar = tqdm(desc="score (prefix)", disable=not progress, leave=False)
@@ -204,7 +211,7 @@ def score_strategies_prefix(
         calib_out: list[Tensor] = []
         if recalibrate:
             bns = chain.bns[depth]
-            if first_chunk:
+            if first_chunk and not calibrated:
                 momenta = [b.momentum for b in bns]
                 for b in bns:
                     b.reset_running_stats()
@@ -253,7 +260,6 @@ def score_strategies_prefix(
         if ref.shape != logits.shape or not torch.allclose(ref, logits, rtol=tol, atol=tol * 0.1):
             raise _NotTheForward(f"{type(model).__name__}.sequence() does not compose to its forward()")
 
-    unique = list(dict.fromkeys(strategies))
     try:
         with MacCounter(model) as counter:
             for ci, chunk in enumerate(_chunks(val_loader, chunk_batches, device)):

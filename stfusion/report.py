@@ -283,7 +283,12 @@ def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: 
         fam = net[net["source"].str.contains("family")]
         top = net[~net["source"].str.contains("family")].head(10)
         cols = [c for c in ["rank", "name", "source", "strategy", "log_prob", "prob", "top1", "top1_motion",
-                            "top1_appearance", "top1_plain_bn", "top1_test", "macs", "params"] if c in net]
+                            "top1_appearance", "top1_plain_bn", "top1_test", "macs", "params", "race_status", "race_clips"] if c in net]
+        if "race_status" in ranked:
+            full = int((ranked["race_status"] == "full").sum())
+            L += [f"Racing: {full} of {len(ranked)} strategies were scored on the whole validation split; the "
+                  "others were dropped after `race_clips` clips (partial top-1 and interval in `top1_partial`, "
+                  "`top1_low`, `top1_high`; no full-split score).", ""]
         L += [f"{len(ranked)} strategies scored (rank 1 = best validation top-1 of all). Families:", "",
               _md(fam[cols], ".4g"), "", "Best ten of the others (most probable and sampled):", "",
               _md(top[cols], ".4g"), "", "Full table: `analysis/network.csv`. Scatter of log-probability vs score:",

@@ -41,11 +41,12 @@ def select_strategies(ranked: pd.DataFrame, n: int) -> pd.DataFrame:
     stand-alone runs that depend on it) unchanged. :func:`supernet_scores` joins the scores back."""
     if n < 2:
         raise StfusionError(f"validate.n_strategies must be at least 2, got {n}")
+    ranked = ranked[ranked["top1"].notna()]  # racing: dropped strategies hold no full-split score
     ranked = ranked.sort_values(["top1", "log_prob"], ascending=[False, False], kind="stable").reset_index(drop=True)
     if len(ranked) < n:
         raise StfusionError(
-            f"only {len(ranked)} strategies were scored but validate.n_strategies is {n}: "
-            "raise scoring.n_samples or lower validate.n_strategies"
+            f"only {len(ranked)} strategies were scored on the whole validation split but validate.n_strategies "
+            f"is {n}: raise scoring.n_samples (or scoring.keep_top with scoring.racing) or lower validate.n_strategies"
         )
     chosen: list[int] = []
     names = ranked["name"].astype(str)

@@ -1,8 +1,11 @@
 """kill -9 in the middle of a long stage, then the same command again: the outputs equal an uninterrupted run's.
+SIGTERM in the middle of an epoch: a checkpoint at that step, exit status 75, and the rerun equals an
+uninterrupted run. A checkpoint write that fails (full disk) keeps the previous checkpoint and stops with one line.
 Also: two runs with the same params and seed give byte-identical ranking and preference tables."""
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import subprocess
@@ -15,8 +18,9 @@ import torch
 import yaml
 
 from stfusion.config import deep_merge
+from stfusion.errors import EXIT_RESUME, StfusionError
 
-from conftest import REPO
+from conftest import REPO, TINY_PARAMS, motion_clips
 
 TABLES = ["checkpoints/supernet/history.csv", "checkpoints/supernet/drop_rates.csv"]
 
@@ -91,3 +95,84 @@ def test_same_seed_gives_byte_identical_tables(workdir):
     for table in ("results/strategies/ranking.csv", "results/analysis/preference.csv", *TABLES):
         a, b = (outs[0] / table).read_bytes(), (outs[1] / table).read_bytes()
         assert a and a == b, table
+
+
+def _same_training(ref: Path, run: Path) -> None:
+    """history.csv (no timing column) and drop_rates.csv byte-identical; final weights within the resume
+    tolerance of the kill -9 test."""
+    for table in TABLES:
+        assert (run / table).read_bytes() == (ref / table).read_bytes(), table
+    a = torch.load(ref / "checkpoints/supernet/model.pt", weights_only=False)
+    b = torch.load(run / "checkpoints/supernet/model.pt", weights_only=False)
+    assert a["optimizer_steps"] == b["optimizer_steps"] > 0
+    for k in a["model"]:
+        torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_sigterm_mid_epoch_checkpoints_the_step_and_resumes_exactly(workdir):
+    small_batches = {"supernet": {"batch_size": 4, "epochs": 2, "warmup_epochs": 1}}
+    ref = _fresh_copy(workdir, "term_ref")
+    (ref / "params.yaml").write_text(yaml.safe_dump(deep_merge(yaml.safe_load((ref / "params.yaml").read_text()),
+                                                               small_batches)))
+    _cli(["train-supernet", "--no-progress"], ref)
+    assert "seconds" not in (ref / TABLES[0]).read_text().splitlines()[0]
+
+    run = _fresh_copy(workdir, "term_run")
+    (run / "params.yaml").write_text((ref / "params.yaml").read_text())
+    # a checkpoint after every step (a run-only setting: the reference without it must come out the same)
+    cmd = [sys.executable, "-m", "stfusion.cli", "train-supernet", "--no-progress", "--params", "params.yaml",
+           "--threads", "1", "--set", "supernet.checkpoint_minutes=0.00001"]
+    proc = subprocess.Popen(cmd, cwd=run, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = run / "checkpoints" / "supernet" / "last.pt"
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        try:
+            ckpt = torch.load(last, weights_only=False)
+        except (FileNotFoundError, EOFError, RuntimeError):
+            time.sleep(0.005)
+            continue
+        if ckpt["epoch"] == 1 and 1 <= ckpt["step"] <= 2:  # inside the second epoch, well before its end
+            proc.send_signal(signal.SIGTERM)
+            break
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_RESUME, err[-2000:]
+    assert "stopped by SIGTERM at epoch 2" in err and "run the same command again" in err
+    ckpt = torch.load(last, weights_only=False)
+    assert ckpt["epoch"] == 1 and ckpt["step"] >= 2, (ckpt["epoch"], ckpt["step"])  # the step it reached
+    assert ckpt["optimizer_steps"] > ckpt["step"] and ckpt["ranks"][0]["sums"]["n"] == 4 * ckpt["step"]
+    assert not (run / "checkpoints/supernet/model.pt").exists()
+
+    _cli(["train-supernet", "--no-progress"], run)  # the same command again resumes at that step
+    _same_training(ref, run)
+
+
+def test_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):
+    """torch.save refuses (ENOSPC) from the second checkpoint on: last.pt still holds epoch 1 and loads; no
+    temporary file is left; the error is one line with the path and the free space."""
+    import stfusion.checkpoint as ck
+    from stfusion.models import build_model
+    from stfusion.train import TrainConfig, fit
+
+    real_save, calls = torch.save, []
+
+    def full_disk(obj, f, *a, **kw):
+        calls.append(f)
+        if len(calls) > 1:
+            Path(f).write_bytes(b"partial")  # what a full disk leaves behind
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(f))
+        return real_save(obj, f, *a, **kw)
+
+    monkeypatch.setattr(ck.torch, "save", full_disk)
+    torch.manual_seed(0)
+    model = build_model(TINY_PARAMS, 2)
+    cfg = TrainConfig(epochs=2, warmup_epochs=1, batch_size=16, lr=0.05, kl_k=5.0)
+    with pytest.raises(StfusionError) as info:
+        fit(model, motion_clips(32, seed=0), cfg, tmp_path, progress=False)
+    message = str(info.value)
+    assert "\n" not in message and str(tmp_path / "last.pt") in message
+    assert "No space left on device" in message and " free on that file system" in message
+    monkeypatch.setattr(ck.torch, "save", real_save)
+    ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert ckpt["epoch"] == 1 and ckpt["step"] == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drop_rates.csv", "history.csv", "last.pt"]

@@ -65,16 +65,54 @@ def test_lint_is_clean():
     assert "Congratulations" in text or "Lints for" not in text, text
 
 
+def _slurm_dry_run(tmp_path, *configfiles) -> str:
+    out = subprocess.run(["snakemake", "-s", str(REPO / "Snakefile"), "--profile",
+                          str(REPO / "workflow/profiles/slurm"), "-n", "-d", str(tmp_path), "--configfile",
+                          str(REPO / "params.yaml"), *map(str, configfiles)], cwd=REPO, capture_output=True,
+                         text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return out.stdout + out.stderr
+
+
+def _job(text: str, rule: str) -> dict[str, str]:
+    """The resources and the shell command Snakemake plans for ``rule`` (from the dry run's job listing)."""
+    block = text[text.index(f"rule {rule}:"):]
+    block = block[: block.index("\n\n")]
+    res = re.search(r"^\s*resources: (.*)$", block, re.M).group(1)
+    out = dict(kv.split("=", 1) for kv in re.split(r", (?=\w+=)", res))
+    out["shell"] = re.search(r"^Shell command: (.*)$", block, re.M).group(1)
+    return out
+
+
 def test_slurm_profile_resolves(tmp_path):
     profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
     assert profile["executor"] == "slurm"
     res = profile["set-resources"]["train_supernet"]
-    assert {"mem_mb", "runtime", "cpus_per_task"} <= set(res) and ("gres" in res or "gpu" in res)
-    out = subprocess.run(["snakemake", "-s", str(REPO / "Snakefile"), "--profile",
-                          str(REPO / "workflow/profiles/slurm"), "-n", "-d", str(tmp_path), "--configfile",
-                          str(REPO / "params.yaml")], cwd=REPO, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-3000:]
-    assert "gres=gpu:1" in out.stdout + out.stderr
+    assert {"mem_mb", "runtime", "cpus_per_task"} <= set(res)
+    assert set(profile["preemptible-rules"]) == {"train_supernet", "finetune", "train_standalone"}
+    assert profile["preemptible-retries"] >= 50 and profile["retries"] == 1
+    job = _job(_slurm_dry_run(tmp_path), "train_supernet")
+    # one GPU, one node, one task; the warning signal 300 s before the time limit; a single process
+    assert job["gres"] == "gpu:1" and job["nodes"] == "1" and job["runtime"] == "720"
+    assert job["slurm_extra"] == "--signal=USR1@300 --ntasks-per-node=1"
+    assert job["shell"].startswith("python -m stfusion.cli train-supernet ")
+
+
+def test_slurm_dry_run_requests_nodes_and_gpus_and_launches_torchrun(tmp_path):
+    """supernet.nodes: 2, gpus_per_node: 4: the sbatch request (--nodes=2 --gres=gpu:4 --ntasks-per-node=1
+    --signal=USR1@300) and srun + torchrun with a c10d rendezvous, 4 processes a node with 8 / 4 threads each."""
+    multi = tmp_path / "multi.yaml"
+    multi.write_text(yaml.safe_dump({"supernet": {"nodes": 2, "gpus_per_node": 4, "max_restarts": 5}}))
+    text = _slurm_dry_run(tmp_path, multi)
+    for rule in ("train_supernet",):
+        job = _job(text, rule)
+        assert job["nodes"] == "2" and job["gres"] == "gpu:4", job
+        assert "--ntasks-per-node=1" in job["slurm_extra"] and "--signal=USR1@300" in job["slurm_extra"]
+        shell = job["shell"]
+        assert shell.startswith("srun --overlap --nodes=2 --ntasks-per-node=1 python -m stfusion.launch ")
+        for arg in ("--nnodes=2", "--nproc-per-node=4", "--max-restarts=5", "--rdzv-backend=c10d",
+                    "-m stfusion.cli train-supernet", "--threads 2"):
+            assert arg in shell, (arg, shell)
 
 
 def test_default_profile_parses():
@@ -308,3 +346,28 @@ def test_catalog_layout_license_and_formatting():
     assert project["tool"]["snakefmt"]["line_length"] == 120
     out = subprocess.run(["snakefmt", "--check", "Snakefile", "workflow"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_train_rule_with_two_processes_gives_the_single_process_result(tmp_path):
+    """supernet.gpus_per_node: 2 on CPU: the rule runs torchrun (gloo, GlobalBatchNorm3d) and the gate-free
+    warm-up equals a single-process run of the same rule within the DDP test's tolerance; the gated epoch (its
+    masks are drawn per rank) completes with the same optimizer step count."""
+    tiny = yaml.safe_load(TINY.read_text())
+    runs = {}
+    for procs in (1, 2):
+        work = tmp_path / f"p{procs}"
+        work.mkdir()
+        shutil.copy(REPO / "params.yaml", work / "params.yaml")
+        cfg = {**tiny, "supernet": {**tiny["supernet"], "warmup_epochs": 2, "gpus_per_node": procs}}
+        (work / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+        out = snakemake("--cores", "2", "--configfile", str(work / "cfg.yaml"), "-d", str(work), "-p",
+                        "checkpoints/supernet/model.pt", cwd=work)
+        launched = "stfusion.launch --nproc-per-node=2" in out.stdout + out.stderr
+        assert launched == (procs == 2)
+        runs[procs] = work / "checkpoints" / "supernet"
+    h1, h2 = (pd.read_csv(runs[p] / "history.csv") for p in (1, 2))
+    assert list(h1["steps"]) == list(h2["steps"]) and list(h1["phase"]) == list(h2["phase"])
+    warm1, warm2 = h1[h1.phase == "warmup"], h2[h2.phase == "warmup"]
+    for col in ("lr", "loss", "ce", "train_top1"):
+        assert warm1[col].to_numpy() == pytest.approx(warm2[col].to_numpy(), rel=1e-4, abs=1e-5), col

@@ -38,6 +38,7 @@ rule finetune:
         CONDA_ENV
     threads: 1
     resources:
+        **TRAIN_RESOURCES,
         mem_mb=4000,
         runtime=30,
     params:
@@ -45,10 +46,12 @@ rule finetune:
         cache=dirname("manifest"),
         ckpt_dir=dirname("model", "output", up=2),
         runs_dir=dirname("run", "output"),
+        launch=TRAIN_LAUNCH,
+        threads=threads_per_process,
     shell:
-        "python -m stfusion.cli finetune --strategy {wildcards.sid} --checkpoint {input.model} "
+        "{params.launch} stfusion.cli finetune --strategy {wildcards.sid} --checkpoint {input.model} "
         "--cache {params.cache} --derived {input.derived} --ckpt-dir {params.ckpt_dir} "
-        "--runs-dir {params.runs_dir} --threads {threads} --log {log} --no-progress"
+        "--runs-dir {params.runs_dir} --threads {params.threads} --log {log} --no-progress"
 
 
 rule finetune_table:

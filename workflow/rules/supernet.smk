@@ -1,5 +1,27 @@
 # Stage 2: the template network trained with Variational DropPath. OUT/last.pt is deliberately not an output:
-# a killed job resumes from it (Snakemake deletes a failed job's outputs, never last.pt).
+# a killed or preempted job resumes from it (Snakemake deletes a failed job's outputs, never last.pt).
+#
+# Every training rule (this one, finetune, train_standalone) starts its command with TRAIN_LAUNCH: one process,
+# or torchrun over supernet.nodes x supernet.gpus_per_node processes (stfusion/launch.py), and asks SLURM for
+# the matching nodes and GPUs per node (TRAIN_RESOURCES). A training command stopped by SIGTERM or SIGUSR1
+# checkpoints and exits with status 75; the SLURM profile resubmits it (preemptible-rules) and it resumes.
+import signal
+
+from stfusion.launch import launch_prefix
+
+if os.environ.get("SLURM_JOB_ID"):
+    # SLURM's warning signal reaches every process of the job step: this job's own snakemake and its shell
+    # ignore it (and pass that on to the command); the training processes install their own handler
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)
+
+_S = config["supernet"]
+GPUS_PER_NODE, NODES = int(_S.get("gpus_per_node", 1)), int(_S.get("nodes", 1))
+TRAIN_LAUNCH = launch_prefix(GPUS_PER_NODE, NODES, int(_S.get("max_restarts", 3)))
+TRAIN_RESOURCES = {"nodes": NODES}
+if _S.get("device", "auto") != "cpu":
+    TRAIN_RESOURCES["gres"] = f"gpu:{GPUS_PER_NODE}"
+# the job's threads, shared by the training processes of one node
+threads_per_process = lambda wildcards, threads: max(1, threads // GPUS_PER_NODE)  # noqa: E731
 
 
 rule train_supernet:
@@ -16,12 +38,15 @@ rule train_supernet:
         CONDA_ENV
     threads: 8
     resources:
+        **TRAIN_RESOURCES,
         mem_mb=8000,
         runtime=60,
     params:
         values=stage_values("train_supernet"),
         cache=dirname("manifest"),
         out=dirname("model", "output"),
+        launch=TRAIN_LAUNCH,
+        threads=threads_per_process,
     shell:
-        "python -m stfusion.cli train-supernet --cache {params.cache} --out {params.out} --threads {threads} "
-        "--timing {output.timing} --log {log} --no-progress"
+        "{params.launch} stfusion.cli train-supernet --cache {params.cache} --out {params.out} "
+        "--threads {params.threads} --timing {output.timing} --log {log} --no-progress"

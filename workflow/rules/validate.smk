@@ -35,6 +35,7 @@ rule train_standalone:
         CONDA_ENV
     threads: 1
     resources:
+        **TRAIN_RESOURCES,
         mem_mb=4000,
         runtime=30,
     params:
@@ -42,10 +43,12 @@ rule train_standalone:
         cache=dirname("manifest"),
         ckpt_dir=dirname("model", "output", up=2),
         runs_dir=dirname("run", "output"),
+        launch=TRAIN_LAUNCH,
+        threads=threads_per_process,
     shell:
-        "python -m stfusion.cli train-standalone --strategy {wildcards.sid} --checkpoint {input.model} "
+        "{params.launch} stfusion.cli train-standalone --strategy {wildcards.sid} --checkpoint {input.model} "
         "--cache {params.cache} --selection {input.selection} --ckpt-dir {params.ckpt_dir} "
-        "--runs-dir {params.runs_dir} --threads {threads} --log {log} --no-progress"
+        "--runs-dir {params.runs_dir} --threads {params.threads} --log {log} --no-progress"
 
 
 rule validate_ranking:
