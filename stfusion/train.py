@@ -6,6 +6,7 @@ Files in ``out_dir``:
   ``model.pt``         the final weights (written once training is complete)
   ``history.csv``      one row an epoch: phase, lr, loss, cross-entropy, KL, train accuracy, seconds
   ``drop_rates.csv``   one row per epoch, layer and path: the drop rate p (gated networks only)
+  ``gate_stats.csv``   one row per gated epoch and path: p, ||W||^2, ||gamma||^2, price (:mod:`stfusion.gate_stats`)
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from . import distributed
 
 from .checkpoint import load_checkpoint, rng_state, save_torch, set_rng_state, write_csv
 from .errors import StfusionError
+from .gate_stats import gate_rows
 from .models.base import FusionNetwork
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,9 @@ class TrainConfig:
     device: str = "cpu"
     kl_k: float | None = None  # None: plain training, no KL term
     kl_form: str = "linear"
+    kl_price: str = "weight"  # what the KL term prices per path (stfusion.fusion.paths_price)
+    kl_warmin_epochs: int = 0  # the KL term grows linearly over the first gated epochs (0: full from the start)
+    gate_lr_scale: float = 1.0  # learning rate of the gate logits relative to the weights'
     n_train: int | None = None  # N of the KL term; None = len(train_set)
     sync_bn: bool = True  # SyncBatchNorm under multi-GPU DDP (CUDA only; ignored on CPU and single-process runs)
     precision: str = "fp32"  # fp32 | bf16 (autocast of the forward; weights, gate logits and the KL stay fp32)
@@ -85,13 +90,21 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum; weight decay on weights only, never on the gate logits."""
+    """SGD with momentum; weight decay on weights only, never on the gate logits, whose learning rate is
+    ``gate_lr_scale`` times the weights'."""
     gates = [p for n, p in model.named_parameters() if n.endswith("p_logit")]
     weights = [p for n, p in model.named_parameters() if not n.endswith("p_logit")]
     groups = [{"params": weights, "weight_decay": cfg.weight_decay}]
     if gates:
-        groups.append({"params": gates, "weight_decay": 0.0})
+        groups.append({"params": gates, "weight_decay": 0.0, "lr": cfg.lr * cfg.gate_lr_scale})
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def kl_factor(cfg: TrainConfig, epoch: int) -> float:
+    """Weight of the KL term in ``epoch`` (0-based over all epochs): it grows linearly over the first
+    ``kl_warmin_epochs`` gated epochs, ``(t + 1) / (kl_warmin_epochs + 1)`` in gated epoch t, then stays 1."""
+    t = epoch - cfg.warmup_epochs
+    return min(1.0, (t + 1) / (cfg.kl_warmin_epochs + 1))
 
 
 def epoch_loader(train_set: Dataset, cfg: TrainConfig, epoch: int) -> DataLoader:
@@ -147,6 +160,7 @@ def fit(
     )
     history: list[dict] = []
     rates: list[dict] = []
+    stats: list[dict] = []
     start = 0
     torch.manual_seed(cfg.seed + distributed.rank())  # independent masks and augmentation per rank
     ckpt_path = out_dir / "last.pt"
@@ -161,6 +175,7 @@ def fit(
         scheduler.load_state_dict(ckpt["scheduler"])
         set_rng_state(ckpt["rng"])
         history, rates, start = ckpt["history"], ckpt["drop_rates"], ckpt["epoch"]
+        stats = ckpt.get("gate_stats", [])
         log.info("resuming %s from epoch %d of %d", out_dir, start, cfg.total_epochs)
 
     if distributed.world_size() > 1 and cfg.sync_bn and device.type == "cuda":
@@ -187,7 +202,8 @@ def fit(
             with autocast:
                 logits = net(x).float()
             ce = F.cross_entropy(logits, y)
-            kl = model.kl(n_train, cfg.kl_k, cfg.kl_form) if phase == "gated" else torch.zeros((), device=device)
+            kl = (model.kl(n_train, cfg.kl_k, cfg.kl_form, cfg.kl_price) * kl_factor(cfg, epoch)
+                  if phase == "gated" else torch.zeros((), device=device))
             loss = ce + kl
             if not torch.isfinite(loss):
                 raise StfusionError(
@@ -221,6 +237,7 @@ def fit(
             p = model.drop_rates()
             for li, stage in enumerate(model.stage_of_layer):
                 rates.append({"epoch": epoch + 1, "layer": li, "stage": stage, "p_S": p[li, 0], "p_ST": p[li, 1]})
+            stats += gate_rows(model, epoch + 1, cfg.kl_price)
         bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_top1']:.2f}")
         if not main:
             continue
@@ -230,13 +247,13 @@ def fit(
             {
                 "arch": model.arch, "config": asdict(cfg), "epoch": epoch + 1, "model": model.state_dict(),
                 "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-                "history": history, "drop_rates": rates,
+                "history": history, "drop_rates": rates, "gate_stats": stats,
             },
             ckpt_path,
         )
-        _write_tables(out_dir, history, rates)
+        _write_tables(out_dir, history, rates, stats)
     if main:
-        _write_tables(out_dir, history, rates)
+        _write_tables(out_dir, history, rates, stats)
         save_torch({"arch": model.arch, "model": model.state_dict(), "config": asdict(cfg)}, out_dir / "model.pt")
     distributed.barrier()
     return pd.DataFrame(history)
@@ -250,11 +267,13 @@ def _wrap_ddp(model: FusionNetwork, device: torch.device) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def _write_tables(out_dir: Path, history: list[dict], rates: list[dict]) -> None:
+def _write_tables(out_dir: Path, history: list[dict], rates: list[dict], stats: list[dict]) -> None:
     hist = pd.DataFrame(history).drop(columns=["seconds"], errors="ignore")
     write_csv(hist, out_dir / "history.csv")
     if rates:
         write_csv(pd.DataFrame(rates), out_dir / "drop_rates.csv")
+    if stats:
+        write_csv(pd.DataFrame(stats), out_dir / "gate_stats.csv")
 
 
 def supernet_config(params: dict, n_train: int | None = None) -> TrainConfig:
@@ -265,6 +284,8 @@ def supernet_config(params: dict, n_train: int | None = None) -> TrainConfig:
         momentum=s.get("momentum", 0.9), weight_decay=s.get("weight_decay", 0.0),
         schedule=s.get("schedule", "cosine"), milestones=tuple(s.get("milestones", (0.45, 0.67, 0.9))),
         seed=params.get("seed", 0), kl_k=float(g.get("kl_k", 50.0)), kl_form=g.get("kl_form", "linear"),
+        kl_price=g.get("kl_price", "weight"), kl_warmin_epochs=int(g.get("kl_warmin_epochs", 0)),
+        gate_lr_scale=float(g.get("lr_scale", 1.0)),
         n_train=g.get("n_train") or n_train, **compute_settings(params),
     )
 
