@@ -6,7 +6,7 @@ Files in ``out_dir``:
   ``model.pt``         the final weights (written once training is complete)
   ``history.csv``      one row an epoch: phase, lr, loss, cross-entropy, KL, train accuracy, seconds
   ``drop_rates.csv``   one row per epoch, layer and path: the drop rate p (gated networks only)
-  ``gate_stats.csv``   one row per gated epoch and path: p, ||W||^2, ||gamma||^2, price (:mod:`stfusion.gate_stats`)
+  ``gate_stats.csv``   one row per epoch and gated path: p, ||W||^2, ||gamma||^2, price (:mod:`stfusion.gate_stats`)
 """
 
 from __future__ import annotations
