@@ -127,7 +127,7 @@ def fidelity_study_lines(results: Path) -> list[str]:
           "(`fidelity.n_strategies` strategies stratified over the score range, `fidelity.seeds` seeds each, the "
           "`validate` budget; Kendall tau-b and Spearman rho with 95% bootstrap intervals, the seed-to-seed "
           "ceiling, top-k overlap, regret) runs with `snakemake --cores all fidelity` or "
-          "`dvc repro fidelity` and writes `results/fidelity/`.", ""]
+          "`dvc repro studies/fidelity/dvc.yaml` and writes `results/fidelity/`.", ""]
     return L
 
 
