@@ -156,26 +156,46 @@ def plot_scatter(ranked: pd.DataFrame, path: str | Path, score: str = "top1") ->
     return _save(fig, path)
 
 
-def plot_drop_rates(rates: pd.DataFrame, path: str | Path) -> Path:
-    """Drop rate of every gate over the gated epochs (solid: S, dashed: ST; one colour a layer)."""
+def plot_drop_rates(rates: pd.DataFrame, path: str | Path, stats: pd.DataFrame | None = None) -> Path:
+    """Drop rate of every gate over the gated epochs (solid: S, dashed: ST; one colour a layer). With the
+    per-path ``stats`` (:mod:`stfusion.gate_stats`), two panels beside it: ``||W||^2`` and ``||gamma||^2`` of
+    every path over the same epochs (log scale), i.e. what the KL term prices next to what it moves."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4))
+    panels = [("p", "drop rate p")] + ([("weight_sq", "||W||^2"), ("gamma_sq", "BN ||gamma||^2")]
+                                       if stats is not None and len(stats) else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(7 + 4.5 * (len(panels) - 1), 4), squeeze=False)
     cmap = plt.get_cmap("viridis")
     layers = sorted(rates["layer"].unique())
-    for i, layer in enumerate(layers):
-        r = rates[rates["layer"] == layer]
-        c = cmap(i / max(len(layers) - 1, 1))
-        ax.plot(r["epoch"], r["p_S"], color=c, ls="-", label=f"layer {layer} S")
-        ax.plot(r["epoch"], r["p_ST"], color=c, ls="--", label=f"layer {layer} ST")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("drop rate p")
-    ax.set_ylim(0, 1)
-    ax.set_title("learned drop rates (solid: S, dashed: ST)")
-    if len(layers) <= 12:
-        ax.legend(fontsize=6, ncol=2)
-    ax.grid(alpha=0.3)
+    for ax, (col, label) in zip(axes[0], panels):
+        for i, layer in enumerate(layers):
+            c = cmap(i / max(len(layers) - 1, 1))
+            if col == "p":
+                r = rates[rates["layer"] == layer]
+                ax.plot(r["epoch"], r["p_S"], color=c, ls="-", label=f"layer {layer} S")
+                ax.plot(r["epoch"], r["p_ST"], color=c, ls="--", label=f"layer {layer} ST")
+                continue
+            for path_name, ls in (("S", "-"), ("ST", "--")):
+                r = stats[(stats["layer"] == layer) & (stats["path"] == path_name)]
+                ax.plot(r["epoch"], r[col], color=c, ls=ls)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        if col == "p":
+            ax.set_ylim(0, 1)
+            ax.set_title("learned drop rates (solid: S, dashed: ST)")
+            if len(layers) <= 12:
+                ax.legend(fontsize=6, ncol=2)
+        else:
+            ax.set_yscale("log")
+            ax.set_title(f"{label} of every path")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def initial_entropy(init_p: float, allow_none, rule: str) -> float:
+    """Entropy (nats) of the posterior before training, every gate at drop rate ``init_p``."""
+    p = np.full((len(allow_none), 2), float(init_p))
+    return Posterior.from_drop_rates(p, list(allow_none), rule).entropy()
 
 
 def _save(fig, path: str | Path) -> Path:

@@ -16,6 +16,10 @@ these commands, and so can a person.
     stfusion report              results/report.md and results/metrics.json
     stfusion export              a derived or finetuned network as a deployable file (torch.export, ONNX)
     stfusion init                a new project folder: params.yaml (and the Snakemake workflow)
+    stfusion select-fidelity     choose the strategies of the ranking-fidelity study (stratified by score)
+    stfusion train-fidelity      train the study's strategies from scratch under several seeds
+    stfusion fidelity            the study's statistics: tau / rho with intervals, seed ceiling, top-k, regret
+    stfusion compare             one ranked table across several runs' result folders
 
 Every subcommand takes ``--params`` (default ``params.yaml``), ``--set KEY=VALUE`` overrides, explicit input and
 output paths (defaults: the standard layout), ``--log FILE`` and ``--threads N``. Errors with a plain
@@ -263,6 +267,54 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dir", nargs="?", default=".", metavar="DIR", help="project folder (default: the working folder)")
     sp.add_argument("--workflow", action="store_true", help="also write the Snakemake workflow")
     sp.add_argument("--force", action="store_true", help="overwrite existing project files")
+    from . import fidelity_stage as FS
+
+    sp = add("select-fidelity", cmd_select_fidelity, "choose the strategies of the ranking-fidelity study",
+             "Choose fidelity.n_strategies scored strategies: the uniform families, then the others stratified "
+             "over the score range (equal-width bins of the validation score, taken in rounds).")
+    sp.add_argument("--ranking", default=P.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
+    sp.add_argument("--out", default=f"{FS.FIDELITY_DIR}/strategies.csv", metavar="CSV",
+                    help="selection (default: %(default)s)")
+
+    sp = add("train-fidelity", cmd_train_fidelity, "train the study's strategies from scratch under several seeds",
+             "For each selected strategy (all, or --strategy) and seed index (0 .. fidelity.seeds-1, or "
+             "--seed-index): a fresh network of the supernet's architecture holding only the strategy's convs, "
+             "initialised with seed + index, trained with the validate.* budget. Writes RUNS/seed<j>/<id>.json.")
+    sp.add_argument("--strategy", action="append", metavar="ID", help="selected strategy id (repeatable; default: all)")
+    sp.add_argument("--seed-index", type=int, action="append", metavar="J",
+                    help="seed index (repeatable; default: 0 .. fidelity.seeds-1)")
+    sp.add_argument("--checkpoint", default=P.SUPERNET, metavar="PT",
+                    help="supernet, for its architecture only (default: %(default)s)")
+    sp.add_argument("--cache", default=P.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
+    sp.add_argument("--selection", default=f"{FS.FIDELITY_DIR}/strategies.csv", metavar="CSV",
+                    help="selection (default: %(default)s)")
+    sp.add_argument("--ckpt-dir", default=FS.FIDELITY_CKPT, metavar="DIR", help="checkpoints (default: %(default)s)")
+    sp.add_argument("--runs-dir", default=f"{FS.FIDELITY_DIR}/runs", metavar="DIR",
+                    help="run records (default: %(default)s)")
+
+    sp = add("fidelity", cmd_fidelity, "statistics of the ranking-fidelity study",
+             "Gather the study's runs: Kendall tau-b and Spearman rho (p-values, 95%% bootstrap intervals over "
+             "strategies) of the supernet score, plain-BN score and log-probability against the mean "
+             "stand-alone accuracy; the seed-to-seed ceiling; top-k overlap; regret; paired differences; a figure.")
+    sp.add_argument("--selection", default=f"{FS.FIDELITY_DIR}/strategies.csv", metavar="CSV",
+                    help="selection (default: %(default)s)")
+    sp.add_argument("--runs-dir", default=f"{FS.FIDELITY_DIR}/runs", metavar="DIR",
+                    help="run records (default: %(default)s)")
+    sp.add_argument("--ranking", default=P.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
+    sp.add_argument("--out-dir", default=FS.FIDELITY_DIR, metavar="DIR", help="output folder (default: %(default)s)")
+    sp.add_argument("--timing", default=f"{FS.FIDELITY_DIR}/timing.json", metavar="JSON",
+                    help="where to record the seconds of the study (default: %(default)s; kept apart from "
+                         "results/timing so the default run's total leaves the study out)")
+
+    sp = add("compare", cmd_compare, "one ranked table across several runs' result folders",
+             "Read results/metrics.json (and results/fidelity/fidelity.json where present) of every RESULTS "
+             "folder given, or the experiments of 'dvc exp show --json' (--dvc-json), and write one table ranked "
+             "by the best sampled strategy's validation top-1: entropy and its ratio to the start, drop-rate "
+             "spread, best sampled, all-S / all-ST / all-S+ST, tau (CSV, Markdown and a figure).")
+    sp.add_argument("results_dirs", nargs="*", metavar="RESULTS", help="result folders (one a run)")
+    sp.add_argument("--dvc-json", metavar="JSON", help="output of 'dvc exp show --json' (instead of folders)")
+    sp.add_argument("--out-dir", default=f"{P.RESULTS}/compare", metavar="DIR",
+                    help="output folder (default: %(default)s)")
     return parser
 
 
@@ -442,6 +494,41 @@ def cmd_init(args, params):
     written = init_project(args.dir, workflow=args.workflow, force=args.force)
     log.info("wrote %d file(s) to %s%s", len(written), args.dir,
              "; run the pipeline there with 'snakemake --cores all'" if args.workflow else "")
+
+
+def cmd_select_fidelity(args, params):
+    from . import fidelity_stage as FS
+
+    FS.select_fidelity(_stage(args, params, "select_fidelity"), ranking=args.ranking, out=args.out)
+
+
+def cmd_train_fidelity(args, params):
+    from . import fidelity_stage as FS
+
+    FS.train_fidelity(_stage(args, params, "train_fidelity"), checkpoint=args.checkpoint, cache_dir=args.cache,
+                      selection=args.selection, strategies=args.strategy, seeds=args.seed_index,
+                      ckpt_dir=args.ckpt_dir, runs_dir=args.runs_dir, progress=args.progress)
+
+
+def cmd_fidelity(args, params):
+    from . import fidelity_stage as FS
+    from . import pipeline as P
+
+    with P.timed("fidelity", args.timing) as info:
+        res = FS.fidelity_report(_stage(args, params, "fidelity"), selection=args.selection,
+                                 runs_dir=args.runs_dir, ranking=args.ranking, out_dir=args.out_dir)
+        info.update(jobs=res["n_strategies"] * res["n_seeds"], run_seconds=res["train_seconds"],
+                    wall_seconds=res["wall_seconds"])
+    _add_run_seconds(args.timing, info)
+
+
+def cmd_compare(args, params):
+    from .compare import compare
+
+    if bool(args.results_dirs) == bool(args.dvc_json):
+        raise StfusionError("give either result folders or --dvc-json FILE (one of the two)")
+    table = compare(args.results_dirs, dvc_json=args.dvc_json, out_dir=args.out_dir)
+    log.info("compared %d runs: %s", len(table), args.out_dir)
 
 
 # ----------------------------------------------------------------------------------------------- main

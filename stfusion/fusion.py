@@ -58,6 +58,48 @@ def paths_weight_sq(paths: list[nn.Module]) -> Tensor:
     return torch.stack([part.sum() for part in sq.split([len(ws) for ws in weights])])
 
 
+#: what the KL term prices for each kept path (``gate.kl_price``; see :func:`paths_price`)
+KL_PRICES = ("weight", "gamma", "normalized")
+
+
+def paths_gamma_sq(paths: list[nn.Module]) -> Tensor:
+    """``(len(paths),)``: ``||gamma||^2`` over the BatchNorm scales of each path (0 for a path without BN)."""
+    out = []
+    for path in paths:
+        gammas = [m.weight for m in path.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.affine]
+        out.append(torch.stack([g.pow(2).sum() for g in gammas]).sum() if gammas else torch.zeros(()))
+    return torch.stack(out)
+
+
+def paths_reference_sq(paths: list[nn.Module]) -> Tensor:
+    """``(len(paths),)``: the squared norm each path's conv weights have in expectation under PyTorch's default
+    initialisation (``Var = 1 / (3 fan_in)``), i.e. ``C_out / 3`` per conv. A constant: the weights normalised
+    per output channel to a fixed length, so the price cannot be lowered by rescaling them."""
+    return torch.tensor([sum(m.out_channels / 3.0 for m in path.modules() if isinstance(m, nn.Conv3d))
+                         for path in paths])
+
+
+def paths_price(paths: list[nn.Module], price: str = "weight") -> Tensor:
+    """``(len(paths),)``: the quantity the KL term multiplies by ``(k/N)(1 - p)`` for each path.
+
+    * ``weight``: ``||W||^2`` of the path's convs (the paper and concrete dropout). Where the path feeds
+      BatchNorm the network is invariant to the scale of W, so this price can be paid by shrinking W instead of
+      dropping the path (measured: ``||W||^2`` falls 5-10x while the drop rates stay near their start).
+    * ``gamma``: ``||gamma||^2`` of the path's BatchNorm scales, which set the path's output scale. Still
+      dodgeable by scaling the gammas of both paths of a layer together when the next layer normalises.
+    * ``normalized``: ``||W||^2`` with every output channel's filter normalised to its expected length at
+      initialisation (:func:`paths_reference_sq`): a constant price per kept path, proportional to its output
+      channels, that only dropping the path lowers.
+    """
+    if price == "weight":
+        return paths_weight_sq(paths)
+    if price == "gamma":
+        return paths_gamma_sq(paths)
+    if price == "normalized":
+        return paths_reference_sq(paths)
+    raise ValueError(f"kl price must be one of {KL_PRICES}, got {price!r}")
+
+
 def _rowdot(a: Tensor, b: Tensor) -> Tensor:
     """``(a * b)`` summed over every dim but the first: ``(N,)``."""
     return (a * b).sum(dim=tuple(range(1, a.dim())))
@@ -159,9 +201,11 @@ class FusionPaths(nn.Module):
         """``(2,)`` drop rates (p_S, p_ST), detached."""
         return torch.stack([self.gate_s.p, self.gate_st.p]).detach()
 
-    def kl(self, n_train: int, k: float, form: str) -> Tensor:
-        """Sum of the two gates' KL terms (METHOD.md §4)."""
-        return kl_sum([self.gate_s, self.gate_st], paths_weight_sq([self.s, self.st]), n_train, k, form)
+    def kl(self, n_train: int, k: float, form: str, price: str = "weight") -> Tensor:
+        """Sum of the two gates' KL terms (METHOD.md §4), pricing ``price`` (see :func:`paths_price`)."""
+        paths = [self.s, self.st]
+        return kl_sum([self.gate_s, self.gate_st], paths_price(paths, price).to(self.gate_s.p_logit.device),
+                      n_train, k, form)
 
     def freeze(self, state: int) -> None:
         """Turn into a plain unit for ``state``: drop the unused path's modules and both gates (no logits left)."""

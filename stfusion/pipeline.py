@@ -98,7 +98,8 @@ STAGE_PARAMS: dict[str, list[str]] = {
     ],
     "train_supernet": [
         "seed", *_DATA_LOADING, *_TRAIN_VIEW, "model", "gate.init_p", "gate.temperature", "gate.rescale",
-        "gate.kl_k", "gate.kl_form", "gate.n_train", "supernet",
+        "gate.kl_k", "gate.kl_form", "gate.kl_price", "gate.kl_warmin_epochs", "gate.lr_scale", "gate.n_train",
+        "supernet",
     ],
     "sample_strategies": ["seed", "preset", "gate.keep_prob", "scoring.n_samples", "scoring.top_k"],
     "score_strategies": [
@@ -119,7 +120,12 @@ STAGE_PARAMS: dict[str, list[str]] = {
         "validate.weight_decay",
     ],
     "report": ["seed", "preset"],
+    "select_fidelity": ["preset", "fidelity.n_strategies"],
+    "fidelity": ["seed", "preset", "fidelity.seeds", "validate.epochs", "validate.lr", "validate.batch_size",
+                 "validate.weight_decay"],
 }
+#: the fidelity study trains with the stand-alone budget, under every seed (stfusion.fidelity_stage)
+STAGE_PARAMS["train_fidelity"] = [*STAGE_PARAMS["train_standalone"], "fidelity.seeds"]
 
 
 def _get(params: dict, dotted: str):
@@ -368,7 +374,7 @@ def generate(params: dict, *, root: str | Path = DATA_ROOT, progress: bool = Tru
     b = params["data"].get("builtin", {})
     ann = generate_builtin(
         root, clips_per_class=b.get("clips_per_class", 36), frames=b.get("frames", 12), size=b.get("size", 64),
-        texture=b.get("texture", "synthetic"), seed=params["seed"], progress=progress,
+        texture=b.get("texture", "synthetic"), seed=params["seed"], classes=b.get("classes"), progress=progress,
     )
     summary = {"root": str(root), "videos": int(len(ann)), "classes": int(ann["label"].nunique()),
                "train": int((ann["split"] == "train").sum()), "test": int((ann["split"] == "test").sum())}
@@ -618,9 +624,13 @@ def analyze(
     analysis.plot_preference(pref, out_dir / "preference.png")
     analysis.plot_scatter(ranked, out_dir / "scatter.png")
     if drop_rates is not None and Path(drop_rates).is_file():
-        analysis.plot_drop_rates(pd.read_csv(drop_rates), out_dir / "drop_rates.png")
+        stats = Path(drop_rates).with_name("gate_stats.csv")
+        analysis.plot_drop_rates(pd.read_csv(drop_rates), out_dir / "drop_rates.png",
+                                 pd.read_csv(stats) if stats.is_file() else None)
     summary = analysis.preference_summary(pref)
-    summary.update(entropy=post.entropy(), keep_prob_rule=rule, init_p=init_p,
+    p = model.drop_rates()
+    summary.update(entropy=post.entropy(), entropy_initial=analysis.initial_entropy(init_p, model.allow_none, rule),
+                   drop_rate_spread=float(p.max() - p.min()), keep_prob_rule=rule, init_p=init_p,
                    initial_marginals=analysis.initial_marginals(init_p, rule))
     write_json(out_dir / "summary.json", summary)
     return summary

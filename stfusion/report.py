@@ -109,6 +109,32 @@ def best_sampled(ranked: pd.DataFrame | None) -> pd.Series | None:
     return sampled.sort_values(["top1", "log_prob"], ascending=[False, False], kind="stable").iloc[0]
 
 
+def _entropy_ratio(summary: dict) -> float | None:
+    """Posterior entropy after training / before training (``None`` where unknown)."""
+    e, e0 = summary.get("entropy"), summary.get("entropy_initial")
+    return float(e) / float(e0) if e is not None and e0 else None
+
+
+def fidelity_study_lines(results: Path) -> list[str]:
+    """The ranking-fidelity study's section: its figures when ``results/fidelity/fidelity.json`` exists, and
+    how to run it."""
+    from .fidelity import summary_lines
+
+    study = _read_json(results / "fidelity" / "fidelity.json")
+    L = ["## Ranking-fidelity study", ""]
+    if study:
+        L += summary_lines(study) + ["", f"Training time: {study.get('train_seconds', float('nan')) / 60:.1f} min "
+                                         f"of runs one after another, {study.get('wall_seconds', float('nan')) / 60:.1f}"
+                                         " min wall clock. Details: `fidelity/fidelity.md`.", "",
+                                     "![fidelity study](fidelity/fidelity.png)", ""]
+    L += ["The check above uses only a few strategies and one seed: a smoke test of the machinery. The study "
+          "(`fidelity.n_strategies` strategies stratified over the score range, `fidelity.seeds` seeds each, the "
+          "`validate` budget; Kendall tau-b and Spearman rho with 95% bootstrap intervals, the seed-to-seed "
+          "ceiling, top-k overlap, regret) runs with `snakemake --cores all fidelity` or "
+          "`dvc repro studies/fidelity/dvc.yaml` and writes `results/fidelity/`.", ""]
+    return L
+
+
 def compute_checks(pref, ranked, fidelity, initial: dict | None = None) -> list[dict]:
     """The §9 checks (see the module docstring). ``initial``: the marginals before training, quoted beside
     check 2 (at the usual initial drop rate S+ST is already the most probable state)."""
@@ -309,7 +335,12 @@ def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: 
               f"against that. Layers where ST or S+ST is more probable than S: "
               f"{summary.get('layers_ST_or_SST_above_S', 'n/a')}; layers whose ST path is kept more often than "
               f"their S path (p_ST < p_S): {summary.get('layers_ST_kept_above_S_kept', 'n/a')}. Posterior "
-              f"entropy: {_fmt(summary.get('entropy'))} nats.", "", _md(pref[cols]), "",
+              f"entropy: {_fmt(summary.get('entropy'))} nats, {_fmt(_entropy_ratio(summary))} x its value "
+              f"before training ({_fmt(summary.get('entropy_initial'))} nats); the drop rates of the gates spread "
+              f"over {_fmt(summary.get('drop_rate_spread'))} (max p - min p). The KL term prices "
+              f"`gate.kl_price` per kept path; `../checkpoints/supernet/gate_stats.csv` has p, ||W||^2 and "
+              f"||gamma||^2 of every path per epoch (right panels of the drop-rate figure).", "",
+              _md(pref[cols]), "",
               "![preference heatmap](analysis/preference.png)", "", "![drop rates](analysis/drop_rates.png)", ""]
 
     # derived
@@ -341,6 +372,8 @@ def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: 
                             "standalone_top1_val", "standalone_top1_test", "standalone_top1_test_motion",
                             "standalone_top1_test_appearance", "macs", "params"] if c in standalone]
         L += [_md(standalone[cols], ".4g"), "", "![ranking fidelity](validation/ranking_fidelity.png)", ""]
+
+    L += fidelity_study_lines(results)
 
     # supernet
     if history is not None and len(history):
@@ -381,9 +414,11 @@ def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: 
     m["n_classes"] = n_classes
     m.update({f"n_{k}": int(v) for k, v in n_split.items()})
     if summary:
-        for k in ("entropy", "mean_P_ST_first_third", "mean_P_ST_last_third", "mean_P_S_last_third"):
+        for k in ("entropy", "entropy_initial", "drop_rate_spread", "mean_P_ST_first_third", "mean_P_ST_last_third",
+                  "mean_P_S_last_third", "mean_P_ST_kept_first_third", "mean_P_ST_kept_last_third"):
             if k in summary:
                 m[k] = summary[k]
+        m["entropy_ratio"] = _entropy_ratio(summary)
         m["n_layers_ST_or_SST_above_S"] = len(summary.get("layers_ST_or_SST_above_S", []))
         m["n_layers_ST_kept_above_S_kept"] = len(summary.get("layers_ST_kept_above_S_kept", []))
     if ranked is not None:

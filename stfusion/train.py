@@ -9,6 +9,7 @@ Files in ``out_dir``:
                        batches of every rank), optimizer steps, decode failures, and the validation columns of
                        ``fit``'s ``evaluate`` hook (:mod:`stfusion.evaluation`)
   ``drop_rates.csv``   one row per epoch, layer and path: the drop rate p (gated networks only)
+  ``gate_stats.csv``   one row per epoch and gated path: p, ||W||^2, ||gamma||^2, price (:mod:`stfusion.gate_stats`)
 
 A checkpoint is written after every epoch and, with ``checkpoint_minutes``, every that many minutes inside an
 epoch. SIGTERM or SIGUSR1 (SLURM's warning before the time limit or a preemption) lets the current step finish,
@@ -47,6 +48,7 @@ from .data.loader import clip_loader
 from .data.transforms import normalize
 from .data.video_dataset import DecodeFailures, split_failures
 from .errors import ResumableStop, StfusionError
+from .gate_stats import gate_rows
 from .models.base import FusionNetwork
 
 log = logging.getLogger(__name__)
@@ -71,6 +73,9 @@ class TrainConfig:
     device: str = "cpu"
     kl_k: float | None = None  # None: plain training, no KL term
     kl_form: str = "linear"
+    kl_price: str = "weight"  # what the KL term prices per path (stfusion.fusion.paths_price)
+    kl_warmin_epochs: int = 0  # the KL term grows linearly over the first gated epochs (0: full from the start)
+    gate_lr_scale: float = 1.0  # learning rate of the gate logits relative to the weights'
     n_train: int | None = None  # N of the KL term; None = len(train_set)
     sync_bn: bool = True  # BatchNorm over the global batch under DDP (SyncBatchNorm on CUDA, GlobalBatchNorm3d on CPU)
     precision: str = "fp32"  # fp32 | bf16 (autocast of the forward; weights, gate logits and the KL stay fp32)
@@ -113,13 +118,21 @@ def resolve_device(name: str) -> torch.device:
 
 
 def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
-    """SGD with momentum; weight decay on weights only, never on the gate logits."""
+    """SGD with momentum; weight decay on weights only, never on the gate logits, whose learning rate is
+    ``gate_lr_scale`` times the weights'."""
     gates = [p for n, p in model.named_parameters() if n.endswith("p_logit")]
     weights = [p for n, p in model.named_parameters() if not n.endswith("p_logit")]
     groups = [{"params": weights, "weight_decay": cfg.weight_decay}]
     if gates:
-        groups.append({"params": gates, "weight_decay": 0.0})
+        groups.append({"params": gates, "weight_decay": 0.0, "lr": cfg.lr * cfg.gate_lr_scale})
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def kl_factor(cfg: TrainConfig, epoch: int) -> float:
+    """Weight of the KL term in ``epoch`` (0-based over all epochs): it grows linearly over the first
+    ``kl_warmin_epochs`` gated epochs, ``(t + 1) / (kl_warmin_epochs + 1)`` in gated epoch t, then stays 1."""
+    t = epoch - cfg.warmup_epochs
+    return min(1.0, (t + 1) / (cfg.kl_warmin_epochs + 1))
 
 
 def epoch_order(n: int, cfg: TrainConfig, epoch: int) -> list[int]:
@@ -230,6 +243,7 @@ class TrainState:
     sums: dict = field(default_factory=new_sums)
     history: list = field(default_factory=list)
     rates: list = field(default_factory=list)
+    stats: list = field(default_factory=list)  # per-path gate statistics (stfusion.gate_stats)
 
 
 def fit(
@@ -280,7 +294,8 @@ def fit(
             try:
                 _write_checkpoint(ckpt_path, model, optimizer, scheduler, cfg, state, ranks)
                 if epoch_done:
-                    guarded_write(ckpt_path, lambda: _write_tables(out_dir, state.history, state.rates))
+                    guarded_write(ckpt_path,
+                                  lambda: _write_tables(out_dir, state.history, state.rates, state.stats))
             except StfusionError as exc:
                 failed = exc
         if distributed.any_true(failed is not None)[0]:
@@ -317,7 +332,8 @@ def fit(
                 failures.add(failed)
                 x, y = normalize(x, device, channels_last=cfg.channels_last), y.to(device, non_blocking=True)
                 out = train_step(net, model, optimizer, x, y, autocast=autocast,
-                                 kl=(n_train, cfg.kl_k, cfg.kl_form) if phase == "gated" else None,
+                                 kl=(n_train, cfg.kl_k, cfg.kl_form, cfg.kl_price) if phase == "gated" else None,
+                                 kl_scale=kl_factor(cfg, epoch),
                                  where=f"epoch {epoch + 1}, step {step + 1}", ckpt_path=ckpt_path,
                                  check_unused=check_unused)
                 check_unused = False
@@ -353,6 +369,7 @@ def fit(
                 for li, stage in enumerate(model.stage_of_layer):
                     state.rates.append({"epoch": epoch + 1, "layer": li, "stage": stage, "p_S": p[li, 0],
                                         "p_ST": p[li, 1]})
+                state.stats += gate_rows(model, epoch + 1, cfg.kl_price)
             bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_top1']:.2f}")
             if main:
                 log.info("epoch %d/%d %s loss %.4f ce %.4f kl %.4f acc %.3f lr %.4g decode failures %d (%.1fs)",
@@ -365,7 +382,7 @@ def fit(
                 _stopped(stop.signal, ckpt_path, state.epoch, 0)
     if main:
         guarded_write(out_dir / "model.pt", lambda: (
-            _write_tables(out_dir, state.history, state.rates),
+            _write_tables(out_dir, state.history, state.rates, state.stats),
             save_torch({"arch": model.arch, "model": model.state_dict(), "config": asdict(cfg),
                         "optimizer_steps": state.optimizer_steps}, out_dir / "model.pt")))
     distributed.barrier()
@@ -373,13 +390,14 @@ def fit(
 
 
 def train_step(net, model: FusionNetwork, optimizer, x: torch.Tensor, y: torch.Tensor, *, autocast, kl,
-               where: str, ckpt_path: Path, check_unused: bool) -> dict:
-    """One optimizer step on the batch ``x`` ``(B, 3, T, H, W)``, ``y`` ``(B,)``: loss ``CE`` (+ the KL term when
-    ``kl = (n_train, k, form)``). Returns the batch's mean ``loss``, ``ce``, ``kl`` and its ``correct`` count."""
+               where: str, ckpt_path: Path, check_unused: bool, kl_scale: float = 1.0) -> dict:
+    """One optimizer step on the batch ``x`` ``(B, 3, T, H, W)``, ``y`` ``(B,)``: loss ``CE`` (+ ``kl_scale`` times
+    the KL term when ``kl = (n_train, k, form, price)``). Returns the batch's mean ``loss``, ``ce``, ``kl`` (as
+    added to the loss) and its ``correct`` count."""
     with autocast:
         logits = net(x).float()
     ce = F.cross_entropy(logits, y)
-    kl_term = model.kl(*kl) if kl is not None else torch.zeros((), device=logits.device)
+    kl_term = model.kl(*kl) * kl_scale if kl is not None else torch.zeros((), device=logits.device)
     loss = ce + kl_term
     if not torch.isfinite(loss):
         raise StfusionError(
@@ -433,7 +451,7 @@ def _resume(ckpt_path: Path, model, optimizer, scheduler, cfg: TrainConfig) -> T
     step = ckpt.get("step", 0)
     state = TrainState(epoch=ckpt["epoch"], step=step, optimizer_steps=ckpt.get("optimizer_steps", 0),
                        sums={**new_sums(), **mine["sums"]} if step else new_sums(),
-                       history=ckpt["history"], rates=ckpt["drop_rates"])
+                       history=ckpt["history"], rates=ckpt["drop_rates"], stats=ckpt.get("gate_stats", []))
     log.info("resuming %s from epoch %d of %d, step %d", ckpt_path.parent, state.epoch + 1, cfg.total_epochs,
              state.step)
     return state
@@ -447,6 +465,7 @@ def _write_checkpoint(path: Path, model, optimizer, scheduler, cfg: TrainConfig,
             "optimizer_steps": state.optimizer_steps, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": ranks[0]["rng"],
             "ranks": ranks, "history": state.history, "drop_rates": state.rates,
+            "gate_stats": state.stats,
         },
         path,
     ))
@@ -460,11 +479,13 @@ def _wrap_ddp(model: FusionNetwork, device: torch.device) -> torch.nn.Module:
     return DistributedDataParallel(model, device_ids=ids)
 
 
-def _write_tables(out_dir: Path, history: list[dict], rates: list[dict]) -> None:
+def _write_tables(out_dir: Path, history: list[dict], rates: list[dict], stats: list[dict]) -> None:
     hist = pd.DataFrame(history).drop(columns=["seconds"], errors="ignore")
     write_csv(hist, out_dir / "history.csv")
     if rates:
         write_csv(pd.DataFrame(rates), out_dir / "drop_rates.csv")
+    if stats:
+        write_csv(pd.DataFrame(stats), out_dir / "gate_stats.csv")
 
 
 def supernet_config(params: dict, n_train: int | None = None) -> TrainConfig:
@@ -475,6 +496,8 @@ def supernet_config(params: dict, n_train: int | None = None) -> TrainConfig:
         momentum=s.get("momentum", 0.9), weight_decay=s.get("weight_decay", 0.0),
         schedule=s.get("schedule", "cosine"), milestones=tuple(s.get("milestones", (0.45, 0.67, 0.9))),
         seed=params.get("seed", 0), kl_k=float(g.get("kl_k", 50.0)), kl_form=g.get("kl_form", "linear"),
+        kl_price=g.get("kl_price", "weight"), kl_warmin_epochs=int(g.get("kl_warmin_epochs", 0)),
+        gate_lr_scale=float(g.get("lr_scale", 1.0)),
         n_train=g.get("n_train") or n_train, **compute_settings(params),
     )
 

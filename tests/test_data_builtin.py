@@ -224,3 +224,21 @@ def test_one_frame_or_frame_average_cannot_tell_motion_pairs_apart(tmp_path_fact
             assert acc < 0.62, (mode, acc, results)  # 200 test clips; chance is 0.5
         else:
             assert acc < 0.7, (mode, what, acc, results)  # 40 test clips per pair
+
+
+def test_class_subsets_hold_the_same_clips(tmp_path):
+    from stfusion.data.builtin import select_classes
+
+    assert [k for _, k in select_classes("appearance")] == ["appearance"] * len(APPEARANCE_CLASSES)
+    assert len(select_classes("motion")) == 2 * len(MOTION_PAIRS) and len(select_classes(None)) == len(CLASSES)
+    assert [n for n, _ in select_classes(["square", "move_left"])] == ["move_left", "square"]  # label order
+    for bad in ("colour", ["square"], ["square", "hexagon"]):
+        with pytest.raises(StfusionError, match="data.builtin.classes"):
+            select_classes(bad)
+    kw = dict(clips_per_class=2, frames=4, size=32, progress=False)
+    sub = generate(tmp_path / "sub", classes="appearance", **kw)
+    assert set(sub["label"]) == set(APPEARANCE_CLASSES)
+    assert class_kinds(tmp_path / "sub") == {c: "appearance" for c in APPEARANCE_CLASSES}
+    full = generate(tmp_path / "full", classes=["disk", "move_right"], **kw)
+    same = sub[sub["label"] == "disk"].reset_index(drop=True)
+    assert _digest(tmp_path / "sub", same) == _digest(tmp_path / "full", full[full["label"] == "disk"])

@@ -26,7 +26,9 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COM
 
 def test_dvc_params_match_the_stages():
     stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    for name, stage in stages.items():
+    study = yaml.safe_load((REPO / "studies" / "fidelity" / "dvc.yaml").read_text())["stages"]
+    assert not set(stages) & set(study) and all(s["wdir"] == "../.." for s in study.values())
+    for name, stage in {**stages, **study}.items():
         listed = sorted(stage.get("params", []))
         assert listed == sorted(STAGE_PARAMS.get(name, [])), name
         assert stage["cmd"], name

@@ -211,6 +211,28 @@ def test_tiny_pipeline_states_the_checks(tiny_run):
     assert 0.0 <= all_s["top1_motion"] <= 1.0 and 0.0 <= all_s["top1_appearance"] <= 1.0
 
 
+@pytest.mark.slow
+def test_tiny_fidelity_study_is_its_own_target(tiny_run):
+    """`snakemake fidelity`: 4 strategies x 2 seeds (1 epoch each) on the tiny run, nothing else rerun."""
+    work, _ = tiny_run
+    out = snakemake("--cores", "2", "--configfile", str(TINY), "-d", str(work), "fidelity", cwd=work)
+    jobs = planned_jobs(out.stdout + out.stderr)
+    assert jobs.get("train_fidelity") == 8 and jobs.get("fidelity") == 1, jobs
+    assert "train_supernet" not in jobs and "report" not in jobs
+    res = work / "results" / "fidelity"
+    study = json.loads((res / "fidelity.json").read_text())
+    assert study["n_strategies"] == 4 and study["n_seeds"] == 2
+    assert {"supernet", "plain_bn", "log_prob", "ceiling", "topk_overlap", "regret", "differences"} <= set(study)
+    assert study["train_seconds"] > 0 and study["wall_seconds"] > 0
+    table = pd.read_csv(res / "table.csv")
+    assert {"seed0", "seed1", "standalone_mean", "supernet_top1_recal"} <= set(table.columns)
+    assert table[["seed0", "seed1"]].notna().all().all()
+    assert {"all-S", "all-ST", "all-S+ST"} <= set(table["name"])
+    assert (res / "fidelity.png").read_bytes()[:4] == b"\x89PNG"
+    assert "Kendall tau-b" in (res / "fidelity.md").read_text()
+    assert len(list((work / "checkpoints" / "fidelity").glob("seed*/*/model.pt"))) == 8
+
+
 # ----------------------------------------------------------------------------------- the real default run
 @pytest.mark.slow
 @pytest.mark.skipif(not os.environ.get("STFUSION_SLOW"),

@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from ..errors import StfusionError
 from ..droppath import kl_sum
-from ..fusion import FusionPaths, paths_weight_sq
+from ..fusion import FusionPaths, paths_price
 from ..strategies import Posterior, Strategy
 
 
@@ -80,12 +80,14 @@ class FusionNetwork(nn.Module):
     def posterior(self, rule: str = "paper") -> Posterior:
         return Posterior.from_drop_rates(self.drop_rates(), self.allow_none, rule)
 
-    def kl(self, n_train: int, k: float, form: str = "linear") -> Tensor:
+    def kl(self, n_train: int, k: float, form: str = "linear", price: str = "weight") -> Tensor:
         """Sum of the KL terms of every gate (METHOD.md §4), computed for all gates at once: a few ops in all
-        instead of about ten per gate, which on a GPU are kernel launches that cost more than the arithmetic."""
+        instead of about ten per gate, which on a GPU are kernel launches that cost more than the arithmetic.
+        ``price`` says what each kept path pays for (:func:`stfusion.fusion.paths_price`)."""
         layers = self.fusion_layers
         gates = [g for f in layers for g in (f.gate_s, f.gate_st)]
-        return kl_sum(gates, paths_weight_sq([p for f in layers for p in (f.s, f.st)]), n_train, k, form)
+        priced = paths_price([p for f in layers for p in (f.s, f.st)], price).to(gates[0].p_logit.device)
+        return kl_sum(gates, priced, n_train, k, form)
 
     def export(self, strategy: Strategy) -> "FusionNetwork":
         """A plain copy for ``strategy``: only the kept convs, no gates and no trainable logits; weights are the

@@ -82,3 +82,84 @@ rule validate_ranking:
     shell:
         "python -m stfusion.cli validate-ranking --selection {input.selection} --runs-dir {params.runs_dir} "
         "--ranking {input.ranking} --out-dir {params.out_dir} --timing {output.timing} --log {log} --no-progress"
+
+
+# The ranking-fidelity study, its own target (`snakemake --cores all fidelity`): fidelity.n_strategies
+# strategies stratified over the score range (a checkpoint), each trained from scratch under fidelity.seeds
+# seeds (wildcards sid, fseed), then the statistics (stfusion/fidelity.py). Not part of `all`.
+FIDELITY_DIR = "results/fidelity"
+FIDELITY_SELECTION = f"{FIDELITY_DIR}/strategies.csv"
+
+
+wildcard_constraints:
+    fseed=r"\d+",
+
+
+checkpoint select_fidelity:
+    input:
+        ranking=RANKING,
+    output:
+        table=FIDELITY_SELECTION,
+        markdown=FIDELITY_SELECTION.replace(".csv", ".md"),
+    log:
+        "logs/select_fidelity.log",
+    conda:
+        CONDA_ENV
+    params:
+        values=stage_values("select_fidelity"),
+    shell:
+        "python -m stfusion.cli select-fidelity --ranking {input.ranking} --out {output.table} "
+        "--log {log} --no-progress"
+
+
+rule train_fidelity:
+    input:
+        **CACHE_FILES,
+        model=SUPERNET,
+        selection=FIDELITY_SELECTION,
+    output:
+        run=f"{FIDELITY_DIR}/runs/seed{{fseed}}/{{sid}}.json",
+        model=f"checkpoints/fidelity/seed{{fseed}}/{{sid}}/model.pt",
+    log:
+        "logs/fidelity/seed{fseed}/{sid}.log",
+    conda:
+        CONDA_ENV
+    threads: 1
+    resources:
+        mem_mb=4000,
+        runtime=30,
+    params:
+        values=stage_values("train_standalone"),
+        cache=dirname("manifest"),
+    shell:
+        "python -m stfusion.cli train-fidelity --strategy {wildcards.sid} --seed-index {wildcards.fseed} "
+        "--checkpoint {input.model} --cache {params.cache} --selection {input.selection} "
+        "--ckpt-dir checkpoints/fidelity --runs-dir {FIDELITY_DIR}/runs --threads {threads} --log {log} --no-progress"
+
+
+def fidelity_runs(wildcards):
+    ids = _ids(checkpoints.select_fidelity.get().output.table)
+    seeds = range(int(config["fidelity"]["seeds"]))
+    return [f"{FIDELITY_DIR}/runs/seed{j}/{sid}.json" for j in seeds for sid in ids]
+
+
+rule fidelity:
+    input:
+        selection=FIDELITY_SELECTION,
+        ranking=RANKING,
+        runs=fidelity_runs,
+    output:
+        study=f"{FIDELITY_DIR}/fidelity.json",
+        summary=f"{FIDELITY_DIR}/fidelity.md",
+        table=f"{FIDELITY_DIR}/table.csv",
+        plot=f"{FIDELITY_DIR}/fidelity.png",
+        timing=f"{FIDELITY_DIR}/timing.json",
+    log:
+        "logs/fidelity.log",
+    conda:
+        CONDA_ENV
+    params:
+        values=stage_values("fidelity"),
+    shell:
+        "python -m stfusion.cli fidelity --selection {input.selection} --runs-dir {FIDELITY_DIR}/runs "
+        "--ranking {input.ranking} --out-dir {FIDELITY_DIR} --timing {output.timing} --log {log} --no-progress"

@@ -1,0 +1,69 @@
+"""``stfusion compare`` on synthetic result folders and a synthetic ``dvc exp show --json``."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+
+from stfusion import cli
+from stfusion.compare import compare
+
+
+def _run(folder, best, tau=None, entropy=4.0, study_tau=None):
+    res = folder / "results"
+    res.mkdir(parents=True)
+    metrics = {"entropy": entropy, "entropy_ratio": entropy / 6.0, "drop_rate_spread": 0.4,
+               "best_sampled_top1": best, "all_S_top1": 0.2, "all_ST_top1": 0.6, "all_SST_top1": 0.65,
+               "all_SST_top1_appearance": 0.7, "all_S_top1_motion": 0.15, "kendall_tau": tau, "n_standalone": 6}
+    (res / "metrics.json").write_text(json.dumps(metrics))
+    if study_tau is not None:
+        (res / "fidelity").mkdir()
+        (res / "fidelity" / "fidelity.json").write_text(json.dumps(
+            {"n_strategies": 24, "supernet": {"kendall_tau": study_tau, "kendall_ci": [0.2, 0.7]}}))
+    return res
+
+
+def test_compare_ranks_folders_and_writes_table_and_figure(tmp_path):
+    a = _run(tmp_path / "k1", best=0.70, tau=0.3)
+    b = _run(tmp_path / "k3", best=0.74, tau=0.1, entropy=3.0, study_tau=0.55)
+    c = _run(tmp_path / "k10", best=0.70, tau=0.5)
+    out = tmp_path / "cmp"
+    assert cli.main(["compare", str(a), str(b), str(c), "--out-dir", str(out), "--params",
+                     str(cli_params(tmp_path))]) == 0
+    df = pd.read_csv(out / "compare.csv")
+    assert list(df["experiment"]) == ["k3", "k10", "k1"]  # best sampled, then tau
+    assert list(df["rank"]) == [1, 2, 3]
+    k3 = df.iloc[0]
+    assert k3["tau"] == pytest.approx(0.55) and k3["tau_n"] == 24 and k3["tau_ci_low"] == pytest.approx(0.2)
+    assert k3["entropy_ratio"] == pytest.approx(0.5) and k3["all_SST_appearance"] == pytest.approx(0.7)
+    assert df.iloc[2]["tau_n"] == 6
+    assert "| k3 " in (out / "compare.md").read_text()
+    assert (out / "compare.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def cli_params(tmp_path):
+    from conftest import REPO
+
+    return REPO / "params.yaml"
+
+
+def test_compare_reads_dvc_exp_show_json(tmp_path):
+    def entry(name, best):
+        return {"rev": name, "name": name, "data": {"metrics": {"results/metrics.json": {"data": {
+            "best_sampled_top1": best, "entropy": 3.0, "kendall_tau": 0.2}}}}}
+
+    data = [{**entry("workspace", 0.5), "experiments": None},
+            {**entry("abc123", 0.6), "experiments": [{"name": "exp-k3", "revs": [entry("r1", 0.8)]}]}]
+    path = tmp_path / "exps.json"
+    path.write_text(json.dumps(data))
+    df = compare(dvc_json=path, out_dir=tmp_path / "out")
+    assert list(df["experiment"]) == ["exp-k3", "abc123", "workspace"]
+    assert df.iloc[0]["best_sampled"] == pytest.approx(0.8)
+
+
+def test_compare_refuses_a_folder_without_metrics(tmp_path, capsys):
+    assert cli.main(["compare", str(tmp_path), "--out-dir", str(tmp_path / "o"),
+                     "--params", str(cli_params(tmp_path))]) == 2
+    assert "stfusion: error: no metrics.json" in capsys.readouterr().err
