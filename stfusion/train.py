@@ -255,7 +255,8 @@ def fit(
     progress: bool = True,
     evaluate: Callable[[FusionNetwork, int], dict] | None = None,
 ) -> pd.DataFrame:
-    """Train ``model`` on ``train_set`` (items ``(uint8 (3, T, H, W), label[, decode failure])``), resuming from ``out_dir/last.pt``.
+    """Train ``model`` on ``train_set`` (items ``(uint8 (3, T, H, W), label[, decode failure])``), resuming from
+    ``out_dir/last.pt``.
 
     With ``cfg.kl_k`` set, the model is a supernet: gate-free for ``warmup_epochs``, then gated with loss
     ``CE + KL`` (METHOD.md §4). ``evaluate(model, epoch)`` (1-based epoch; see :mod:`stfusion.evaluation`) runs
