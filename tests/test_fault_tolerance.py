@@ -175,4 +175,4 @@ def test_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):
     monkeypatch.setattr(ck.torch, "save", real_save)
     ckpt = torch.load(tmp_path / "last.pt", weights_only=False)
     assert ckpt["epoch"] == 1 and ckpt["step"] == 0
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["drop_rates.csv", "history.csv", "last.pt"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drop_rates.csv", "gate_stats.csv", "history.csv", "last.pt"]
