@@ -261,10 +261,12 @@ def racing(quick: bool = False, folder=None, device: str = "cpu", naive_sample: 
     loader = DataLoader(val, batch_size=64)
 
     t = time.perf_counter()
-    raced = race_strategies(model, strategies, val, num_classes, keep_top=5, first_clips=64 if quick else 128,
-                            growth=2.0, confidence=0.99, seed=0, batch_size=64, **kw)
+    raced = race_strategies(model, strategies, val, num_classes, keep_top=5, first_clips=64 if quick else 256,
+                            growth=4.0, confidence=0.99, seed=0, batch_size=64, **kw)
     race_s = time.perf_counter() - t
+    t = time.perf_counter()
     reference = score_strategies_prefix(model, strategies, loader, num_classes, **kw)
+    prefix_s = time.perf_counter() - t
     sample = [strategies[i] for i in torch.randperm(len(strategies), generator=torch.Generator().manual_seed(3))
               [: min(naive_sample, len(strategies))].tolist()]
     t = time.perf_counter()
@@ -288,7 +290,7 @@ def racing(quick: bool = False, folder=None, device: str = "cpu", naive_sample: 
         "ratio": race_s / naive_s, "flops_ratio": raced.attrs["macs_executed"] / macs_naive, "race_s": race_s,
         "naive_s": naive_s, "naive_sample_s": sample_s, "naive_sample": len(sample),
         "macs_race": raced.attrs["macs_executed"], "macs_naive": macs_naive,
-        "macs_prefix_full": reference.attrs["macs_executed"],
+        "macs_prefix_full": reference.attrs["macs_executed"], "prefix_full_s": prefix_s,
         "same_best": best_naive[0] == best_race[0], "same_top5": set(best_naive[:5]) == set(best_race[:5]),
         "best": best_naive[0], "top5_naive": best_naive[:5], "top5_race": best_race[:5],
         "strategies": len(strategies), "distinct": len(set(strategies)), "full": int(len(full.drop_duplicates("id"))),

@@ -168,7 +168,8 @@ def main(argv=None) -> int:
     emit(line("racing_flops", res["flops_ratio"]))
     note(f"racing {res['race_s']:.1f} s vs naive {res['naive_s']:.1f} s (extrapolated from {res['naive_sample']} "
          f"strategies scored naively in {res['naive_sample_s']:.1f} s); MACs {res['macs_race']:.3g} vs naive "
-         f"{res['macs_naive']:.3g} (prefix sharing alone, one pass: {res['macs_prefix_full']:.3g}); "
+         f"{res['macs_naive']:.3g} (prefix sharing alone, one pass: {res['macs_prefix_full']:.3g} in "
+         f"{res['prefix_full_s']:.1f} s); "
          f"{res['strategies']} strategies ({res['distinct']} distinct, posterior entropy "
          f"{res['entropy_nats']:.2f} nats), {res['full']} distinct scored in full on {res['val_clips']} validation clips; "
          f"rounds {[(r['clips'], r['scored'], r['dropped']) for r in res['rounds']]} (clips, scored, dropped); "
