@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
 from stfusion.models import build_model
 from stfusion.costs import count_macs
+from stfusion.data.transforms import normalize
 from stfusion.prefix_scoring import score_strategies_prefix
 from stfusion.scoring import score_strategies
 from stfusion.train import TrainConfig, fit
@@ -277,7 +278,7 @@ def racing(quick: bool = False, folder=None, device: str = "cpu", naive_sample: 
     diff = float(np.abs(naive_sample_df.set_index("id")[SCORE_COLUMNS].to_numpy(float)
                         - ref_by_id.loc[naive_sample_df["id"], SCORE_COLUMNS].to_numpy(float)).max())
     assert diff <= 1e-5, f"prefix scores differ from the naive scorer by {diff}"
-    clip = val[0][0][None].to(device)
+    clip = normalize(val[0][0][None], device)  # uint8 items, normalised as every scorer does
     n_clips = len(val) + sum(len(b) for b in calib)
     macs_naive = naive_macs(model, strategies, clip, n_clips)
     assert abs(naive_macs(model, sample, clip, n_clips) - sample_macs) <= 1e-6 * sample_macs, "MAC count mismatch"

@@ -20,9 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import StfusionError
-
-FIDELITY_DIR = "results/fidelity"
-FIDELITY_CKPT = "checkpoints/fidelity"
+from .pipeline import FIDELITY_CKPT, FIDELITY_DIR  # the layout has one definition, in pipeline
 
 
 def select_stratified(ranked: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -132,7 +130,8 @@ def fidelity_report(params: dict, *, selection, runs_dir, ranking, out_dir=FIDEL
     """Stage ``fidelity``: ``table.csv|md``, ``fidelity.json``, ``fidelity.md`` and ``fidelity.png``."""
     from .checkpoint import write_text
     from .fidelity import plot_study, study, summary_lines
-    from .pipeline import to_markdown, write_json, write_table
+    from .pipeline import write_json
+    from .tables import to_markdown, write_table
 
     out_dir = Path(out_dir)
     df, timing = gather(selection, runs_dir, ranking, len(seed_indices(params)))

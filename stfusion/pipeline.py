@@ -74,6 +74,8 @@ TIMING = f"{RESULTS}/timing"
 REPORT = f"{RESULTS}/report.md"
 METRICS = f"{RESULTS}/metrics.json"
 VERSIONS = f"{RESULTS}/versions.json"
+FIDELITY_DIR = f"{RESULTS}/fidelity"  # the ranking-fidelity study (stfusion.fidelity_stage)
+FIDELITY_CKPT = "checkpoints/fidelity"
 REPORT_DIR = f"{RESULTS}/report"  # the report's HTML tables and figures (the Snakemake report shows them)
 
 # --------------------------------------------------------------------------------------- stage parameters

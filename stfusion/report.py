@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import numpy as np
@@ -442,8 +443,8 @@ def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: 
                   "spearman_rho_plain_bn", "spearman_rho_log_prob"):
             m[k] = fidelity.get(k)
         m["n_standalone"] = fidelity.get("n")
-    if ranked is not None and "test_views" in ranked and len(ranked):
-        m["test_views"] = str(ranked["test_views"].iloc[0])
+    if ranked is not None and "test_views" in ranked and len(ranked):  # "2 clips x 3 crops" as two numbers
+        m["test_clips"], m["test_crops"] = (int(n) for n in re.findall(r"\d+", str(ranked["test_views"].iloc[0])))
     if finetuned is not None and "top1_test" in finetuned and len(finetuned):
         m["best_finetuned_top1_test"] = float(finetuned["top1_test"].max())
     m["checks_passed"] = int(sum(1 for c in checks if c["ok"]))

@@ -216,8 +216,10 @@ def test_tiny_fidelity_study_is_its_own_target(tiny_run):
     """`snakemake fidelity`: 4 strategies x 2 seeds (1 epoch each) on the tiny run, nothing else rerun."""
     work, _ = tiny_run
     out = snakemake("--cores", "2", "--configfile", str(TINY), "-d", str(work), "fidelity", cwd=work)
-    jobs = planned_jobs(out.stdout + out.stderr)
-    assert jobs.get("train_fidelity") == 8 and jobs.get("fidelity") == 1, jobs
+    text = out.stdout + out.stderr
+    jobs = planned_jobs(text)  # the plan before the selection checkpoint: its training jobs come after it
+    assert jobs.get("select_fidelity") == 1 and jobs.get("fidelity") == 1, jobs
+    assert len(re.findall(r"^(?:local)?rule train_fidelity:", text, re.M)) == 8
     assert "train_supernet" not in jobs and "report" not in jobs
     res = work / "results" / "fidelity"
     study = json.loads((res / "fidelity.json").read_text())

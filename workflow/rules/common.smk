@@ -159,3 +159,17 @@ def in_report(name, caption, category, kind, label):
 wildcard_constraints:
     sid="[nstb]+",
     shard="[0-9]+",
+    fseed=r"\d+",
+
+
+# the ranking-fidelity study (rules in validate.smk)
+FIDELITY_DIR = P.FIDELITY_DIR
+FIDELITY_CKPT = P.FIDELITY_CKPT
+FIDELITY_SELECTION = f"{FIDELITY_DIR}/strategies.csv"
+
+
+def fidelity_runs(wildcards):
+    """The run records of the study: every selected strategy under every seed index."""
+    ids = _ids(checkpoints.select_fidelity.get().output.table)
+    seeds = range(int(config["fidelity"]["seeds"]))
+    return [f"{FIDELITY_DIR}/runs/seed{j}/{sid}.json" for j in seeds for sid in ids]

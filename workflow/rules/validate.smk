@@ -87,14 +87,6 @@ rule validate_ranking:
 # The ranking-fidelity study, its own target (`snakemake --cores all fidelity`): fidelity.n_strategies
 # strategies stratified over the score range (a checkpoint), each trained from scratch under fidelity.seeds
 # seeds (wildcards sid, fseed), then the statistics (stfusion/fidelity.py). Not part of `all`.
-FIDELITY_DIR = "results/fidelity"
-FIDELITY_SELECTION = f"{FIDELITY_DIR}/strategies.csv"
-
-
-wildcard_constraints:
-    fseed=r"\d+",
-
-
 checkpoint select_fidelity:
     input:
         ranking=RANKING,
@@ -119,7 +111,7 @@ rule train_fidelity:
         selection=FIDELITY_SELECTION,
     output:
         run=f"{FIDELITY_DIR}/runs/seed{{fseed}}/{{sid}}.json",
-        model=f"checkpoints/fidelity/seed{{fseed}}/{{sid}}/model.pt",
+        model=f"{FIDELITY_CKPT}/seed{{fseed}}/{{sid}}/model.pt",
     log:
         "logs/fidelity/seed{fseed}/{sid}.log",
     conda:
@@ -129,18 +121,14 @@ rule train_fidelity:
         mem_mb=4000,
         runtime=30,
     params:
-        values=stage_values("train_standalone"),
+        values=stage_values("train_fidelity"),
         cache=dirname("manifest"),
+        ckpt_dir=dirname("model", "output", up=3),
+        runs_dir=dirname("run", "output", up=2),
     shell:
         "python -m stfusion.cli train-fidelity --strategy {wildcards.sid} --seed-index {wildcards.fseed} "
         "--checkpoint {input.model} --cache {params.cache} --selection {input.selection} "
-        "--ckpt-dir checkpoints/fidelity --runs-dir {FIDELITY_DIR}/runs --threads {threads} --log {log} --no-progress"
-
-
-def fidelity_runs(wildcards):
-    ids = _ids(checkpoints.select_fidelity.get().output.table)
-    seeds = range(int(config["fidelity"]["seeds"]))
-    return [f"{FIDELITY_DIR}/runs/seed{j}/{sid}.json" for j in seeds for sid in ids]
+        "--ckpt-dir {params.ckpt_dir} --runs-dir {params.runs_dir} --threads {threads} --log {log} --no-progress"
 
 
 rule fidelity:
@@ -160,6 +148,8 @@ rule fidelity:
         CONDA_ENV
     params:
         values=stage_values("fidelity"),
+        runs_dir=dirname("runs", up=2),
+        out_dir=dirname("study", "output"),
     shell:
-        "python -m stfusion.cli fidelity --selection {input.selection} --runs-dir {FIDELITY_DIR}/runs "
-        "--ranking {input.ranking} --out-dir {FIDELITY_DIR} --timing {output.timing} --log {log} --no-progress"
+        "python -m stfusion.cli fidelity --selection {input.selection} --runs-dir {params.runs_dir} "
+        "--ranking {input.ranking} --out-dir {params.out_dir} --timing {output.timing} --log {log} --no-progress"
