@@ -267,13 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("dir", nargs="?", default=".", metavar="DIR", help="project folder (default: the working folder)")
     sp.add_argument("--workflow", action="store_true", help="also write the Snakemake workflow")
     sp.add_argument("--force", action="store_true", help="overwrite existing project files")
-    from . import fidelity_stage as FS
-
     sp = add("select-fidelity", cmd_select_fidelity, "choose the strategies of the ranking-fidelity study",
              "Choose fidelity.n_strategies scored strategies: the uniform families, then the others stratified "
              "over the score range (equal-width bins of the validation score, taken in rounds).")
     sp.add_argument("--ranking", default=P.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
-    sp.add_argument("--out", default=f"{FS.FIDELITY_DIR}/strategies.csv", metavar="CSV",
+    sp.add_argument("--out", default=P.FIDELITY_SELECTION, metavar="CSV",
                     help="selection (default: %(default)s)")
 
     sp = add("train-fidelity", cmd_train_fidelity, "train the study's strategies from scratch under several seeds",
@@ -286,23 +284,23 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--checkpoint", default=P.SUPERNET, metavar="PT",
                     help="supernet, for its architecture only (default: %(default)s)")
     sp.add_argument("--cache", default=P.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
-    sp.add_argument("--selection", default=f"{FS.FIDELITY_DIR}/strategies.csv", metavar="CSV",
+    sp.add_argument("--selection", default=P.FIDELITY_SELECTION, metavar="CSV",
                     help="selection (default: %(default)s)")
-    sp.add_argument("--ckpt-dir", default=FS.FIDELITY_CKPT, metavar="DIR", help="checkpoints (default: %(default)s)")
-    sp.add_argument("--runs-dir", default=f"{FS.FIDELITY_DIR}/runs", metavar="DIR",
+    sp.add_argument("--ckpt-dir", default=P.FIDELITY_CKPT, metavar="DIR", help="checkpoints (default: %(default)s)")
+    sp.add_argument("--runs-dir", default=P.FIDELITY_RUNS, metavar="DIR",
                     help="run records (default: %(default)s)")
 
     sp = add("fidelity", cmd_fidelity, "statistics of the ranking-fidelity study",
              "Gather the study's runs: Kendall tau-b and Spearman rho (p-values, 95%% bootstrap intervals over "
              "strategies) of the supernet score, plain-BN score and log-probability against the mean "
              "stand-alone accuracy; the seed-to-seed ceiling; top-k overlap; regret; paired differences; a figure.")
-    sp.add_argument("--selection", default=f"{FS.FIDELITY_DIR}/strategies.csv", metavar="CSV",
+    sp.add_argument("--selection", default=P.FIDELITY_SELECTION, metavar="CSV",
                     help="selection (default: %(default)s)")
-    sp.add_argument("--runs-dir", default=f"{FS.FIDELITY_DIR}/runs", metavar="DIR",
+    sp.add_argument("--runs-dir", default=P.FIDELITY_RUNS, metavar="DIR",
                     help="run records (default: %(default)s)")
     sp.add_argument("--ranking", default=P.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
-    sp.add_argument("--out-dir", default=FS.FIDELITY_DIR, metavar="DIR", help="output folder (default: %(default)s)")
-    sp.add_argument("--timing", default=f"{FS.FIDELITY_DIR}/timing.json", metavar="JSON",
+    sp.add_argument("--out-dir", default=P.FIDELITY_DIR, metavar="DIR", help="output folder (default: %(default)s)")
+    sp.add_argument("--timing", default=f"{P.FIDELITY_DIR}/timing.json", metavar="JSON",
                     help="where to record the seconds of the study (default: %(default)s; kept apart from "
                          "results/timing so the default run's total leaves the study out)")
 

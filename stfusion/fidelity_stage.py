@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import StfusionError
-from .pipeline import FIDELITY_CKPT, FIDELITY_DIR  # the layout has one definition, in pipeline
+from .pipeline import FIDELITY_CKPT, FIDELITY_DIR, FIDELITY_RUNS  # the layout has one definition, in pipeline
 
 
 def select_stratified(ranked: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -72,7 +72,7 @@ def seed_indices(params: dict) -> list[int]:
 
 
 def train_fidelity(params: dict, *, checkpoint, cache_dir, selection, strategies: Sequence[str] | None = None,
-                   seeds: Sequence[int] | None = None, ckpt_dir=FIDELITY_CKPT, runs_dir=f"{FIDELITY_DIR}/runs",
+                   seeds: Sequence[int] | None = None, ckpt_dir=FIDELITY_CKPT, runs_dir=FIDELITY_RUNS,
                    progress: bool = True) -> list[dict]:
     """Stage ``train_fidelity``: train every selected strategy (or the given ids) stand-alone under every seed
     index (or the given ones), ``runs_dir/seed<j>/<id>.json`` a run."""

@@ -76,6 +76,8 @@ METRICS = f"{RESULTS}/metrics.json"
 VERSIONS = f"{RESULTS}/versions.json"
 FIDELITY_DIR = f"{RESULTS}/fidelity"  # the ranking-fidelity study (stfusion.fidelity_stage)
 FIDELITY_CKPT = "checkpoints/fidelity"
+FIDELITY_SELECTION = f"{FIDELITY_DIR}/strategies.csv"
+FIDELITY_RUNS = f"{FIDELITY_DIR}/runs"
 REPORT_DIR = f"{RESULTS}/report"  # the report's HTML tables and figures (the Snakemake report shows them)
 
 # --------------------------------------------------------------------------------------- stage parameters

@@ -165,11 +165,12 @@ wildcard_constraints:
 # the ranking-fidelity study (rules in validate.smk)
 FIDELITY_DIR = P.FIDELITY_DIR
 FIDELITY_CKPT = P.FIDELITY_CKPT
-FIDELITY_SELECTION = f"{FIDELITY_DIR}/strategies.csv"
+FIDELITY_SELECTION = P.FIDELITY_SELECTION
+FIDELITY_RUNS = P.FIDELITY_RUNS
 
 
 def fidelity_runs(wildcards):
     """The run records of the study: every selected strategy under every seed index."""
     ids = _ids(checkpoints.select_fidelity.get().output.table)
     seeds = range(int(config["fidelity"]["seeds"]))
-    return [f"{FIDELITY_DIR}/runs/seed{j}/{sid}.json" for j in seeds for sid in ids]
+    return [f"{FIDELITY_RUNS}/seed{j}/{sid}.json" for j in seeds for sid in ids]

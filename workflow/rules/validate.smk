@@ -110,7 +110,7 @@ rule train_fidelity:
         model=SUPERNET,
         selection=FIDELITY_SELECTION,
     output:
-        run=f"{FIDELITY_DIR}/runs/seed{{fseed}}/{{sid}}.json",
+        run=f"{FIDELITY_RUNS}/seed{{fseed}}/{{sid}}.json",
         model=f"{FIDELITY_CKPT}/seed{{fseed}}/{{sid}}/model.pt",
     log:
         "logs/fidelity/seed{fseed}/{sid}.log",
