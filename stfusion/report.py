@@ -101,6 +101,18 @@ def _row(df: pd.DataFrame | None, name: str) -> pd.Series | None:
     return hit.iloc[0] if len(hit) else None
 
 
+def _standalone_appearance(standalone: pd.DataFrame | None) -> str:
+    """``"; trained stand-alone (test): all-S 0.81, ..."`` for the uniform strategies among the stand-alone runs."""
+    col = "standalone_top1_test_appearance"
+    if standalone is None or col not in standalone:
+        return ""
+    found = [(n, _row(standalone, n)) for n in ("all-S", "all-ST", "all-S+ST")]
+    found = [(n, r) for n, r in found if r is not None]
+    if not found:
+        return ""
+    return "; trained stand-alone (test): " + ", ".join(f"{n} {_fmt(r[col])}" for n, r in found)
+
+
 def best_sampled(ranked: pd.DataFrame | None) -> pd.Series | None:
     if ranked is None:
         return None
@@ -136,9 +148,12 @@ def fidelity_study_lines(results: Path) -> list[str]:
     return L
 
 
-def compute_checks(pref, ranked, fidelity, initial: dict | None = None) -> list[dict]:
+def compute_checks(pref, ranked, fidelity, initial: dict | None = None,
+                   standalone: pd.DataFrame | None = None) -> list[dict]:
     """The §9 checks (see the module docstring). ``initial``: the marginals before training, quoted beside
-    check 2 (at the usual initial drop rate S+ST is already the most probable state)."""
+    check 2 (at the usual initial drop rate S+ST is already the most probable state). ``standalone``: the
+    stand-alone runs (``validation/standalone.csv``); where they include uniform strategies, check 3c quotes
+    their test accuracy on the appearance classes beside the supernet's (information, not part of the verdict)."""
     checks: list[dict] = []
     summ = preference_summary(pref) if pref is not None else None
 
@@ -186,7 +201,8 @@ def compute_checks(pref, ranked, fidelity, initial: dict | None = None) -> list[
                                spread <= APPEARANCE_SPREAD, "numbers":
                                "appearance top-1: "
                                + ", ".join(f"{k} {_fmt(r['top1_appearance'])}" for k, r in uni.items())
-                               + f", best sampled {_fmt(best['top1_appearance'])} (spread {_fmt(spread)})"})
+                               + f", best sampled {_fmt(best['top1_appearance'])} (spread {_fmt(spread)})"
+                               + _standalone_appearance(standalone)})
     else:
         checks.append({"check": "3. network-level comparison", "ok": None, "numbers": "ranking missing"})
 
@@ -241,7 +257,7 @@ def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: 
     manifest = _read_csv(cache_dir / "manifest.csv")
     classes = _read_csv(cache_dir / "classes.csv")
     timing = timing_table(results / "timing")
-    checks = compute_checks(pref, ranked, fidelity, summary.get("initial_marginals"))
+    checks = compute_checks(pref, ranked, fidelity, summary.get("initial_marginals"), standalone)
     best = best_sampled(ranked)
 
     L: list[str] = ["# stfusion report", "", HTML_POINTER, ""]

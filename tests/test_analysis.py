@@ -169,6 +169,11 @@ def test_report_checks_pass_and_fail():
     assert checks["5."]["ok"] is True
     bad = report.compute_checks(pref, ranked, {"kendall_tau": -0.2, "n": 6})
     assert [c for c in bad if c["check"].startswith("4.")][0]["ok"] is False
+    # the stand-alone uniform strategies are quoted beside check 3c; the verdict stays the supernet's
+    standalone = pd.DataFrame({"name": ["all-S", "top-1"], "standalone_top1_test_appearance": [0.81, 0.5]})
+    quoted = {c["check"][:2]: c for c in report.compute_checks(pref, ranked, None, None, standalone)}["3c"]
+    assert quoted["ok"] is checks["3c"]["ok"] is True  # every strategy 0.9 on the appearance classes
+    assert quoted["numbers"].endswith("; trained stand-alone (test): all-S 0.810")
 
 
 def test_product_structure_detects_a_wrong_table():
