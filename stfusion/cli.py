@@ -42,6 +42,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import yaml
 
+from . import layout, stage_io
 from .errors import EXIT_RESUME, ResumableStop, StfusionError
 
 # Idle OpenMP threads sleep instead of spinning. On a shared or oversubscribed CPU, spinning threads make every
@@ -75,15 +76,11 @@ def _common() -> argparse.ArgumentParser:
 
 
 def _timing(p: argparse.ArgumentParser, stage: str) -> None:
-    from . import pipeline as P
-
-    p.add_argument("--timing", default=f"{P.TIMING}/{stage}.json", metavar="JSON",
+    p.add_argument("--timing", default=f"{layout.TIMING}/{stage}.json", metavar="JSON",
                    help="where to record the seconds this stage took (default: %(default)s)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import pipeline as P
-
     parser = argparse.ArgumentParser(
         prog="stfusion", description=__doc__.split("\n\n")[0].replace("``", ""), epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -119,7 +116,7 @@ def build_parser() -> argparse.ArgumentParser:
              "again, redoes only the videos it had not finished. Writes CACHE/manifest.csv, classes.csv, "
              "storage.json and clips.npy or videos/.")
     sp.add_argument("--root", default=None, metavar="DIR", help="dataset folder (default: data.root)")
-    sp.add_argument("--cache", default=P.CACHE, metavar="DIR", help="output folder (default: %(default)s)")
+    sp.add_argument("--cache", default=layout.CACHE, metavar="DIR", help="output folder (default: %(default)s)")
     sp.add_argument("--workers", type=int, default=None, metavar="N", help="decoding processes (default: data.workers)")
     part = sp.add_mutually_exclusive_group()
     part.add_argument("--shard", type=_shard_arg, default=None, metavar="I/N",
@@ -129,7 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
                       help="videos storage: merge the N shard manifests into manifest.csv (with the val and "
                            "calibration draws), classes.csv and storage.json")
     sp.add_argument("--timing", default=None, metavar="JSON",
-                    help=f"where to record the seconds this stage took (default: {P.TIMING}/prepare.json; for "
+                    help=f"where to record the seconds this stage took (default: {layout.TIMING}/prepare.json; for "
                          "--shard I/N: CACHE/shards/timing-I-of-N.json, added up by --merge)")
 
     sp = add("train-supernet", cmd_train_supernet, "train the template network with Variational DropPath",
@@ -137,8 +134,8 @@ def build_parser() -> argparse.ArgumentParser:
              "with a learned Bernoulli gate on every S and ST path and the KL term (gate.*). Resumes from "
              "OUT/last.pt after an interruption. Writes OUT/model.pt, history.csv, drop_rates.csv. Launch with "
              "'torchrun --nproc_per_node=G -m stfusion.cli train-supernet' for several GPUs.")
-    sp.add_argument("--cache", default=P.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
-    sp.add_argument("--out", default=P.SUPERNET_DIR, metavar="DIR", help="checkpoint folder (default: %(default)s)")
+    sp.add_argument("--cache", default=layout.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
+    sp.add_argument("--out", default=layout.SUPERNET_DIR, metavar="DIR", help="checkpoint folder (default: %(default)s)")
     _timing(sp, "train_supernet")
 
     sp = add("sample-strategies", cmd_sample, "list the most probable, sampled and hand-designed strategies",
@@ -146,18 +143,18 @@ def build_parser() -> argparse.ArgumentParser:
              "drawn from the posterior (seed), and the named families (all-S, all-ST, all-S+ST, ...). One row a "
              "distinct strategy: id, text form, log-probability, source. gate.keep_prob picks how drop rates "
              "become keep probabilities.")
-    sp.add_argument("--checkpoint", default=P.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
-    sp.add_argument("--out", default=P.CANDIDATES, metavar="CSV", help="strategy list (default: %(default)s)")
+    sp.add_argument("--checkpoint", default=layout.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
+    sp.add_argument("--out", default=layout.CANDIDATES, metavar="CSV", help="strategy list (default: %(default)s)")
     _timing(sp, "sample_strategies")
 
     sp = add("score-strategies", cmd_score, "score every listed strategy with the supernet's shared weights",
              "Fix each strategy's gates, recalibrate BatchNorm on the calibration subset (scoring.recalibrate_bn; "
              "both modes are measured), and evaluate on the validation split (selection) and the test split "
              "(reporting). Writes the ranking with columns strategy, log_prob, top1, rank, per-kind accuracies.")
-    sp.add_argument("--checkpoint", default=P.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
-    sp.add_argument("--cache", default=P.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
-    sp.add_argument("--candidates", default=P.CANDIDATES, metavar="CSV", help="strategy list (default: %(default)s)")
-    sp.add_argument("--out", default=P.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
+    sp.add_argument("--checkpoint", default=layout.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
+    sp.add_argument("--cache", default=layout.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
+    sp.add_argument("--candidates", default=layout.CANDIDATES, metavar="CSV", help="strategy list (default: %(default)s)")
+    sp.add_argument("--out", default=layout.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
     _timing(sp, "score_strategies")
 
     sp = add("analyze", cmd_analyze, "network-level table, layer-level preference and figures",
@@ -165,22 +162,22 @@ def build_parser() -> argparse.ArgumentParser:
              "preference (layers x {S, ST, S+ST, none} marginals with the raw p of each gate and the keep-prob "
              "rule) as CSV and Markdown, the preference heatmap, the log-probability vs score scatter plot and the "
              "drop-rate trajectories.")
-    sp.add_argument("--checkpoint", default=P.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
-    sp.add_argument("--ranking", default=P.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
-    sp.add_argument("--drop-rates", default=f"{P.SUPERNET_DIR}/drop_rates.csv", metavar="CSV",
+    sp.add_argument("--checkpoint", default=layout.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
+    sp.add_argument("--ranking", default=layout.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
+    sp.add_argument("--drop-rates", default=f"{layout.SUPERNET_DIR}/drop_rates.csv", metavar="CSV",
                     help="per-epoch drop rates (default: %(default)s)")
-    sp.add_argument("--out-dir", default=P.ANALYSIS, metavar="DIR", help="output folder (default: %(default)s)")
+    sp.add_argument("--out-dir", default=layout.ANALYSIS, metavar="DIR", help="output folder (default: %(default)s)")
     _timing(sp, "analyze")
 
     sp = add("derive", cmd_derive, "new strategies from the preferences",
              "Derive strategies: the most probable state per layer, the derive.top_k most probable strategies, "
              "the P(ST) threshold rule (derive.st_threshold), one state per stage, and the best sampled "
              "strategy on validation.")
-    sp.add_argument("--preference", default=P.PREFERENCE, metavar="CSV", help="preference (default: %(default)s)")
-    sp.add_argument("--ranking", default=P.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
-    sp.add_argument("--checkpoint", default=P.SUPERNET, metavar="PT",
+    sp.add_argument("--preference", default=layout.PREFERENCE, metavar="CSV", help="preference (default: %(default)s)")
+    sp.add_argument("--ranking", default=layout.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
+    sp.add_argument("--checkpoint", default=layout.SUPERNET, metavar="PT",
                     help="supernet, for the networks' MACs and parameters (default: %(default)s)")
-    sp.add_argument("--out", default=P.DERIVED, metavar="CSV", help="derived table (default: %(default)s)")
+    sp.add_argument("--out", default=layout.DERIVED, metavar="CSV", help="derived table (default: %(default)s)")
     _timing(sp, "derive")
 
     sp = add("finetune", cmd_finetune, "export derived strategies as plain networks and finetune them",
@@ -188,59 +185,59 @@ def build_parser() -> argparse.ArgumentParser:
              "only the strategy's convs with the supernet's weights, finetune it with cross-entropy "
              "(finetune.*), evaluate on validation and test. Writes RUNS/<id>.json and CKPT/<id>/.")
     sp.add_argument("--strategy", action="append", metavar="ID", help="derived strategy id (repeatable; default: all)")
-    sp.add_argument("--checkpoint", default=P.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
-    sp.add_argument("--cache", default=P.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
-    sp.add_argument("--derived", default=P.DERIVED, metavar="CSV", help="derived table (default: %(default)s)")
-    sp.add_argument("--ckpt-dir", default=P.FINETUNE_CKPT, metavar="DIR", help="checkpoints (default: %(default)s)")
-    sp.add_argument("--runs-dir", default=P.FINETUNE_RUNS, metavar="DIR", help="run records (default: %(default)s)")
+    sp.add_argument("--checkpoint", default=layout.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
+    sp.add_argument("--cache", default=layout.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
+    sp.add_argument("--derived", default=layout.DERIVED, metavar="CSV", help="derived table (default: %(default)s)")
+    sp.add_argument("--ckpt-dir", default=layout.FINETUNE_CKPT, metavar="DIR", help="checkpoints (default: %(default)s)")
+    sp.add_argument("--runs-dir", default=layout.FINETUNE_RUNS, metavar="DIR", help="run records (default: %(default)s)")
 
     sp = add("finetune-table", cmd_finetune_table, "gather the finetuning runs into one table",
              "Gather RUNS/<id>.json of every derived strategy into the accuracy table (CSV + Markdown).")
-    sp.add_argument("--derived", default=P.DERIVED, metavar="CSV", help="derived table (default: %(default)s)")
-    sp.add_argument("--runs-dir", default=P.FINETUNE_RUNS, metavar="DIR", help="run records (default: %(default)s)")
-    sp.add_argument("--ranking", default=P.RANKING, metavar="CSV",
+    sp.add_argument("--derived", default=layout.DERIVED, metavar="CSV", help="derived table (default: %(default)s)")
+    sp.add_argument("--runs-dir", default=layout.FINETUNE_RUNS, metavar="DIR", help="run records (default: %(default)s)")
+    sp.add_argument("--ranking", default=layout.RANKING, metavar="CSV",
                     help="ranking, for the supernet scores (default: %(default)s)")
-    sp.add_argument("--out", default=P.FINETUNE_TABLE, metavar="CSV", help="accuracy table (default: %(default)s)")
+    sp.add_argument("--out", default=layout.FINETUNE_TABLE, metavar="CSV", help="accuracy table (default: %(default)s)")
     _timing(sp, "finetune")
 
     sp = add("select-standalone", cmd_select, "choose the strategies to train from scratch",
              "Choose validate.n_strategies scored strategies spanning the score range, deterministically: the "
              "uniform families all-S, all-ST, all-S+ST, then strategies evenly spaced in score rank.")
-    sp.add_argument("--ranking", default=P.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
-    sp.add_argument("--out", default=P.SELECTION, metavar="CSV", help="selection (default: %(default)s)")
+    sp.add_argument("--ranking", default=layout.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
+    sp.add_argument("--out", default=layout.SELECTION, metavar="CSV", help="selection (default: %(default)s)")
 
     sp = add("train-standalone", cmd_train_standalone, "train chosen strategies from scratch",
              "For each selected strategy (all, or those given with --strategy): a freshly initialised network of "
              "the supernet's architecture holding only the strategy's convs, trained with the validate.* budget "
              "and the same seed, evaluated on validation and test. Writes RUNS/<id>.json and CKPT/<id>/.")
     sp.add_argument("--strategy", action="append", metavar="ID", help="selected strategy id (repeatable; default: all)")
-    sp.add_argument("--checkpoint", default=P.SUPERNET, metavar="PT",
+    sp.add_argument("--checkpoint", default=layout.SUPERNET, metavar="PT",
                     help="supernet, for its architecture only (default: %(default)s)")
-    sp.add_argument("--cache", default=P.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
-    sp.add_argument("--selection", default=P.SELECTION, metavar="CSV", help="selection (default: %(default)s)")
-    sp.add_argument("--ckpt-dir", default=P.STANDALONE_CKPT, metavar="DIR", help="checkpoints (default: %(default)s)")
-    sp.add_argument("--runs-dir", default=P.STANDALONE_RUNS, metavar="DIR", help="run records (default: %(default)s)")
+    sp.add_argument("--cache", default=layout.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
+    sp.add_argument("--selection", default=layout.SELECTION, metavar="CSV", help="selection (default: %(default)s)")
+    sp.add_argument("--ckpt-dir", default=layout.STANDALONE_CKPT, metavar="DIR", help="checkpoints (default: %(default)s)")
+    sp.add_argument("--runs-dir", default=layout.STANDALONE_RUNS, metavar="DIR", help="run records (default: %(default)s)")
 
     sp = add("validate-ranking", cmd_validate, "rank correlations between stand-alone accuracy and supernet scores",
              "Gather the stand-alone runs; Kendall tau and Spearman rho between stand-alone accuracy and the "
              "supernet score (with and without BN recalibration) and the log-probability.")
-    sp.add_argument("--selection", default=P.SELECTION, metavar="CSV", help="selection (default: %(default)s)")
-    sp.add_argument("--runs-dir", default=P.STANDALONE_RUNS, metavar="DIR", help="run records (default: %(default)s)")
-    sp.add_argument("--ranking", default=P.RANKING, metavar="CSV",
+    sp.add_argument("--selection", default=layout.SELECTION, metavar="CSV", help="selection (default: %(default)s)")
+    sp.add_argument("--runs-dir", default=layout.STANDALONE_RUNS, metavar="DIR", help="run records (default: %(default)s)")
+    sp.add_argument("--ranking", default=layout.RANKING, metavar="CSV",
                     help="ranking, for the supernet scores (default: %(default)s)")
-    sp.add_argument("--out-dir", default=P.VALIDATION, metavar="DIR", help="output folder (default: %(default)s)")
+    sp.add_argument("--out-dir", default=layout.VALIDATION, metavar="DIR", help="output folder (default: %(default)s)")
     _timing(sp, "validate_ranking")
 
     sp = add("report", cmd_report, "write results/report.md and results/metrics.json",
              "Assemble the report a person reads first: the METHOD.md §9 checks (pass/fail with numbers), motion "
              "vs appearance accuracies, network- and layer-level tables and figures, derived networks, ranking "
              "fidelity, time per stage; and the scalar metrics for DVC.")
-    sp.add_argument("--results", default=P.RESULTS, metavar="DIR", help="results folder (default: %(default)s)")
-    sp.add_argument("--checkpoint-dir", default=P.SUPERNET_DIR, metavar="DIR",
+    sp.add_argument("--results", default=layout.RESULTS, metavar="DIR", help="results folder (default: %(default)s)")
+    sp.add_argument("--checkpoint-dir", default=layout.SUPERNET_DIR, metavar="DIR",
                     help="supernet folder (default: %(default)s)")
-    sp.add_argument("--cache", default=P.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
-    sp.add_argument("--out", default=P.REPORT, metavar="MD", help="report (default: %(default)s)")
-    sp.add_argument("--metrics", default=P.METRICS, metavar="JSON", help="metrics (default: %(default)s)")
+    sp.add_argument("--cache", default=layout.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
+    sp.add_argument("--out", default=layout.REPORT, metavar="MD", help="report (default: %(default)s)")
+    sp.add_argument("--metrics", default=layout.METRICS, metavar="JSON", help="metrics (default: %(default)s)")
 
     sp = add("export", cmd_export, "a derived or finetuned network as a deployable file (torch.export, ONNX)",
              "Write the plain network of one strategy (only its kept convs, no gates) as a deployable file: "
@@ -253,8 +250,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--strategy", required=True, metavar="ID|TEXT",
                     help="strategy id (e.g. stb) or text (e.g. 'S|ST|S+ST')")
     sp.add_argument("--format", default="pt2", choices=["pt2", "onnx"], help="file format (default: %(default)s)")
-    sp.add_argument("--checkpoint", default=P.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
-    sp.add_argument("--finetuned", default=P.FINETUNE_CKPT, metavar="CKPT",
+    sp.add_argument("--checkpoint", default=layout.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
+    sp.add_argument("--finetuned", default=layout.FINETUNE_CKPT, metavar="CKPT",
                     help="finetuned networks, CKPT/<id>/model.pt (default: %(default)s)")
     sp.add_argument("--out", default=None, metavar="FILE",
                     help="output file (default: results/export/<id>.<format>)")
@@ -270,8 +267,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("select-fidelity", cmd_select_fidelity, "choose the strategies of the ranking-fidelity study",
              "Choose fidelity.n_strategies scored strategies: the uniform families, then the others stratified "
              "over the score range (equal-width bins of the validation score, taken in rounds).")
-    sp.add_argument("--ranking", default=P.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
-    sp.add_argument("--out", default=P.FIDELITY_SELECTION, metavar="CSV",
+    sp.add_argument("--ranking", default=layout.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
+    sp.add_argument("--out", default=layout.FIDELITY_SELECTION, metavar="CSV",
                     help="selection (default: %(default)s)")
 
     sp = add("train-fidelity", cmd_train_fidelity, "train the study's strategies from scratch under several seeds",
@@ -281,26 +278,26 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--strategy", action="append", metavar="ID", help="selected strategy id (repeatable; default: all)")
     sp.add_argument("--seed-index", type=int, action="append", metavar="J",
                     help="seed index (repeatable; default: 0 .. fidelity.seeds-1)")
-    sp.add_argument("--checkpoint", default=P.SUPERNET, metavar="PT",
+    sp.add_argument("--checkpoint", default=layout.SUPERNET, metavar="PT",
                     help="supernet, for its architecture only (default: %(default)s)")
-    sp.add_argument("--cache", default=P.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
-    sp.add_argument("--selection", default=P.FIDELITY_SELECTION, metavar="CSV",
+    sp.add_argument("--cache", default=layout.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
+    sp.add_argument("--selection", default=layout.FIDELITY_SELECTION, metavar="CSV",
                     help="selection (default: %(default)s)")
-    sp.add_argument("--ckpt-dir", default=P.FIDELITY_CKPT, metavar="DIR", help="checkpoints (default: %(default)s)")
-    sp.add_argument("--runs-dir", default=P.FIDELITY_RUNS, metavar="DIR",
+    sp.add_argument("--ckpt-dir", default=layout.FIDELITY_CKPT, metavar="DIR", help="checkpoints (default: %(default)s)")
+    sp.add_argument("--runs-dir", default=layout.FIDELITY_RUNS, metavar="DIR",
                     help="run records (default: %(default)s)")
 
     sp = add("fidelity", cmd_fidelity, "statistics of the ranking-fidelity study",
              "Gather the study's runs: Kendall tau-b and Spearman rho (p-values, 95%% bootstrap intervals over "
              "strategies) of the supernet score, plain-BN score and log-probability against the mean "
              "stand-alone accuracy; the seed-to-seed ceiling; top-k overlap; regret; paired differences; a figure.")
-    sp.add_argument("--selection", default=P.FIDELITY_SELECTION, metavar="CSV",
+    sp.add_argument("--selection", default=layout.FIDELITY_SELECTION, metavar="CSV",
                     help="selection (default: %(default)s)")
-    sp.add_argument("--runs-dir", default=P.FIDELITY_RUNS, metavar="DIR",
+    sp.add_argument("--runs-dir", default=layout.FIDELITY_RUNS, metavar="DIR",
                     help="run records (default: %(default)s)")
-    sp.add_argument("--ranking", default=P.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
-    sp.add_argument("--out-dir", default=P.FIDELITY_DIR, metavar="DIR", help="output folder (default: %(default)s)")
-    sp.add_argument("--timing", default=f"{P.FIDELITY_DIR}/timing.json", metavar="JSON",
+    sp.add_argument("--ranking", default=layout.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
+    sp.add_argument("--out-dir", default=layout.FIDELITY_DIR, metavar="DIR", help="output folder (default: %(default)s)")
+    sp.add_argument("--timing", default=f"{layout.FIDELITY_DIR}/timing.json", metavar="JSON",
                     help="where to record the seconds of the study (default: %(default)s; kept apart from "
                          "results/timing so the default run's total leaves the study out)")
 
@@ -311,7 +308,7 @@ def build_parser() -> argparse.ArgumentParser:
              "spread, best sampled, all-S / all-ST / all-S+ST, tau (CSV, Markdown and a figure).")
     sp.add_argument("results_dirs", nargs="*", metavar="RESULTS", help="result folders (one a run)")
     sp.add_argument("--dvc-json", metavar="JSON", help="output of 'dvc exp show --json' (instead of folders)")
-    sp.add_argument("--out-dir", default=f"{P.RESULTS}/compare", metavar="DIR",
+    sp.add_argument("--out-dir", default=f"{layout.RESULTS}/compare", metavar="DIR",
                     help="output folder (default: %(default)s)")
     return parser
 
@@ -319,9 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------------- commands
 def _stage(args, params, stage: str) -> dict:
     """The part of ``params`` that ``stage`` reads (a stage that reads another key fails loudly)."""
-    from .pipeline import stage_params
-
-    return stage_params(params, stage)
+    return layout.stage_params(params, stage)
 
 
 def cmd_generate(args, params):
@@ -329,7 +324,7 @@ def cmd_generate(args, params):
 
     sp = _stage(args, params, "generate")
     root = args.root or params["data"]["root"]
-    with P.timed("generate", args.timing) as info:
+    with stage_io.timed("generate", args.timing) as info:
         info.update(P.generate(sp, root=root, progress=args.progress))
 
 
@@ -345,12 +340,12 @@ def cmd_prepare(args, params):
 
     shards = Path(args.cache) / "shards"
     timing = args.timing or (shards / "timing-{}-of-{}.json".format(*args.shard) if args.shard
-                             else f"{P.TIMING}/prepare.json")
-    with P.timed("prepare", timing) as info:
+                             else f"{layout.TIMING}/prepare.json")
+    with stage_io.timed("prepare", timing) as info:
         info.update(P.prepare(_stage(args, params, "prepare"), root=args.root, cache_dir=args.cache,
                               workers=args.workers, progress=args.progress, shard=args.shard, merge=args.merge))
     if args.merge:
-        runs = [P.read_json(shards / f"timing-{i}-of-{args.merge}.json") for i in range(args.merge)
+        runs = [stage_io.read_json(shards / f"timing-{i}-of-{args.merge}.json") for i in range(args.merge)
                 if (shards / f"timing-{i}-of-{args.merge}.json").is_file()]
         info.update(jobs=len(runs), run_seconds=round(sum(r["seconds"] for r in runs), 3))
         _add_run_seconds(timing, info)
@@ -363,7 +358,7 @@ def cmd_train_supernet(args, params):
     distributed.init_from_env()
     try:
         timing = args.timing if distributed.is_main() else None
-        with P.timed("train_supernet", timing) as info:
+        with stage_io.timed("train_supernet", timing) as info:
             info.update(P.train_supernet(_stage(args, params, "train_supernet"), cache_dir=args.cache,
                                          out_dir=args.out, progress=args.progress))
     finally:
@@ -373,7 +368,7 @@ def cmd_train_supernet(args, params):
 def cmd_sample(args, params):
     from . import pipeline as P
 
-    with P.timed("sample_strategies", args.timing) as info:
+    with stage_io.timed("sample_strategies", args.timing) as info:
         df = P.sample_strategies(_stage(args, params, "sample_strategies"), checkpoint=args.checkpoint, out=args.out)
         info["strategies"] = int(len(df))
 
@@ -381,7 +376,7 @@ def cmd_sample(args, params):
 def cmd_score(args, params):
     from . import pipeline as P
 
-    with P.timed("score_strategies", args.timing) as info:
+    with stage_io.timed("score_strategies", args.timing) as info:
         df = P.score_strategies(_stage(args, params, "score_strategies"), checkpoint=args.checkpoint,
                                 cache_dir=args.cache, candidates=args.candidates, out=args.out,
                                 progress=args.progress)
@@ -391,7 +386,7 @@ def cmd_score(args, params):
 def cmd_analyze(args, params):
     from . import pipeline as P
 
-    with P.timed("analyze", args.timing):
+    with stage_io.timed("analyze", args.timing):
         P.analyze(_stage(args, params, "analyze"), checkpoint=args.checkpoint, ranking=args.ranking,
                   drop_rates=args.drop_rates, out_dir=args.out_dir)
 
@@ -399,7 +394,7 @@ def cmd_analyze(args, params):
 def cmd_derive(args, params):
     from . import pipeline as P
 
-    with P.timed("derive", args.timing) as info:
+    with stage_io.timed("derive", args.timing) as info:
         df = P.derive(_stage(args, params, "derive"), preference=args.preference, ranking=args.ranking, out=args.out,
                       checkpoint=args.checkpoint)
         info["strategies"] = int(len(df))
@@ -421,7 +416,7 @@ def cmd_finetune(args, params):
 def cmd_finetune_table(args, params):
     from . import pipeline as P
 
-    with P.timed("finetune", args.timing) as info:
+    with stage_io.timed("finetune", args.timing) as info:
         df = P.finetune_table(derived=args.derived, runs_dir=args.runs_dir, ranking=args.ranking, out=args.out)
         info["jobs"] = int(len(df))
         info["run_seconds"] = float(df["seconds"].sum()) if "seconds" in df else 0.0
@@ -450,7 +445,7 @@ def cmd_train_standalone(args, params):
 def cmd_validate(args, params):
     from . import pipeline as P
 
-    with P.timed("validate_ranking", args.timing) as info:
+    with stage_io.timed("validate_ranking", args.timing) as info:
         res = P.validate_ranking(selection=args.selection, runs_dir=args.runs_dir, ranking=args.ranking,
                                  out_dir=args.out_dir)
         info["jobs"] = int(res.get("n") or 0)
@@ -461,10 +456,8 @@ def cmd_validate(args, params):
 
 def _add_run_seconds(path, info: dict) -> None:
     """A gather stage's time is its own plus the seconds of the per-strategy jobs it gathers."""
-    from . import pipeline as P
-
     info["seconds"] = round(info["seconds"] + info.get("run_seconds", 0.0), 3)
-    P.write_json(path, info)
+    stage_io.write_json(path, info)
 
 
 def cmd_report(args, params):
@@ -510,9 +503,8 @@ def cmd_train_fidelity(args, params):
 
 def cmd_fidelity(args, params):
     from . import fidelity_stage as FS
-    from . import pipeline as P
 
-    with P.timed("fidelity", args.timing) as info:
+    with stage_io.timed("fidelity", args.timing) as info:
         res = FS.fidelity_report(_stage(args, params, "fidelity"), selection=args.selection,
                                  runs_dir=args.runs_dir, ranking=args.ranking, out_dir=args.out_dir)
         info.update(jobs=res["n_strategies"] * res["n_seeds"], run_seconds=res["train_seconds"],
@@ -575,9 +567,8 @@ def main(argv: list[str] | None = None) -> int:
         args.progress = sys.stderr.isatty()
     try:
         from .config import load_params
-        from .pipeline import set_threads
 
-        set_threads(args.threads)
+        stage_io.set_threads(args.threads)
         if args.params is None:
             args.params = os.environ.get("STFUSION_PARAMS") or None
         params = None

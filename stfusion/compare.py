@@ -120,7 +120,7 @@ def plot_compare(df: pd.DataFrame, path) -> Path:
 
 def compare(folders: Sequence[str | Path] = (), *, dvc_json: str | Path | None = None, out_dir) -> pd.DataFrame:
     """Write ``compare.csv|md|png`` to ``out_dir`` for the given result folders or dvc experiments."""
-    from .pipeline import write_table
+    from .tables import write_table
 
     rows = rows_from_dvc(dvc_json) if dvc_json else rows_from_folders(folders)
     df = rank_table(rows)

@@ -101,7 +101,7 @@ def export(strategy: str, fmt: str, out: str | Path | None, *, checkpoint: str |
     record beside it (``out`` + ``.json``), after checking the file against PyTorch; returns the record."""
     from .costs import CONVENTION, network_costs
     from .data.dataset import MEAN, STD
-    from .pipeline import write_json
+    from .stage_io import write_json
 
     if fmt not in FORMATS:
         raise StfusionError(f"unknown export format {fmt!r} (use {' or '.join(FORMATS)})")

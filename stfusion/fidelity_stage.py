@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import StfusionError
-from .pipeline import FIDELITY_CKPT, FIDELITY_DIR, FIDELITY_RUNS  # the layout has one definition, in pipeline
+from .layout import FIDELITY_CKPT, FIDELITY_DIR, FIDELITY_RUNS
 
 
 def select_stratified(ranked: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -60,7 +60,8 @@ def select_stratified(ranked: pd.DataFrame, n: int) -> pd.DataFrame:
 
 def select_fidelity(params: dict, *, ranking, out) -> pd.DataFrame:
     """Stage ``select_fidelity``: the stratified selection (:func:`select_stratified`)."""
-    from .pipeline import read_table, write_table
+    from .stage_io import read_table
+    from .tables import write_table
 
     df = select_stratified(read_table(ranking, "ranking"), int(params["fidelity"]["n_strategies"]))
     write_table(df, out)
@@ -79,7 +80,8 @@ def train_fidelity(params: dict, *, checkpoint, cache_dir, selection, strategies
     import torch
 
     from .checkpoint import load_checkpoint
-    from .pipeline import _train_plain_runs, build_from_checkpoint, read_table, strategy_of
+    from .pipeline import _train_plain_runs, build_from_checkpoint, strategy_of
+    from .stage_io import read_table
 
     ckpt = load_checkpoint(checkpoint)
     table = read_table(selection, "fidelity selection")
@@ -103,7 +105,8 @@ def gather(selection, runs_dir, ranking, n_seeds: int) -> tuple[pd.DataFrame, di
     """The study table (selection + supernet scores + ``seed0..`` stand-alone test accuracies) and the
     training time: ``train_seconds`` (all runs, one after another) and ``wall_seconds`` (first start to last
     end, from the run files' times)."""
-    from .pipeline import _gather_runs, read_table
+    from .pipeline import _gather_runs
+    from .stage_io import read_table
     from .validation import supernet_scores
 
     sel = supernet_scores(read_table(selection, "fidelity selection"), read_table(ranking, "ranking"))
@@ -130,7 +133,7 @@ def fidelity_report(params: dict, *, selection, runs_dir, ranking, out_dir=FIDEL
     """Stage ``fidelity``: ``table.csv|md``, ``fidelity.json``, ``fidelity.md`` and ``fidelity.png``."""
     from .checkpoint import write_text
     from .fidelity import plot_study, study, summary_lines
-    from .pipeline import write_json
+    from .stage_io import write_json
     from .tables import to_markdown, write_table
 
     out_dir = Path(out_dir)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # light at import: stfusion.pipeline imports this module, and Snakemake imports the pipeline
+if TYPE_CHECKING:  # light at import: the CLI imports this module before any stage runs
     import pandas as pd
 
 

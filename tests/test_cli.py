@@ -9,7 +9,7 @@ import sys
 import pytest
 import yaml
 
-from stfusion import cli, pipeline
+from stfusion import cli, layout
 from stfusion.config import load_params
 
 from conftest import REPO
@@ -89,7 +89,7 @@ def test_parse_overrides():
 def test_stage_params_name_existing_keys():
     params = load_params(REPO / "params.yaml")
     schema = yaml.safe_load((REPO / "stfusion" / "schema" / "params.schema.yaml").read_text())
-    for stage, keys in pipeline.STAGE_PARAMS.items():
+    for stage, keys in layout.STAGE_PARAMS.items():
         for key in keys:
             node = schema
             for part in key.split("."):
@@ -101,18 +101,18 @@ def test_stage_params_name_existing_keys():
                 node = props[part]
                 if "$ref" in node:
                     node = schema["$defs"][node["$ref"].split("/")[-1]]
-        sub = pipeline.stage_params(params, stage)
+        sub = layout.stage_params(params, stage)
         assert set(sub) <= set(params)
 
 
 def test_stage_params_subset():
     params = {"seed": 1, "data": {"frames": 8, "size": 32, "builtin": {"frames": 12, "size": 64}}, "gate": {}}
-    assert pipeline.subset(params, ["seed", "data.frames", "data.builtin.frames", "gate.kl_k"]) == {
+    assert layout.subset(params, ["seed", "data.frames", "data.builtin.frames", "gate.kl_k"]) == {
         "seed": 1, "data": {"frames": 8, "builtin": {"frames": 12}}}
 
 
 def test_threshold_and_keep_rule_params_do_not_reach_training():
     # scoring-only and analysis-only parameters must not be read by the supernet stage (no retraining)
-    keys = set(pipeline.STAGE_PARAMS["train_supernet"])
+    keys = set(layout.STAGE_PARAMS["train_supernet"])
     assert not any(k.startswith(("scoring", "derive", "finetune", "validate")) for k in keys)
     assert "gate.keep_prob" not in keys

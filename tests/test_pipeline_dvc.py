@@ -15,7 +15,7 @@ import yaml
 
 from conftest import REPO
 from stfusion.config import deep_merge
-from stfusion.pipeline import STAGE_PARAMS
+from stfusion.layout import STAGE_PARAMS
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 pytestmark = pytest.mark.skipif(shutil.which("dvc") is None or shutil.which("git") is None,

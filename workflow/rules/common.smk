@@ -7,14 +7,14 @@ import yaml
 
 # The commands import stfusion from the project folder when it holds the package (a checkout; also inside a
 # --use-conda environment, which holds only the dependencies), else the installed one: the layout and the
-# per-stage parameter lists have one definition, in stfusion/pipeline.py.
+# per-stage parameter lists have one definition, in stfusion/layout.py.
 os.environ.update(
     PYTHONPATH=os.pathsep.join(
         [str(PROJECT_DIR)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     )
 )
 
-from stfusion import pipeline as P  # noqa: E402  (light: no torch / pandas at import)
+from stfusion import layout  # noqa: E402  (light: no torch / pandas at import)
 from stfusion import storage as S  # noqa: E402  (light)
 from stfusion.config import apply_preset  # noqa: E402
 
@@ -39,7 +39,7 @@ config.update(_resolve_preset(config))
 
 ROOT = config["data"]["root"]
 IS_BUILTIN = config["data"]["dataset"] == "builtin"
-CACHE = P.CACHE
+CACHE = layout.CACHE
 # The prepared dataset, whatever its storage: what every stage after `prepare` takes as input.
 CACHE_FILES = {
     "manifest": f"{CACHE}/manifest.csv",
@@ -58,24 +58,24 @@ def _storage(cfg):
 
 STORAGE = _storage(config)
 PREPARE_SHARDS = int(config["data"].get("prepare_shards", 1))
-SUPERNET_DIR = P.SUPERNET_DIR
-SUPERNET = P.SUPERNET
-CANDIDATES = P.CANDIDATES
-RANKING = P.RANKING
-ANALYSIS = P.ANALYSIS
-PREFERENCE = P.PREFERENCE
-DERIVED = P.DERIVED
-FINETUNE_CKPT = P.FINETUNE_CKPT
-FINETUNE_RUNS = P.FINETUNE_RUNS
-FINETUNE_TABLE = P.FINETUNE_TABLE
-SELECTION = P.SELECTION
-STANDALONE_CKPT = P.STANDALONE_CKPT
-STANDALONE_RUNS = P.STANDALONE_RUNS
-VALIDATION = P.VALIDATION
-FIDELITY = P.FIDELITY
-TIMING = P.TIMING
-REPORT = P.REPORT
-METRICS = P.METRICS
+SUPERNET_DIR = layout.SUPERNET_DIR
+SUPERNET = layout.SUPERNET
+CANDIDATES = layout.CANDIDATES
+RANKING = layout.RANKING
+ANALYSIS = layout.ANALYSIS
+PREFERENCE = layout.PREFERENCE
+DERIVED = layout.DERIVED
+FINETUNE_CKPT = layout.FINETUNE_CKPT
+FINETUNE_RUNS = layout.FINETUNE_RUNS
+FINETUNE_TABLE = layout.FINETUNE_TABLE
+SELECTION = layout.SELECTION
+STANDALONE_CKPT = layout.STANDALONE_CKPT
+STANDALONE_RUNS = layout.STANDALONE_RUNS
+VALIDATION = layout.VALIDATION
+FIDELITY = layout.FIDELITY
+TIMING = layout.TIMING
+REPORT = layout.REPORT
+METRICS = layout.METRICS
 
 
 def _params_file(cfg):
@@ -126,7 +126,7 @@ def prepare_inputs(wildcards):
 
 def stage_values(stage):
     """The values of the parameters `stage` reads: a rule's `params`, so it reruns when one of them changes."""
-    return P.stage_params(config, stage)
+    return layout.stage_params(config, stage)
 
 
 def _ids(table):
@@ -149,7 +149,7 @@ def selected_ids(wildcards):
 def in_report(name, caption, category, kind, label):
     """A file of the report folder, shown in the Snakemake report with its caption, category and labels."""
     return report(
-        f"{P.REPORT_DIR}/{name}",
+        f"{layout.REPORT_DIR}/{name}",
         caption=f"../report/{caption}.rst",
         category=category,
         labels={"kind": kind, "name": label},
@@ -163,10 +163,10 @@ wildcard_constraints:
 
 
 # the ranking-fidelity study (rules in validate.smk)
-FIDELITY_DIR = P.FIDELITY_DIR
-FIDELITY_CKPT = P.FIDELITY_CKPT
-FIDELITY_SELECTION = P.FIDELITY_SELECTION
-FIDELITY_RUNS = P.FIDELITY_RUNS
+FIDELITY_DIR = layout.FIDELITY_DIR
+FIDELITY_CKPT = layout.FIDELITY_CKPT
+FIDELITY_SELECTION = layout.FIDELITY_SELECTION
+FIDELITY_RUNS = layout.FIDELITY_RUNS
 
 
 def fidelity_runs(wildcards):

@@ -34,14 +34,14 @@ rule report:
     output:
         report=REPORT,
         metrics=METRICS,
-        versions=P.VERSIONS,
+        versions=layout.VERSIONS,
         ranking=in_report("ranking.html", "ranking", "2. Strategies", "table", "ranking"),
         network=in_report("network.html", "network", "2. Strategies", "table", "network level"),
         pareto_network=in_report(
             "pareto_network.png", "pareto_network", "2. Strategies", "figure", "network level: accuracy vs MACs"
         ),
         preference=in_report("preference.html", "preference", "1. Probability space", "table", "preference"),
-        drop_rate_summary=f"{P.REPORT_DIR}/drop_rates.csv",
+        drop_rate_summary=f"{layout.REPORT_DIR}/drop_rates.csv",
         derived=in_report("derived.html", "derived", "3. Derived networks", "table", "derived"),
         finetune=in_report("finetune.html", "finetune", "3. Derived networks", "table", "finetune accuracy"),
         pareto_derived=in_report(
