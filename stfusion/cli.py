@@ -75,6 +75,26 @@ def _common() -> argparse.ArgumentParser:
     return p
 
 
+#: the input files several commands read: option -> (default, metavar, what it is)
+_STANDARD_FILES = {
+    "--checkpoint": (layout.SUPERNET, "PT", "supernet"),
+    "--cache": (layout.CACHE, "DIR", "clip cache"),
+    "--ranking": (layout.RANKING, "CSV", "ranking"),
+    "--candidates": (layout.CANDIDATES, "CSV", "strategy list"),
+    "--derived": (layout.DERIVED, "CSV", "derived table"),
+    "--preference": (layout.PREFERENCE, "CSV", "preference"),
+}
+
+
+def _files(p: argparse.ArgumentParser, *standard: str, **own: tuple[str, str, str]) -> None:
+    """Add path options to a subcommand: ``standard`` ones by name (:data:`_STANDARD_FILES`), the command's ``own``
+    as ``out_dir=(default, metavar, what)`` for ``--out-dir``. Every help line ends with the default."""
+    specs = [(flag, *_STANDARD_FILES[flag]) for flag in standard]
+    specs += [("--" + name.replace("_", "-"), *spec) for name, spec in own.items()]
+    for flag, default, metavar, what in specs:
+        p.add_argument(flag, default=default, metavar=metavar, help=f"{what} (default: %(default)s)")
+
+
 def _timing(p: argparse.ArgumentParser, stage: str) -> None:
     p.add_argument("--timing", default=f"{layout.TIMING}/{stage}.json", metavar="JSON",
                    help="where to record the seconds this stage took (default: %(default)s)")
@@ -116,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
              "again, redoes only the videos it had not finished. Writes CACHE/manifest.csv, classes.csv, "
              "storage.json and clips.npy or videos/.")
     sp.add_argument("--root", default=None, metavar="DIR", help="dataset folder (default: data.root)")
-    sp.add_argument("--cache", default=layout.CACHE, metavar="DIR", help="output folder (default: %(default)s)")
+    _files(sp, cache=(layout.CACHE, "DIR", "output folder"))
     sp.add_argument("--workers", type=int, default=None, metavar="N", help="decoding processes (default: data.workers)")
     part = sp.add_mutually_exclusive_group()
     part.add_argument("--shard", type=_shard_arg, default=None, metavar="I/N",
@@ -134,8 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
              "with a learned Bernoulli gate on every S and ST path and the KL term (gate.*). Resumes from "
              "OUT/last.pt after an interruption. Writes OUT/model.pt, history.csv, drop_rates.csv. Launch with "
              "'torchrun --nproc_per_node=G -m stfusion.cli train-supernet' for several GPUs.")
-    sp.add_argument("--cache", default=layout.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
-    sp.add_argument("--out", default=layout.SUPERNET_DIR, metavar="DIR", help="checkpoint folder (default: %(default)s)")
+    _files(sp, "--cache", out=(layout.SUPERNET_DIR, "DIR", "checkpoint folder"))
     _timing(sp, "train_supernet")
 
     sp = add("sample-strategies", cmd_sample, "list the most probable, sampled and hand-designed strategies",
@@ -143,18 +162,14 @@ def build_parser() -> argparse.ArgumentParser:
              "drawn from the posterior (seed), and the named families (all-S, all-ST, all-S+ST, ...). One row a "
              "distinct strategy: id, text form, log-probability, source. gate.keep_prob picks how drop rates "
              "become keep probabilities.")
-    sp.add_argument("--checkpoint", default=layout.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
-    sp.add_argument("--out", default=layout.CANDIDATES, metavar="CSV", help="strategy list (default: %(default)s)")
+    _files(sp, "--checkpoint", out=(layout.CANDIDATES, "CSV", "strategy list"))
     _timing(sp, "sample_strategies")
 
     sp = add("score-strategies", cmd_score, "score every listed strategy with the supernet's shared weights",
              "Fix each strategy's gates, recalibrate BatchNorm on the calibration subset (scoring.recalibrate_bn; "
              "both modes are measured), and evaluate on the validation split (selection) and the test split "
              "(reporting). Writes the ranking with columns strategy, log_prob, top1, rank, per-kind accuracies.")
-    sp.add_argument("--checkpoint", default=layout.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
-    sp.add_argument("--cache", default=layout.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
-    sp.add_argument("--candidates", default=layout.CANDIDATES, metavar="CSV", help="strategy list (default: %(default)s)")
-    sp.add_argument("--out", default=layout.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
+    _files(sp, "--checkpoint", "--cache", "--candidates", out=(layout.RANKING, "CSV", "ranking"))
     _timing(sp, "score_strategies")
 
     sp = add("analyze", cmd_analyze, "network-level table, layer-level preference and figures",
@@ -162,22 +177,18 @@ def build_parser() -> argparse.ArgumentParser:
              "preference (layers x {S, ST, S+ST, none} marginals with the raw p of each gate and the keep-prob "
              "rule) as CSV and Markdown, the preference heatmap, the log-probability vs score scatter plot and the "
              "drop-rate trajectories.")
-    sp.add_argument("--checkpoint", default=layout.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
-    sp.add_argument("--ranking", default=layout.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
-    sp.add_argument("--drop-rates", default=f"{layout.SUPERNET_DIR}/drop_rates.csv", metavar="CSV",
-                    help="per-epoch drop rates (default: %(default)s)")
-    sp.add_argument("--out-dir", default=layout.ANALYSIS, metavar="DIR", help="output folder (default: %(default)s)")
+    _files(sp, "--checkpoint", "--ranking",
+           drop_rates=(f"{layout.SUPERNET_DIR}/drop_rates.csv", "CSV", "per-epoch drop rates"),
+           out_dir=(layout.ANALYSIS, "DIR", "output folder"))
     _timing(sp, "analyze")
 
     sp = add("derive", cmd_derive, "new strategies from the preferences",
              "Derive strategies: the most probable state per layer, the derive.top_k most probable strategies, "
              "the P(ST) threshold rule (derive.st_threshold), one state per stage, and the best sampled "
              "strategy on validation.")
-    sp.add_argument("--preference", default=layout.PREFERENCE, metavar="CSV", help="preference (default: %(default)s)")
-    sp.add_argument("--ranking", default=layout.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
-    sp.add_argument("--checkpoint", default=layout.SUPERNET, metavar="PT",
-                    help="supernet, for the networks' MACs and parameters (default: %(default)s)")
-    sp.add_argument("--out", default=layout.DERIVED, metavar="CSV", help="derived table (default: %(default)s)")
+    _files(sp, "--preference", "--ranking",
+           checkpoint=(layout.SUPERNET, "PT", "supernet, for the networks' MACs and parameters"),
+           out=(layout.DERIVED, "CSV", "derived table"))
     _timing(sp, "derive")
 
     sp = add("finetune", cmd_finetune, "export derived strategies as plain networks and finetune them",
@@ -185,59 +196,46 @@ def build_parser() -> argparse.ArgumentParser:
              "only the strategy's convs with the supernet's weights, finetune it with cross-entropy "
              "(finetune.*), evaluate on validation and test. Writes RUNS/<id>.json and CKPT/<id>/.")
     sp.add_argument("--strategy", action="append", metavar="ID", help="derived strategy id (repeatable; default: all)")
-    sp.add_argument("--checkpoint", default=layout.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
-    sp.add_argument("--cache", default=layout.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
-    sp.add_argument("--derived", default=layout.DERIVED, metavar="CSV", help="derived table (default: %(default)s)")
-    sp.add_argument("--ckpt-dir", default=layout.FINETUNE_CKPT, metavar="DIR", help="checkpoints (default: %(default)s)")
-    sp.add_argument("--runs-dir", default=layout.FINETUNE_RUNS, metavar="DIR", help="run records (default: %(default)s)")
+    _files(sp, "--checkpoint", "--cache", "--derived", ckpt_dir=(layout.FINETUNE_CKPT, "DIR", "checkpoints"),
+           runs_dir=(layout.FINETUNE_RUNS, "DIR", "run records"))
 
     sp = add("finetune-table", cmd_finetune_table, "gather the finetuning runs into one table",
              "Gather RUNS/<id>.json of every derived strategy into the accuracy table (CSV + Markdown).")
-    sp.add_argument("--derived", default=layout.DERIVED, metavar="CSV", help="derived table (default: %(default)s)")
-    sp.add_argument("--runs-dir", default=layout.FINETUNE_RUNS, metavar="DIR", help="run records (default: %(default)s)")
-    sp.add_argument("--ranking", default=layout.RANKING, metavar="CSV",
-                    help="ranking, for the supernet scores (default: %(default)s)")
-    sp.add_argument("--out", default=layout.FINETUNE_TABLE, metavar="CSV", help="accuracy table (default: %(default)s)")
+    _files(sp, "--derived", runs_dir=(layout.FINETUNE_RUNS, "DIR", "run records"),
+           ranking=(layout.RANKING, "CSV", "ranking, for the supernet scores"),
+           out=(layout.FINETUNE_TABLE, "CSV", "accuracy table"))
     _timing(sp, "finetune")
 
     sp = add("select-standalone", cmd_select, "choose the strategies to train from scratch",
              "Choose validate.n_strategies scored strategies spanning the score range, deterministically: the "
              "uniform families all-S, all-ST, all-S+ST, then strategies evenly spaced in score rank.")
-    sp.add_argument("--ranking", default=layout.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
-    sp.add_argument("--out", default=layout.SELECTION, metavar="CSV", help="selection (default: %(default)s)")
+    _files(sp, "--ranking", out=(layout.SELECTION, "CSV", "selection"))
 
     sp = add("train-standalone", cmd_train_standalone, "train chosen strategies from scratch",
              "For each selected strategy (all, or those given with --strategy): a freshly initialised network of "
              "the supernet's architecture holding only the strategy's convs, trained with the validate.* budget "
              "and the same seed, evaluated on validation and test. Writes RUNS/<id>.json and CKPT/<id>/.")
     sp.add_argument("--strategy", action="append", metavar="ID", help="selected strategy id (repeatable; default: all)")
-    sp.add_argument("--checkpoint", default=layout.SUPERNET, metavar="PT",
-                    help="supernet, for its architecture only (default: %(default)s)")
-    sp.add_argument("--cache", default=layout.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
-    sp.add_argument("--selection", default=layout.SELECTION, metavar="CSV", help="selection (default: %(default)s)")
-    sp.add_argument("--ckpt-dir", default=layout.STANDALONE_CKPT, metavar="DIR", help="checkpoints (default: %(default)s)")
-    sp.add_argument("--runs-dir", default=layout.STANDALONE_RUNS, metavar="DIR", help="run records (default: %(default)s)")
+    _files(sp, "--cache", checkpoint=(layout.SUPERNET, "PT", "supernet, for its architecture only"),
+           selection=(layout.SELECTION, "CSV", "selection"), ckpt_dir=(layout.STANDALONE_CKPT, "DIR", "checkpoints"),
+           runs_dir=(layout.STANDALONE_RUNS, "DIR", "run records"))
 
     sp = add("validate-ranking", cmd_validate, "rank correlations between stand-alone accuracy and supernet scores",
              "Gather the stand-alone runs; Kendall tau and Spearman rho between stand-alone accuracy and the "
              "supernet score (with and without BN recalibration) and the log-probability.")
-    sp.add_argument("--selection", default=layout.SELECTION, metavar="CSV", help="selection (default: %(default)s)")
-    sp.add_argument("--runs-dir", default=layout.STANDALONE_RUNS, metavar="DIR", help="run records (default: %(default)s)")
-    sp.add_argument("--ranking", default=layout.RANKING, metavar="CSV",
-                    help="ranking, for the supernet scores (default: %(default)s)")
-    sp.add_argument("--out-dir", default=layout.VALIDATION, metavar="DIR", help="output folder (default: %(default)s)")
+    _files(sp, selection=(layout.SELECTION, "CSV", "selection"),
+           runs_dir=(layout.STANDALONE_RUNS, "DIR", "run records"),
+           ranking=(layout.RANKING, "CSV", "ranking, for the supernet scores"),
+           out_dir=(layout.VALIDATION, "DIR", "output folder"))
     _timing(sp, "validate_ranking")
 
     sp = add("report", cmd_report, "write results/report.md and results/metrics.json",
              "Assemble the report a person reads first: the METHOD.md §9 checks (pass/fail with numbers), motion "
              "vs appearance accuracies, network- and layer-level tables and figures, derived networks, ranking "
              "fidelity, time per stage; and the scalar metrics for DVC.")
-    sp.add_argument("--results", default=layout.RESULTS, metavar="DIR", help="results folder (default: %(default)s)")
-    sp.add_argument("--checkpoint-dir", default=layout.SUPERNET_DIR, metavar="DIR",
-                    help="supernet folder (default: %(default)s)")
-    sp.add_argument("--cache", default=layout.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
-    sp.add_argument("--out", default=layout.REPORT, metavar="MD", help="report (default: %(default)s)")
-    sp.add_argument("--metrics", default=layout.METRICS, metavar="JSON", help="metrics (default: %(default)s)")
+    _files(sp, "--cache", results=(layout.RESULTS, "DIR", "results folder"),
+           checkpoint_dir=(layout.SUPERNET_DIR, "DIR", "supernet folder"), out=(layout.REPORT, "MD", "report"),
+           metrics=(layout.METRICS, "JSON", "metrics"))
 
     sp = add("export", cmd_export, "a derived or finetuned network as a deployable file (torch.export, ONNX)",
              "Write the plain network of one strategy (only its kept convs, no gates) as a deployable file: "
@@ -250,9 +248,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--strategy", required=True, metavar="ID|TEXT",
                     help="strategy id (e.g. stb) or text (e.g. 'S|ST|S+ST')")
     sp.add_argument("--format", default="pt2", choices=["pt2", "onnx"], help="file format (default: %(default)s)")
-    sp.add_argument("--checkpoint", default=layout.SUPERNET, metavar="PT", help="supernet (default: %(default)s)")
-    sp.add_argument("--finetuned", default=layout.FINETUNE_CKPT, metavar="CKPT",
-                    help="finetuned networks, CKPT/<id>/model.pt (default: %(default)s)")
+    _files(sp, "--checkpoint", finetuned=(layout.FINETUNE_CKPT, "CKPT", "finetuned networks, CKPT/<id>/model.pt"))
     sp.add_argument("--out", default=None, metavar="FILE",
                     help="output file (default: results/export/<id>.<format>)")
 
@@ -267,9 +263,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("select-fidelity", cmd_select_fidelity, "choose the strategies of the ranking-fidelity study",
              "Choose fidelity.n_strategies scored strategies: the uniform families, then the others stratified "
              "over the score range (equal-width bins of the validation score, taken in rounds).")
-    sp.add_argument("--ranking", default=layout.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
-    sp.add_argument("--out", default=layout.FIDELITY_SELECTION, metavar="CSV",
-                    help="selection (default: %(default)s)")
+    _files(sp, "--ranking", out=(layout.FIDELITY_SELECTION, "CSV", "selection"))
 
     sp = add("train-fidelity", cmd_train_fidelity, "train the study's strategies from scratch under several seeds",
              "For each selected strategy (all, or --strategy) and seed index (0 .. fidelity.seeds-1, or "
@@ -278,25 +272,18 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--strategy", action="append", metavar="ID", help="selected strategy id (repeatable; default: all)")
     sp.add_argument("--seed-index", type=int, action="append", metavar="J",
                     help="seed index (repeatable; default: 0 .. fidelity.seeds-1)")
-    sp.add_argument("--checkpoint", default=layout.SUPERNET, metavar="PT",
-                    help="supernet, for its architecture only (default: %(default)s)")
-    sp.add_argument("--cache", default=layout.CACHE, metavar="DIR", help="clip cache (default: %(default)s)")
-    sp.add_argument("--selection", default=layout.FIDELITY_SELECTION, metavar="CSV",
-                    help="selection (default: %(default)s)")
-    sp.add_argument("--ckpt-dir", default=layout.FIDELITY_CKPT, metavar="DIR", help="checkpoints (default: %(default)s)")
-    sp.add_argument("--runs-dir", default=layout.FIDELITY_RUNS, metavar="DIR",
-                    help="run records (default: %(default)s)")
+    _files(sp, "--cache", checkpoint=(layout.SUPERNET, "PT", "supernet, for its architecture only"),
+           selection=(layout.FIDELITY_SELECTION, "CSV", "selection"),
+           ckpt_dir=(layout.FIDELITY_CKPT, "DIR", "checkpoints"),
+           runs_dir=(layout.FIDELITY_RUNS, "DIR", "run records"))
 
     sp = add("fidelity", cmd_fidelity, "statistics of the ranking-fidelity study",
              "Gather the study's runs: Kendall tau-b and Spearman rho (p-values, 95%% bootstrap intervals over "
              "strategies) of the supernet score, plain-BN score and log-probability against the mean "
              "stand-alone accuracy; the seed-to-seed ceiling; top-k overlap; regret; paired differences; a figure.")
-    sp.add_argument("--selection", default=layout.FIDELITY_SELECTION, metavar="CSV",
-                    help="selection (default: %(default)s)")
-    sp.add_argument("--runs-dir", default=layout.FIDELITY_RUNS, metavar="DIR",
-                    help="run records (default: %(default)s)")
-    sp.add_argument("--ranking", default=layout.RANKING, metavar="CSV", help="ranking (default: %(default)s)")
-    sp.add_argument("--out-dir", default=layout.FIDELITY_DIR, metavar="DIR", help="output folder (default: %(default)s)")
+    _files(sp, "--ranking", selection=(layout.FIDELITY_SELECTION, "CSV", "selection"),
+           runs_dir=(layout.FIDELITY_RUNS, "DIR", "run records"),
+           out_dir=(layout.FIDELITY_DIR, "DIR", "output folder"))
     sp.add_argument("--timing", default=f"{layout.FIDELITY_DIR}/timing.json", metavar="JSON",
                     help="where to record the seconds of the study (default: %(default)s; kept apart from "
                          "results/timing so the default run's total leaves the study out)")
@@ -308,8 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
              "spread, best sampled, all-S / all-ST / all-S+ST, tau (CSV, Markdown and a figure).")
     sp.add_argument("results_dirs", nargs="*", metavar="RESULTS", help="result folders (one a run)")
     sp.add_argument("--dvc-json", metavar="JSON", help="output of 'dvc exp show --json' (instead of folders)")
-    sp.add_argument("--out-dir", default=f"{layout.RESULTS}/compare", metavar="DIR",
-                    help="output folder (default: %(default)s)")
+    _files(sp, out_dir=(f"{layout.RESULTS}/compare", "DIR", "output folder"))
     return parser
 
 
