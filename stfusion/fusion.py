@@ -145,12 +145,22 @@ def gated_sum(ys: Tensor, yst: Tensor, ms: Tensor, mst: Tensor) -> Tensor:
     return torch.addcmul(yst * mst.view(shape), ys, ms.view(shape))
 
 
+def uniform_state_masks(n: int, allow_none: bool, device: torch.device, dtype: torch.dtype) -> Tensor:
+    """Hard keep masks ``(2, n)`` (rows S, ST; values 0 or 1) of one state per sample, drawn uniformly from
+    S, ST, S+ST (and none where ``allow_none``) with torch's global generator."""
+    states = torch.tensor([S, ST, BOTH] + ([NONE] if allow_none else []), device=device)
+    drawn = states[torch.randint(len(states), (n,), device=device)]
+    return torch.stack([(drawn & S) > 0, (drawn & ST) > 0]).to(dtype)
+
+
 class FusionPaths(nn.Module):
     """The gated pair ``y = z_S * S(x) + z_ST * ST(x)`` on the same input ``x: (N, C, T, H, W)``.
 
     Modes:
       * template, gated (``state is None``, training, ``gates_active``): one relaxed-Bernoulli mask per sample
         and path, shape ``(N, 1, 1, 1, 1)``;
+      * template, uniform (``uniform_states``, training, ``gates_active``): one hard state per sample drawn
+        uniformly (:func:`uniform_state_masks`), the gates left out (``supernet.uniform_share``);
       * template, gate-free (warm-up, or evaluation without a strategy): both paths, no masks;
       * hard (``state`` set by a strategy): only the kept paths are computed; a dropped path costs nothing.
         ``forward`` returns ``None`` for the state ``none``; the owning layer decides what that means.
@@ -169,6 +179,7 @@ class FusionPaths(nn.Module):
         self.allow_none = allow_none
         self.state: int | None = None
         self.gates_active = True
+        self.uniform_states = False  # gated training draws hard states uniformly instead of from the gates
         self.frozen = False
 
     def set_state(self, state: int | None) -> None:
@@ -185,8 +196,10 @@ class FusionPaths(nn.Module):
         if state is None:
             ys, yst = self.s(x), self.st(x)
             if self.training and self.gates_active:
-                # both gates' masks from one draw, then one fused gated sum (see gated_sum)
-                masks = sample_masks((self.gate_s, self.gate_st), x.shape[0], x.device, ys.dtype)
+                if self.uniform_states:
+                    masks = uniform_state_masks(x.shape[0], self.allow_none, x.device, ys.dtype)
+                else:  # both gates' masks from one draw, then one fused gated sum (see gated_sum)
+                    masks = sample_masks((self.gate_s, self.gate_st), x.shape[0], x.device, ys.dtype)
                 return gated_sum(ys, yst, masks[0], masks[1])
             return ys + yst
         if state == BOTH:

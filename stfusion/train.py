@@ -76,6 +76,7 @@ class TrainConfig:
     kl_price: str = "weight"  # what the KL term prices per path (stfusion.fusion.paths_price)
     kl_warmin_epochs: int = 0  # the KL term grows linearly over the first gated epochs (0: full from the start)
     gate_lr_scale: float = 1.0  # learning rate of the gate logits relative to the weights'
+    uniform_share: float = 0.0  # share of the gated steps with uniformly drawn hard states (see uniform_step)
     n_train: int | None = None  # N of the KL term; None = len(train_set)
     sync_bn: bool = True  # BatchNorm over the global batch under DDP (SyncBatchNorm on CUDA, GlobalBatchNorm3d on CPU)
     precision: str = "fp32"  # fp32 | bf16 (autocast of the forward; weights, gate logits and the KL stay fp32)
@@ -126,6 +127,17 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     if gates:
         groups.append({"params": gates, "weight_decay": 0.0, "lr": cfg.lr * cfg.gate_lr_scale})
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def uniform_step(cfg: TrainConfig, epoch: int, step: int) -> bool:
+    """Whether gated ``step`` of ``epoch`` trains the weights under uniformly drawn hard states instead of the
+    gates' masks (a ``cfg.uniform_share`` of the steps, decided by ``(seed, epoch, step)``, so a resumed run
+    repeats the choice). On such a step the gate logits get no gradient and the KL term is left out: the step
+    serves the strategies the posterior rarely samples, so that their shared-weight scores mean something."""
+    if cfg.uniform_share <= 0:
+        return False
+    g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + epoch) * 1_000_000_007 + step + 1)
+    return bool(torch.rand((), generator=g) < cfg.uniform_share)
 
 
 def kl_factor(cfg: TrainConfig, epoch: int) -> float:
@@ -332,11 +344,18 @@ def fit(
                 x, y, failed = split_failures(batch)
                 failures.add(failed)
                 x, y = normalize(x, device, channels_last=cfg.channels_last), y.to(device, non_blocking=True)
+                uniform = phase == "gated" and uniform_step(cfg, epoch, step)
+                if uniform:
+                    model.set_uniform_states(True)
+                # a uniform step keeps the KL term in the graph at weight 0: the logits get a zero gradient (DDP
+                # needs every parameter to take part) and the loss is the cross-entropy alone
                 out = train_step(net, model, optimizer, x, y, autocast=autocast,
                                  kl=(n_train, cfg.kl_k, cfg.kl_form, cfg.kl_price) if phase == "gated" else None,
-                                 kl_scale=kl_factor(cfg, epoch),
+                                 kl_scale=0.0 if uniform else kl_factor(cfg, epoch),
                                  where=f"epoch {epoch + 1}, step {step + 1}", ckpt_path=ckpt_path,
                                  check_unused=check_unused)
+                if uniform:
+                    model.set_uniform_states(False)
                 check_unused = False
                 b = y.numel()
                 sums["loss"] += out["loss"] * b
@@ -498,7 +517,7 @@ def supernet_config(params: dict, n_train: int | None = None) -> TrainConfig:
         schedule=s.get("schedule", "cosine"), milestones=tuple(s.get("milestones", (0.45, 0.67, 0.9))),
         seed=params.get("seed", 0), kl_k=float(g.get("kl_k", 50.0)), kl_form=g.get("kl_form", "linear"),
         kl_price=g.get("kl_price", "weight"), kl_warmin_epochs=int(g.get("kl_warmin_epochs", 0)),
-        gate_lr_scale=float(g.get("lr_scale", 1.0)),
+        gate_lr_scale=float(g.get("lr_scale", 1.0)), uniform_share=float(s.get("uniform_share", 0.0)),
         n_train=g.get("n_train") or n_train, **compute_settings(params),
     )
 

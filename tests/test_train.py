@@ -142,3 +142,38 @@ def test_loader_workers_give_the_same_training(tmp_path, tiny_params):
     b, _ = _train(tiny_params, data, tmp_path / "w2", epochs=1, warmup=1, loader_workers=2)
     for (k, x), y in zip(a.state_dict().items(), b.state_dict().values()):
         torch.testing.assert_close(y, x, rtol=1e-5, atol=1e-6, msg=k)
+
+
+def test_uniform_state_masks_draw_every_allowed_state():
+    from stfusion.fusion import uniform_state_masks
+
+    torch.manual_seed(0)
+    masks = uniform_state_masks(3000, False, torch.device("cpu"), torch.float32)
+    assert masks.shape == (2, 3000) and set(masks.unique().tolist()) == {0.0, 1.0}
+    states = (masks[0] + 2 * masks[1]).long()  # 1 = S, 2 = ST, 3 = S+ST
+    freq = torch.bincount(states, minlength=4).float() / 3000
+    assert freq[0] == 0  # no bypass, so never both paths dropped
+    assert torch.allclose(freq[1:], torch.full((3,), 1 / 3), atol=0.04)
+    with_none = uniform_state_masks(3000, True, torch.device("cpu"), torch.float32)
+    assert abs(float((with_none.sum(0) == 0).float().mean()) - 0.25) < 0.04
+
+
+def test_uniform_steps_are_a_seeded_share():
+    from stfusion.train import uniform_step
+
+    cfg = TrainConfig(epochs=1, batch_size=4, lr=0.1, uniform_share=0.3)
+    picks = [uniform_step(cfg, e, s) for e in range(4) for s in range(500)]
+    assert abs(sum(picks) / len(picks) - 0.3) < 0.03
+    assert picks == [uniform_step(cfg, e, s) for e in range(4) for s in range(500)]  # a resumed run repeats them
+    assert not any(uniform_step(TrainConfig(epochs=1, batch_size=4, lr=0.1), 0, s) for s in range(100))
+
+
+def test_uniform_share_one_trains_the_weights_and_leaves_the_gates(tmp_path, tiny_params):
+    """With every gated step uniform, the logits get zero gradients (their momentum starts at zero), so the drop
+    rates stay at their start while the weights learn the task under all strategies."""
+    train, val = motion_clips(96, seed=5), motion_clips(64, seed=6)
+    model, hist = _train(tiny_params, train, tmp_path, epochs=4, warmup=1, uniform_share=1.0)
+    assert abs(model.drop_rates() - 0.1).max() < 1e-6
+    assert hist["kl"].iloc[-1] == 0.0 and hist["train_top1"].iloc[-1] > 0.6
+    scores = _family_scores(model, train, val)
+    assert scores["all-ST"] >= 0.8 and scores["all-S+ST"] >= 0.8  # both trained although the gates never sampled

@@ -67,6 +67,12 @@ class FusionNetwork(nn.Module):
         for f in self.fusion_layers:
             f.gates_active = active
 
+    def set_uniform_states(self, uniform: bool) -> None:
+        """``True``: gated training draws every layer's state uniformly per sample, ignoring the gates (the
+        steps of ``supernet.uniform_share``); ``False``: masks from the gates again."""
+        for f in self.fusion_layers:
+            f.uniform_states = uniform
+
     def gate_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if n.endswith("p_logit")]
 
