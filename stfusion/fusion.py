@@ -148,8 +148,8 @@ def gated_sum(ys: Tensor, yst: Tensor, ms: Tensor, mst: Tensor) -> Tensor:
 def uniform_state_masks(n: int, allow_none: bool, device: torch.device, dtype: torch.dtype) -> Tensor:
     """Hard keep masks ``(2, n)`` (rows S, ST; values 0 or 1) of one state per sample, drawn uniformly from
     S, ST, S+ST (and none where ``allow_none``) with torch's global generator."""
-    states = torch.tensor([S, ST, BOTH] + ([NONE] if allow_none else []), device=device)
-    drawn = states[torch.randint(len(states), (n,), device=device)]
+    # states are bit masks (S = 1, ST = 2, S+ST = 3, none = 0): k + 1 for k < 3, and k = 3 wraps to none
+    drawn = (torch.randint(4 if allow_none else 3, (n,), device=device) + 1) % 4
     return torch.stack([(drawn & S) > 0, (drawn & ST) > 0]).to(dtype)
 
 

@@ -30,6 +30,7 @@ import pandas as pd
 from .analysis import preference_summary
 from .costs import CONVENTION
 from .tables import to_markdown
+from .validation import UNIFORM
 
 DEPTH_MARGIN = 0.02
 MOTION_GAP = 0.15
@@ -101,16 +102,19 @@ def _row(df: pd.DataFrame | None, name: str) -> pd.Series | None:
     return hit.iloc[0] if len(hit) else None
 
 
+def _uniform_rows(df: pd.DataFrame | None) -> dict[str, pd.Series]:
+    """The rows of the uniform strategies (all-S, all-ST, all-S+ST) that ``df`` has, by name."""
+    rows = {n: _row(df, n) for n in UNIFORM}
+    return {n: r for n, r in rows.items() if r is not None}
+
+
 def _standalone_appearance(standalone: pd.DataFrame | None) -> str:
     """``"; trained stand-alone (test): all-S 0.81, ..."`` for the uniform strategies among the stand-alone runs."""
     col = "standalone_top1_test_appearance"
-    if standalone is None or col not in standalone:
-        return ""
-    found = [(n, _row(standalone, n)) for n in ("all-S", "all-ST", "all-S+ST")]
-    found = [(n, r) for n, r in found if r is not None]
+    found = _uniform_rows(standalone) if standalone is not None and col in standalone else {}
     if not found:
         return ""
-    return "; trained stand-alone (test): " + ", ".join(f"{n} {_fmt(r[col])}" for n, r in found)
+    return "; trained stand-alone (test): " + ", ".join(f"{n} {_fmt(r[col])}" for n, r in found.items())
 
 
 def best_sampled(ranked: pd.DataFrame | None) -> pd.Series | None:
@@ -179,8 +183,7 @@ def compute_checks(pref, ranked, fidelity, initial: dict | None = None,
     # 3. best sampled vs uniform strategies
     if ranked is not None:
         best = best_sampled(ranked)
-        uni = {n: _row(ranked, n) for n in ("all-S", "all-ST", "all-S+ST")}
-        uni = {k: v for k, v in uni.items() if v is not None}
+        uni = _uniform_rows(ranked)
         if best is not None and uni:
             ok_a = all(best["top1"] >= r["top1"] for r in uni.values())
             txt = ", ".join(f"{k} {_fmt(r['top1'])}" for k, r in uni.items())
@@ -285,13 +288,9 @@ def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: 
     # motion vs appearance
     L += ["## Motion vs appearance", ""]
     if ranked is not None:
-        rows = []
-        for name in ("all-S", "all-ST", "all-S+ST"):
-            r = _row(ranked, name)
-            if r is not None:
-                rows.append(("family " + name, r))
+        rows = [("family " + name, r) for name, r in _uniform_rows(ranked).items()]
         for r in ranked[ranked["source"].str.contains("family")].itertuples():
-            if r.name not in ("all-S", "all-ST", "all-S+ST"):
+            if r.name not in UNIFORM:
                 rows.append(("family " + r.name, ranked.loc[r.Index]))
         if best is not None:
             rows.append(("best sampled (on validation)", best))

@@ -129,6 +129,11 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
 
 
+def stream_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of a random stream fixed by ``(seed, epoch, index)``: a sample's augmentation, a step's choice."""
+    return ((seed * 1_000_003 + epoch) * 1_000_000_007 + index) % (1 << 63)
+
+
 def uniform_step(cfg: TrainConfig, epoch: int, step: int) -> bool:
     """Whether gated ``step`` of ``epoch`` trains the weights under uniformly drawn hard states instead of the
     gates' masks (a ``cfg.uniform_share`` of the steps, decided by ``(seed, epoch, step)``, so a resumed run
@@ -136,7 +141,7 @@ def uniform_step(cfg: TrainConfig, epoch: int, step: int) -> bool:
     serves the strategies the posterior rarely samples, so that their shared-weight scores mean something."""
     if cfg.uniform_share <= 0:
         return False
-    g = torch.Generator().manual_seed((cfg.seed * 1_000_003 + epoch) * 1_000_000_007 + step + 1)
+    g = torch.Generator().manual_seed(stream_seed(cfg.seed, epoch, step + 1))
     return bool(torch.rand((), generator=g) < cfg.uniform_share)
 
 
@@ -175,7 +180,7 @@ class SeededSamples(Dataset):
         i, epoch = item
         in_worker = torch.utils.data.get_worker_info() is not None
         state = None if in_worker else torch.get_rng_state()
-        torch.default_generator.manual_seed(((self.seed * 1_000_003 + epoch) * 1_000_000_007 + i) % (1 << 63))
+        torch.default_generator.manual_seed(stream_seed(self.seed, epoch, i))
         try:
             return self.dataset[i]
         finally:
@@ -347,8 +352,7 @@ def fit(
                 uniform = phase == "gated" and uniform_step(cfg, epoch, step)
                 if uniform:
                     model.set_uniform_states(True)
-                # a uniform step keeps the KL term in the graph at weight 0: the logits get a zero gradient (DDP
-                # needs every parameter to take part) and the loss is the cross-entropy alone
+                # a uniform step keeps the KL term in the graph at weight 0, as DDP needs every parameter to take part
                 out = train_step(net, model, optimizer, x, y, autocast=autocast,
                                  kl=(n_train, cfg.kl_k, cfg.kl_form, cfg.kl_price) if phase == "gated" else None,
                                  kl_scale=0.0 if uniform else kl_factor(cfg, epoch),
