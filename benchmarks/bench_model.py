@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from stfusion.models import build_model
-from stfusion.strategies import Strategy, families
+from stfusion.core.strategies import Strategy, families
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -44,7 +44,7 @@ def prepared_folder(folder: Path, short_side: int, source_size: tuple[int, int],
     from video_factory import textured_frames, write_source
 
     from stfusion.data.prepare_videos import reencode
-    from stfusion.storage import write_storage
+    from stfusion.data.storage import write_storage
 
     folder.mkdir(parents=True, exist_ok=True)
     infos = []
@@ -100,7 +100,7 @@ def _train_one_epoch(folder: Path) -> None:
     from stfusion.data.transforms import ViewSpec
     from stfusion.data.video_dataset import VideoDataset
     from stfusion.models import build_model
-    from stfusion.train import TrainConfig, fit
+    from stfusion.engine.train import TrainConfig, fit
 
     torch.set_num_threads(1)
     params = {"seed": 0, "model": {"backbone": "plain", "unit": "full", "widths": [8, 16], "layers_per_stage": [1, 1],
@@ -121,7 +121,7 @@ def gpu_loader_check(workers=(8, 16), *, device: str = "cuda", batch: int = 32, 
     import torch
     import torch.nn.functional as F
 
-    from stfusion.config import load_params
+    from stfusion.config.loading import load_params
     from stfusion.data.loader import clip_loader
     from stfusion.data.transforms import ViewSpec, normalize
     from stfusion.data.video_dataset import VideoDataset

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from stfusion.data import generate, write_video
+from stfusion.data.builtin import generate
+from stfusion.data.video import write_video
 
 
 def smooth_frames(n: int, h: int, w: int, seed: int = 0) -> np.ndarray:

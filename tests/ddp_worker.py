@@ -21,9 +21,9 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(__file__))
 
 from conftest import TINY_PARAMS, motion_clips  # noqa: E402
-from stfusion import distributed  # noqa: E402
+from stfusion.engine import distributed  # noqa: E402
 from stfusion.models import build_model  # noqa: E402
-from stfusion.train import TrainConfig, fit  # noqa: E402
+from stfusion.engine.train import TrainConfig, fit  # noqa: E402
 
 
 def strip_bn(module: nn.Module) -> None:

@@ -10,8 +10,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from stfusion import analysis, derive, report, validation
-from stfusion.strategies import BOTH, S, ST, Posterior, Strategy, families
+from stfusion.analysis import space as analysis
+from stfusion.analysis import derive
+from stfusion.report import document as report
+from stfusion.analysis import validation
+from stfusion.core.strategies import BOTH, S, ST, Posterior, Strategy, families
 
 
 def make_posterior(rule="plain"):

@@ -11,12 +11,12 @@ import pandas as pd
 import pytest
 import yaml
 
-from stfusion.checkpoint import load_checkpoint, save_torch
-from stfusion.config import deep_merge, load_params
+from stfusion.engine.checkpoint import load_checkpoint, save_torch
+from stfusion.config.loading import deep_merge, load_params
 from stfusion.data.video import write_video
 from stfusion.errors import StfusionError
 from stfusion.models import build_model
-from stfusion.strategies import Strategy
+from stfusion.core.strategies import Strategy
 
 from conftest import REPO, TINY_PARAMS
 

@@ -67,7 +67,7 @@ def test_fused_gated_sum_equals_the_reference_formula():
     ``addcmul(yst * mst, ys, ms)``, for both memory layouts, and passes gradcheck."""
     import torch
 
-    from stfusion.fusion import gated_sum
+    from stfusion.core.fusion import gated_sum
 
     g = torch.Generator().manual_seed(0)
     for fmt in (torch.contiguous_format, torch.channels_last_3d):
@@ -86,7 +86,7 @@ def test_fused_gated_sum_equals_the_reference_formula():
 def test_batched_mask_sampling_matches_one_gate_at_a_time():
     import torch
 
-    from stfusion.droppath import VariationalDropPath, sample_masks
+    from stfusion.core.droppath import VariationalDropPath, sample_masks
 
     a, b = VariationalDropPath(init_p=0.2, temperature=0.01), VariationalDropPath(init_p=0.7, temperature=0.01)
     torch.manual_seed(3)

@@ -9,8 +9,9 @@ import sys
 import pytest
 import yaml
 
-from stfusion import cli, layout
-from stfusion.config import load_params
+from stfusion.cli import app as cli
+from stfusion.config import layout
+from stfusion.config.loading import load_params
 
 from conftest import REPO
 
@@ -88,7 +89,7 @@ def test_parse_overrides():
 
 def test_stage_params_name_existing_keys():
     params = load_params(REPO / "params.yaml")
-    schema = yaml.safe_load((REPO / "stfusion" / "schema" / "params.schema.yaml").read_text())
+    schema = yaml.safe_load((REPO / "stfusion" / "config" / "schema" / "params.schema.yaml").read_text())
     for stage, keys in layout.STAGE_PARAMS.items():
         for key in keys:
             node = schema

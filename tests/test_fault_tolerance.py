@@ -17,7 +17,7 @@ import pytest
 import torch
 import yaml
 
-from stfusion.config import deep_merge
+from stfusion.config.loading import deep_merge
 from stfusion.errors import EXIT_RESUME, StfusionError
 
 from conftest import REPO, TINY_PARAMS, motion_clips
@@ -150,9 +150,9 @@ def test_sigterm_mid_epoch_checkpoints_the_step_and_resumes_exactly(workdir):
 def test_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):
     """torch.save refuses (ENOSPC) from the second checkpoint on: last.pt still holds epoch 1 and loads; no
     temporary file is left; the error is one line with the path and the free space."""
-    import stfusion.checkpoint as ck
+    import stfusion.engine.checkpoint as ck
     from stfusion.models import build_model
-    from stfusion.train import TrainConfig, fit
+    from stfusion.engine.train import TrainConfig, fit
 
     real_save, calls = torch.save, []
 

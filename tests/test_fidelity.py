@@ -7,9 +7,9 @@ import pandas as pd
 import pytest
 from scipy.stats import kendalltau, spearmanr
 
-from stfusion import fidelity as F
+from stfusion.analysis import fidelity as F
 from stfusion.errors import StfusionError
-from stfusion.fidelity_stage import select_stratified
+from stfusion.stages.fidelity import select_stratified
 
 
 def test_vectorised_tau_and_rho_equal_scipy_with_ties():

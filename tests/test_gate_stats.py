@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
-from stfusion.fusion import paths_gamma_sq, paths_price, paths_reference_sq, paths_weight_sq
-from stfusion.gate_stats import COLUMNS, gate_rows
+from stfusion.core.fusion import paths_gamma_sq, paths_price, paths_reference_sq, paths_weight_sq
+from stfusion.core.gate_stats import COLUMNS, gate_rows
 from stfusion.models import build_model
-from stfusion.train import TrainConfig, fit, kl_factor, make_optimizer
+from stfusion.engine.train import TrainConfig, fit, kl_factor, make_optimizer
 
 from conftest import motion_clips
 

@@ -15,7 +15,7 @@ from stfusion.errors import StfusionError
 from stfusion.models import build_model
 from stfusion.models.densenet import DenseLayer3d, DenseNet121Template
 from stfusion.models.resnet import BasicBlock3d, Bottleneck3d, ResNetTemplate
-from stfusion.strategies import BOTH, NONE, ST, S, Strategy
+from stfusion.core.strategies import BOTH, NONE, ST, S, Strategy
 
 NUM_CLASSES = 5
 CLIP = (2, 3, 4, 32, 32)

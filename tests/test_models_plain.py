@@ -3,10 +3,10 @@
 import pytest
 import torch
 
-from stfusion.config import load_params
+from stfusion.config.loading import load_params
 from stfusion.errors import StfusionError
 from stfusion.models import build_model
-from stfusion.strategies import BOTH, NONE, S, ST, Strategy, families
+from stfusion.core.strategies import BOTH, NONE, S, ST, Strategy, families
 
 from conftest import REPO
 

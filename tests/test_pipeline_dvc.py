@@ -14,8 +14,8 @@ import pytest
 import yaml
 
 from conftest import REPO
-from stfusion.config import deep_merge
-from stfusion.layout import STAGE_PARAMS
+from stfusion.config.loading import deep_merge
+from stfusion.config.layout import STAGE_PARAMS
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 pytestmark = pytest.mark.skipif(shutil.which("dvc") is None or shutil.which("git") is None,

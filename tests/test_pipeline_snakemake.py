@@ -109,7 +109,7 @@ def test_slurm_dry_run_requests_nodes_and_gpus_and_launches_torchrun(tmp_path):
         assert job["nodes"] == "2" and job["gres"] == "gpu:4", job
         assert "--ntasks-per-node=1" in job["slurm_extra"] and "--signal=USR1@300" in job["slurm_extra"]
         shell = job["shell"]
-        assert shell.startswith("srun --overlap --nodes=2 --ntasks-per-node=1 python -m stfusion.launch ")
+        assert shell.startswith("srun --overlap --nodes=2 --ntasks-per-node=1 python -m stfusion.engine.launch ")
         for arg in ("--nnodes=2", "--nproc-per-node=4", "--max-restarts=5", "--rdzv-backend=c10d",
                     "-m stfusion.cli train-supernet", "--threads 2"):
             assert arg in shell, (arg, shell)
@@ -321,13 +321,13 @@ def test_tiny_run_snakemake_report_zip(tiny_run):
 @pytest.mark.slow
 def test_tiny_run_exports_a_finetuned_network(tiny_run):
     """pt2 through torch.export, loaded back; ONNX through onnxruntime where the onnx extra is installed; both
-    against the PyTorch network on real clips of the test split, within stfusion.export.TOLERANCE."""
+    against the PyTorch network on real clips of the test split, within stfusion.stages.export.TOLERANCE."""
     import torch
 
-    from stfusion.config import load_params
+    from stfusion.config.loading import load_params
     from stfusion.data.transforms import normalize
-    from stfusion.export import TOLERANCE, export, load_network, run_exported
-    from stfusion.pipeline import clip_dataset
+    from stfusion.stages.export import TOLERANCE, export, load_network, run_exported
+    from stfusion.stages.pipeline import clip_dataset
 
     work, _ = tiny_run
     best = pd.read_csv(work / "results" / "finetune" / "accuracy.csv").iloc[0]
@@ -387,7 +387,7 @@ def test_train_rule_with_two_processes_gives_the_single_process_result(tmp_path)
         (work / "cfg.yaml").write_text(yaml.safe_dump(cfg))
         out = snakemake("--cores", "2", "--configfile", str(work / "cfg.yaml"), "-d", str(work), "-p",
                         "checkpoints/supernet/model.pt", cwd=work)
-        launched = "stfusion.launch --nproc-per-node=2" in out.stdout + out.stderr
+        launched = "stfusion.engine.launch --nproc-per-node=2" in out.stdout + out.stderr
         assert launched == (procs == 2)
         runs[procs] = work / "checkpoints" / "supernet"
     h1, h2 = (pd.read_csv(runs[p] / "history.csv") for p in (1, 2))

@@ -15,10 +15,10 @@ from torch.utils.data import DataLoader, TensorDataset
 from stfusion.errors import StfusionError
 from stfusion.models import build_model
 from stfusion.models.plain import PlainTemplate
-from stfusion.costs import count_macs
-from stfusion.prefix_scoring import score_strategies_prefix
-from stfusion.scoring import bn_state, score_strategies
-from stfusion.strategies import BOTH, ST, S, Strategy, enumerate_all
+from stfusion.core.costs import count_macs
+from stfusion.scoring.prefix import score_strategies_prefix
+from stfusion.scoring.naive import bn_state, score_strategies
+from stfusion.core.strategies import BOTH, ST, S, Strategy, enumerate_all
 
 NUM_CLASSES = 5
 GROUPS = {"motion": [0, 1, 2], "appearance": [3, 4]}
@@ -155,7 +155,7 @@ def test_fallback_to_naive_without_a_chain(caplog):
     loader, calib = data(n_val=8)
     strategies = enumerate_all(net.n_fusion_layers, net.allow_none)
     naive = score_strategies(net, strategies, loader, NUM_CLASSES, calib_batches=calib, progress=False)
-    with caplog.at_level(logging.INFO, logger="stfusion.prefix_scoring"):
+    with caplog.at_level(logging.INFO, logger="stfusion.scoring.prefix"):
         out = score_strategies_prefix(net, strategies, loader, NUM_CLASSES, calib_batches=calib, progress=False)
     assert "one by one" in caplog.text
     assert out.attrs["prefix_shared"] is False and out.attrs["macs_executed"] == out.attrs["macs_naive"]
@@ -167,7 +167,7 @@ def test_fallback_when_a_fusion_layer_is_outside_the_chain(caplog):
     net = prepared(MissingLayer(NUM_CLASSES, widths=(8,), layers_per_stage=(2,), stem_width=8))
     loader, calib = data(n_val=8)
     strategies = enumerate_all(net.n_fusion_layers, net.allow_none)[:3]
-    with caplog.at_level(logging.WARNING, logger="stfusion.prefix_scoring"):
+    with caplog.at_level(logging.WARNING, logger="stfusion.scoring.prefix"):
         out = score_strategies_prefix(net, strategies, loader, NUM_CLASSES, calib_batches=calib, progress=False)
     assert "exactly once" in caplog.text and out.attrs["prefix_shared"] is False
 
@@ -178,7 +178,7 @@ def test_fallback_when_the_chain_is_not_the_forward(caplog):
     loader, calib = data(n_val=8)
     strategies = enumerate_all(net.n_fusion_layers, net.allow_none)[:3]
     naive = score_strategies(net, strategies, loader, NUM_CLASSES, calib_batches=calib, progress=False)
-    with caplog.at_level(logging.WARNING, logger="stfusion.prefix_scoring"):
+    with caplog.at_level(logging.WARNING, logger="stfusion.scoring.prefix"):
         out = score_strategies_prefix(net, strategies, loader, NUM_CLASSES, calib_batches=calib, progress=False)
     assert "forward" in caplog.text and out.attrs["prefix_shared"] is False
     pd.testing.assert_frame_equal(out, naive)

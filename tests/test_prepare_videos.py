@@ -20,12 +20,13 @@ import yaml
 sys.path.insert(0, str(Path(__file__).parent))
 from video_factory import kinetics_like, ssv1_like, ssv2_like  # noqa: E402
 
-from stfusion.data import CLASSES, read_frames  # noqa: E402
+from stfusion.data.builtin import CLASSES  # noqa: E402
+from stfusion.data.video import read_frames
 from stfusion.data.manifest import SHARD_COLUMNS, VIDEO_COLUMNS  # noqa: E402
 from stfusion.data.prepare import prepare_dataset  # noqa: E402
 from stfusion.data.prepare_videos import KEYINT, prepared_name, scaled_size  # noqa: E402
 from stfusion.errors import StfusionError  # noqa: E402
-from stfusion.storage import BUILTIN_CLASSES, choose, read_storage  # noqa: E402
+from stfusion.data.storage import BUILTIN_CLASSES, choose, read_storage  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHORT = 48

@@ -4,11 +4,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stfusion.config import PRESET_DIR, load_params
+from stfusion.config.loading import PRESET_DIR, load_params
 from stfusion.data.transforms import view_from_params
 from stfusion.errors import StfusionError
 from stfusion.models import build_model
-from stfusion.train import make_optimizer, supernet_config
+from stfusion.engine.train import make_optimizer, supernet_config
 
 from conftest import REPO
 

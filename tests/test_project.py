@@ -13,9 +13,9 @@ import torch
 import yaml
 
 from conftest import REPO
-from stfusion.config import DEFAULTS_PATH, deep_merge, load_params
+from stfusion.config.loading import DEFAULTS_PATH, deep_merge, load_params
 from stfusion.errors import StfusionError
-from stfusion.project import init_project
+from stfusion.stages.project import init_project
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 
@@ -56,7 +56,7 @@ def test_non_editable_install_runs_anywhere(tmp_path):
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
                           "--target", str(site), str(REPO)], capture_output=True, text=True, timeout=300)
     assert pip.returncode == 0, pip.stderr[-3000:]
-    assert (site / "stfusion" / "defaults" / "params.yaml").is_file()
+    assert (site / "stfusion" / "config" / "defaults" / "params.yaml").is_file()
     assert (site / "stfusion" / "project" / "workflow" / "Snakefile").is_file()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"} | {"PYTHONPATH": str(site)}
     work = tmp_path / "work"

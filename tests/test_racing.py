@@ -1,4 +1,4 @@
-"""Racing (stfusion/racing.py): Wilson intervals, the round schedule, and a race on a trained tiny supernet whose
+"""Racing (stfusion/scoring/racing.py): Wilson intervals, the round schedule, and a race on a trained tiny supernet whose
 survivors carry exactly the full-split scores while dropped strategies carry only marked partial scores."""
 
 import numpy as np
@@ -7,11 +7,12 @@ import pytest
 import torch
 
 from stfusion.models import build_model
-from stfusion.prefix_scoring import score_strategies_prefix
-from stfusion.racing import DROPPED, FULL, fully_scored, race_strategies, round_ends, wilson_interval
-from stfusion.scoring import calibration_batches, eval_loader
-from stfusion.strategies import Strategy
-from stfusion.train import TrainConfig, fit
+from stfusion.scoring.prefix import score_strategies_prefix
+from stfusion.scoring.racing import DROPPED, FULL, fully_scored, race_strategies, round_ends, wilson_interval
+from stfusion.scoring.naive import calibration_batches
+from stfusion.engine.evaluation import eval_loader
+from stfusion.core.strategies import Strategy
+from stfusion.engine.train import TrainConfig, fit
 
 from conftest import motion_clips
 
@@ -76,9 +77,9 @@ def test_race_keeps_exact_scores_for_survivors_and_marks_the_dropped(trained):
 def test_dropped_strategies_are_never_taken_as_fully_scored():
     """Downstream of a raced ranking: the network table marks the status, the stand-alone selection and the best
     sampled strategy come from fully scored rows only."""
-    from stfusion.analysis import network_table
-    from stfusion.pipeline import add_rank
-    from stfusion.validation import select_strategies
+    from stfusion.analysis.space import network_table
+    from stfusion.stages.pipeline import add_rank
+    from stfusion.analysis.validation import select_strategies
 
     rows = []
     for i in range(8):

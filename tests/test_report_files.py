@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pandas as pd
 
-from stfusion.report import summary_lines
-from stfusion.report_files import confusion_matrix, drop_rate_summary, pareto_front, plot_pareto
-from stfusion.tables import write_html
+from stfusion.report.document import summary_lines
+from stfusion.report.files import confusion_matrix, drop_rate_summary, pareto_front, plot_pareto
+from stfusion.io.tables import write_html
 
 
 def test_pareto_front_keeps_the_undominated():

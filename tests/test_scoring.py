@@ -5,8 +5,9 @@ import pytest
 import torch
 
 from stfusion.models import build_model
-from stfusion.scoring import bn_state, calibration_batches, eval_loader, score_resumable, score_strategies
-from stfusion.strategies import families
+from stfusion.scoring.naive import bn_state, calibration_batches, score_resumable, score_strategies
+from stfusion.engine.evaluation import eval_loader
+from stfusion.core.strategies import families
 
 from conftest import motion_clips
 

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from stfusion.errors import StfusionError
-from stfusion.strategies import (BOTH, NONE, S, ST, Posterior, Strategy, enumerate_all, families,
-                                 keep_probability)
+from stfusion.core.strategies import BOTH, NONE, S, ST, Posterior, Strategy, enumerate_all, families, keep_probability
 
 
 @pytest.fixture

@@ -6,9 +6,10 @@ import torch
 
 from stfusion.errors import StfusionError
 from stfusion.models import build_model
-from stfusion.scoring import calibration_batches, eval_loader, score_strategies
-from stfusion.strategies import families
-from stfusion.train import TrainConfig, fit
+from stfusion.scoring.naive import calibration_batches, score_strategies
+from stfusion.engine.evaluation import eval_loader
+from stfusion.core.strategies import families
+from stfusion.engine.train import TrainConfig, fit
 
 from conftest import appearance_clips, motion_clips
 
@@ -106,7 +107,7 @@ def test_checkpoint_from_other_architecture_is_refused(tmp_path, tiny_params):
 
 
 def test_weight_decay_never_touches_gate_logits(tiny_params):
-    from stfusion.train import make_optimizer
+    from stfusion.engine.train import make_optimizer
 
     model = build_model(tiny_params, 2)
     opt = make_optimizer(model, TrainConfig(epochs=1, batch_size=4, lr=0.1, weight_decay=0.5))
@@ -145,7 +146,7 @@ def test_loader_workers_give_the_same_training(tmp_path, tiny_params):
 
 
 def test_uniform_state_masks_draw_every_allowed_state():
-    from stfusion.fusion import uniform_state_masks
+    from stfusion.core.fusion import uniform_state_masks
 
     torch.manual_seed(0)
     masks = uniform_state_masks(3000, False, torch.device("cpu"), torch.float32)
@@ -159,7 +160,7 @@ def test_uniform_state_masks_draw_every_allowed_state():
 
 
 def test_uniform_steps_are_a_seeded_share():
-    from stfusion.train import uniform_step
+    from stfusion.engine.train import uniform_step
 
     cfg = TrainConfig(epochs=1, batch_size=4, lr=0.1, uniform_share=0.3)
     picks = [uniform_step(cfg, e, s) for e in range(4) for s in range(500)]

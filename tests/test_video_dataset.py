@@ -17,10 +17,11 @@ from stfusion.data.transforms import ViewSpec, normalize, view_from_params, view
 from stfusion.data.video_dataset import ClipDecodeError, VideoDataset, open_clips
 from stfusion.errors import StfusionError
 from stfusion.models import build_model
-from stfusion.prefix_scoring import score_strategies_prefix
-from stfusion.scoring import eval_loader, evaluate, score_strategies, view_logits
-from stfusion.strategies import families
-from stfusion.train import TrainConfig, fit
+from stfusion.scoring.prefix import score_strategies_prefix
+from stfusion.engine.evaluation import eval_loader, evaluate, view_logits
+from stfusion.scoring.naive import score_strategies
+from stfusion.core.strategies import families
+from stfusion.engine.train import TrainConfig, fit
 
 from conftest_data import write_clip
 
@@ -188,7 +189,7 @@ def test_decode_failures_are_counted_and_stop_training_past_the_limit(tmp_path, 
 
 @pytest.fixture(scope="module")
 def small_cache(tmp_path_factory):
-    from stfusion.data import preprocess
+    from stfusion.data.cache import preprocess
 
     tmp_path = tmp_path_factory.mktemp("small_cache")
     videos = []

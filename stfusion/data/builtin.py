@@ -53,8 +53,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import StfusionError
-from .video import read_uniform, write_video
+from stfusion.errors import StfusionError
+from stfusion.data.video import read_uniform, write_video
 
 __all__ = [
     "CLASSES",

@@ -39,10 +39,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..checkpoint import write_csv
-from ..errors import StfusionError
-from .manifest import assign_splits, class_table
-from .video import DecoderFallbackWarning, VideoReadError, read_uniform
+from stfusion.io.files import write_csv
+from stfusion.errors import StfusionError
+from stfusion.data.manifest import assign_splits, class_table
+from stfusion.data.video import DecoderFallbackWarning, VideoReadError, read_uniform
 
 __all__ = ["MANIFEST_COLUMNS", "STATUSES", "preprocess", "resize_crop"]
 

@@ -13,9 +13,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from ..errors import StfusionError
-from .sampling import TorchRNG, segment_indices, segment_test_clips, test_clips, train_indices
-from .transforms import MEAN, STD, ViewSpec, crop_boxes, cut
+from stfusion.errors import StfusionError
+from stfusion.data.sampling import TorchRNG, segment_indices, segment_test_clips, test_clips, train_indices
+from stfusion.data.transforms import MEAN, STD, ViewSpec, crop_boxes, cut
 
 __all__ = ["ClipDataset", "SplitClips", "default_view", "split_rows", "load_classes", "load_manifest", "MEAN", "STD", "SPLITS",
            "SAMPLINGS"]

@@ -60,7 +60,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import StfusionError
+from stfusion.errors import StfusionError
 
 __all__ = ["DATASETS", "path_ids", "read_annotations", "VIDEO_SUFFIXES"]
 

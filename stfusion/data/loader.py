@@ -3,7 +3,7 @@
 Items are ``uint8`` (see :mod:`stfusion.data.transforms`), so the host-to-device copy moves a quarter of the
 bytes of float clips. With worker processes each worker keeps ``PREFETCH`` batches ready; batches go through
 pinned memory when a CUDA device is present. Workers are not persistent: a training epoch builds its own loader
-over that epoch's sample order (:func:`stfusion.train.epoch_loader`; each sample's augmentation is seeded by
+over that epoch's sample order (:func:`stfusion.engine.train.epoch_loader`; each sample's augmentation is seeded by
 ``(seed, epoch, index)``, so a resumed run draws the same augmentations as an uninterrupted one); starting a worker
 costs a fork, and nothing is opened before it.
 """

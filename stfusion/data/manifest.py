@@ -11,7 +11,7 @@ storage, the per-shard manifests and their merge.
                                     ``calib``, ``frames, fps, width, height`` (of the stored file), ``status,
                                     reason`` (the statuses of :mod:`stfusion.data.cache`).
 ``classes.csv``                     ``index, name, kind``.
-``storage.json``                    :mod:`stfusion.storage`, with the summary of the preparation.
+``storage.json``                    :mod:`stfusion.data.storage`, with the summary of the preparation.
 
 Splits: the input's train/test is kept; ``val`` is carved from the usable train videos of each class
 (``round(n * val_fraction)``, at least one when a class has two or more, never all), unless the input already
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..checkpoint import write_csv
-from ..errors import StfusionError
+from stfusion.io.files import write_csv
+from stfusion.errors import StfusionError
 
 __all__ = ["SHARD_COLUMNS", "VIDEO_COLUMNS", "assign_splits", "class_table", "merge_shards", "shard_path",
            "summarise"]
@@ -123,7 +123,7 @@ def merge_shards(out_dir, n_shards: int, videos: pd.DataFrame, classes: list[str
     ``videos`` is the input table (``video_id`` ...): the shards must cover exactly its videos.  Raises
     :class:`StfusionError` when a shard is missing or stale, or when no video at all is usable (then nothing
     is written)."""
-    from ..storage import write_storage
+    from stfusion.data.storage import write_storage
 
     out_dir = Path(out_dir)
     rows = pd.concat([read_shard(shard_path(out_dir, i, n_shards)) for i in range(n_shards)], ignore_index=True)

@@ -12,7 +12,7 @@ import io
 import zipfile
 from pathlib import Path
 
-from ..checkpoint import atomic_write
+from stfusion.io.files import atomic_write
 
 __all__ = ["PACK_SUFFIX", "PackedFrames", "pack_frames"]
 

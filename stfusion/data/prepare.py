@@ -1,4 +1,4 @@
-"""The ``prepare`` stage: read the annotations, choose the storage (:mod:`stfusion.storage`) and prepare the
+"""The ``prepare`` stage: read the annotations, choose the storage (:mod:`stfusion.data.storage`) and prepare the
 dataset into the cache folder, whole or one shard at a time.
 
 ``cache`` storage: :func:`stfusion.data.cache.preprocess` (one job; sharding does not apply) plus
@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from ..errors import StfusionError
-from ..storage import cache_frames, choose, write_storage
+from stfusion.errors import StfusionError
+from stfusion.data.storage import cache_frames, choose, write_storage
 
 __all__ = ["prepare_dataset"]
 
@@ -23,14 +23,14 @@ log = logging.getLogger(__name__)
 def prepare_dataset(params: dict, *, root=None, cache_dir, workers: int | None = None, progress: bool = True,
                     shard: tuple[int, int] | None = None, merge: int | None = None) -> dict:
     """Prepare ``params['data']``'s dataset into ``cache_dir``; returns a summary (for the timing record)."""
-    from .cache import preprocess
-    from .formats import read_annotations
+    from stfusion.data.cache import preprocess
+    from stfusion.data.formats import read_annotations
 
     d = params["data"]
     root = Path(root if root is not None else d["root"])
     kinds = None
     if d["dataset"] == "builtin":
-        from .builtin import class_kinds
+        from stfusion.data.builtin import class_kinds
 
         if not (root / "annotations.csv").is_file():
             raise StfusionError(f"no built-in benchmark in {root} (run 'stfusion generate --root {root}' first)")
@@ -57,8 +57,8 @@ def prepare_dataset(params: dict, *, root=None, cache_dir, workers: int | None =
         log.info("clip cache in %s: %s", cache_dir, summary)
         return summary
 
-    from .manifest import merge_shards
-    from .prepare_videos import prepare_shard
+    from stfusion.data.manifest import merge_shards
+    from stfusion.data.prepare_videos import prepare_shard
 
     mode, short_side = d.get("prepare", "reencode"), int(d.get("short_side", 128))
     storage.update(prepare=mode, short_side=short_side)

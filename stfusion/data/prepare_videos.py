@@ -39,11 +39,11 @@ from pathlib import Path
 import av
 import pandas as pd
 
-from ..checkpoint import atomic_write, write_csv
-from ..errors import StfusionError
-from .manifest import SHARD_COLUMNS, shard_path, summarise
-from .packed import PACK_SUFFIX, pack_frames
-from .video import DecoderFallbackWarning, VideoReadError, _check_path, _frame_files, _one_line, count_frames, read_frames
+from stfusion.io.files import atomic_write, write_csv
+from stfusion.errors import StfusionError
+from stfusion.data.manifest import SHARD_COLUMNS, shard_path, summarise
+from stfusion.data.packed import PACK_SUFFIX, pack_frames
+from stfusion.data.video import DecoderFallbackWarning, VideoReadError, _check_path, _frame_files, _one_line, count_frames, read_frames
 
 __all__ = ["CRF", "FRAME_FOLDER_FPS", "KEYINT", "MODES", "PRESET", "prepare_shard", "prepared_name", "reencode",
            "scaled_size"]

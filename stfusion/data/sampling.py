@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import StfusionError
+from stfusion.errors import StfusionError
 
 __all__ = [
     "TorchRNG",

@@ -25,8 +25,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..errors import StfusionError
-from .sampling import spatial_crops
+from stfusion.errors import StfusionError
+from stfusion.data.sampling import spatial_crops
 
 __all__ = ["MEAN", "STD", "MODES", "ViewSpec", "view_from_params", "crop_boxes", "cut", "normalize", "average_views", "views_text"]
 

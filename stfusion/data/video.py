@@ -31,9 +31,9 @@ try:
 except ImportError:  # pragma: no cover - decord is a hard dependency, but keep PyAV usable without it
     decord = None
 
-from ..errors import StfusionError
-from .packed import PACK_SUFFIX, PackedFrames
-from .sampling import uniform_indices
+from stfusion.errors import StfusionError
+from stfusion.data.packed import PACK_SUFFIX, PackedFrames
+from stfusion.data.sampling import uniform_indices
 
 __all__ = [
     "BACKENDS",

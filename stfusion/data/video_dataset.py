@@ -17,7 +17,7 @@ if that fails too:
 - in evaluation and scoring the run stops with one line naming the file (:class:`ClipDecodeError`): every
   strategy is scored on the same videos, never on a set that depends on which reads happened to fail.
 
-:func:`open_clips` picks the dataset from ``storage.json`` of the folder (:func:`stfusion.storage.read_storage`).
+:func:`open_clips` picks the dataset from ``storage.json`` of the folder (:func:`stfusion.data.storage.read_storage`).
 """
 
 from __future__ import annotations
@@ -28,11 +28,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..errors import StfusionError
-from ..storage import read_storage
-from .dataset import ClipDataset, SplitClips, default_view, load_classes, split_rows
-from .transforms import ViewSpec, view_from_params
-from .video import read_frames
+from stfusion.errors import StfusionError
+from stfusion.data.storage import read_storage
+from stfusion.data.dataset import ClipDataset, SplitClips, default_view, load_classes, split_rows
+from stfusion.data.transforms import ViewSpec, view_from_params
+from stfusion.data.video import read_frames
 
 __all__ = ["ClipDecodeError", "DecodeFailures", "VideoDataset", "load_video_manifest", "open_clips",
            "split_failures"]

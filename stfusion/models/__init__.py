@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from .base import FusionNetwork
-from .plain import PlainTemplate
+from stfusion.models.base import FusionNetwork
+from stfusion.models.plain import PlainTemplate
 
 BACKBONES = ("plain", "densenet121", "resnet18", "resnet50")
 
 
 def gate_kwargs(gate_params: dict) -> dict:
-    """The constructor arguments of :class:`~stfusion.droppath.VariationalDropPath` from ``params['gate']``."""
+    """The constructor arguments of :class:`~stfusion.core.droppath.VariationalDropPath` from ``params['gate']``."""
     return {
         "init_p": gate_params.get("init_p", 0.1),
         "temperature": gate_params.get("temperature", 0.2),
@@ -31,14 +31,14 @@ def build_model(params: dict, num_classes: int) -> FusionNetwork:
             gate=gate,
         )
     if backbone == "densenet121":
-        from .densenet import DenseNet121Template
+        from stfusion.models.densenet import DenseNet121Template
 
         return DenseNet121Template(
             num_classes, unit=m.get("unit", "factorised"), gate=gate,
             width_multiplier=m.get("width_multiplier", 1.0), pretrained_2d=m.get("pretrained_2d"),
         )
     if backbone in ("resnet18", "resnet50"):
-        from .resnet import ResNetTemplate
+        from stfusion.models.resnet import ResNetTemplate
 
         return ResNetTemplate(
             num_classes, depth=int(backbone[6:]), unit=m.get("unit", "factorised"), gate=gate,

@@ -8,15 +8,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ..errors import StfusionError
-from ..droppath import kl_sum
-from ..fusion import FusionPaths, paths_price
-from ..strategies import Posterior, Strategy
+from stfusion.errors import StfusionError
+from stfusion.core.droppath import kl_sum
+from stfusion.core.fusion import FusionPaths, paths_price
+from stfusion.core.strategies import Posterior, Strategy
 
 
 class FusionNetwork(nn.Module):
     """Base class of template networks. Subclasses build their modules; this class finds the gated
-    :class:`~stfusion.fusion.FusionPaths` in definition order and offers the strategy-level API."""
+    :class:`~stfusion.core.fusion.FusionPaths` in definition order and offers the strategy-level API."""
 
     arch: dict  # the constructor arguments, stored in checkpoints to detect a different architecture
 
@@ -89,7 +89,7 @@ class FusionNetwork(nn.Module):
     def kl(self, n_train: int, k: float, form: str = "linear", price: str = "weight") -> Tensor:
         """Sum of the KL terms of every gate (METHOD.md §4), computed for all gates at once: a few ops in all
         instead of about ten per gate, which on a GPU are kernel launches that cost more than the arithmetic.
-        ``price`` says what each kept path pays for (:func:`stfusion.fusion.paths_price`)."""
+        ``price`` says what each kept path pays for (:func:`stfusion.core.fusion.paths_price`)."""
         layers = self.fusion_layers
         gates = [g for f in layers for g in (f.gate_s, f.gate_st)]
         priced = paths_price([p for f in layers for p in (f.s, f.st)], price).to(gates[0].p_logit.device)

@@ -44,16 +44,14 @@ from __future__ import annotations
 
 import re
 from collections import OrderedDict
-from collections.abc import Mapping
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import StfusionError
-from ..fusion import UNITS, FusionPaths, bn_relu_conv, conv_s, conv_st
-from ..strategies import NONE
-from .base import FusionNetwork
+from stfusion.core.fusion import UNITS, FusionPaths, bn_relu_conv, conv_s, conv_st
+from stfusion.core.strategies import NONE
+from stfusion.models.base import FusionNetwork
+from stfusion.models.inflate import Inflator, init_weights, load_state_dict_2d, scaled
 
 DENSENET121_BLOCKS = (6, 12, 24, 16)
 
@@ -61,128 +59,6 @@ DENSENET121_BLOCKS = (6, 12, 24, 16)
 # --------------------------------------------------------------------------------------------------------------
 # 2D -> 3D inflation helpers (also used by resnet.py)
 # --------------------------------------------------------------------------------------------------------------
-
-
-def load_state_dict_2d(src, what: str) -> dict[str, Tensor]:
-    """A 2D state dict from ``src``: a mapping of tensors, or the path of a local file saved with ``torch.save``
-    (read with ``weights_only=True``). ``what`` names the expected model in error messages."""
-    if isinstance(src, Mapping):
-        sd = src
-    else:
-        path = Path(src)
-        if not path.is_file():
-            raise StfusionError(f"pretrained_2d: no such file: {path} (a local torchvision {what} state dict)")
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as exc:  # noqa: BLE001 - any read failure becomes one line
-            msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StfusionError(f"pretrained_2d: cannot read {path}: {msg}") from None
-        if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
-            sd = sd["state_dict"]
-    if not isinstance(sd, Mapping) or not all(isinstance(v, Tensor) for v in sd.values()):
-        raise StfusionError(f"pretrained_2d: expected a state dict (name -> tensor) of a torchvision {what}")
-    return dict(sd)
-
-
-class Inflator:
-    """Writes 2D weights into a 3D network, checking every key and shape (errors are one-line StfusionErrors).
-
-    Args:
-        net: the 3D network (its ``state_dict()`` tensors share storage with its parameters and buffers).
-        sd2d: the 2D state dict.
-        what: the expected 2D model, for messages.
-    """
-
-    def __init__(self, net: nn.Module, sd2d: Mapping[str, Tensor], what: str):
-        self.own = net.state_dict()
-        self.sd = sd2d
-        self.what = what
-
-    def _get(self, key2d: str) -> Tensor:
-        if key2d not in self.sd:
-            raise StfusionError(f"pretrained_2d: key {key2d!r} is missing (expected a torchvision {self.what} state dict)")
-        return self.sd[key2d]
-
-    def _mismatch(self, key2d: str, src: Tensor, key3d: str) -> StfusionError:
-        return StfusionError(
-            f"pretrained_2d: {key2d!r} has shape {tuple(src.shape)}, which does not fit {key3d!r} of shape "
-            f"{tuple(self.own[key3d].shape)} (different {self.what} variant or width?)"
-        )
-
-    def _put(self, key3d: str, value: Tensor) -> None:
-        dst = self.own[key3d]
-        with torch.no_grad():
-            dst.copy_(value.to(dst.dtype))
-
-    def copy(self, key3d: str, key2d: str) -> None:
-        """Copy a tensor of the same shape (BN statistics, linear layers)."""
-        src = self._get(key2d)
-        if src.shape != self.own[key3d].shape:
-            raise self._mismatch(key2d, src, key3d)
-        self._put(key3d, src)
-
-    def conv(self, key3d: str, key2d: str) -> None:
-        """Inflate a 2D conv weight ``(O, I, kh, kw)`` into the 3D weight ``(O, I, kt, kh', kw')``: a 1x1 kernel
-        goes to the spatial centre when the 3D kernel is larger; the kernel is repeated ``kt`` times over time and
-        divided by ``kt`` (so a static clip gives the 2D response wherever the temporal window is inside the clip).
-        """
-        src = self._get(key2d)
-        dst = self.own[key3d]
-        o, i, kt, kh, kw = dst.shape
-        if src.dim() != 4 or tuple(src.shape[:2]) != (o, i):
-            raise self._mismatch(key2d, src, key3d)
-        if tuple(src.shape[2:]) == (kh, kw):
-            w = src
-        elif tuple(src.shape[2:]) == (1, 1) and kh % 2 == 1 and kw % 2 == 1:
-            w = src.new_zeros(o, i, kh, kw)
-            w[:, :, kh // 2, kw // 2] = src[:, :, 0, 0]
-        else:
-            raise self._mismatch(key2d, src, key3d)
-        self._put(key3d, w.unsqueeze(2).repeat(1, 1, kt, 1, 1) / kt)
-
-    def bn(self, prefix3d: str, prefix2d: str) -> None:
-        """Copy a BatchNorm (affine parameters and running statistics)."""
-        for name in ("weight", "bias", "running_mean", "running_var"):
-            self.copy(f"{prefix3d}.{name}", f"{prefix2d}.{name}")
-        if f"{prefix2d}.num_batches_tracked" in self.sd and f"{prefix3d}.num_batches_tracked" in self.own:
-            self._put(f"{prefix3d}.num_batches_tracked", self.sd[f"{prefix2d}.num_batches_tracked"])
-
-    def identity(self, key3d: str) -> None:
-        """A square conv as the identity on a static clip: centre tap 1, repeated over time and divided by ``kt``."""
-        dst = self.own[key3d]
-        o, i, kt, kh, kw = dst.shape
-        if o != i:
-            raise StfusionError(f"cannot initialise {key3d!r} of shape {tuple(dst.shape)} as an identity")
-        w = torch.zeros_like(dst)
-        idx = torch.arange(o)
-        w[idx, idx, :, kh // 2, kw // 2] = 1.0 / kt
-        self._put(key3d, w)
-
-    def classifier(self, prefix3d: str, prefix2d: str) -> bool:
-        """Load the classifier only when its shape fits (same number of classes); returns whether it was loaded."""
-        w, b = self.sd.get(f"{prefix2d}.weight"), self.sd.get(f"{prefix2d}.bias")
-        if w is None or b is None or w.shape != self.own[f"{prefix3d}.weight"].shape:
-            return False
-        self.copy(f"{prefix3d}.weight", f"{prefix2d}.weight")
-        self.copy(f"{prefix3d}.bias", f"{prefix2d}.bias")
-        return True
-
-
-def init_weights(net: nn.Module, conv_mode: str = "fan_in") -> None:
-    """Kaiming-normal convs, BN gamma 1 / beta 0 (never 0 gamma: a dead path could never be chosen), zero linear bias."""
-    for m in net.modules():
-        if isinstance(m, nn.Conv3d):
-            nn.init.kaiming_normal_(m.weight, mode=conv_mode, nonlinearity="relu")
-        elif isinstance(m, nn.BatchNorm3d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Linear):
-            nn.init.zeros_(m.bias)
-
-
-def scaled(width: int, multiplier: float) -> int:
-    """``width * multiplier`` rounded, at least 1."""
-    return max(1, int(round(width * multiplier)))
 
 
 _OLD_DENSE_KEY = re.compile(r"^(.*denselayer\d+\.(?:norm|relu|conv))\.([12])\.(weight|bias|running_mean|running_var)$")
@@ -267,7 +143,7 @@ class DenseNet121Template(FusionNetwork):
     Args:
         num_classes: classifier outputs.
         unit: ``"factorised"`` (the paper's: S = 1x1x1, ST = 3x1x1) or ``"full"`` (S = 1x3x3, ST = 3x3x3).
-        gate: keyword arguments of :class:`~stfusion.droppath.VariationalDropPath`.
+        gate: keyword arguments of :class:`~stfusion.core.droppath.VariationalDropPath`.
         width_multiplier: scales the growth rate, the bottleneck width and the stem width (CPU tests: 0.25).
         pretrained_2d: a torchvision-format ``densenet121`` state dict or the path of a local file holding one.
         block_config: dense layers per block (``(6, 12, 24, 16)`` = DenseNet-121; smaller for tests).

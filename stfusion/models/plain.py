@@ -11,8 +11,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from ..fusion import FusionPaths, conv_bn, conv_s, conv_st
-from .base import FusionNetwork
+from stfusion.core.fusion import FusionPaths, conv_bn, conv_s, conv_st
+from stfusion.models.base import FusionNetwork
 
 
 class PlainFusionLayer(nn.Module):

@@ -41,11 +41,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from ..errors import StfusionError
-from ..fusion import UNITS, FusionPaths, conv_bn, conv_s, conv_st
-from ..strategies import NONE
-from .base import FusionNetwork
-from .densenet import Inflator, init_weights, load_state_dict_2d, scaled
+from stfusion.errors import StfusionError
+from stfusion.core.fusion import UNITS, FusionPaths, conv_bn, conv_s, conv_st
+from stfusion.core.strategies import NONE
+from stfusion.models.base import FusionNetwork
+from stfusion.models.inflate import Inflator, init_weights, load_state_dict_2d, scaled
 
 RESNET_STAGE_WIDTHS = (64, 128, 256, 512)
 
@@ -59,7 +59,7 @@ def _conv1x1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv3d:
 
 
 def _spatial_stride(conv: nn.Conv3d, stride: int) -> nn.Conv3d:
-    """Give a unit conv of :mod:`stfusion.fusion` the spatial stride ``(1, stride, stride)`` (time stride stays 1)."""
+    """Give a unit conv of :mod:`stfusion.core.fusion` the spatial stride ``(1, stride, stride)`` (time stride stays 1)."""
     conv.stride = (1, stride, stride)
     return conv
 
@@ -206,7 +206,7 @@ class ResNetTemplate(FusionNetwork):
         num_classes: classifier outputs.
         depth: 18, 34 (BasicBlocks), 50, 101, 152 (Bottlenecks).
         unit: ``"factorised"`` (default; the paper's derived ResNets) or ``"full"`` (module docstring).
-        gate: keyword arguments of :class:`~stfusion.droppath.VariationalDropPath`.
+        gate: keyword arguments of :class:`~stfusion.core.droppath.VariationalDropPath`.
         width_multiplier: scales the stem and stage widths (64, 128, 256, 512).
         pretrained_2d: a torchvision-format 2D ResNet state dict of the same depth, or a local file holding one.
         layers: blocks per stage (default: the depth's, e.g. ``(3, 4, 6, 3)``; ``(1, 1, 1, 1)`` for tests).

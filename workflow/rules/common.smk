@@ -7,16 +7,16 @@ import yaml
 
 # The commands import stfusion from the project folder when it holds the package (a checkout; also inside a
 # --use-conda environment, which holds only the dependencies), else the installed one: the layout and the
-# per-stage parameter lists have one definition, in stfusion/layout.py.
+# per-stage parameter lists have one definition, in stfusion/config/layout.py.
 os.environ.update(
     PYTHONPATH=os.pathsep.join(
         [str(PROJECT_DIR)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
     )
 )
 
-from stfusion import layout  # noqa: E402  (light: no torch / pandas at import)
-from stfusion import storage as S  # noqa: E402  (light)
-from stfusion.config import apply_preset  # noqa: E402
+from stfusion.config import layout  # noqa: E402  (light: no torch / pandas at import)
+from stfusion.data import storage as S  # noqa: E402  (light)
+from stfusion.config.loading import apply_preset  # noqa: E402
 
 CONDA_ENV = "../envs/stfusion.yaml"
 
@@ -26,7 +26,7 @@ def _resolve_preset(cfg):
     over the preset. Rules and commands read this resolved configuration (`preset` null: already applied)."""
     if not cfg.get("preset"):
         return dict(cfg)
-    from stfusion.config import deep_merge
+    from stfusion.config.loading import deep_merge
 
     def given(over, values):  # the (typed) values at the keys that --configfile / --config gave
         return {k: given(v, values[k]) if isinstance(v, dict) else values[k] for k, v in over.items()}

@@ -2,12 +2,12 @@
 # a killed or preempted job resumes from it (Snakemake deletes a failed job's outputs, never last.pt).
 #
 # Every training rule (this one, finetune, train_standalone) starts its command with TRAIN_LAUNCH: one process,
-# or torchrun over supernet.nodes x supernet.gpus_per_node processes (stfusion/launch.py), and asks SLURM for
+# or torchrun over supernet.nodes x supernet.gpus_per_node processes (stfusion/engine/launch.py), and asks SLURM for
 # the matching nodes and GPUs per node (TRAIN_RESOURCES). A training command stopped by SIGTERM or SIGUSR1
 # checkpoints and exits with status 75; the SLURM profile resubmits it (preemptible-rules) and it resumes.
 import signal
 
-from stfusion.launch import launch_prefix
+from stfusion.engine.launch import launch_prefix
 
 if os.environ.get("SLURM_JOB_ID"):
     # SLURM's warning signal reaches every process of the job step: this job's own snakemake and its shell

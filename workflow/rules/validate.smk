@@ -86,7 +86,7 @@ rule validate_ranking:
 
 # The ranking-fidelity study, its own target (`snakemake --cores all fidelity`): fidelity.n_strategies
 # strategies stratified over the score range (a checkpoint), each trained from scratch under fidelity.seeds
-# seeds (wildcards sid, fseed), then the statistics (stfusion/fidelity.py). Not part of `all`.
+# seeds (wildcards sid, fseed), then the statistics (stfusion/analysis/fidelity.py). Not part of `all`.
 checkpoint select_fidelity:
     input:
         ranking=RANKING,

@@ -1,0 +1,130 @@
+"""``stfusion compare``: one ranked table across experiments (runs of the pipeline with other parameters).
+
+Each experiment is a ``results`` folder (its ``metrics.json``, and ``fidelity/fidelity.json`` when the study
+ran) or an entry of ``dvc exp show --json`` (its metrics ``results/metrics.json``). One row an experiment with
+the columns of :data:`COLUMNS`, ranked by the best sampled strategy's validation top-1 (then by tau); written as
+``compare.csv``, ``compare.md`` and ``compare.png`` (the accuracies and the posterior's figures side by side).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from stfusion.errors import StfusionError
+
+#: (column, key in metrics.json) — what the table shows of every experiment
+COLUMNS = (
+    ("entropy", "entropy"),
+    ("entropy_ratio", "entropy_ratio"),
+    ("drop_rate_spread", "drop_rate_spread"),
+    ("best_sampled", "best_sampled_top1"),
+    ("all_S", "all_S_top1"),
+    ("all_ST", "all_ST_top1"),
+    ("all_SST", "all_SST_top1"),
+    ("all_SST_appearance", "all_SST_top1_appearance"),
+    ("all_S_motion", "all_S_top1_motion"),
+    ("tau", "kendall_tau"),
+)
+METRICS = "results/metrics.json"
+
+
+def row_from_metrics(name: str, metrics: dict, study: dict | None = None) -> dict:
+    """One table row from a run's ``metrics.json`` (and its fidelity study, whose tau then wins)."""
+    row = {"experiment": name}
+    for col, key in COLUMNS:
+        value = metrics.get(key)
+        row[col] = float(value) if isinstance(value, (int, float)) else None
+    if study:
+        s = study.get("supernet", {})
+        row["tau"] = s.get("kendall_tau")
+        row["tau_ci_low"], row["tau_ci_high"] = (s.get("kendall_ci") or [None, None])
+        row["tau_n"] = study.get("n_strategies")
+    else:
+        row["tau_n"] = metrics.get("n_standalone")
+    return row
+
+
+def rows_from_folders(folders: Sequence[str | Path]) -> list[dict]:
+    rows = []
+    for folder in folders:
+        folder = Path(folder)
+        path = folder / "metrics.json"
+        if not path.is_file():
+            raise StfusionError(f"no metrics.json in {folder} (give the results folder of a finished run)")
+        study_path = folder / "fidelity" / "fidelity.json"
+        study = json.loads(study_path.read_text()) if study_path.is_file() else None
+        name = folder.resolve().parent.name if folder.name == "results" else folder.name
+        rows.append(row_from_metrics(name, json.loads(path.read_text()), study))
+    return rows
+
+
+def rows_from_dvc(path: str | Path) -> list[dict]:
+    """Rows from ``dvc exp show --json``: a list of commits, each with ``experiments`` whose ``revs`` carry
+    ``data.metrics['results/metrics.json'].data`` (the commit itself is a row too, named by its ``rev``)."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise StfusionError(f"cannot read {path} as 'dvc exp show --json' output: {exc}") from None
+    rows = []
+
+    def add(entry: dict, fallback: str) -> None:
+        d = entry.get("data") or {}
+        metrics = ((d.get("metrics") or {}).get(METRICS) or {}).get("data")
+        if metrics:
+            rows.append(row_from_metrics(entry.get("name") or d.get("name") or entry.get("rev") or fallback,
+                                         metrics))
+
+    for i, commit in enumerate(data if isinstance(data, list) else []):
+        add(commit, f"commit-{i}")
+        for j, exp in enumerate(commit.get("experiments") or []):
+            for k, rev in enumerate(exp.get("revs") or []):
+                add({**rev, "name": exp.get("name") or rev.get("name")}, f"exp-{i}-{j}-{k}")
+    if not rows:
+        raise StfusionError(f"{path} holds no experiment with {METRICS} metrics")
+    return rows
+
+
+def rank_table(rows: list[dict]) -> pd.DataFrame:
+    """The rows as a table ranked by ``best_sampled`` (then ``tau``), best first, with a ``rank`` column."""
+    df = pd.DataFrame(rows)
+    df = df.sort_values(["best_sampled", "tau"], ascending=[False, False], na_position="last", kind="stable")
+    df.insert(0, "rank", range(1, len(df) + 1))
+    return df.reset_index(drop=True)
+
+
+def plot_compare(df: pd.DataFrame, path) -> Path:
+    """Accuracies (best sampled, all-S, all-ST, all-S+ST) and posterior figures (entropy ratio, spread, tau)."""
+    from stfusion.analysis.plots import _pyplot, _save
+
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    x = range(len(df))
+    for ax, cols in ((axes[0], ["best_sampled", "all_S", "all_ST", "all_SST"]),
+                     (axes[1], ["entropy_ratio", "drop_rate_spread", "tau"])):
+        width = 0.8 / len(cols)
+        for i, col in enumerate(cols):
+            ax.bar([v + i * width for v in x], pd.to_numeric(df[col], errors="coerce").fillna(0), width, label=col)
+        ax.set_xticks([v + 0.4 - width / 2 for v in x])
+        ax.set_xticklabels(df["experiment"], rotation=30, ha="right", fontsize=7)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].set_title("validation top-1")
+    axes[1].set_title("posterior and ranking fidelity")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def compare(folders: Sequence[str | Path] = (), *, dvc_json: str | Path | None = None, out_dir) -> pd.DataFrame:
+    """Write ``compare.csv|md|png`` to ``out_dir`` for the given result folders or dvc experiments."""
+    from stfusion.io.tables import write_table
+
+    rows = rows_from_dvc(dvc_json) if dvc_json else rows_from_folders(folders)
+    df = rank_table(rows)
+    out_dir = Path(out_dir)
+    write_table(df, out_dir / "compare.csv")
+    plot_compare(df, out_dir / "compare.png")
+    return df

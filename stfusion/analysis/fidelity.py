@@ -1,0 +1,282 @@
+"""Statistics of the ranking-fidelity study (METHOD.md §7): can the supernet's ranking of strategies be believed?
+
+Inputs are one row per strategy: the supernet-side predictors (BN-recalibrated score, plain-BN score,
+log-probability) and the stand-alone test accuracy of every seed (columns ``seed0, seed1, ...``). Everything is
+computed over strategies; intervals resample **strategies** (rows), keeping each row's values together.
+
+* :func:`rank_stats` — Kendall tau-b and Spearman rho with p-values and 95% bootstrap intervals
+  (``scipy.stats.bootstrap``, percentile method, paired resampling of rows). Kendall's p-value is exact
+  (``method="exact"``) when neither side has ties, else a permutation p-value; Spearman's is a permutation
+  p-value (``scipy.stats.permutation_test``, pairings; exact enumeration when n! is at most the resample count).
+  A resample in which one side is constant has no ordering; its tau counts as 0.
+* :func:`seed_ceiling` — tau between two seeds of the same strategies (mean over seed pairs): how well any
+  predictor can rank one seed's accuracies. The supernet's per-seed tau (mean over seeds) is reported relative
+  to it, so both sides rank single-seed accuracies.
+* :func:`topk_overlap` — share of the supernet's top k among the stand-alone top k.
+* :func:`regret` — best stand-alone mean accuracy minus that of the supernet's pick.
+* :func:`paired_difference` — tau(predictor a) - tau(predictor b) against the same stand-alone means, with a
+  paired bootstrap interval (the same resampled strategies for both).
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from typing import Callable, Sequence
+
+import numpy as np
+import pandas as pd
+
+N_RESAMPLES = 2000  # bootstrap resamples
+N_PERMUTATIONS = 9999  # permutation-test resamples (exact enumeration where n! is smaller)
+CONFIDENCE = 0.95
+
+
+def _tau(a, b, axis: int = -1) -> np.ndarray | float:
+    """Kendall tau-b along ``axis`` (vectorised over the other axes): ``sum s_a s_b / sqrt(sum s_a^2 sum s_b^2)``
+    over all pairs ``i < j``, ``s = sign`` of the pairwise differences (tied pairs count 0, as in tau-b); 0 where
+    one side is constant. Equal to ``scipy.stats.kendalltau(a, b).statistic`` for 1-d inputs."""
+    a, b = np.moveaxis(np.asarray(a, float), axis, -1), np.moveaxis(np.asarray(b, float), axis, -1)
+    i, j = np.triu_indices(a.shape[-1], k=1)
+    sa = np.sign(a[..., i] - a[..., j])
+    sb = np.sign(b[..., i] - b[..., j])
+    num = (sa * sb).sum(axis=-1)
+    den = np.sqrt(np.abs(sa).sum(axis=-1) * np.abs(sb).sum(axis=-1))
+    out = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    return out[()]  # a numpy scalar for 1-d inputs
+
+
+def _rho(a, b, axis: int = -1) -> np.ndarray | float:
+    """Spearman rho along ``axis`` (average ranks for ties; vectorised); 0 where one side is constant."""
+    from scipy.stats import rankdata
+
+    ra = rankdata(np.asarray(a, float), axis=axis)
+    rb = rankdata(np.asarray(b, float), axis=axis)
+    ra = ra - ra.mean(axis=axis, keepdims=True)
+    rb = rb - rb.mean(axis=axis, keepdims=True)
+    num = (ra * rb).sum(axis=axis)
+    den = np.sqrt((ra * ra).sum(axis=axis) * (rb * rb).sum(axis=axis))
+    out = np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    return out[()]  # a numpy scalar for 1-d inputs
+
+
+def _finite_pairs(a, b) -> tuple[np.ndarray, np.ndarray]:
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    ok = np.isfinite(a) & np.isfinite(b)
+    return a[ok], b[ok]
+
+
+def bootstrap_interval(stat: Callable[..., np.ndarray], columns: Sequence[np.ndarray], seed: int = 0,
+                       n_resamples: int = N_RESAMPLES) -> tuple[float, float]:
+    """95% percentile bootstrap interval of ``stat(*columns, axis=-1)`` (a vectorised statistic), resampling
+    rows (paired)."""
+    from scipy.stats import bootstrap
+
+    res = bootstrap(tuple(np.asarray(c, float) for c in columns), stat, paired=True, vectorized=True,
+                    n_resamples=n_resamples, confidence_level=CONFIDENCE, method="percentile",
+                    random_state=np.random.default_rng(seed))
+    return float(res.confidence_interval.low), float(res.confidence_interval.high)
+
+
+def _permutation_p(stat: Callable[..., np.ndarray], a, b, seed: int, n_resamples: int = N_PERMUTATIONS) -> float:
+    from scipy.stats import permutation_test
+
+    res = permutation_test((a, b), stat, permutation_type="pairings", vectorized=True, n_resamples=n_resamples,
+                           alternative="two-sided", random_state=np.random.default_rng(seed))
+    return float(res.pvalue)
+
+
+def rank_stats(a, b, seed: int = 0, n_resamples: int = N_RESAMPLES, n_permutations: int = N_PERMUTATIONS) -> dict:
+    """Kendall tau-b and Spearman rho of ``a`` vs ``b`` with p-values and 95% bootstrap intervals.
+
+    Keys ``n, kendall_tau, kendall_p, kendall_p_method, kendall_ci, spearman_rho, spearman_p, spearman_ci``;
+    the statistics are ``None`` where undefined (fewer than 3 pairs, or a constant side)."""
+    from scipy.stats import kendalltau
+
+    a, b = _finite_pairs(a, b)
+    out = {"n": int(len(a))}
+    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return {**out, "kendall_tau": None, "kendall_p": None, "kendall_p_method": None, "kendall_ci": None,
+                "spearman_rho": None, "spearman_p": None, "spearman_ci": None}
+    ties = len(np.unique(a)) < len(a) or len(np.unique(b)) < len(b)
+    if ties:
+        kp, method = _permutation_p(_tau, a, b, seed, n_permutations), "permutation"
+    else:
+        kp, method = float(kendalltau(a, b, method="exact").pvalue), "exact"
+    return {**out, "kendall_tau": float(_tau(a, b)), "kendall_p": kp, "kendall_p_method": method,
+            "kendall_ci": list(bootstrap_interval(_tau, (a, b), seed, n_resamples)),
+            "spearman_rho": float(_rho(a, b)), "spearman_p": _permutation_p(_rho, a, b, seed + 1, n_permutations),
+            "spearman_ci": list(bootstrap_interval(_rho, (a, b), seed + 2, n_resamples))}
+
+
+def seed_ceiling(per_seed: np.ndarray, seed: int = 0, n_resamples: int = N_RESAMPLES) -> dict:
+    """Tau between seeds of the same strategies: ``per_seed`` is ``(n_strategies, n_seeds)``. The mean tau over
+    all seed pairs, with a bootstrap interval over strategies (``None`` with fewer than 2 seeds)."""
+    per_seed = np.asarray(per_seed, float)
+    if per_seed.ndim != 2 or per_seed.shape[1] < 2:
+        return {"tau": None, "ci": None, "pairs": 0}
+    pairs = list(itertools.combinations(range(per_seed.shape[1]), 2))
+
+    def mean_tau(*cols, axis=-1):
+        return np.mean([_tau(cols[i], cols[j], axis=axis) for i, j in pairs], axis=0)
+
+    cols = [per_seed[:, j] for j in range(per_seed.shape[1])]
+    return {"tau": float(mean_tau(*cols)), "ci": list(bootstrap_interval(mean_tau, cols, seed, n_resamples)), "pairs": len(pairs)}
+
+
+def per_seed_tau(predictor, per_seed: np.ndarray) -> float:
+    """Mean over seeds of tau(predictor, that seed's accuracies): comparable with :func:`seed_ceiling`."""
+    per_seed = np.asarray(per_seed, float)
+    return float(np.mean([_tau(predictor, per_seed[:, j]) for j in range(per_seed.shape[1])]))
+
+
+def topk_overlap(predictor, truth, k: int) -> float | None:
+    """``|top-k(predictor) & top-k(truth)| / k`` (ties broken by position); ``None`` when k exceeds n."""
+    predictor, truth = np.asarray(predictor, float), np.asarray(truth, float)
+    if k > len(truth):
+        return None
+    top_pred = set(np.argsort(-predictor, kind="stable")[:k])
+    top_true = set(np.argsort(-truth, kind="stable")[:k])
+    return len(top_pred & top_true) / k
+
+
+def regret(predictor, truth) -> dict:
+    """The supernet's pick (argmax of ``predictor``): its stand-alone accuracy, the best stand-alone accuracy
+    and their difference (``regret`` >= 0)."""
+    predictor, truth = np.asarray(predictor, float), np.asarray(truth, float)
+    pick = int(np.argmax(predictor))
+    best = float(np.max(truth))
+    return {"pick_index": pick, "pick_standalone": float(truth[pick]), "best_standalone": best,
+            "regret": best - float(truth[pick])}
+
+
+def paired_difference(truth, a, b, seed: int = 0, n_resamples: int = N_RESAMPLES) -> dict:
+    """``tau(truth, a) - tau(truth, b)`` with a paired 95% bootstrap interval (same strategies resampled)."""
+    truth, a, b = (np.asarray(x, float) for x in (truth, a, b))
+    ok = np.isfinite(truth) & np.isfinite(a) & np.isfinite(b)
+    truth, a, b = truth[ok], a[ok], b[ok]
+    if len(truth) < 3:
+        return {"difference": None, "ci": None}
+
+    def diff(t, x, y, axis=-1):
+        return _tau(t, x, axis=axis) - _tau(t, y, axis=axis)
+
+    return {"difference": float(diff(truth, a, b)), "ci": list(bootstrap_interval(diff, (truth, a, b), seed, n_resamples))}
+
+
+#: (label, column) of the supernet-side predictors compared in the study
+PREDICTORS = (("recal", "supernet_top1_recal"), ("plain_bn", "supernet_top1_plain_bn"), ("log_prob", "log_prob"))
+
+
+def seed_columns(df: pd.DataFrame) -> list[str]:
+    """The per-seed stand-alone accuracy columns ``seed0, seed1, ...`` in order."""
+    cols = [c for c in df.columns if c.startswith("seed") and c[4:].isdigit()]
+    return sorted(cols, key=lambda c: int(c[4:]))
+
+
+def study(df: pd.DataFrame, main: str = "supernet_top1_recal", seed: int = 0, n_resamples: int = N_RESAMPLES,
+          n_permutations: int = N_PERMUTATIONS) -> dict:
+    """All statistics of the study for a table with ``id``, the predictor columns and ``seed0, seed1, ...``.
+
+    ``main`` is the predictor whose ranking is judged (the configured scoring mode). The stand-alone accuracy
+    of a strategy is the mean over its seeds."""
+    seeds = seed_columns(df)
+    per_seed = df[seeds].to_numpy(float)
+    truth = per_seed.mean(axis=1)
+    pred = df[main].to_numpy(float)
+    out: dict = {"n_strategies": int(len(df)), "n_seeds": len(seeds), "predictor": main,
+                 "standalone": "mean stand-alone top-1 over seeds (test split)"}
+    out["supernet"] = rank_stats(truth, pred, seed, n_resamples, n_permutations)
+    for label, col in PREDICTORS:
+        if col in df:
+            out[label] = (out["supernet"] if col == main
+                          else rank_stats(truth, df[col].to_numpy(float), seed, n_resamples, n_permutations))
+    out["ceiling"] = seed_ceiling(per_seed, seed, n_resamples)
+    out["supernet_per_seed_tau"] = per_seed_tau(pred, per_seed) if seeds else None
+    ceil = out["ceiling"]["tau"]
+    out["relative_to_ceiling"] = (out["supernet_per_seed_tau"] / ceil
+                                  if ceil and out["supernet_per_seed_tau"] is not None and ceil > 0 else None)
+    out["topk_overlap"] = {str(k): topk_overlap(pred, truth, k) for k in (3, 5)}
+    reg = regret(pred, truth)
+    reg["pick"] = str(df["id"].iloc[reg.pop("pick_index")])
+    out["regret"] = reg
+    out["differences"] = {
+        f"{a}-{b}": paired_difference(truth, df[ca].to_numpy(float), df[cb].to_numpy(float), seed, n_resamples)
+        for (a, ca), (b, cb) in itertools.combinations(PREDICTORS, 2) if ca in df and cb in df
+    }
+    out["misranked"] = misranked(df, pred, truth)
+    return out
+
+
+def misranked(df: pd.DataFrame, pred, truth, n: int = 5) -> list[dict]:
+    """The ``n`` strategies whose supernet rank is farthest from their stand-alone rank (1 = best)."""
+    pred_rank = pd.Series(pred).rank(ascending=False, method="average").to_numpy()
+    true_rank = pd.Series(truth).rank(ascending=False, method="average").to_numpy()
+    gap = pred_rank - true_rank
+    order = np.argsort(-np.abs(gap), kind="stable")[:n]
+    return [{"id": str(df["id"].iloc[i]), "strategy": str(df["strategy"].iloc[i]) if "strategy" in df else "",
+             "supernet_rank": float(pred_rank[i]), "standalone_rank": float(true_rank[i]),
+             "supernet_score": float(pred[i]), "standalone_mean": float(truth[i])} for i in order]
+
+
+def plot_study(df: pd.DataFrame, path, main: str = "supernet_top1_recal"):
+    """Supernet score vs mean stand-alone accuracy, error bars spanning the seeds, each seed as a dot."""
+    from stfusion.analysis.plots import _pyplot, _save
+
+    plt = _pyplot()
+    seeds = seed_columns(df)
+    per_seed = df[seeds].to_numpy(float)
+    mean = per_seed.mean(axis=1)
+    x = df[main].to_numpy(float)
+    fig, ax = plt.subplots(figsize=(6, 4.5))
+    ax.errorbar(x, mean, yerr=[mean - per_seed.min(axis=1), per_seed.max(axis=1) - mean], fmt="o", ms=4,
+                capsize=2, label=f"mean over {len(seeds)} seeds (bars: min-max)")
+    for j in range(per_seed.shape[1]):
+        ax.scatter(x, per_seed[:, j], s=8, alpha=0.5, marker="x")
+    ax.set_xlabel(f"supernet score ({main}, validation)")
+    ax.set_ylabel("stand-alone top-1 (test)")
+    ax.set_title("fidelity study: supernet score vs stand-alone accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _fmt(x, digits: int = 2) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    return f"{x:.{digits}f}"
+
+
+def _ci(ci) -> str:
+    return "n/a" if not ci else f"[{_fmt(ci[0])}, {_fmt(ci[1])}]"
+
+
+def summary_lines(res: dict) -> list[str]:
+    """Markdown lines stating every figure of a study result (:func:`study`)."""
+    s = res["supernet"]
+    L = [f"Over {res['n_strategies']} strategies x {res['n_seeds']} seeds (stand-alone accuracy: the mean over "
+         f"seeds, test split; predictor `{res['predictor']}`):", ""]
+    L.append(f"* Kendall tau-b {_fmt(s['kendall_tau'])} (95% CI {_ci(s['kendall_ci'])}, p = "
+             f"{_fmt(s['kendall_p'], 4)}, {s['kendall_p_method'] or 'n/a'}); Spearman rho {_fmt(s['spearman_rho'])} "
+             f"(95% CI {_ci(s['spearman_ci'])}, permutation p = {_fmt(s['spearman_p'], 4)})")
+    for label in ("recal", "plain_bn", "log_prob"):
+        r = res.get(label)
+        if r:
+            L.append(f"* {label}: tau {_fmt(r['kendall_tau'])} {_ci(r['kendall_ci'])}, p {_fmt(r['kendall_p'], 4)}; "
+                     f"rho {_fmt(r['spearman_rho'])} {_ci(r['spearman_ci'])}")
+    c = res["ceiling"]
+    L.append(f"* seed-to-seed ceiling: tau {_fmt(c['tau'])} (95% CI {_ci(c['ci'])}, {c['pairs']} seed pair(s)); "
+             f"the supernet's per-seed tau {_fmt(res['supernet_per_seed_tau'])} is "
+             f"{_fmt(res['relative_to_ceiling'])} of it")
+    L.append("* top-k overlap: " + ", ".join(f"k={k}: {_fmt(v)}" for k, v in res["topk_overlap"].items()))
+    r = res["regret"]
+    L.append(f"* regret of the supernet's pick `{r['pick']}`: {_fmt(r['regret'], 3)} (its stand-alone "
+             f"{_fmt(r['pick_standalone'], 3)} vs the best {_fmt(r['best_standalone'], 3)})")
+    for k, d in res["differences"].items():
+        L.append(f"* paired difference of tau, {k}: {_fmt(d['difference'])} (95% CI {_ci(d['ci'])})")
+    if res.get("misranked"):
+        L.append("* most mis-ranked: " + "; ".join(
+            f"`{m['id']}` supernet rank {m['supernet_rank']:.0f} vs stand-alone {m['standalone_rank']:.0f}"
+            for m in res["misranked"]))
+    return L

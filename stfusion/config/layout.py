@@ -1,0 +1,153 @@
+"""Where the pipeline's files live and which parameters each stage reads: light (no torch, no pandas), so that
+the Snakemake rules (``workflow/rules/common.smk``), the CLI and the stages share one definition.
+
+Every stage reads the parameters listed for it in :data:`STAGE_PARAMS` and nothing else: the CLI hands it a
+*subset* of ``params.yaml`` holding only those keys, so a stage that reads an unlisted key fails loudly in the
+tests instead of silently missing a dependency. The same lists feed the ``params:`` of the Snakemake rules (so a
+rule reruns when one of its keys changes) and must match the ``params:`` of ``dvc.yaml`` (a test checks it).
+
+The supernet checkpoint carries everything needed to rebuild the network (the ``model`` and ``gate`` sections it
+was trained with, the class list), so stages after training read no model parameters.
+
+Default layout (all paths can be changed on the command line)::
+
+    data/builtin/                      generated benchmark (videos, annotations.csv, classes.csv)
+    data/cache/                        prepared data (clip cache or videos/), manifest with splits, classes.csv, storage.json
+    checkpoints/supernet/              model.pt, last.pt (resume), history.csv, drop_rates.csv
+    checkpoints/finetune/<id>/         derived networks, finetuned
+    checkpoints/standalone/<id>/       strategies trained from scratch
+    results/strategies/                candidates.csv, ranking.csv
+    results/analysis/                  network.csv/.md, preference.csv/.md, preference.png, scatter.png, drop_rates.png
+    results/derived/strategies.csv     derived strategies
+    results/finetune/                  runs/<id>.json, accuracy.csv/.md
+    results/validation/                strategies.csv, runs/<id>.json, standalone.csv/.md, ranking_fidelity.json
+    results/timing/<stage>.json        seconds per stage
+    results/report.md, results/metrics.json (numbers only), results/versions.json (library versions)
+    results/report/                    HTML tables, Pareto figures, confusion matrix, curves, drop-rate summary
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Iterable
+
+# ----------------------------------------------------------------------------------------------- layout
+DATA_ROOT = "data/builtin"
+CACHE = "data/cache"
+SUPERNET_DIR = "checkpoints/supernet"
+SUPERNET = f"{SUPERNET_DIR}/model.pt"
+FINETUNE_CKPT = "checkpoints/finetune"
+STANDALONE_CKPT = "checkpoints/standalone"
+RESULTS = "results"
+CANDIDATES = f"{RESULTS}/strategies/candidates.csv"
+RANKING = f"{RESULTS}/strategies/ranking.csv"
+ANALYSIS = f"{RESULTS}/analysis"
+PREFERENCE = f"{ANALYSIS}/preference.csv"
+DERIVED = f"{RESULTS}/derived/strategies.csv"
+FINETUNE_RUNS = f"{RESULTS}/finetune/runs"
+FINETUNE_TABLE = f"{RESULTS}/finetune/accuracy.csv"
+VALIDATION = f"{RESULTS}/validation"
+SELECTION = f"{VALIDATION}/strategies.csv"
+STANDALONE_RUNS = f"{VALIDATION}/runs"
+FIDELITY = f"{VALIDATION}/ranking_fidelity.json"
+TIMING = f"{RESULTS}/timing"
+REPORT = f"{RESULTS}/report.md"
+METRICS = f"{RESULTS}/metrics.json"
+VERSIONS = f"{RESULTS}/versions.json"
+FIDELITY_DIR = f"{RESULTS}/fidelity"  # the ranking-fidelity study (stfusion.stages.fidelity)
+FIDELITY_CKPT = "checkpoints/fidelity"
+FIDELITY_SELECTION = f"{FIDELITY_DIR}/strategies.csv"
+FIDELITY_RUNS = f"{FIDELITY_DIR}/runs"
+REPORT_DIR = f"{RESULTS}/report"  # the report's HTML tables and figures (the Snakemake report shows them)
+
+# --------------------------------------------------------------------------------------- stage parameters
+_DATA_LOADING = ["preset", "data.frames", "data.stride", "data.sampling", "data.size", "data.backend"]
+#: the views of :func:`stfusion.data.transforms.view_from_params`: training, evaluation (and calibration), test
+_TRAIN_VIEW = ["data.flip", "data.crop", "data.train_short_side", "data.max_decode_failures"]
+_TEST_VIEW = ["data.eval_crop", "data.eval_short_side", "data.test_clips", "data.test_crops"]
+
+#: where and how networks train (:func:`stfusion.engine.train.compute_settings`): read by every training stage
+_COMPUTE = ["supernet.device", "supernet.precision", "supernet.channels_last", "supernet.loader_workers",
+            "supernet.checkpoint_minutes", "supernet.gpus_per_node", "supernet.nodes", "supernet.max_restarts"]
+
+#: The parameters each stage reads (dotted keys; a section name means the whole section). ``preset`` is listed
+#: everywhere because a preset may set any section.
+STAGE_PARAMS: dict[str, list[str]] = {
+    "generate": ["seed", "preset", "data.builtin"],
+    "prepare": [
+        "seed", "preset", "data.dataset", "data.root", "data.annotations", "data.split", "data.backend",
+        "data.size", "data.val_fraction", "data.calib_fraction", "data.workers", "data.builtin.frames",
+        "data.frames", "data.stride", "data.storage", "data.cache_max_gb", "data.prepare", "data.short_side",
+        "data.prepare_shards",
+    ],
+    "train_supernet": [
+        "seed", *_DATA_LOADING, *_TRAIN_VIEW, "model", "gate.init_p", "gate.temperature", "gate.rescale",
+        "gate.kl_k", "gate.kl_form", "gate.kl_price", "gate.kl_warmin_epochs", "gate.lr_scale", "gate.n_train",
+        "supernet",
+    ],
+    "sample_strategies": ["seed", "preset", "gate.keep_prob", "scoring.n_samples", "scoring.top_k"],
+    "score_strategies": [
+        "seed", *_DATA_LOADING, *_TEST_VIEW, "supernet.device", "supernet.loader_workers", "scoring.recalibrate_bn",
+        "scoring.calib_batches", "scoring.batch_size", "scoring.racing", "scoring.keep_top",
+        "scoring.race_first_clips", "scoring.race_growth", "scoring.race_confidence",
+    ],
+    "analyze": ["preset", "gate.keep_prob"],
+    "derive": ["preset", "derive.top_k", "derive.st_threshold"],
+    "finetune": [
+        "seed", *_DATA_LOADING, *_TRAIN_VIEW, *_TEST_VIEW, "supernet.momentum", "supernet.schedule", *_COMPUTE,
+        "supernet.eval_every", "scoring.batch_size", "finetune",
+    ],
+    "select_standalone": ["preset", "validate.n_strategies"],
+    "train_standalone": [
+        "seed", *_DATA_LOADING, *_TRAIN_VIEW, *_TEST_VIEW, "supernet.momentum", "supernet.schedule", *_COMPUTE,
+        "supernet.eval_every", "scoring.batch_size", "validate.epochs", "validate.lr", "validate.batch_size",
+        "validate.weight_decay",
+    ],
+    "report": ["seed", "preset"],
+    "select_fidelity": ["preset", "fidelity.n_strategies"],
+    "fidelity": ["seed", "preset", "fidelity.seeds", "validate.epochs", "validate.lr", "validate.batch_size",
+                 "validate.weight_decay"],
+}
+#: the fidelity study trains with the stand-alone budget, under every seed (stfusion.stages.fidelity)
+STAGE_PARAMS["train_fidelity"] = [*STAGE_PARAMS["train_standalone"], "fidelity.seeds"]
+
+
+def _get(params: dict, dotted: str):
+    node = params
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            raise KeyError(dotted)
+        node = node[part]
+    return node
+
+
+def subset(params: dict, keys: Iterable[str]) -> dict:
+    """The part of ``params`` named by dotted ``keys`` (missing optional keys are left out)."""
+    out: dict = {}
+    for dotted in keys:
+        try:
+            value = _get(params, dotted)
+        except KeyError:
+            continue
+        node = out
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+        node[parts[-1]] = copy.deepcopy(value)
+    return out
+
+
+def stage_params(params: dict, stage: str) -> dict:
+    """The parameters ``stage`` may read (see :data:`STAGE_PARAMS`), keys sorted at every level (a canonical
+    form: Snakemake compares the representation of a rule's parameters to decide on reruns)."""
+    if stage not in STAGE_PARAMS:
+        raise KeyError(f"unknown stage {stage!r}")
+    return _sorted(subset(params, STAGE_PARAMS[stage]))
+
+
+def _sorted(value):
+    if isinstance(value, dict):
+        return {k: _sorted(value[k]) for k in sorted(value)}
+    if isinstance(value, list):
+        return [_sorted(v) for v in value]
+    return value

@@ -1,0 +1,547 @@
+"""Training loops: the supernet (gate-free warm-up, then Variational DropPath with the KL term) and plain
+networks (derived or stand-alone strategies). Both resume from the last atomic checkpoint, at the exact step.
+
+Files in ``out_dir``:
+  ``last.pt``          the last checkpoint: model, optimizer, scheduler, finished epochs, the step reached in the
+                       next epoch with its partial sums, every rank's RNG states, the optimizer step count, history
+  ``model.pt``         the final weights (written once training is complete)
+  ``history.csv``      one row an epoch: phase, lr, loss, cross-entropy, KL, train accuracy (over the global
+                       batches of every rank), optimizer steps, decode failures, and the validation columns of
+                       ``fit``'s ``evaluate`` hook (:mod:`stfusion.engine.evaluation`)
+  ``drop_rates.csv``   one row per epoch, layer and path: the drop rate p (gated networks only)
+  ``gate_stats.csv``   one row per epoch and gated path: p, ||W||^2, ||gamma||^2, price (:mod:`stfusion.core.gate_stats`)
+
+A checkpoint is written after every epoch and, with ``checkpoint_minutes``, every that many minutes inside an
+epoch. SIGTERM or SIGUSR1 (SLURM's warning before the time limit or a preemption) lets the current step finish,
+writes a checkpoint and raises :class:`~stfusion.errors.ResumableStop` (the CLI exits with
+:data:`~stfusion.errors.EXIT_RESUME`); the same command resumes. Under DDP the ranks take these decisions
+together after every step, and rank 0 writes ``last.pt`` only once every rank has finished the step.
+
+Exact resumption inside an epoch: the epoch's sample order is a pure function of ``(seed, epoch)``; the run
+skips the samples already used; every sample's augmentation draws from torch's generator seeded by
+``(seed, epoch, sample index)`` (in the training process or a DataLoader worker alike, so the worker count and
+the resume point change nothing), and the training process's own RNG states (torch, CUDA, numpy, python: the
+gate masks) are restored per rank.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+from stfusion.engine import distributed
+
+from stfusion.io.files import guarded_write, write_csv, write_text
+from stfusion.engine.checkpoint import load_checkpoint, rng_state, save_torch, set_rng_state
+from stfusion.data.loader import clip_loader
+from stfusion.data.transforms import normalize
+from stfusion.data.video_dataset import DecodeFailures, split_failures
+from stfusion.errors import ResumableStop, StfusionError
+from stfusion.core.gate_stats import gate_rows
+from stfusion.models.base import FusionNetwork
+
+log = logging.getLogger(__name__)
+
+#: TrainConfig fields that say how often the run is saved, not what it computes: a checkpoint written with other
+#: values is resumed
+RUN_ONLY_FIELDS = ("checkpoint_minutes",)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+@dataclass
+class TrainConfig:
+    """One training run. ``epochs`` counts the gated (or plain) epochs; ``warmup_epochs`` come before them."""
+
+    epochs: int
+    batch_size: int
+    lr: float
+    warmup_epochs: int = 0
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    schedule: str = "cosine"
+    milestones: tuple[float, ...] = (0.45, 0.67, 0.9)
+    seed: int = 0
+    device: str = "cpu"
+    kl_k: float | None = None  # None: plain training, no KL term
+    kl_form: str = "linear"
+    kl_price: str = "weight"  # what the KL term prices per path (stfusion.core.fusion.paths_price)
+    kl_warmin_epochs: int = 0  # the KL term grows linearly over the first gated epochs (0: full from the start)
+    gate_lr_scale: float = 1.0  # learning rate of the gate logits relative to the weights'
+    uniform_share: float = 0.0  # share of the gated steps with uniformly drawn hard states (see uniform_step)
+    n_train: int | None = None  # N of the KL term; None = len(train_set)
+    sync_bn: bool = True  # BatchNorm over the global batch under DDP (SyncBatchNorm on CUDA, GlobalBatchNorm3d on CPU)
+    precision: str = "fp32"  # fp32 | bf16 (autocast of the forward; weights, gate logits and the KL stay fp32)
+    channels_last: bool = False  # model and batches in channels_last_3d (NDHWC) memory layout
+    loader_workers: int = 0  # DataLoader worker processes (0: load in the training process)
+    checkpoint_minutes: float | None = None  # also checkpoint inside an epoch every this many minutes
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def total_epochs(self) -> int:
+        return self.warmup_epochs + self.epochs
+
+    def settings(self) -> dict:
+        """What a checkpoint must have been written with to be resumed: every field but :data:`RUN_ONLY_FIELDS`."""
+        return {k: v for k, v in asdict(self).items() if k not in RUN_ONLY_FIELDS}
+
+
+class EpochSchedule:
+    """Learning-rate factor per epoch: constant during warm-up, then cosine (to 0) or x0.1 steps at
+    ``milestones`` (fractions of the gated phase) — the paper's step schedule is the ``step`` option."""
+
+    def __init__(self, warmup_epochs: int, epochs: int, schedule: str, milestones):
+        self.warmup_epochs, self.epochs, self.schedule, self.milestones = warmup_epochs, epochs, schedule, milestones
+
+    def __call__(self, epoch: int) -> float:
+        if epoch < self.warmup_epochs:
+            return 1.0
+        t = epoch - self.warmup_epochs
+        if self.schedule == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * t / max(self.epochs, 1)))
+        return 0.1 ** sum(t >= m * self.epochs for m in self.milestones)
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StfusionError("device 'cuda' was asked for but no CUDA GPU is available (set supernet.device: cpu)")
+    return torch.device(name)
+
+
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
+    """SGD with momentum; weight decay on weights only, never on the gate logits, whose learning rate is
+    ``gate_lr_scale`` times the weights'."""
+    gates = [p for n, p in model.named_parameters() if n.endswith("p_logit")]
+    weights = [p for n, p in model.named_parameters() if not n.endswith("p_logit")]
+    groups = [{"params": weights, "weight_decay": cfg.weight_decay}]
+    if gates:
+        groups.append({"params": gates, "weight_decay": 0.0, "lr": cfg.lr * cfg.gate_lr_scale})
+    return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
+
+
+def stream_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of a random stream fixed by ``(seed, epoch, index)``: a sample's augmentation, a step's choice."""
+    return ((seed * 1_000_003 + epoch) * 1_000_000_007 + index) % (1 << 63)
+
+
+def uniform_step(cfg: TrainConfig, epoch: int, step: int) -> bool:
+    """Whether gated ``step`` of ``epoch`` trains the weights under uniformly drawn hard states instead of the
+    gates' masks (a ``cfg.uniform_share`` of the steps, decided by ``(seed, epoch, step)``, so a resumed run
+    repeats the choice). On such a step the gate logits get no gradient and the KL term is left out: the step
+    serves the strategies the posterior rarely samples, so that their shared-weight scores mean something."""
+    if cfg.uniform_share <= 0:
+        return False
+    g = torch.Generator().manual_seed(stream_seed(cfg.seed, epoch, step + 1))
+    return bool(torch.rand((), generator=g) < cfg.uniform_share)
+
+
+def kl_factor(cfg: TrainConfig, epoch: int) -> float:
+    """Weight of the KL term in ``epoch`` (0-based over all epochs): it grows linearly over the first
+    ``kl_warmin_epochs`` gated epochs, ``(t + 1) / (kl_warmin_epochs + 1)`` in gated epoch t, then stays 1."""
+    t = epoch - cfg.warmup_epochs
+    return min(1.0, (t + 1) / (cfg.kl_warmin_epochs + 1))
+
+
+def epoch_order(n: int, cfg: TrainConfig, epoch: int) -> list[int]:
+    """This rank's sample indices of ``epoch``: a shuffle seeded by ``(seed, epoch)``, so a resumed run sees the same
+    order. Single-process runs use the same :class:`DistributedSampler` with one replica, so a DDP run over W
+    processes (each taking ``batch_size / W`` of every global batch) sees exactly the single-process global batches.
+    """
+    world = distributed.world_size()
+    if cfg.batch_size % world:
+        raise StfusionError(f"batch size {cfg.batch_size} is not divisible by the {world} DDP processes")
+    sampler = DistributedSampler(range(n), num_replicas=world, rank=distributed.rank(), shuffle=True, seed=cfg.seed)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+class SeededSamples(Dataset):
+    """``dataset[i]`` drawn under torch's generator seeded by ``(seed, epoch, i)``: a sample's augmentation no
+    longer depends on which process loads it or on what was loaded before. Items are ``(i, epoch)`` pairs. In the
+    training process the global generator is restored afterwards (it draws the gate masks)."""
+
+    def __init__(self, dataset: Dataset, seed: int):
+        self.dataset, self.seed = dataset, seed
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, item):
+        i, epoch = item
+        in_worker = torch.utils.data.get_worker_info() is not None
+        state = None if in_worker else torch.get_rng_state()
+        torch.default_generator.manual_seed(stream_seed(self.seed, epoch, i))
+        try:
+            return self.dataset[i]
+        finally:
+            if state is not None:
+                torch.set_rng_state(state)
+
+
+def epoch_loader(train_set: Dataset, cfg: TrainConfig, epoch: int, skip_batches: int = 0) -> DataLoader:
+    """The epoch's batches (of ``batch_size / world`` samples on this rank), the first ``skip_batches`` left out."""
+    local = cfg.batch_size // max(distributed.world_size(), 1)
+    order = epoch_order(len(train_set), cfg, epoch)
+    items = [(i, epoch) for i in order[skip_batches * local:]]
+    return clip_loader(SeededSamples(train_set, cfg.seed), local, sampler=items,
+                       drop_last=len(train_set) > cfg.batch_size, workers=cfg.loader_workers,
+                       generator=torch.Generator().manual_seed(cfg.seed))
+
+
+def batches_per_epoch(n: int, cfg: TrainConfig) -> int:
+    local = cfg.batch_size // distributed.world_size()
+    per_rank = math.ceil(n / distributed.world_size())
+    return per_rank // local if n > cfg.batch_size else math.ceil(per_rank / local)
+
+
+class StopRequest:
+    """While active (``with StopRequest() as stop``), SIGTERM and SIGUSR1 set ``stop.signal`` instead of ending
+    the process; the previous handlers come back afterwards. Outside the main thread it does nothing."""
+
+    def __init__(self):
+        self.signal: int | None = None
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame) -> None:
+        if self.signal is None:
+            log.warning("received %s: finishing the step, then writing a checkpoint", signal.Signals(signum).name)
+        self.signal = signum
+
+    def __enter__(self) -> StopRequest:
+        try:
+            self._previous = {s: signal.signal(s, self._handle) for s in STOP_SIGNALS}
+        except ValueError:  # not the main thread
+            self._previous = {}
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._previous.items():
+            signal.signal(s, handler)
+
+
+class CheckpointClock:
+    """``due()`` once every ``minutes`` (never with ``None``); ``reset()`` after each checkpoint."""
+
+    def __init__(self, minutes: float | None):
+        self.seconds = None if minutes is None else 60.0 * minutes
+        self.reset()
+
+    def reset(self) -> None:
+        self.since = time.monotonic()
+
+    def due(self) -> bool:
+        return self.seconds is not None and time.monotonic() - self.since >= self.seconds
+
+
+def new_sums() -> dict:
+    """The running sums of one epoch (on this rank): loss, ce and kl weighted by samples, correct, n, the videos
+    replaced after a decode failure, seconds."""
+    return {"loss": 0.0, "ce": 0.0, "kl": 0.0, "correct": 0, "n": 0, "decode_failures": 0, "seconds": 0.0}
+
+
+@dataclass
+class TrainState:
+    """Where a run stands: ``epoch`` epochs finished, ``step`` batches of the next one done (with their
+    ``sums``), ``optimizer_steps`` in all, and the tables so far."""
+
+    epoch: int = 0
+    step: int = 0
+    optimizer_steps: int = 0
+    sums: dict = field(default_factory=new_sums)
+    history: list = field(default_factory=list)
+    rates: list = field(default_factory=list)
+    stats: list = field(default_factory=list)  # per-path gate statistics (stfusion.core.gate_stats)
+
+
+def fit(
+    model: FusionNetwork,
+    train_set: Dataset,
+    cfg: TrainConfig,
+    out_dir: str | Path,
+    *,
+    progress: bool = True,
+    evaluate: Callable[[FusionNetwork, int], dict] | None = None,
+) -> pd.DataFrame:
+    """Train ``model`` on ``train_set`` (items ``(uint8 (3, T, H, W), label[, decode failure])``), resuming from
+    ``out_dir/last.pt``.
+
+    With ``cfg.kl_k`` set, the model is a supernet: gate-free for ``warmup_epochs``, then gated with loss
+    ``CE + KL`` (METHOD.md §4). ``evaluate(model, epoch)`` (1-based epoch; see :mod:`stfusion.engine.evaluation`) runs
+    on the main process after every epoch; its dict joins the epoch's history row. Returns the history table.
+    Raises :class:`ResumableStop` after writing a checkpoint when SIGTERM or SIGUSR1 arrives.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and distributed.world_size() > 1:
+        device = torch.device("cuda", torch.cuda.current_device())
+    main = distributed.is_main()
+    model.to(device)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last_3d)
+    if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        raise StfusionError(f"supernet.precision is bf16 but {torch.cuda.get_device_name(device)} has no bf16 "
+                            "support (set supernet.precision: fp32)")
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    gated = cfg.kl_k is not None
+    n_train = cfg.n_train or len(train_set)
+    optimizer = make_optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, EpochSchedule(cfg.warmup_epochs, cfg.epochs, cfg.schedule, tuple(cfg.milestones))
+    )
+    torch.manual_seed(cfg.seed + distributed.rank())  # independent masks and augmentation per rank
+    ckpt_path = out_dir / "last.pt"
+    state = _resume(ckpt_path, model, optimizer, scheduler, cfg) if ckpt_path.exists() else TrainState()
+    n_batches = batches_per_epoch(len(train_set), cfg)
+
+    def save(epoch_done: bool) -> None:
+        """Checkpoint (and, at an epoch's end, the tables), written by rank 0 once every rank finished the step."""
+        ranks = distributed.gather({"rng": rng_state(), "sums": dict(state.sums)})
+        failed = None
+        if main:
+            try:
+                _write_checkpoint(ckpt_path, model, optimizer, scheduler, cfg, state, ranks)
+                if epoch_done:
+                    guarded_write(ckpt_path,
+                                  lambda: _write_tables(out_dir, state.history, state.rates, state.stats))
+            except StfusionError as exc:
+                failed = exc
+        if distributed.any_true(failed is not None)[0]:
+            raise failed or StfusionError(f"rank 0 could not write the checkpoint {ckpt_path}; see its log")
+        clock.reset()
+
+    if distributed.world_size() > 1 and cfg.sync_bn:
+        if device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        else:  # gloo on CPU: PyTorch's SyncBatchNorm needs CUDA
+            distributed.global_batchnorm(model)
+    net, net_phase, check_unused = model, None, False
+    clock = CheckpointClock(cfg.checkpoint_minutes)
+    bar = tqdm(range(state.epoch, cfg.total_epochs), desc=f"train {out_dir.name}",
+               disable=not (progress and main), leave=False)
+    with StopRequest() as stop:
+        stopping = False
+        for epoch in bar:
+            phase = "warmup" if epoch < cfg.warmup_epochs else ("gated" if gated else "train")
+            if gated:
+                model.set_gates_active(phase == "gated")
+            if phase != net_phase:
+                # gate logits only train in the gated phase; DDP must know which parameters take part
+                for p in model.gate_parameters():
+                    p.requires_grad_(phase == "gated")
+                net, net_phase, check_unused = _wrap_ddp(model, device), phase, distributed.world_size() > 1
+            model.train()
+            sums = state.sums
+            t0 = time.perf_counter() - sums["seconds"]
+            failures = DecodeFailures(train_set, n_batches * (cfg.batch_size // distributed.world_size()))
+            failures.count = sums["decode_failures"]
+            for step, batch in enumerate(epoch_loader(train_set, cfg, epoch, state.step), start=state.step):
+                x, y, failed = split_failures(batch)
+                failures.add(failed)
+                x, y = normalize(x, device, channels_last=cfg.channels_last), y.to(device, non_blocking=True)
+                uniform = phase == "gated" and uniform_step(cfg, epoch, step)
+                if uniform:
+                    model.set_uniform_states(True)
+                # a uniform step keeps the KL term in the graph at weight 0, as DDP needs every parameter to take part
+                out = train_step(net, model, optimizer, x, y, autocast=autocast,
+                                 kl=(n_train, cfg.kl_k, cfg.kl_form, cfg.kl_price) if phase == "gated" else None,
+                                 kl_scale=0.0 if uniform else kl_factor(cfg, epoch),
+                                 where=f"epoch {epoch + 1}, step {step + 1}", ckpt_path=ckpt_path,
+                                 check_unused=check_unused)
+                if uniform:
+                    model.set_uniform_states(False)
+                check_unused = False
+                b = y.numel()
+                sums["loss"] += out["loss"] * b
+                sums["ce"] += out["ce"] * b
+                sums["kl"] += out["kl"] * b
+                sums["correct"] += out["correct"]
+                sums["n"] += b
+                sums["decode_failures"] = failures.count
+                sums["seconds"] = time.perf_counter() - t0
+                state.step, state.optimizer_steps = step + 1, state.optimizer_steps + 1
+                stopping, due = distributed.any_true(stop.signal is not None, clock.due())
+                if (stopping or due) and state.step < n_batches:
+                    save(epoch_done=False)
+                    if stopping:
+                        _stopped(stop.signal, ckpt_path, epoch, state.step)
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            total = distributed.sum_over_ranks(
+                {k: sums[k] for k in ("loss", "ce", "kl", "correct", "n", "decode_failures")})
+            n = max(total["n"], 1)
+            row = {
+                "epoch": epoch + 1, "phase": phase, "lr": lr, "loss": total["loss"] / n, "ce": total["ce"] / n,
+                "kl": total["kl"] / n, "train_top1": total["correct"] / n, "steps": state.optimizer_steps,
+                "decode_failures": int(total["decode_failures"]), "seconds": time.perf_counter() - t0,
+            }
+            if evaluate is not None and main:
+                row.update(evaluate(model, epoch + 1))
+            state.history.append(row)
+            if gated:
+                p = model.drop_rates()
+                for li, stage in enumerate(model.stage_of_layer):
+                    state.rates.append({"epoch": epoch + 1, "layer": li, "stage": stage, "p_S": p[li, 0],
+                                        "p_ST": p[li, 1]})
+                state.stats += gate_rows(model, epoch + 1, cfg.kl_price)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_top1']:.2f}")
+            if main:
+                log.info("epoch %d/%d %s loss %.4f ce %.4f kl %.4f acc %.3f lr %.4g decode failures %d (%.1fs)",
+                         epoch + 1, cfg.total_epochs, phase, row["loss"], row["ce"], row["kl"], row["train_top1"], lr,
+                         row["decode_failures"], row["seconds"])
+            state.epoch, state.step, state.sums = epoch + 1, 0, new_sums()
+            save(epoch_done=True)
+            stopping = distributed.any_true(stop.signal is not None)[0]
+            if stopping and state.epoch < cfg.total_epochs:
+                _stopped(stop.signal, ckpt_path, state.epoch, 0)
+    if main:
+        guarded_write(out_dir / "model.pt", lambda: (
+            _write_tables(out_dir, state.history, state.rates, state.stats),
+            save_torch({"arch": model.arch, "model": model.state_dict(), "config": asdict(cfg),
+                        "optimizer_steps": state.optimizer_steps}, out_dir / "model.pt")))
+    distributed.barrier()
+    return pd.DataFrame(state.history)
+
+
+def train_step(net, model: FusionNetwork, optimizer, x: torch.Tensor, y: torch.Tensor, *, autocast, kl,
+               where: str, ckpt_path: Path, check_unused: bool, kl_scale: float = 1.0) -> dict:
+    """One optimizer step on the batch ``x`` ``(B, 3, T, H, W)``, ``y`` ``(B,)``: loss ``CE`` (+ ``kl_scale`` times
+    the KL term when ``kl = (n_train, k, form, price)``). Returns the batch's mean ``loss``, ``ce``, ``kl`` (as
+    added to the loss) and its ``correct`` count."""
+    with autocast:
+        logits = net(x).float()
+    ce = F.cross_entropy(logits, y)
+    kl_term = model.kl(*kl) * kl_scale if kl is not None else torch.zeros((), device=logits.device)
+    loss = ce + kl_term
+    if not torch.isfinite(loss):
+        raise StfusionError(
+            f"training stopped: loss is {loss.item()} at {where}; "
+            f"the last good checkpoint is kept at {ckpt_path} (try a lower learning rate)"
+        )
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if check_unused:
+        # per-sample relaxed masks keep every path in the graph, so DDP never meets an unused parameter
+        unused = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+        if unused:
+            raise RuntimeError(f"parameters without gradient under DDP: {unused[:3]}")
+    optimizer.step()
+    return {"loss": loss.item(), "ce": ce.item(), "kl": kl_term.item(),
+            "correct": int((logits.argmax(1) == y).sum())}
+
+
+def _stopped(signum: int, ckpt_path: Path, epoch: int, step: int):
+    """After the checkpoint of a stop request: leave a marker for elastic restarts of this launch, then raise."""
+    run = distributed.elastic_run_id()
+    if run and distributed.is_main():
+        write_text(ckpt_path.with_name("stopped"), run)
+    raise ResumableStop(f"stopped by {signal.Signals(signum).name} at epoch {epoch + 1}, step {step}; checkpoint "
+                        f"{ckpt_path} written; run the same command again to resume")
+
+
+def _resume(ckpt_path: Path, model, optimizer, scheduler, cfg: TrainConfig) -> TrainState:
+    """Load ``last.pt`` into the model, optimizer, scheduler and this rank's RNG; the :class:`TrainState` in it."""
+    run, marker = distributed.elastic_run_id(), ckpt_path.with_name("stopped")
+    if run and marker.exists() and marker.read_text() == run:
+        # torchrun restarts workers that stopped for a signal: this launch is ending, do not train on
+        raise ResumableStop(f"this launch was stopped by a signal; checkpoint {ckpt_path} waits for the next one")
+    ckpt = load_checkpoint(ckpt_path, arch=model.arch)
+    written = {k: v for k, v in (ckpt.get("config") or {}).items() if k not in RUN_ONLY_FIELDS}
+    if written != cfg.settings():
+        raise StfusionError(
+            f"{ckpt_path} was written with different training settings; delete {ckpt_path.parent} to start over"
+        )
+    model.load_state_dict(ckpt["model"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    ranks = ckpt.get("ranks") or [{"rng": ckpt["rng"], "sums": new_sums()}]
+    if len(ranks) == distributed.world_size():
+        mine = ranks[distributed.rank()]
+        set_rng_state(mine["rng"])
+    else:
+        mine = ranks[0] if distributed.is_main() else {"sums": new_sums()}
+        log.warning("%s was written by %d processes, this run has %d: the random streams restart (the run is "
+                    "not bit-identical to an uninterrupted one)", ckpt_path, len(ranks), distributed.world_size())
+    step = ckpt.get("step", 0)
+    state = TrainState(epoch=ckpt["epoch"], step=step, optimizer_steps=ckpt.get("optimizer_steps", 0),
+                       sums={**new_sums(), **mine["sums"]} if step else new_sums(),
+                       history=ckpt["history"], rates=ckpt["drop_rates"], stats=ckpt.get("gate_stats", []))
+    log.info("resuming %s from epoch %d of %d, step %d", ckpt_path.parent, state.epoch + 1, cfg.total_epochs,
+             state.step)
+    return state
+
+
+def _write_checkpoint(path: Path, model, optimizer, scheduler, cfg: TrainConfig, state: TrainState,
+                      ranks: list[dict]) -> None:
+    guarded_write(path, lambda: save_torch(
+        {
+            "arch": model.arch, "config": asdict(cfg), "epoch": state.epoch, "step": state.step,
+            "optimizer_steps": state.optimizer_steps, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": ranks[0]["rng"],
+            "ranks": ranks, "history": state.history, "drop_rates": state.rates,
+            "gate_stats": state.stats,
+        },
+        path,
+    ))
+
+
+def _wrap_ddp(model: FusionNetwork, device: torch.device) -> torch.nn.Module:
+    """The module to call in the loop: ``model`` itself, or a DDP wrapper over its trainable parameters."""
+    if distributed.world_size() == 1:
+        return model
+    ids = [device.index] if device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def _write_tables(out_dir: Path, history: list[dict], rates: list[dict], stats: list[dict]) -> None:
+    hist = pd.DataFrame(history).drop(columns=["seconds"], errors="ignore")
+    write_csv(hist, out_dir / "history.csv")
+    if rates:
+        write_csv(pd.DataFrame(rates), out_dir / "drop_rates.csv")
+    if stats:
+        write_csv(pd.DataFrame(stats), out_dir / "gate_stats.csv")
+
+
+def supernet_config(params: dict, n_train: int | None = None) -> TrainConfig:
+    """The supernet's :class:`TrainConfig` from ``params`` (sections ``supernet`` and ``gate``)."""
+    s, g = params["supernet"], params.get("gate", {})
+    return TrainConfig(
+        epochs=s["epochs"], warmup_epochs=s.get("warmup_epochs", 0), batch_size=s["batch_size"], lr=s["lr"],
+        momentum=s.get("momentum", 0.9), weight_decay=s.get("weight_decay", 0.0),
+        schedule=s.get("schedule", "cosine"), milestones=tuple(s.get("milestones", (0.45, 0.67, 0.9))),
+        seed=params.get("seed", 0), kl_k=float(g.get("kl_k", 50.0)), kl_form=g.get("kl_form", "linear"),
+        kl_price=g.get("kl_price", "weight"), kl_warmin_epochs=int(g.get("kl_warmin_epochs", 0)),
+        gate_lr_scale=float(g.get("lr_scale", 1.0)), uniform_share=float(s.get("uniform_share", 0.0)),
+        n_train=g.get("n_train") or n_train, **compute_settings(params),
+    )
+
+
+def compute_settings(params: dict) -> dict:
+    """Where and how every network trains: ``supernet.device``, ``supernet.precision``,
+    ``supernet.channels_last``, ``supernet.loader_workers`` and ``supernet.checkpoint_minutes`` (one source for
+    the supernet, the finetuned and the stand-alone networks)."""
+    s = params["supernet"]
+    return {"device": s.get("device", "auto"), "precision": s.get("precision", "fp32"),
+            "channels_last": s.get("channels_last", False), "loader_workers": s.get("loader_workers", 0),
+            "checkpoint_minutes": s.get("checkpoint_minutes")}
+
+
+def plain_config(params: dict, section: str, seed_offset: int = 0) -> TrainConfig:
+    """A plain (gate-free) :class:`TrainConfig` from ``params[section]`` (``finetune`` or ``validate``)."""
+    s = params[section]
+    return TrainConfig(
+        epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"], weight_decay=s.get("weight_decay", 0.0),
+        momentum=params["supernet"].get("momentum", 0.9), schedule=params["supernet"].get("schedule", "cosine"),
+        seed=params.get("seed", 0) + seed_offset, **compute_settings(params),
+    )

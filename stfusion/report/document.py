@@ -1,0 +1,484 @@
+"""``results/report.md``, the page a person reads first, and ``results/metrics.json`` (scalars for DVC).
+
+The report states the checks of METHOD.md §9 plainly, each PASS or FAIL with its numbers:
+
+1. non-uniform, depth-dependent posterior: mean P(ST) over the last third of the fusion layers exceeds that of
+   the first third and exceeds mean P(S) over the last third, both by more than ``DEPTH_MARGIN`` (so that the
+   untrained posterior, where every gate still has its initial drop rate, does not pass);
+2. S+ST is the most probable unit in the earliest layers (an observation of the paper; the report says plainly
+   when it does not hold);
+3. the best of the sampled strategies (selected on validation) scores at least as well as the uniform all-S,
+   all-ST and all-S+ST strategies on validation; all-S is clearly below (by at least ``MOTION_GAP``) on the
+   motion classes; on the appearance classes the uniform strategies and the best are within
+   ``APPEARANCE_SPREAD``;
+4. supernet scores predict stand-alone accuracy: Kendall tau > 0 (with BN recalibration; the plain-BN value is
+   given beside it);
+5. the marginals obey the product structure of §5 exactly (to ``PRODUCT_TOL``), and the log-probability of every
+   listed strategy is the sum of its layers' log-marginals.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from stfusion.analysis.space import preference_summary
+from stfusion.core.costs import CONVENTION
+from stfusion.io.tables import to_markdown
+from stfusion.analysis.validation import UNIFORM
+
+DEPTH_MARGIN = 0.02
+MOTION_GAP = 0.15
+APPEARANCE_SPREAD = 0.10
+PRODUCT_TOL = 1e-9
+HTML_COMMAND = "snakemake --report results/report.zip"
+HTML_POINTER = (f"This page is the one to read first. The same tables as HTML with every figure: `{HTML_COMMAND}` "
+                "(a Snakemake report; open report.html inside the zip) or `dvc plots show` (DVC's plots in "
+                "dvc_plots/index.html). The HTML tables and figures alone are in `report/`.")
+STAGE_ORDER = ["generate", "prepare", "train_supernet", "sample_strategies", "score_strategies", "analyze",
+               "derive", "finetune", "validate_ranking", "report"]
+
+
+def _read_csv(path: Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if path.is_file() else None
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _fmt(x, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "n/a"
+    if isinstance(x, (int, np.integer)):
+        return str(int(x))
+    return f"{float(x):.{digits}f}"
+
+
+def _md(df: pd.DataFrame, floatfmt: str = ".3f") -> str:
+    if df is None or df.empty:
+        return "_(not available)_"
+    return to_markdown(df, floatfmt)
+
+
+def _verdict(ok: bool | None) -> str:
+    return "n/a" if ok is None else ("**PASS**" if ok else "**FAIL**")
+
+
+# ------------------------------------------------------------------------------------------------ checks
+def product_structure_error(pref: pd.DataFrame, ranked: pd.DataFrame | None) -> float:
+    """Largest deviation of the preference table from ``P(S)=a(1-b)``, ``P(ST)=(1-a)b``, ``P(S+ST)=ab``,
+    ``P(none)=(1-a)(1-b)`` (renormalised where ``none`` is not allowed), and of every strategy's log-probability
+    from the sum of its layers' log-marginals."""
+    from stfusion.analysis.derive import layer_probs
+    from stfusion.core.strategies import STATE_BY_NAME
+
+    a, b = pref["keep_S"].to_numpy(float), pref["keep_ST"].to_numpy(float)
+    raw = np.stack([(1 - a) * (1 - b), a * (1 - b), (1 - a) * b, a * b], axis=1)
+    allow_none = pref["P(none)"].to_numpy(float) > 0
+    raw[~allow_none, 0] = 0.0
+    expect = raw / raw.sum(axis=1, keepdims=True)
+    probs = layer_probs(pref)
+    err = float(np.abs(probs - expect).max())
+    err = max(err, float(np.abs(probs.sum(axis=1) - 1).max()))
+    if ranked is not None:
+        logp = np.log(np.maximum(probs, 1e-300))
+        for text, lp in zip(ranked["strategy"], ranked["log_prob"]):
+            states = [STATE_BY_NAME[t] for t in str(text).split("|")]
+            if np.isfinite(lp):
+                err = max(err, abs(float(logp[np.arange(len(states)), states].sum()) - float(lp)))
+    return err
+
+
+def _row(df: pd.DataFrame | None, name: str) -> pd.Series | None:
+    if df is None:
+        return None
+    hit = df[df["name"].astype(str) == name]
+    return hit.iloc[0] if len(hit) else None
+
+
+def _uniform_rows(df: pd.DataFrame | None) -> dict[str, pd.Series]:
+    """The rows of the uniform strategies (all-S, all-ST, all-S+ST) that ``df`` has, by name."""
+    rows = {n: _row(df, n) for n in UNIFORM}
+    return {n: r for n, r in rows.items() if r is not None}
+
+
+def _standalone_appearance(standalone: pd.DataFrame | None) -> str:
+    """``"; trained stand-alone (test): all-S 0.81, ..."`` for the uniform strategies among the stand-alone runs."""
+    col = "standalone_top1_test_appearance"
+    found = _uniform_rows(standalone) if standalone is not None and col in standalone else {}
+    if not found:
+        return ""
+    return "; trained stand-alone (test): " + ", ".join(f"{n} {_fmt(r[col])}" for n, r in found.items())
+
+
+def best_sampled(ranked: pd.DataFrame | None) -> pd.Series | None:
+    if ranked is None:
+        return None
+    sampled = ranked[ranked["source"].astype(str).str.contains("sample")]
+    if sampled.empty:
+        return None
+    return sampled.sort_values(["top1", "log_prob"], ascending=[False, False], kind="stable").iloc[0]
+
+
+def _entropy_ratio(summary: dict) -> float | None:
+    """Posterior entropy after training / before training (``None`` where unknown)."""
+    e, e0 = summary.get("entropy"), summary.get("entropy_initial")
+    return float(e) / float(e0) if e is not None and e0 else None
+
+
+def fidelity_study_lines(results: Path) -> list[str]:
+    """The ranking-fidelity study's section: its figures when ``results/fidelity/fidelity.json`` exists, and
+    how to run it."""
+    from stfusion.analysis.fidelity import summary_lines
+
+    study = _read_json(results / "fidelity" / "fidelity.json")
+    L = ["## Ranking-fidelity study", ""]
+    if study:
+        L += summary_lines(study) + ["", f"Training time: {study.get('train_seconds', float('nan')) / 60:.1f} min "
+                                         f"of runs one after another, {study.get('wall_seconds', float('nan')) / 60:.1f}"
+                                         " min wall clock. Details: `fidelity/fidelity.md`.", "",
+                                     "![fidelity study](fidelity/fidelity.png)", ""]
+    L += ["The check above uses only a few strategies and one seed: a smoke test of the machinery. The study "
+          "(`fidelity.n_strategies` strategies stratified over the score range, `fidelity.seeds` seeds each, the "
+          "`validate` budget; Kendall tau-b and Spearman rho with 95% bootstrap intervals, the seed-to-seed "
+          "ceiling, top-k overlap, regret) runs with `snakemake --cores all fidelity` or "
+          "`dvc repro studies/fidelity/dvc.yaml` and writes `results/fidelity/`.", ""]
+    return L
+
+
+def compute_checks(pref, ranked, fidelity, initial: dict | None = None,
+                   standalone: pd.DataFrame | None = None) -> list[dict]:
+    """The §9 checks (see the module docstring). ``initial``: the marginals before training, quoted beside
+    check 2 (at the usual initial drop rate S+ST is already the most probable state). ``standalone``: the
+    stand-alone runs (``validation/standalone.csv``); where they include uniform strategies, check 3c quotes
+    their test accuracy on the appearance classes beside the supernet's (information, not part of the verdict)."""
+    checks: list[dict] = []
+    summ = preference_summary(pref) if pref is not None else None
+
+    # 1. depth-dependent preference for ST
+    if summ:
+        ok = (summ["mean_P_ST_last_third"] > summ["mean_P_ST_first_third"] + DEPTH_MARGIN
+              and summ["mean_P_ST_last_third"] > summ["mean_P_S_last_third"] + DEPTH_MARGIN)
+        checks.append({"check": f"1. posterior depth-dependent, P(ST) rising with depth (Obs. II; margin "
+                                f"{DEPTH_MARGIN:.2f})", "ok": ok, "numbers":
+                       f"mean P(ST): last third {_fmt(summ['mean_P_ST_last_third'])} vs first third "
+                       f"{_fmt(summ['mean_P_ST_first_third'])}; mean P(S) last third "
+                       f"{_fmt(summ['mean_P_S_last_third'])} (layers {summ['first_third']} / {summ['last_third']})"})
+        pref_first = summ["preferred_first_third"]
+        ok2 = all(p == "S+ST" for p in pref_first)
+        checks.append({"check": "2. S+ST most probable in the earliest layers (Obs. I)", "ok": ok2, "numbers":
+                       f"most probable unit in layers {summ['first_third']}: {', '.join(pref_first)}; mean "
+                       f"P(S+ST) there {_fmt(summ['mean_P_SST_first_third'])}"
+                       + (f" (before training: {_fmt(initial.get('P(S+ST)'))})" if initial else "")
+                       + ("" if ok2 else " — Obs. I is NOT reproduced here")})
+    else:
+        checks.append({"check": "1-2. preference", "ok": None, "numbers": "preference table missing"})
+
+    # 3. best sampled vs uniform strategies
+    if ranked is not None:
+        best = best_sampled(ranked)
+        uni = _uniform_rows(ranked)
+        if best is not None and uni:
+            ok_a = all(best["top1"] >= r["top1"] for r in uni.values())
+            txt = ", ".join(f"{k} {_fmt(r['top1'])}" for k, r in uni.items())
+            checks.append({"check": "3a. best sampled >= uniform strategies (validation)", "ok": ok_a,
+                           "numbers": f"best sampled {_fmt(best['top1'])} (test {_fmt(best.get('top1_test'))}); {txt}"})
+            if "top1_motion" in ranked and "all-S" in uni:
+                top_motion = float(ranked["top1_motion"].max())
+                gap = top_motion - float(uni["all-S"]["top1_motion"])
+                checks.append({"check": f"3b. all-S clearly below on motion classes (gap >= {MOTION_GAP:.2f})",
+                               "ok": gap >= MOTION_GAP, "numbers":
+                               f"all-S motion top-1 {_fmt(uni['all-S']['top1_motion'])} vs best "
+                               f"{_fmt(top_motion)} (gap {_fmt(gap)}; best sampled "
+                               f"{_fmt(best.get('top1_motion'))})"})
+            if "top1_appearance" in ranked:
+                vals = [float(r["top1_appearance"]) for r in uni.values()] + [float(best["top1_appearance"])]
+                spread = max(vals) - min(vals)
+                checks.append({"check": f"3c. appearance classes within {APPEARANCE_SPREAD:.2f}", "ok":
+                               spread <= APPEARANCE_SPREAD, "numbers":
+                               "appearance top-1: "
+                               + ", ".join(f"{k} {_fmt(r['top1_appearance'])}" for k, r in uni.items())
+                               + f", best sampled {_fmt(best['top1_appearance'])} (spread {_fmt(spread)})"
+                               + _standalone_appearance(standalone)})
+    else:
+        checks.append({"check": "3. network-level comparison", "ok": None, "numbers": "ranking missing"})
+
+    # 4. ranking fidelity
+    if fidelity:
+        tau = fidelity.get("kendall_tau")
+        checks.append({"check": "4. supernet scores predict stand-alone accuracy (Kendall tau > 0)",
+                       "ok": None if tau is None else tau > 0, "numbers":
+                       f"n = {fidelity.get('n')}: tau {_fmt(tau)} (p {_fmt(fidelity.get('kendall_p'))}), rho "
+                       f"{_fmt(fidelity.get('spearman_rho'))}; with BN recalibration tau "
+                       f"{_fmt(fidelity.get('kendall_tau_recal'))}, plain BN tau "
+                       f"{_fmt(fidelity.get('kendall_tau_plain_bn'))}; log-probability tau "
+                       f"{_fmt(fidelity.get('kendall_tau_log_prob'))}"})
+    else:
+        checks.append({"check": "4. ranking fidelity", "ok": None, "numbers": "stand-alone runs missing"})
+
+    # 5. product structure
+    if pref is not None:
+        err = product_structure_error(pref, ranked)
+        checks.append({"check": "5. marginals obey the product structure (§5)", "ok": err <= PRODUCT_TOL,
+                       "numbers": f"largest deviation {err:.2e} (tolerance {PRODUCT_TOL:.0e})"})
+    return checks
+
+
+# ------------------------------------------------------------------------------------------------ timing
+def timing_table(timing_dir: Path) -> pd.DataFrame:
+    rows = []
+    for path in sorted(timing_dir.glob("*.json")) if timing_dir.is_dir() else []:
+        info = json.loads(path.read_text())
+        rows.append({"stage": info.get("stage", path.stem), "seconds": float(info.get("seconds", float("nan"))),
+                     "jobs": int(info.get("jobs", 1))})
+    if not rows:
+        return pd.DataFrame(columns=["stage", "seconds", "jobs"])
+    df = pd.DataFrame(rows).groupby("stage", as_index=False).agg({"seconds": "sum", "jobs": "sum"})
+    order = {s: i for i, s in enumerate(STAGE_ORDER)}
+    df["_o"] = df["stage"].map(lambda s: order.get(s, 99))
+    return df.sort_values("_o").drop(columns="_o").reset_index(drop=True)
+
+
+# ------------------------------------------------------------------------------------------------ report
+def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: int,
+                 versions: dict) -> tuple[str, dict]:
+    """Markdown text of the report and the metrics dictionary."""
+    ranked = _read_csv(results / "strategies" / "ranking.csv")
+    pref = _read_csv(results / "analysis" / "preference.csv")
+    derived = _read_csv(results / "derived" / "strategies.csv")
+    finetuned = _read_csv(results / "finetune" / "accuracy.csv")
+    standalone = _read_csv(results / "validation" / "standalone.csv")
+    fidelity = _read_json(results / "validation" / "ranking_fidelity.json")
+    summary = _read_json(results / "analysis" / "summary.json") or {}
+    history = _read_csv(checkpoint_dir / "history.csv")
+    manifest = _read_csv(cache_dir / "manifest.csv")
+    classes = _read_csv(cache_dir / "classes.csv")
+    timing = timing_table(results / "timing")
+    checks = compute_checks(pref, ranked, fidelity, summary.get("initial_marginals"), standalone)
+    best = best_sampled(ranked)
+
+    L: list[str] = ["# stfusion report", "", HTML_POINTER, ""]
+    L.append("Spatiotemporal fusion strategies of a 3D CNN as a probability space (Zhou et al., CVPR 2020): a template "
+             "network trained with Variational DropPath, strategies scored with its shared weights, layer-level "
+             "preferences, derived networks, and a check of the ranking against networks trained on their own.")
+    L.append("")
+    # data
+    n_split = manifest["split"].value_counts().to_dict() if manifest is not None and "split" in manifest else {}
+    n_classes = len(classes) if classes is not None else None
+    kinds = classes["kind"].value_counts().to_dict() if classes is not None and "kind" in classes else {}
+    L.append(f"**Data**: {n_classes} classes ({', '.join(f'{v} {k}' for k, v in kinds.items()) or 'kinds unknown'}); "
+             f"clips: {', '.join(f'{k} {v}' for k, v in sorted(n_split.items()))}. **Seed**: {seed}. "
+             f"**Keep-probability rule**: {summary.get('keep_prob_rule', 'n/a')} "
+             "(`paper`: keep = 1 - sqrt(p), Eq. 7; `plain`: keep = 1 - p). Scores are top-1 on the **validation** "
+             "split (selection) unless marked *test* (reporting only).")
+    L.append("")
+
+    # checks
+    L += ["## Checks (METHOD.md §9)", "", "| check | result | numbers |", "|---|---|---|"]
+    for c in checks:
+        L.append(f"| {c['check']} | {_verdict(c['ok'])} | {c['numbers']} |")
+    L.append("")
+
+    # motion vs appearance
+    L += ["## Motion vs appearance", ""]
+    if ranked is not None:
+        rows = [("family " + name, r) for name, r in _uniform_rows(ranked).items()]
+        for r in ranked[ranked["source"].str.contains("family")].itertuples():
+            if r.name not in UNIFORM:
+                rows.append(("family " + r.name, ranked.loc[r.Index]))
+        if best is not None:
+            rows.append(("best sampled (on validation)", best))
+        mp = _row(ranked, "top-1")
+        if mp is not None:
+            rows.append(("most probable", mp))
+        cols = ["top1", "top1_motion", "top1_appearance", "top1_test", "top1_test_motion", "top1_test_appearance"]
+        tab = pd.DataFrame([{"strategy": label, "units": r["strategy"], **{c: r.get(c, np.nan) for c in cols}}
+                            for label, r in rows])
+        L += [_md(tab), ""]
+        if "test_views" in ranked:
+            L += [f"Test accuracies (`top1_test*`): {ranked['test_views'].iloc[0]} per video, softmax averaged.", ""]
+        L.append("All-S treats every frame on its own (a spatial stem and 1x3x3 convs, averaged over time), so it "
+                 "cannot tell a motion class from its time reversal: its motion accuracy is bounded by telling the "
+                 "pairs apart.")
+        L.append("")
+    if finetuned is not None:
+        L += ["Derived networks after finetuning (plain networks holding only their kept convs):", ""]
+        cols = [c for c in ["name", "rule", "strategy", "top1_val", "top1_val_motion", "top1_val_appearance",
+                            "top1_test", "top1_test_motion", "top1_test_appearance", "macs", "params"]
+                if c in finetuned]
+        L += [_md(finetuned[cols]), "", f"Costs: {CONVENTION}. Test accuracy against MACs:", "",
+              "![derived networks: accuracy vs MACs](report/pareto_derived.png)", "",
+              "![confusion matrix of the best derived network](report/confusion.png)", ""]
+
+    # network level
+    L += ["## Network level: families and sampled strategies", ""]
+    if ranked is not None:
+        from stfusion.analysis.space import network_table
+
+        net = network_table(ranked)
+        fam = net[net["source"].str.contains("family")]
+        top = net[~net["source"].str.contains("family")].head(10)
+        cols = [c for c in ["rank", "name", "source", "strategy", "log_prob", "prob", "top1", "top1_motion",
+                            "top1_appearance", "top1_plain_bn", "top1_test", "macs", "params", "race_status", "race_clips"] if c in net]
+        if "race_status" in ranked:
+            full = int((ranked["race_status"] == "full").sum())
+            L += [f"Racing: {full} of {len(ranked)} strategies were scored on the whole validation split; the "
+                  "others were dropped after `race_clips` clips (partial top-1 and interval in `top1_partial`, "
+                  "`top1_low`, `top1_high`; no full-split score).", ""]
+        L += [f"{len(ranked)} strategies scored (rank 1 = best validation top-1 of all). Families:", "",
+              _md(fam[cols], ".4g"), "", "Best ten of the others (most probable and sampled):", "",
+              _md(top[cols], ".4g"), "", "Full table: `analysis/network.csv`. Scatter of log-probability vs score:",
+              "", "![log-probability vs score](analysis/scatter.png)", "",
+              f"Supernet score against MACs per clip ({CONVENTION}):", "",
+              "![network level: accuracy vs MACs](report/pareto_network.png)", ""]
+
+    # layer level
+    L += ["## Layer level: preference", ""]
+    if pref is not None:
+        cols = [c for c in ["layer", "stage", "P(S)", "P(ST)", "P(S+ST)", "P(none)", "P(ST kept)", "preferred",
+                            "p_S", "p_ST"] if c in pref]
+        init = summary.get("initial_marginals") or {}
+        init_txt = ", ".join(f"{k} {_fmt(v)}" for k, v in init.items() if k != "P(none)")
+        L += [f"Marginal probability of each unit per layer (keep-probability rule: "
+              f"`{pref['keep_prob_rule'].iloc[0]}`), with the raw drop rate p of each gate. Before training "
+              f"(every p = {_fmt(summary.get('init_p'), 2)}) every layer has {init_txt or 'n/a'}: read the table "
+              f"against that. Layers where ST or S+ST is more probable than S: "
+              f"{summary.get('layers_ST_or_SST_above_S', 'n/a')}; layers whose ST path is kept more often than "
+              f"their S path (p_ST < p_S): {summary.get('layers_ST_kept_above_S_kept', 'n/a')}. Posterior "
+              f"entropy: {_fmt(summary.get('entropy'))} nats, {_fmt(_entropy_ratio(summary))} x its value "
+              f"before training ({_fmt(summary.get('entropy_initial'))} nats); the drop rates of the gates spread "
+              f"over {_fmt(summary.get('drop_rate_spread'))} (max p - min p). The KL term prices "
+              f"`gate.kl_price` per kept path; `../checkpoints/supernet/gate_stats.csv` has p, ||W||^2 and "
+              f"||gamma||^2 of every path per epoch (right panels of the drop-rate figure).", "",
+              _md(pref[cols]), "",
+              "![preference heatmap](analysis/preference.png)", "", "![drop rates](analysis/drop_rates.png)", ""]
+
+    # derived
+    L += ["## Derived strategies", ""]
+    if derived is not None:
+        cols = [c for c in ["name", "rule", "strategy", "log_prob", "n_S", "n_ST", "n_S+ST", "macs", "params"]
+                if c in derived]
+        L += ["Rules: most probable state per layer; top-k most probable; threshold on P(ST kept) and P(S kept); "
+              "one state per stage; best sampled on validation (see `stfusion.analysis.derive`).", "",
+              _md(derived[cols], ".4g"), ""]
+
+    # fidelity
+    L += ["## Ranking fidelity (METHOD.md §7)", ""]
+    if fidelity:
+        L.append(f"{fidelity.get('n')} strategies trained stand-alone from scratch with the same budget. Stand-alone "
+                 "accuracy (test split) against the supernet score (validation split):")
+        L.append("")
+        ft = pd.DataFrame([
+            {"predictor": "supernet score, BN recalibrated", "kendall_tau": fidelity.get("kendall_tau_recal"),
+             "kendall_p": fidelity.get("kendall_p_recal"), "spearman_rho": fidelity.get("spearman_rho_recal")},
+            {"predictor": "supernet score, plain BN (paper)", "kendall_tau": fidelity.get("kendall_tau_plain_bn"),
+             "kendall_p": fidelity.get("kendall_p_plain_bn"), "spearman_rho": fidelity.get("spearman_rho_plain_bn")},
+            {"predictor": "log-probability", "kendall_tau": fidelity.get("kendall_tau_log_prob"),
+             "kendall_p": fidelity.get("kendall_p_log_prob"), "spearman_rho": fidelity.get("spearman_rho_log_prob")},
+        ])
+        L += [_md(ft), ""]
+    if standalone is not None:
+        cols = [c for c in ["name", "strategy", "log_prob", "supernet_top1_recal", "supernet_top1_plain_bn",
+                            "standalone_top1_val", "standalone_top1_test", "standalone_top1_test_motion",
+                            "standalone_top1_test_appearance", "macs", "params"] if c in standalone]
+        L += [_md(standalone[cols], ".4g"), "", "![ranking fidelity](validation/ranking_fidelity.png)", ""]
+
+    L += fidelity_study_lines(results)
+
+    # supernet
+    if history is not None and len(history):
+        last = history.iloc[-1]
+        L += ["## Supernet training", "",
+              f"{len(history)} epochs ({int((history['phase'] == 'warmup').sum())} gate-free warm-up); final train "
+              f"top-1 {_fmt(last.get('train_top1'))}, cross-entropy {_fmt(last.get('ce'))}, "
+              f"KL {_fmt(last.get('kl'), 4)}; validation top-1 of the gate-free template "
+              f"{_fmt(last.get('val_top1'))}, of the most probable strategy {_fmt(last.get('val_top1_most_probable_paper'))}"
+              f" (paper keep rule); posterior entropy {_fmt(last.get('entropy_paper'))} nats. "
+              "History: `../checkpoints/supernet/history.csv`.", "",
+              "![training and validation curves](report/curves.png)", ""]
+
+    # timing
+    total = float(timing["seconds"].sum()) if len(timing) else float("nan")
+    L += ["## Time per stage", "", "Seconds of work per stage (per-strategy jobs summed; with parallel jobs the "
+          "wall-clock time is shorter).", ""]
+    if len(timing):
+        t = pd.concat([timing, pd.DataFrame([{"stage": "total", "seconds": total, "jobs": int(timing["jobs"].sum())}])],
+                      ignore_index=True)
+        L += [_md(t, ".1f"), ""]
+    else:
+        L += ["_(no timing records)_", ""]
+
+    # files
+    L += ["## Files", "",
+          "- `strategies/candidates.csv`, `strategies/ranking.csv`: listed and scored strategies",
+          "- `analysis/network.csv|md`, `analysis/preference.csv|md`, `analysis/*.png`: network- and layer-level views",
+          "- `derived/strategies.csv|md`, `finetune/accuracy.csv|md`: derived strategies and their finetuned accuracy",
+          "- `validation/standalone.csv|md`, `validation/ranking_fidelity.json`: stand-alone runs, rank "
+          "correlations",
+          "- `metrics.json`: the scalars of this report (numbers only); `versions.json`: the library versions",
+          "- `report/`: the tables as HTML, accuracy against MACs, the confusion matrix, the curves", "",
+          "Library versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
+
+    # metrics
+    m: dict = {"seed": seed}
+    m["n_classes"] = n_classes
+    m.update({f"n_{k}": int(v) for k, v in n_split.items()})
+    if summary:
+        for k in ("entropy", "entropy_initial", "drop_rate_spread", "mean_P_ST_first_third", "mean_P_ST_last_third",
+                  "mean_P_S_last_third", "mean_P_ST_kept_first_third", "mean_P_ST_kept_last_third"):
+            if k in summary:
+                m[k] = summary[k]
+        m["entropy_ratio"] = _entropy_ratio(summary)
+        m["n_layers_ST_or_SST_above_S"] = len(summary.get("layers_ST_or_SST_above_S", []))
+        m["n_layers_ST_kept_above_S_kept"] = len(summary.get("layers_ST_kept_above_S_kept", []))
+    if ranked is not None:
+        m["n_strategies_scored"] = int(len(ranked))
+        for name, key in (("all-S", "all_S"), ("all-ST", "all_ST"), ("all-S+ST", "all_SST")):
+            r = _row(ranked, name)
+            if r is not None:
+                for col in ("top1", "top1_motion", "top1_appearance", "top1_test"):
+                    if col in r:
+                        m[f"{key}_{col}"] = float(r[col])
+        if best is not None:
+            for col in ("top1", "top1_motion", "top1_appearance", "top1_test", "top1_test_motion"):
+                if col in best:
+                    m[f"best_sampled_{col}"] = float(best[col])
+        if "top1_motion" in ranked:
+            m["best_top1_motion"] = float(ranked["top1_motion"].max())
+            if "all_S_top1_motion" in m:
+                m["all_S_motion_gap"] = m["best_top1_motion"] - m["all_S_top1_motion"]
+    if fidelity:
+        for k in ("kendall_tau", "spearman_rho", "kendall_tau_plain_bn", "kendall_tau_log_prob",
+                  "spearman_rho_plain_bn", "spearman_rho_log_prob"):
+            m[k] = fidelity.get(k)
+        m["n_standalone"] = fidelity.get("n")
+    if ranked is not None and "test_views" in ranked and len(ranked):  # "2 clips x 3 crops" as two numbers
+        m["test_clips"], m["test_crops"] = (int(n) for n in re.findall(r"\d+", str(ranked["test_views"].iloc[0])))
+    if finetuned is not None and "top1_test" in finetuned and len(finetuned):
+        m["best_finetuned_top1_test"] = float(finetuned["top1_test"].max())
+    m["checks_passed"] = int(sum(1 for c in checks if c["ok"]))
+    m["checks_total"] = int(len(checks))
+    m["time_total_s"] = None if math.isnan(total) else round(total, 1)
+    for r in timing.itertuples():
+        m[f"time_{r.stage}_s"] = round(float(r.seconds), 1)
+    m = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not math.isnan(v)}  # numbers only
+    return "\n".join(L), m
+
+
+# ------------------------------------------------------------------------------------------------ summary
+def summary_lines(results: Path, report: Path) -> list[str]:
+    """The last lines of a run: where the report is, the HTML report command and the three numbers that matter
+    (the best sampled strategy, the all-S gap on the motion classes, Kendall tau)."""
+    m = _read_json(results / "metrics.json") or {}
+    best = best_sampled(_read_csv(results / "strategies" / "ranking.csv"))
+    where = f"{best['strategy']} (validation top-1 {_fmt(best['top1'])})" if best is not None else "n/a"
+    return [f"stfusion: read {report} first (checks, tables, figures)",
+            f"stfusion: HTML report: {HTML_COMMAND}",
+            f"stfusion: best strategy {where}; all-S gap on motion {_fmt(m.get('all_S_motion_gap'))}; "
+            f"Kendall tau {_fmt(m.get('kendall_tau'))}"]

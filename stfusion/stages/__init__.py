@@ -1,0 +1,1 @@
+"""The pipeline's stages: each reads its declared parameters and files and writes its outputs atomically."""

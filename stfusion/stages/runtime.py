@@ -1,0 +1,57 @@
+"""What every stage records about its run: timing, thread count, library versions and the fingerprint of a
+prepared dataset."""
+
+from __future__ import annotations
+
+import logging
+import platform
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+from stfusion import __version__
+from stfusion.io.files import file_digest, write_json
+
+log = logging.getLogger(__name__)
+
+
+@contextmanager
+def timed(stage: str, path: str | Path | None, **extra):
+    """Time the enclosed work and write ``{"stage", "seconds", ...}`` to ``path`` (JSON) when it succeeds."""
+    t0 = time.perf_counter()
+    info: dict = {"stage": stage, **extra}
+    yield info
+    info["seconds"] = round(time.perf_counter() - t0, 3)
+    log.info("%s took %.1f s", stage, info["seconds"])
+    if path is not None:
+        write_json(path, info)
+
+
+def set_threads(threads: int | None) -> None:
+    import torch
+
+    if threads:
+        torch.set_num_threads(int(threads))
+
+
+def library_versions() -> dict[str, str]:
+    import importlib.metadata as md
+
+    out = {"python": platform.python_version(), "stfusion": __version__}
+    for name in ("torch", "numpy", "pandas", "scipy", "decord", "av", "snakemake", "dvc"):
+        try:
+            out[name] = md.version(name)
+        except md.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def data_fingerprint(cache_dir: str | Path) -> str:
+    """Identity of a prepared dataset: its manifest, class list and the head and size of ``clips.npy`` (videos
+    storage: ``storage.json``; the manifest names every file). A checkpoint left by training on other data is
+    discarded rather than resumed."""
+    cache_dir = Path(cache_dir)
+    clips = cache_dir / "clips.npy"
+    parts = [file_digest(cache_dir / "manifest.csv"), file_digest(cache_dir / "classes.csv"),
+             file_digest(clips if clips.is_file() else cache_dir / "storage.json", limit=1 << 20)]
+    return "-".join(p[:12] for p in parts)
