@@ -81,7 +81,7 @@ def builtin_cache(folder, clips_per_class: int, size: int = 32, frames: int = 12
 
 def _cache_data(params: dict, cache: Path):
     """(train, val, groups, num_classes) from a clip cache."""
-    from stfusion.stages.pipeline import class_groups, clip_dataset
+    from stfusion.stages.common import class_groups, clip_dataset
 
     classes, groups = class_groups(cache)
     train = clip_dataset(params, cache, "train", train=True)

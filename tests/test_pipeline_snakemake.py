@@ -327,7 +327,7 @@ def test_tiny_run_exports_a_finetuned_network(tiny_run):
     from stfusion.config.loading import load_params
     from stfusion.data.transforms import normalize
     from stfusion.stages.export import TOLERANCE, export, load_network, run_exported
-    from stfusion.stages.pipeline import clip_dataset
+    from stfusion.stages.common import clip_dataset
 
     work, _ = tiny_run
     best = pd.read_csv(work / "results" / "finetune" / "accuracy.csv").iloc[0]

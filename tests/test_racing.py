@@ -78,7 +78,7 @@ def test_dropped_strategies_are_never_taken_as_fully_scored():
     """Downstream of a raced ranking: the network table marks the status, the stand-alone selection and the best
     sampled strategy come from fully scored rows only."""
     from stfusion.analysis.space import network_table
-    from stfusion.stages.pipeline import add_rank
+    from stfusion.stages.strategies import add_rank
     from stfusion.analysis.validation import select_strategies
 
     rows = []

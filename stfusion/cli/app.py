@@ -308,12 +308,12 @@ def _stage(args, params, stage: str) -> dict:
 
 
 def cmd_generate(args, params):
-    from stfusion.stages import pipeline as P
+    from stfusion.stages import data
 
     sp = _stage(args, params, "generate")
     root = args.root or params["data"]["root"]
     with stage_io.timed("generate", args.timing) as info:
-        info.update(P.generate(sp, root=root, progress=args.progress))
+        info.update(data.generate(sp, root=root, progress=args.progress))
 
 
 def _shard_arg(text: str) -> tuple[int, int]:
@@ -324,13 +324,13 @@ def _shard_arg(text: str) -> tuple[int, int]:
 
 
 def cmd_prepare(args, params):
-    from stfusion.stages import pipeline as P
+    from stfusion.stages import data
 
     shards = Path(args.cache) / "shards"
     timing = args.timing or (shards / "timing-{}-of-{}.json".format(*args.shard) if args.shard
                              else f"{layout.TIMING}/prepare.json")
     with stage_io.timed("prepare", timing) as info:
-        info.update(P.prepare(_stage(args, params, "prepare"), root=args.root, cache_dir=args.cache,
+        info.update(data.prepare(_stage(args, params, "prepare"), root=args.root, cache_dir=args.cache,
                               workers=args.workers, progress=args.progress, shard=args.shard, merge=args.merge))
     if args.merge:
         runs = [read_json(shards / f"timing-{i}-of-{args.merge}.json") for i in range(args.merge)
@@ -341,60 +341,60 @@ def cmd_prepare(args, params):
 
 def cmd_train_supernet(args, params):
     from stfusion.engine import distributed
-    from stfusion.stages import pipeline as P
+    from stfusion.stages import supernet
 
     distributed.init_from_env()
     try:
         timing = args.timing if distributed.is_main() else None
         with stage_io.timed("train_supernet", timing) as info:
-            info.update(P.train_supernet(_stage(args, params, "train_supernet"), cache_dir=args.cache,
+            info.update(supernet.train_supernet(_stage(args, params, "train_supernet"), cache_dir=args.cache,
                                          out_dir=args.out, progress=args.progress))
     finally:
         distributed.cleanup()
 
 
 def cmd_sample(args, params):
-    from stfusion.stages import pipeline as P
+    from stfusion.stages import strategies
 
     with stage_io.timed("sample_strategies", args.timing) as info:
-        df = P.sample_strategies(_stage(args, params, "sample_strategies"), checkpoint=args.checkpoint, out=args.out)
+        df = strategies.sample_strategies(_stage(args, params, "sample_strategies"), checkpoint=args.checkpoint, out=args.out)
         info["strategies"] = int(len(df))
 
 
 def cmd_score(args, params):
-    from stfusion.stages import pipeline as P
+    from stfusion.stages import strategies
 
     with stage_io.timed("score_strategies", args.timing) as info:
-        df = P.score_strategies(_stage(args, params, "score_strategies"), checkpoint=args.checkpoint,
+        df = strategies.score_strategies(_stage(args, params, "score_strategies"), checkpoint=args.checkpoint,
                                 cache_dir=args.cache, candidates=args.candidates, out=args.out,
                                 progress=args.progress)
         info["strategies"] = int(len(df))
 
 
 def cmd_analyze(args, params):
-    from stfusion.stages import pipeline as P
+    from stfusion.stages import strategies
 
     with stage_io.timed("analyze", args.timing):
-        P.analyze(_stage(args, params, "analyze"), checkpoint=args.checkpoint, ranking=args.ranking,
+        strategies.analyze(_stage(args, params, "analyze"), checkpoint=args.checkpoint, ranking=args.ranking,
                   drop_rates=args.drop_rates, out_dir=args.out_dir)
 
 
 def cmd_derive(args, params):
-    from stfusion.stages import pipeline as P
+    from stfusion.stages import derive
 
     with stage_io.timed("derive", args.timing) as info:
-        df = P.derive(_stage(args, params, "derive"), preference=args.preference, ranking=args.ranking, out=args.out,
+        df = derive.derive(_stage(args, params, "derive"), preference=args.preference, ranking=args.ranking, out=args.out,
                       checkpoint=args.checkpoint)
         info["strategies"] = int(len(df))
 
 
 def cmd_finetune(args, params):
     from stfusion.engine import distributed
-    from stfusion.stages import pipeline as P
+    from stfusion.stages import derive
 
     distributed.init_from_env()  # under torchrun: one process a GPU
     try:
-        P.finetune(_stage(args, params, "finetune"), checkpoint=args.checkpoint, cache_dir=args.cache,
+        derive.finetune(_stage(args, params, "finetune"), checkpoint=args.checkpoint, cache_dir=args.cache,
                    derived=args.derived, strategies=args.strategy, ckpt_dir=args.ckpt_dir, runs_dir=args.runs_dir,
                    progress=args.progress)
     finally:
@@ -402,28 +402,28 @@ def cmd_finetune(args, params):
 
 
 def cmd_finetune_table(args, params):
-    from stfusion.stages import pipeline as P
+    from stfusion.stages import derive
 
     with stage_io.timed("finetune", args.timing) as info:
-        df = P.finetune_table(derived=args.derived, runs_dir=args.runs_dir, ranking=args.ranking, out=args.out)
+        df = derive.finetune_table(derived=args.derived, runs_dir=args.runs_dir, ranking=args.ranking, out=args.out)
         info["jobs"] = int(len(df))
         info["run_seconds"] = float(df["seconds"].sum()) if "seconds" in df else 0.0
     _add_run_seconds(args.timing, info)
 
 
 def cmd_select(args, params):
-    from stfusion.stages import pipeline as P
+    from stfusion.stages import validate
 
-    P.select_standalone(_stage(args, params, "select_standalone"), ranking=args.ranking, out=args.out)
+    validate.select_standalone(_stage(args, params, "select_standalone"), ranking=args.ranking, out=args.out)
 
 
 def cmd_train_standalone(args, params):
     from stfusion.engine import distributed
-    from stfusion.stages import pipeline as P
+    from stfusion.stages import validate
 
     distributed.init_from_env()  # under torchrun: one process a GPU
     try:
-        P.train_standalone(_stage(args, params, "train_standalone"), checkpoint=args.checkpoint,
+        validate.train_standalone(_stage(args, params, "train_standalone"), checkpoint=args.checkpoint,
                            cache_dir=args.cache, selection=args.selection, strategies=args.strategy,
                            ckpt_dir=args.ckpt_dir, runs_dir=args.runs_dir, progress=args.progress)
     finally:
@@ -431,13 +431,14 @@ def cmd_train_standalone(args, params):
 
 
 def cmd_validate(args, params):
-    from stfusion.stages import pipeline as P
+    from stfusion.stages import plain_runs
+    from stfusion.stages import validate
 
     with stage_io.timed("validate_ranking", args.timing) as info:
-        res = P.validate_ranking(selection=args.selection, runs_dir=args.runs_dir, ranking=args.ranking,
+        res = validate.validate_ranking(selection=args.selection, runs_dir=args.runs_dir, ranking=args.ranking,
                                  out_dir=args.out_dir)
         info["jobs"] = int(res.get("n") or 0)
-        runs = P._gather_runs(res["strategies"], args.runs_dir, "stfusion train-standalone")
+        runs = plain_runs.gather_runs(res["strategies"], args.runs_dir, "stfusion train-standalone")
         info["run_seconds"] = float(runs["seconds"].sum()) if "seconds" in runs else 0.0
     _add_run_seconds(args.timing, info)
 
@@ -449,9 +450,9 @@ def _add_run_seconds(path, info: dict) -> None:
 
 
 def cmd_report(args, params):
-    from stfusion.stages import pipeline as P
+    from stfusion.stages import report
 
-    scalars = P.report(_stage(args, params, "report"), results=args.results, checkpoint_dir=args.checkpoint_dir,
+    scalars = report.report(_stage(args, params, "report"), results=args.results, checkpoint_dir=args.checkpoint_dir,
                        cache_dir=args.cache, out=args.out, metrics=args.metrics)
     from stfusion.report.document import summary_lines
 

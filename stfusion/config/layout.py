@@ -29,36 +29,195 @@ Default layout (all paths can be changed on the command line)::
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 from typing import Iterable
 
 # ----------------------------------------------------------------------------------------------- layout
-DATA_ROOT = "data/builtin"
-CACHE = "data/cache"
-SUPERNET_DIR = "checkpoints/supernet"
-SUPERNET = f"{SUPERNET_DIR}/model.pt"
-FINETUNE_CKPT = "checkpoints/finetune"
-STANDALONE_CKPT = "checkpoints/standalone"
-RESULTS = "results"
-CANDIDATES = f"{RESULTS}/strategies/candidates.csv"
-RANKING = f"{RESULTS}/strategies/ranking.csv"
-ANALYSIS = f"{RESULTS}/analysis"
-PREFERENCE = f"{ANALYSIS}/preference.csv"
-DERIVED = f"{RESULTS}/derived/strategies.csv"
-FINETUNE_RUNS = f"{RESULTS}/finetune/runs"
-FINETUNE_TABLE = f"{RESULTS}/finetune/accuracy.csv"
-VALIDATION = f"{RESULTS}/validation"
-SELECTION = f"{VALIDATION}/strategies.csv"
-STANDALONE_RUNS = f"{VALIDATION}/runs"
-FIDELITY = f"{VALIDATION}/ranking_fidelity.json"
-TIMING = f"{RESULTS}/timing"
-REPORT = f"{RESULTS}/report.md"
-METRICS = f"{RESULTS}/metrics.json"
-VERSIONS = f"{RESULTS}/versions.json"
-FIDELITY_DIR = f"{RESULTS}/fidelity"  # the ranking-fidelity study (stfusion.stages.fidelity)
-FIDELITY_CKPT = "checkpoints/fidelity"
-FIDELITY_SELECTION = f"{FIDELITY_DIR}/strategies.csv"
-FIDELITY_RUNS = f"{FIDELITY_DIR}/runs"
-REPORT_DIR = f"{RESULTS}/report"  # the report's HTML tables and figures (the Snakemake report shows them)
+@dataclass(frozen=True)
+class RunLayout:
+    """Every file of one run. Four roots (the only paths a user moves: ``--root``, ``--cache``, ``--checkpoints``,
+    ``--results``); every file is named once, below them, as a property. Paths are strings relative to the
+    working folder, as the Snakemake rules and ``dvc.yaml`` write them."""
+
+    data_root: str = "data/builtin"  #: the generated benchmark (videos, annotations.csv, classes.csv)
+    cache: str = "data/cache"  #: the prepared dataset: manifest, classes, storage record, clips or videos
+    checkpoints: str = "checkpoints"
+    results: str = "results"
+
+    # prepared data
+    @property
+    def manifest(self) -> str:
+        return f"{self.cache}/manifest.csv"
+
+    @property
+    def classes(self) -> str:
+        return f"{self.cache}/classes.csv"
+
+    @property
+    def storage(self) -> str:
+        return f"{self.cache}/storage.json"
+
+    # supernet
+    @property
+    def supernet_dir(self) -> str:
+        return f"{self.checkpoints}/supernet"
+
+    @property
+    def supernet(self) -> str:
+        return f"{self.supernet_dir}/model.pt"
+
+    @property
+    def history(self) -> str:
+        return f"{self.supernet_dir}/history.csv"
+
+    @property
+    def drop_rates(self) -> str:
+        return f"{self.supernet_dir}/drop_rates.csv"
+
+    @property
+    def gate_stats(self) -> str:
+        return f"{self.supernet_dir}/gate_stats.csv"
+
+    # strategies and their analysis
+    @property
+    def candidates(self) -> str:
+        return f"{self.results}/strategies/candidates.csv"
+
+    @property
+    def ranking(self) -> str:
+        return f"{self.results}/strategies/ranking.csv"
+
+    @property
+    def analysis(self) -> str:
+        return f"{self.results}/analysis"
+
+    @property
+    def preference(self) -> str:
+        return f"{self.analysis}/preference.csv"
+
+    @property
+    def analysis_summary(self) -> str:
+        return f"{self.analysis}/summary.json"
+
+    # derived networks, finetuned
+    @property
+    def derived(self) -> str:
+        return f"{self.results}/derived/strategies.csv"
+
+    @property
+    def finetune_ckpt(self) -> str:
+        return f"{self.checkpoints}/finetune"
+
+    @property
+    def finetune_runs(self) -> str:
+        return f"{self.results}/finetune/runs"
+
+    @property
+    def finetune_table(self) -> str:
+        return f"{self.results}/finetune/accuracy.csv"
+
+    # stand-alone validation of the default run
+    @property
+    def validation(self) -> str:
+        return f"{self.results}/validation"
+
+    @property
+    def selection(self) -> str:
+        return f"{self.validation}/strategies.csv"
+
+    @property
+    def standalone_ckpt(self) -> str:
+        return f"{self.checkpoints}/standalone"
+
+    @property
+    def standalone_runs(self) -> str:
+        return f"{self.validation}/runs"
+
+    @property
+    def standalone_table(self) -> str:
+        return f"{self.validation}/standalone.csv"
+
+    @property
+    def fidelity(self) -> str:
+        return f"{self.validation}/ranking_fidelity.json"
+
+    # the ranking-fidelity study
+    @property
+    def fidelity_dir(self) -> str:
+        return f"{self.results}/fidelity"
+
+    @property
+    def fidelity_ckpt(self) -> str:
+        return f"{self.checkpoints}/fidelity"
+
+    @property
+    def fidelity_selection(self) -> str:
+        return f"{self.fidelity_dir}/strategies.csv"
+
+    @property
+    def fidelity_runs(self) -> str:
+        return f"{self.fidelity_dir}/runs"
+
+    # records and the report
+    @property
+    def timing_dir(self) -> str:
+        return f"{self.results}/timing"
+
+    def timing(self, stage: str) -> str:
+        return f"{self.timing_dir}/{stage}.json"
+
+    @property
+    def report(self) -> str:
+        return f"{self.results}/report.md"
+
+    @property
+    def metrics(self) -> str:
+        return f"{self.results}/metrics.json"
+
+    @property
+    def versions(self) -> str:
+        return f"{self.results}/versions.json"
+
+    @property
+    def report_dir(self) -> str:
+        return f"{self.results}/report"
+
+    @property
+    def export_dir(self) -> str:
+        return f"{self.results}/export"
+
+
+#: the standard layout (what ``snakemake`` and ``dvc repro`` use)
+LAYOUT = RunLayout()
+
+# the standard layout's files under their former names (to be replaced by LAYOUT's attributes)
+DATA_ROOT = LAYOUT.data_root
+CACHE = LAYOUT.cache
+SUPERNET_DIR = LAYOUT.supernet_dir
+SUPERNET = LAYOUT.supernet
+FINETUNE_CKPT = LAYOUT.finetune_ckpt
+STANDALONE_CKPT = LAYOUT.standalone_ckpt
+RESULTS = LAYOUT.results
+CANDIDATES = LAYOUT.candidates
+RANKING = LAYOUT.ranking
+ANALYSIS = LAYOUT.analysis
+PREFERENCE = LAYOUT.preference
+DERIVED = LAYOUT.derived
+FINETUNE_RUNS = LAYOUT.finetune_runs
+FINETUNE_TABLE = LAYOUT.finetune_table
+VALIDATION = LAYOUT.validation
+SELECTION = LAYOUT.selection
+STANDALONE_RUNS = LAYOUT.standalone_runs
+FIDELITY = LAYOUT.fidelity
+TIMING = LAYOUT.timing_dir
+REPORT = LAYOUT.report
+METRICS = LAYOUT.metrics
+VERSIONS = LAYOUT.versions
+FIDELITY_DIR = LAYOUT.fidelity_dir
+FIDELITY_CKPT = LAYOUT.fidelity_ckpt
+FIDELITY_SELECTION = LAYOUT.fidelity_selection
+FIDELITY_RUNS = LAYOUT.fidelity_runs
+REPORT_DIR = LAYOUT.report_dir
 
 # --------------------------------------------------------------------------------------- stage parameters
 _DATA_LOADING = ["preset", "data.frames", "data.stride", "data.sampling", "data.size", "data.backend"]

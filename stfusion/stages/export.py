@@ -38,7 +38,7 @@ TOLERANCE = 1e-4
 def load_network(strategy: str, *, checkpoint: str | Path, finetuned_dir: str | Path) -> tuple[torch.nn.Module, dict]:
     """The plain network of ``strategy`` (id like ``stb`` or text like ``S|ST|S+ST``) in eval mode, and what
     the JSON beside the export records about it."""
-    from stfusion.stages.pipeline import clip_shape, load_supernet, strategy_of
+    from stfusion.stages.common import clip_shape, load_supernet, strategy_of
 
     supernet, ckpt = load_supernet(checkpoint)
     chosen = strategy_of(strategy, supernet.n_fusion_layers)

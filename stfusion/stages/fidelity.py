@@ -80,7 +80,8 @@ def train_fidelity(params: dict, *, checkpoint, cache_dir, selection, strategies
     import torch
 
     from stfusion.engine.checkpoint import load_checkpoint
-    from stfusion.stages.pipeline import _train_plain_runs, build_from_checkpoint, strategy_of
+    from stfusion.stages.plain_runs import train_plain_runs
+    from stfusion.stages.common import build_from_checkpoint, strategy_of
     from stfusion.io.files import read_table
 
     ckpt = load_checkpoint(checkpoint)
@@ -94,7 +95,7 @@ def train_fidelity(params: dict, *, checkpoint, cache_dir, selection, strategies
             fresh = build_from_checkpoint(ckpt, checkpoint)
             return fresh.export(strategy_of(row["strategy"], fresh.n_fusion_layers))
 
-        results += _train_plain_runs(
+        results += train_plain_runs(
             params, "validate", table, strategies, make, cache_dir=cache_dir,
             ckpt_dir=Path(ckpt_dir) / f"seed{j}", runs_dir=Path(runs_dir) / f"seed{j}", seed_offset=int(j),
             progress=progress, what=f"fidelity seed {j}")
@@ -105,7 +106,7 @@ def gather(selection, runs_dir, ranking, n_seeds: int) -> tuple[pd.DataFrame, di
     """The study table (selection + supernet scores + ``seed0..`` stand-alone test accuracies) and the
     training time: ``train_seconds`` (all runs, one after another) and ``wall_seconds`` (first start to last
     end, from the run files' times)."""
-    from stfusion.stages.pipeline import _gather_runs
+    from stfusion.stages.plain_runs import gather_runs
     from stfusion.io.files import read_table
     from stfusion.analysis.validation import supernet_scores
 
@@ -114,7 +115,7 @@ def gather(selection, runs_dir, ranking, n_seeds: int) -> tuple[pd.DataFrame, di
     starts, ends, total = [], [], 0.0
     for j in range(n_seeds):
         folder = Path(runs_dir) / f"seed{j}"
-        runs = _gather_runs(ids, folder, f"stfusion train-fidelity --seed-index {j}").set_index("id")
+        runs = gather_runs(ids, folder, f"stfusion train-fidelity --seed-index {j}").set_index("id")
         sel[f"seed{j}"] = sel["id"].map(runs["top1_test"]).to_numpy(float)
         for i in ids:
             end = (folder / f"{i}.json").stat().st_mtime

@@ -1,0 +1,142 @@
+"""Helpers every stage shares: the prepared dataset's classes and clips, and the supernet checkpoint (its build
+information, rebuilding and loading the network). The checkpoint carries everything needed to rebuild the
+network (the ``model`` and ``gate`` sections it was trained with, the class list), so stages after training
+read no model parameters."""
+
+from __future__ import annotations
+
+import copy
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from stfusion.errors import StfusionError
+
+if TYPE_CHECKING:  # heavy imports stay inside the functions (the CLI's --help imports the stages)
+    import torch
+
+    from stfusion.models.base import FusionNetwork
+    from stfusion.core.strategies import Strategy
+
+log = logging.getLogger(__name__)
+
+
+def class_groups(cache_dir: str | Path) -> tuple[list[dict], dict[str, list[int]]]:
+    """The class list of a cache (``index, name, kind``) and the class indices of each kind
+    (``motion``, ``appearance``; classes of other or unknown kind are left out of the groups)."""
+    import pandas as pd
+    from stfusion.data.dataset import load_classes
+
+    classes = load_classes(cache_dir)
+    if isinstance(classes, pd.DataFrame):
+        rows = classes.to_dict("records")
+    else:
+        rows = [dict(r) if isinstance(r, dict) else {"name": str(r)} for r in classes]
+    for i, row in enumerate(rows):
+        row.setdefault("index", i)
+        row.setdefault("kind", "")
+    groups: dict[str, list[int]] = {}
+    for row in rows:
+        kind = str(row.get("kind") or "")
+        if kind in ("motion", "appearance"):
+            groups.setdefault(kind, []).append(int(row["index"]))
+    return rows, groups
+
+
+def clip_dataset(params: dict, cache_dir: str | Path, split: str, *, train: bool, views: str | None = None,
+                 calib_only: bool = False):
+    from stfusion.data.video_dataset import open_clips
+
+    return open_clips(params["data"], cache_dir, split, train=train, views=views, calib_only=calib_only)
+
+
+def require_cache(cache_dir: str | Path) -> None:
+    cache_dir = Path(cache_dir)
+    if not (cache_dir / "manifest.csv").is_file():
+        raise StfusionError(f"no clip cache in {cache_dir} (run 'stfusion prepare' first)")
+
+
+def num_classes(model: torch.nn.Module) -> int:
+    import torch
+
+    n = getattr(model, "arch", {}).get("num_classes")
+    if n is None:
+        linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+        n = linears[-1].out_features
+    return int(n)
+
+
+def save_supernet_build(path: str | Path, params: dict, num_classes: int, classes: list[dict],
+                        clip_shape: Sequence[int]) -> None:
+    """Add what is needed to rebuild the network (model and gate sections, classes) and the shape of its input
+    clips ``(3, T, H, W)`` (the input size the costs of its strategies are counted for) to a checkpoint."""
+    from stfusion.engine.checkpoint import load_checkpoint, save_torch
+
+    ckpt = load_checkpoint(path)
+    ckpt["build"] = {
+        "model": copy.deepcopy(params["model"]),
+        "gate": copy.deepcopy(params.get("gate", {})),
+        "num_classes": int(num_classes),
+        "classes": classes,
+        "clip_shape": [int(n) for n in clip_shape],
+    }
+    save_torch(ckpt, path)
+
+
+def build_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> FusionNetwork:
+    """A template network with the architecture recorded in ``ckpt['build']`` (random weights)."""
+    from stfusion.models import build_model
+
+    build = ckpt.get("build")
+    if not build:
+        raise StfusionError(
+            f"{path} holds no build information; it was not written by 'stfusion train-supernet' (rerun it)"
+        )
+    model_params = {**build["model"], "pretrained_2d": None}  # the weights come from the checkpoint
+    return build_model({"model": model_params, "gate": build["gate"]}, build["num_classes"])
+
+
+def clip_shape(ckpt: dict, path: str | Path = "checkpoint") -> list[int]:
+    """The ``(3, T, H, W)`` input clips a supernet checkpoint was trained on."""
+    shape = ckpt.get("build", {}).get("clip_shape")
+    if not shape:
+        raise StfusionError(f"{path} does not record its input size; it was written by an older "
+                            "'stfusion train-supernet' (rerun it)")
+    return list(shape)
+
+
+def load_supernet(path: str | Path) -> tuple[FusionNetwork, dict]:
+    """The trained template network of a ``train-supernet`` checkpoint, and the checkpoint."""
+    from stfusion.engine.checkpoint import load_checkpoint
+
+    ckpt = load_checkpoint(path)
+    model = build_from_checkpoint(ckpt, path)
+    if ckpt.get("arch") != model.arch:
+        raise StfusionError(f"{path}: the recorded architecture does not match the rebuilt network")
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, ckpt
+
+
+def strategy_of(text: str, n_layers: int) -> Strategy:
+    from stfusion.core.strategies import Strategy
+
+    return Strategy.parse(str(text), n_layers)
+
+
+def discard_stale(last: Path, arch: dict, settings: dict) -> None:
+    import torch
+
+    from stfusion.engine.train import RUN_ONLY_FIELDS
+
+    if not last.exists():
+        return
+    try:
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        written = {k: v for k, v in (ckpt.get("config") or {}).items() if k not in RUN_ONLY_FIELDS}
+        same = ckpt.get("arch") == arch and written == settings
+    except Exception:  # noqa: BLE001 - a damaged file is stale too
+        same = False
+    if not same:
+        log.warning("%s was written with other settings; starting the training over", last)
+        last.unlink()

@@ -1,0 +1,43 @@
+"""Stages ``generate`` (the built-in benchmark) and ``prepare`` (any dataset into the prepared layout)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stfusion.config.layout import CACHE, DATA_ROOT
+
+if TYPE_CHECKING:  # heavy imports stay inside the functions (the CLI's --help imports the stages)
+
+    pass
+
+log = logging.getLogger(__name__)
+
+
+def generate(params: dict, *, root: str | Path = DATA_ROOT, progress: bool = True) -> dict:
+    """Stage ``generate``: write the built-in benchmark (videos, ``annotations.csv``, ``classes.csv``) to ``root``."""
+    from stfusion.data.builtin import generate as generate_builtin
+
+    b = params["data"].get("builtin", {})
+    ann = generate_builtin(
+        root, clips_per_class=b.get("clips_per_class", 36), frames=b.get("frames", 12), size=b.get("size", 64),
+        texture=b.get("texture", "synthetic"), seed=params["seed"], classes=b.get("classes"), progress=progress,
+    )
+    summary = {"root": str(root), "videos": int(len(ann)), "classes": int(ann["label"].nunique()),
+               "train": int((ann["split"] == "train").sum()), "test": int((ann["split"] == "test").sum())}
+    log.info("built-in benchmark: %d videos of %d classes in %s", summary["videos"], summary["classes"], root)
+    return summary
+
+
+def prepare(
+    params: dict, *, root: str | Path | None = None, cache_dir: str | Path = CACHE, workers: int | None = None,
+    progress: bool = True, shard: tuple[int, int] | None = None, merge: int | None = None,
+) -> dict:
+    """Stage ``prepare``: read the dataset's annotations and prepare it in ``data.storage`` (the clip cache or
+    one file per video, :mod:`stfusion.data.storage`) with train / val / test splits and the calibration subset
+    (``data/cache``); ``shard=(I, N)`` prepares one shard of videos storage, ``merge=N`` merges N shards."""
+    from stfusion.data.prepare import prepare_dataset
+
+    return prepare_dataset(params, root=root, cache_dir=cache_dir, workers=workers, progress=progress, shard=shard,
+                           merge=merge)

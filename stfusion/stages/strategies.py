@@ -1,0 +1,199 @@
+"""Stages ``sample_strategies``, ``score_strategies`` and ``analyze``: strategies listed from the posterior,
+scored with the shared weights, and the network- and layer-level views of the space."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from stfusion.config.layout import ANALYSIS, CACHE, CANDIDATES, RANKING, SUPERNET, SUPERNET_DIR
+from stfusion.stages.runtime import data_fingerprint
+from stfusion.io.files import file_digest, read_table, write_json
+from stfusion.io.tables import write_table
+from stfusion.stages.common import class_groups, clip_dataset, load_supernet, num_classes, require_cache, strategy_of
+
+if TYPE_CHECKING:  # heavy imports stay inside the functions (the CLI's --help imports the stages)
+    import pandas as pd
+
+    from stfusion.core.strategies import Strategy
+
+log = logging.getLogger(__name__)
+
+
+def sample_strategies(params: dict, *, checkpoint: str | Path = SUPERNET, out: str | Path = CANDIDATES) -> pd.DataFrame:
+    """Stage ``sample_strategies``: the ``scoring.top_k`` most probable strategies, ``scoring.n_samples`` drawn
+    from the posterior (seed ``seed``) and the named families, one row a distinct strategy:
+    ``id, strategy, name, source, log_prob, prob, n_drawn, n_S, n_ST, n_S+ST, n_none``.
+
+    ``source`` lists every way the strategy was listed (``family``, ``top_k``, ``sample``), ``;``-separated;
+    ``name`` is the family name, ``top-<rank>`` or ``sample-<first draw>``."""
+    import numpy as np
+    import pandas as pd
+    from stfusion.io.files import write_csv
+    from stfusion.core.strategies import families
+
+    model, _ = load_supernet(checkpoint)
+    rule = params["gate"].get("keep_prob", "paper")
+    post = model.posterior(rule)
+    s = params["scoring"]
+    entries: list[tuple[Strategy, str, str]] = []
+    for name, strat in families(model.n_fusion_layers, model.stage_of_layer).items():
+        if all(a or st != 0 for a, st in zip(model.allow_none, strat.states)):
+            entries.append((strat, "family", name))
+    for rank, (strat, _) in enumerate(post.top_k(s.get("top_k", 8)), start=1):
+        entries.append((strat, "top_k", f"top-{rank}"))
+    for i, strat in enumerate(post.sample(s.get("n_samples", 24), seed=params["seed"]), start=1):
+        entries.append((strat, "sample", f"sample-{i}"))
+    rows: dict[str, dict] = {}
+    for strat, source, name in entries:
+        row = rows.get(strat.id)
+        if row is None:
+            row = rows[strat.id] = {
+                "id": strat.id, "strategy": strat.text, "name": name, "source": [], "log_prob": post.log_prob(strat),
+                "n_drawn": 0, **{f"n_{k}": v for k, v in strat.counts().items()},
+            }
+        if source not in row["source"]:
+            row["source"].append(source)
+        if source == "sample":
+            row["n_drawn"] += 1
+    df = pd.DataFrame(list(rows.values()))
+    df["source"] = df["source"].map(";".join)
+    df["prob"] = np.exp(df["log_prob"])
+    df["keep_prob_rule"] = rule
+    cols = ["id", "strategy", "name", "source", "log_prob", "prob", "n_drawn", "n_S", "n_ST", "n_S+ST", "n_none",
+            "keep_prob_rule"]
+    df = df[cols]
+    write_csv(df, out)
+    by_source = df["source"].str.split(";").explode().value_counts().to_dict()
+    log.info("%d distinct strategies listed (%s)", len(df), by_source)
+    return df
+
+
+def score_strategies(
+    params: dict, *, checkpoint: str | Path = SUPERNET, cache_dir: str | Path = CACHE,
+    candidates: str | Path = CANDIDATES, out: str | Path = RANKING, progress: bool = True,
+) -> pd.DataFrame:
+    """Stage ``score_strategies``: score every listed strategy with the supernet's shared weights.
+
+    Columns added to the candidates: ``top1`` (validation split, the configured BN mode: recalibrated unless
+    ``scoring.recalibrate_bn`` is false), ``top5``, ``top1_motion``, ``top1_appearance`` (validation, per class
+    kind), ``top1_test`` (+ per kind: the test split, same mode, for reporting only), ``top1_recal`` and
+    ``top1_plain_bn`` (validation with and without BN recalibration, both always measured), ``rank`` (1 = best
+    ``top1``; ties broken by log-probability). With ``scoring.racing`` (:mod:`stfusion.scoring.racing`) also
+    ``race_status``, ``race_clips``, ``top1_partial``, ``top1_low``, ``top1_high``; the dropped strategies' score
+    columns are empty (NaN) and they rank last."""
+    import hashlib
+
+    from stfusion.io.files import write_csv
+    from stfusion.core.costs import add_costs
+    from stfusion.scoring.prefix import score_strategies_prefix
+    from stfusion.data.transforms import views_text
+    from stfusion.scoring.naive import calibration_batches, score_resumable
+    from stfusion.engine.evaluation import eval_loader
+    from stfusion.engine.train import resolve_device
+
+    require_cache(cache_dir)
+    cand = read_table(candidates, "strategy list")
+    model, _ = load_supernet(checkpoint)
+    s = params["scoring"]
+    device = resolve_device(params["supernet"].get("device", "auto"))
+    recal = bool(s.get("recalibrate_bn", True))
+    bs = int(s.get("batch_size", 32))
+    _, groups = class_groups(cache_dir)
+    val = clip_dataset(params, cache_dir, "val", train=False)
+    test = clip_dataset(params, cache_dir, "test", train=False, views="test")
+    calib_set = clip_dataset(params, cache_dir, "train", train=True, views="eval", calib_only=True)
+    workers = int(params["supernet"].get("loader_workers", 0))
+    calib = calibration_batches(calib_set, bs, int(s.get("calib_batches", 4)), seed=params["seed"])
+    strategies = [strategy_of(t, model.n_fusion_layers) for t in cand["strategy"]]
+    kw = dict(model=model, num_classes=num_classes(model), calib_batches=calib, groups=groups, device=device,
+              progress=progress)
+    # finished chunks survive a kill; their folder is named by everything the scores depend on
+    key = hashlib.sha1(json.dumps([params, file_digest(checkpoint), data_fingerprint(cache_dir)], sort_keys=True,
+                                  default=str).encode()).hexdigest()[:16]
+    partial = Path(out).parent / ".partial" / key
+
+    def run(dataset, recalibrate, split):
+        log.info("scoring %d strategies on %d %s clips (%s BN)", len(strategies), len(dataset), split,
+                 "recalibrated" if recalibrate else "plain")
+        df = score_resumable(score_strategies_prefix, strategies, partial / f"{split}-{int(recalibrate)}",
+                             val_loader=eval_loader(dataset, bs, workers), recalibrate=recalibrate, **kw)
+        return _indexed(df)
+
+    if s.get("racing", False):
+        from stfusion.scoring.racing import race_stage
+
+        main_val = race_stage(params, strategies, val, cand, **kw)
+        strategies = [st for st, full in zip(strategies, main_val["race_status"] == "full") if full]
+    else:
+        main_val = run(val, recal, "val")
+    other_val = run(val, not recal, "val")
+    test_df = run(test, recal, "test")
+    out_df = cand.set_index("id")
+    for col in main_val.columns:
+        out_df[col] = main_val[col]
+    out_df["top1_recal"] = (main_val if recal else other_val)["top1"]
+    out_df["top1_plain_bn"] = (other_val if recal else main_val)["top1"]
+    for col in test_df.columns:
+        if col.startswith("top1"):
+            out_df[col.replace("top1", "top1_test", 1)] = test_df[col]
+    out_df["bn_mode"] = "recalibrated" if recal else "plain"
+    out_df["test_views"] = views_text(params["data"])
+    out_df = add_costs(add_rank(out_df.reset_index()), model, val[0][0].shape)
+    write_csv(out_df, out)
+    shutil.rmtree(partial, ignore_errors=True)
+    if partial.parent.is_dir() and not any(partial.parent.iterdir()):
+        partial.parent.rmdir()
+    best = out_df.iloc[0]
+    log.info("best on validation: %s (top1 %.3f, test %.3f)", best["strategy"], best["top1"], best["top1_test"])
+    return out_df
+
+
+def _indexed(scores: pd.DataFrame) -> pd.DataFrame:
+    return scores.drop(columns=["strategy", "n"]).assign(id=lambda d: d["id"].astype(str)).set_index("id")
+
+
+def add_rank(df: pd.DataFrame, score: str = "top1") -> pd.DataFrame:
+    """Sort by ``score`` (best first; ties by log-probability) and number the rows ``rank`` 1..n."""
+    import numpy as np
+
+    df = df.sort_values([score, "log_prob"], ascending=[False, False], kind="stable").reset_index(drop=True)
+    df["rank"] = np.arange(1, len(df) + 1)
+    return df
+
+
+def analyze(
+    params: dict, *, checkpoint: str | Path = SUPERNET, ranking: str | Path = RANKING,
+    drop_rates: str | Path | None = f"{SUPERNET_DIR}/drop_rates.csv", out_dir: str | Path = ANALYSIS,
+) -> dict:
+    """Stage ``analyze``: the network-level table, the layer-level preference (CSV + Markdown), the preference
+    heatmap, the log-probability vs score scatter plot and the drop-rate trajectories."""
+    import pandas as pd
+    from stfusion.analysis import space as analysis
+
+    model, ckpt = load_supernet(checkpoint)
+    rule = params["gate"].get("keep_prob", "paper")
+    post = model.posterior(rule)
+    ranked = read_table(ranking, "ranking")
+    init_p = float(ckpt["build"]["gate"].get("init_p", 0.1))
+    out_dir = Path(out_dir)
+    pref = analysis.preference_table(post, model.drop_rates(), model.stage_of_layer)
+    write_table(pref, out_dir / "preference.csv")
+    net = analysis.network_table(ranked)
+    write_table(net, out_dir / "network.csv")
+    analysis.plot_preference(pref, out_dir / "preference.png")
+    analysis.plot_scatter(ranked, out_dir / "scatter.png")
+    if drop_rates is not None and Path(drop_rates).is_file():
+        stats = Path(drop_rates).with_name("gate_stats.csv")
+        analysis.plot_drop_rates(pd.read_csv(drop_rates), out_dir / "drop_rates.png",
+                                 pd.read_csv(stats) if stats.is_file() else None)
+    summary = analysis.preference_summary(pref)
+    p = model.drop_rates()
+    summary.update(entropy=post.entropy(), entropy_initial=analysis.initial_entropy(init_p, model.allow_none, rule),
+                   drop_rate_spread=float(p.max() - p.min()), keep_prob_rule=rule, init_p=init_p,
+                   initial_marginals=analysis.initial_marginals(init_p, rule))
+    write_json(out_dir / "summary.json", summary)
+    return summary
