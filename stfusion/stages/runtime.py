@@ -17,20 +17,24 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def timed(stage: str, path: str | Path | None, **extra):
-    """Time the enclosed work and write ``{"stage", "seconds", ...}`` to ``path`` (JSON) when it succeeds."""
+    """Time the enclosed work and write ``{"stage", "seconds", ...}`` to ``path`` (JSON) when it succeeds. A
+    stage that gathers the records of separate jobs puts their total in ``info["run_seconds"]``: its time is its
+    own plus theirs."""
     t0 = time.perf_counter()
     info: dict = {"stage": stage, **extra}
     yield info
     info["seconds"] = round(time.perf_counter() - t0, 3)
     log.info("%s took %.1f s", stage, info["seconds"])
+    if "run_seconds" in info:
+        info["seconds"] = round(info["seconds"] + info["run_seconds"], 3)
     if path is not None:
         write_json(path, info)
 
 
 def set_threads(threads: int | None) -> None:
-    import torch
-
     if threads:
+        import torch
+
         torch.set_num_threads(int(threads))
 
 
