@@ -27,6 +27,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import yaml  # noqa: E402
 
+from stfusion import __version__  # noqa: E402
 from stfusion.cli.commands import COMMANDS, Command  # noqa: E402
 from stfusion.config import layout  # noqa: E402
 from stfusion.config.layout import LAYOUT  # noqa: E402
@@ -60,8 +61,6 @@ def _common() -> argparse.ArgumentParser:
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command in :data:`~stfusion.cli.commands.COMMANDS`."""
-    from stfusion import __version__
-
     parser = argparse.ArgumentParser(
         prog="stfusion", description=__doc__.split("\n\n")[0].replace("``", ""), epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,

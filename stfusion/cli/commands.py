@@ -49,6 +49,20 @@ def strategy(what: str) -> Arg:
                to="strategies")
 
 
+def trained(ckpt_dir: str, runs_dir: str) -> tuple[Arg, Arg]:
+    """Where a training command writes its networks (``CKPT/<id>/``) and run records (``RUNS/<id>.json``)."""
+    return (path("--ckpt-dir", ckpt_dir, "DIR", "checkpoints", out=True),
+            path("--runs-dir", runs_dir, "DIR", "run records", out=True))
+
+
+def runs(runs_dir: str) -> Arg:
+    return path("--runs-dir", runs_dir, "DIR", "run records")
+
+
+def selection(default: str) -> Arg:
+    return path("--selection", default, "CSV", "selection")
+
+
 def timing(default: str | None, what: str = "this stage took", shown: str = "%(default)s") -> Arg:
     return Arg("--timing", {"default": default, "metavar": "JSON",
                             "help": f"where to record the seconds {what} (default: {shown})"}, path="out")
@@ -134,8 +148,8 @@ def _shards(result: dict, args) -> dict:
         return result
     cache = RunLayout(cache=args.cache)
     files = [Path(cache.shard_timing(i, args.merge)) for i in range(args.merge)]
-    runs = [read_json(f) for f in files if f.is_file()]
-    return {**result, "jobs": len(runs), "run_seconds": round(sum(r["seconds"] for r in runs), 3)}
+    records = [read_json(f) for f in files if f.is_file()]
+    return {**result, "jobs": len(records), "run_seconds": round(sum(r["seconds"] for r in records), 3)}
 
 
 def _standalone_runs(result: dict, args) -> dict:
@@ -256,8 +270,7 @@ COMMANDS: tuple[Command, ...] = (
         "(finetune.*), evaluate on validation and test. Writes RUNS/<id>.json and CKPT/<id>/.",
         "stfusion.stages.derive:finetune",
         (strategy("derived strategy id"), CHECKPOINT, CACHE, path("--derived", LAYOUT.derived, "CSV", "derived table"),
-         path("--ckpt-dir", LAYOUT.finetune_ckpt, "DIR", "checkpoints", out=True),
-         path("--runs-dir", LAYOUT.finetune_runs, "DIR", "run records", out=True)),
+         *trained(LAYOUT.finetune_ckpt, LAYOUT.finetune_runs)),
         progress=True, distributed=True,
     ),
     Command(
@@ -265,7 +278,7 @@ COMMANDS: tuple[Command, ...] = (
         "Gather RUNS/<id>.json of every derived strategy into the accuracy table (CSV + Markdown).",
         "stfusion.stages.derive:finetune_table",
         (path("--derived", LAYOUT.derived, "CSV", "derived table"),
-         path("--runs-dir", LAYOUT.finetune_runs, "DIR", "run records"), SCORES,
+         runs(LAYOUT.finetune_runs), SCORES,
          path("--out", LAYOUT.finetune_table, "CSV", "accuracy table", out=True)),
         params=False, timed="finetune", done=_gathered,
     ),
@@ -283,9 +296,7 @@ COMMANDS: tuple[Command, ...] = (
         "and the same seed, evaluated on validation and test. Writes RUNS/<id>.json and CKPT/<id>/.",
         "stfusion.stages.validate:train_standalone",
         (strategy("selected strategy id"), CACHE, ARCHITECTURE,
-         path("--selection", LAYOUT.selection, "CSV", "selection"),
-         path("--ckpt-dir", LAYOUT.standalone_ckpt, "DIR", "checkpoints", out=True),
-         path("--runs-dir", LAYOUT.standalone_runs, "DIR", "run records", out=True)),
+         selection(LAYOUT.selection), *trained(LAYOUT.standalone_ckpt, LAYOUT.standalone_runs)),
         progress=True, distributed=True,
     ),
     Command(
@@ -293,8 +304,7 @@ COMMANDS: tuple[Command, ...] = (
         "Gather the stand-alone runs; Kendall tau and Spearman rho between stand-alone accuracy and the "
         "supernet score (with and without BN recalibration) and the log-probability.",
         "stfusion.stages.validate:validate_ranking",
-        (path("--selection", LAYOUT.selection, "CSV", "selection"),
-         path("--runs-dir", LAYOUT.standalone_runs, "DIR", "run records"), SCORES,
+        (selection(LAYOUT.selection), runs(LAYOUT.standalone_runs), SCORES,
          path("--out-dir", LAYOUT.validation, "DIR", "output folder", out=True)),
         params=False, timed="validate_ranking", done=_standalone_runs,
     ),
@@ -358,9 +368,8 @@ COMMANDS: tuple[Command, ...] = (
         (strategy("selected strategy id"),
          Arg("--seed-index", {"type": int, "action": "append", "metavar": "J",
                               "help": "seed index (repeatable; default: 0 .. fidelity.seeds-1)"}, to="seeds"),
-         CACHE, ARCHITECTURE, path("--selection", LAYOUT.fidelity_selection, "CSV", "selection"),
-         path("--ckpt-dir", LAYOUT.fidelity_ckpt, "DIR", "checkpoints", out=True),
-         path("--runs-dir", LAYOUT.fidelity_runs, "DIR", "run records", out=True)),
+         CACHE, ARCHITECTURE, selection(LAYOUT.fidelity_selection),
+         *trained(LAYOUT.fidelity_ckpt, LAYOUT.fidelity_runs)),
         progress=True, distributed=True,
     ),
     Command(
@@ -369,8 +378,7 @@ COMMANDS: tuple[Command, ...] = (
         "strategies) of the supernet score, plain-BN score and log-probability against the mean "
         "stand-alone accuracy; the seed-to-seed ceiling; top-k overlap; regret; paired differences; a figure.",
         "stfusion.stages.fidelity:fidelity_report",
-        (RANKING, path("--selection", LAYOUT.fidelity_selection, "CSV", "selection"),
-         path("--runs-dir", LAYOUT.fidelity_runs, "DIR", "run records"),
+        (RANKING, selection(LAYOUT.fidelity_selection), runs(LAYOUT.fidelity_runs),
          path("--out-dir", LAYOUT.fidelity_dir, "DIR", "output folder", out=True),
          timing(LAYOUT.fidelity_timing, "of the study",
                 f"%(default)s; kept apart from {LAYOUT.timing_dir} so the default run's total leaves the study out")),
