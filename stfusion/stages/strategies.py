@@ -172,7 +172,6 @@ def analyze(
     """Stage ``analyze``: the network-level table, the layer-level preference (CSV + Markdown), the preference
     heatmap, the log-probability vs score scatter plot and the drop-rate trajectories (with the gate statistics,
     when the supernet's training wrote them), in ``out_dir`` under the names of the standard layout."""
-    import pandas as pd
     from stfusion.analysis import space as analysis
 
     model, ckpt = load_supernet(checkpoint)
@@ -186,13 +185,10 @@ def analyze(
     write_table(net, in_folder(LAYOUT.network, out_dir))
     analysis.plot_preference(pref, in_folder(LAYOUT.preference_plot, out_dir))
     analysis.plot_scatter(ranked, in_folder(LAYOUT.scatter_plot, out_dir))
-    if drop_rates is not None and Path(drop_rates).is_file():
-        stats = None
-        if gate_stats is not None and Path(gate_stats).is_file():
-            stats = pd.read_csv(gate_stats)
-        elif gate_stats is not None:
-            log.warning("%s not found: the drop-rate figure leaves out the gate statistics", gate_stats)
-        analysis.plot_drop_rates(pd.read_csv(drop_rates), in_folder(LAYOUT.drop_rates_plot, out_dir), stats)
+    rates = _optional_table(drop_rates, "no drop-rate figure")
+    if rates is not None:
+        stats = _optional_table(gate_stats, "the drop-rate figure leaves out the gate statistics")
+        analysis.plot_drop_rates(rates, in_folder(LAYOUT.drop_rates_plot, out_dir), stats)
     summary = analysis.preference_summary(pref)
     p = model.drop_rates()
     summary.update(entropy=post.entropy(), entropy_initial=analysis.initial_entropy(init_p, model.allow_none, rule),
@@ -200,3 +196,14 @@ def analyze(
                    initial_marginals=analysis.initial_marginals(init_p, rule))
     write_json(in_folder(LAYOUT.analysis_summary, out_dir), summary)
     return summary
+
+
+def _optional_table(path: str | Path | None, without: str) -> pd.DataFrame | None:
+    """The CSV table at ``path``, or None (with a warning saying what is left out when ``path`` is missing)."""
+    import pandas as pd
+
+    if path is not None and Path(path).is_file():
+        return pd.read_csv(path)
+    if path is not None:
+        log.warning("%s not found: %s", path, without)
+    return None

@@ -56,7 +56,7 @@ def _storage(cfg):
 
 STORAGE = _storage(config)
 PREPARE_SHARDS = int(config["data"].get("prepare_shards", 1))
-# the names the rules use
+# short names of the files many rules use (the others: LAYOUT.<file>)
 SUPERNET = LAYOUT.supernet
 CANDIDATES = LAYOUT.candidates
 RANKING = LAYOUT.ranking
