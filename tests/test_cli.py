@@ -18,7 +18,7 @@ from conftest import REPO
 COMMANDS = [
     "generate", "prepare", "train-supernet", "sample-strategies", "score-strategies", "analyze", "derive",
     "finetune", "finetune-table", "select-standalone", "train-standalone", "validate-ranking", "report", "export",
-    "init",
+    "init", "select-fidelity", "train-fidelity", "fidelity", "compare",
 ]
 
 
@@ -117,3 +117,22 @@ def test_threshold_and_keep_rule_params_do_not_reach_training():
     keys = set(layout.STAGE_PARAMS["train_supernet"])
     assert not any(k.startswith(("scoring", "derive", "finetune", "validate")) for k in keys)
     assert "gate.keep_prob" not in keys
+
+
+@pytest.mark.parametrize("name", ["train-supernet", "finetune", "train-standalone", "train-fidelity"])
+def test_training_commands_set_up_the_process_group(name, monkeypatch, tmp_path):
+    """Every command that trains networks runs in every process of a torchrun launch: the process group is
+    set up before its stage and torn down after it (else a cluster job trains on one process)."""
+    import importlib
+
+    from stfusion.cli.commands import COMMANDS
+    from stfusion.engine import distributed
+
+    calls = []
+    module, _, func = next(c for c in COMMANDS if c.name == name).stage.partition(":")
+    monkeypatch.setattr(distributed, "init_from_env", lambda: calls.append("init"))
+    monkeypatch.setattr(distributed, "cleanup", lambda: calls.append("cleanup"))
+    monkeypatch.setattr(importlib.import_module(module), func, lambda *a, **k: calls.append("stage") or {})
+    monkeypatch.chdir(tmp_path)
+    assert cli.main([name, "--params", str(REPO / "params.yaml"), "--no-progress"]) == 0
+    assert calls == ["init", "stage", "cleanup"]

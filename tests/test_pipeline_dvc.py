@@ -4,16 +4,20 @@ checkpoints and tables in a fresh clone, and `dvc exp run -S` of a scoring param
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import re
+import shlex
 import shutil
 import subprocess
+from pathlib import Path
 
 import pytest
 import yaml
 
 from conftest import REPO
+from stfusion.cli.commands import COMMANDS
 from stfusion.config.loading import deep_merge
 from stfusion.config.layout import STAGE_PARAMS
 
@@ -42,6 +46,95 @@ def test_dvc_outputs_do_not_overlap():
     for a in outs:
         for b in outs:
             assert a == b or not b.startswith(a.rstrip("/") + "/"), (a, b)
+
+
+# ------------------------------------------------------------------------------- code dependencies
+def _module_file(name: str) -> Path | None:
+    """The file of module ``name`` (``stfusion.a.b``) in the checkout, or None."""
+    base = REPO.joinpath(*name.split("."))
+    for path in (base.with_suffix(".py"), base / "__init__.py"):
+        if path.is_file():
+            return path
+    return None
+
+
+def _imported(path: Path, skip: frozenset[str]) -> set[str]:
+    """The stfusion modules ``path`` imports anywhere (inside functions too), with the packages above them;
+    imports under ``if TYPE_CHECKING:`` do not run and are left out, and so are the modules in ``skip``."""
+    tree = ast.parse(path.read_text())
+    typing_only = {id(n) for node in ast.walk(tree) if isinstance(node, ast.If)
+                   and getattr(node.test, "id", getattr(node.test, "attr", None)) == "TYPE_CHECKING"
+                   for stmt in node.body for n in ast.walk(stmt)}
+    targets: set[str] = set()  # `from a import b`: module a.b if there is one, else a
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import) and id(node) not in typing_only:
+            targets.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and id(node) not in typing_only:
+            targets.update(f"{node.module}.{a.name}" if _module_file(f"{node.module}.{a.name}") else node.module
+                           for a in node.names)
+    parts = [name.split(".") for name in targets - skip if name.split(".")[0] == "stfusion"]
+    return {".".join(p[:i]) for p in parts for i in range(1, len(p) + 1) if _module_file(".".join(p[:i]))}
+
+
+def code_closure(command: str) -> set[str]:
+    """The files of stfusion that ``python -m stfusion.cli <command>`` runs: the command line (every module
+    of stfusion/cli), the command's stage module, and what they import, transitively. The command line imports
+    stfusion.engine.distributed only for a distributed command."""
+    cmd = next(c for c in COMMANDS if c.name == command)
+    skip = frozenset() if cmd.distributed else frozenset({"stfusion.engine.distributed"})
+    todo = {f"stfusion.cli.{p.stem}" for p in (REPO / "stfusion" / "cli").glob("*.py")}
+    todo |= {"stfusion", "stfusion.cli", cmd.stage.partition(":")[0]}
+    seen: set[str] = set()
+    while todo:
+        name = todo.pop()
+        seen.add(name)
+        todo |= _imported(_module_file(name), skip if name.startswith("stfusion.cli.") else frozenset()) - seen
+    return {_module_file(name).relative_to(REPO).as_posix() for name in seen}
+
+
+def _dvc_stages() -> dict[str, dict]:
+    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    return {**stages, **yaml.safe_load((REPO / "studies" / "fidelity" / "dvc.yaml").read_text())["stages"]}
+
+
+def _command(stage: dict) -> tuple[str, list[str]]:
+    words = shlex.split(stage["cmd"])
+    assert words[:3] == ["python", "-m", "stfusion.cli"], stage["cmd"]
+    return words[3], words[4:]
+
+
+def _covered(path: str, listed: list[str]) -> bool:
+    """``path`` is listed, lies in a listed folder, or is a folder holding a listed path."""
+    return any(path == d or path.startswith(d.rstrip("/") + "/") or d.startswith(path.rstrip("/") + "/")
+               for d in listed)
+
+
+def test_dvc_code_deps_cover_every_module_a_stage_imports():
+    """DVC reruns a stage when code it runs changes: every module of its command's import closure is a dep
+    (a file, or a folder above it), and every code dep is code the stage runs."""
+    for name, stage in _dvc_stages().items():
+        closure = code_closure(_command(stage)[0])
+        deps = [d for d in stage.get("deps", []) if d.startswith("stfusion")]
+        missing = sorted(f for f in closure if not any(f == d or f.startswith(d.rstrip("/") + "/") for d in deps))
+        assert not missing, f"dvc stage {name}: add to its deps {missing}"
+        stale = [d for d in deps if not any(f == d or f.startswith(d.rstrip("/") + "/") for f in closure)]
+        assert not stale, f"dvc stage {name}: {stale} in its deps is code it does not run"
+
+
+def test_dvc_commands_use_the_standard_layout():
+    """Each path a dvc stage passes is the command's default (the standard layout: one definition) and is
+    listed among the stage's deps (a file it reads) or outs (a file it writes)."""
+    for name, stage in _dvc_stages().items():
+        command, words = _command(stage)
+        args = {a.flag: a for a in next(c for c in COMMANDS if c.name == command).arguments() if a.path}
+        deps = [str(d) for d in stage.get("deps", [])]
+        outs = [o if isinstance(o, str) else next(iter(o)) for o in stage.get("outs", []) + stage.get("metrics", [])]
+        for flag, value in zip(words, words[1:]):
+            if flag not in args:
+                continue
+            default = args[flag].spec.get("default")
+            assert default is None or value == default, f"dvc stage {name}: {flag} {value} (layout: {default})"
+            assert _covered(value, deps if args[flag].path == "in" else outs), f"dvc stage {name}: {flag} {value}"
 
 
 def run(cmd, cwd, timeout=900):
@@ -145,3 +238,20 @@ def test_dvc_exp_run_scoring_parameter_does_not_retrain(dvc_repo):
     assert not ran & {"generate", "prepare", "train_supernet", "sample_strategies"}, ran
     assert (md5(model), model.stat().st_mtime_ns) == before
     assert yaml.safe_load((repo / "params.yaml").read_text())["scoring"]["calib_batches"] == 2
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("module", ["stfusion/core/droppath.py", "stfusion/engine/distributed.py",
+                                    "stfusion/data/loader.py", "stfusion/stages/common.py"])
+def test_dvc_reruns_train_supernet_after_a_change_to_code_it_imports(dvc_repo, module):
+    repo, _, _ = dvc_repo
+    assert module in code_closure("train-supernet")
+    path = repo / module
+    original = path.read_text()
+    try:
+        path.write_text(original + "# changed\n")
+        out = run(["dvc", "status", "train_supernet"], repo)
+        assert "train_supernet:" in out and "changed deps" in out, out
+    finally:
+        path.write_text(original)
+    assert "up to date" in run(["dvc", "status", "train_supernet"], repo)

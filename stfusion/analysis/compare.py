@@ -1,7 +1,7 @@
 """``stfusion compare``: one ranked table across experiments (runs of the pipeline with other parameters).
 
 Each experiment is a ``results`` folder (its ``metrics.json``, and ``fidelity/fidelity.json`` when the study
-ran) or an entry of ``dvc exp show --json`` (its metrics ``results/metrics.json``). One row an experiment with
+ran) or an entry of ``dvc exp show --json`` (the metrics file of the standard layout). One row an experiment with
 the columns of :data:`COLUMNS`, ranked by the best sampled strategy's validation top-1 (then by tau); written as
 ``compare.csv``, ``compare.md`` and ``compare.png`` (the accuracies and the posterior's figures side by side).
 """
@@ -14,6 +14,7 @@ from typing import Sequence
 
 import pandas as pd
 
+from stfusion.config.layout import LAYOUT, RunLayout
 from stfusion.errors import StfusionError
 
 #: (column, key in metrics.json) — what the table shows of every experiment
@@ -29,7 +30,6 @@ COLUMNS = (
     ("all_S_motion", "all_S_top1_motion"),
     ("tau", "kendall_tau"),
 )
-METRICS = "results/metrics.json"
 
 
 def row_from_metrics(name: str, metrics: dict, study: dict | None = None) -> dict:
@@ -51,20 +51,20 @@ def row_from_metrics(name: str, metrics: dict, study: dict | None = None) -> dic
 def rows_from_folders(folders: Sequence[str | Path]) -> list[dict]:
     rows = []
     for folder in folders:
-        folder = Path(folder)
-        path = folder / "metrics.json"
+        folder, files = Path(folder), RunLayout(results=str(folder))
+        path, study_path = Path(files.metrics), Path(files.fidelity_study)
         if not path.is_file():
-            raise StfusionError(f"no metrics.json in {folder} (give the results folder of a finished run)")
-        study_path = folder / "fidelity" / "fidelity.json"
+            raise StfusionError(f"no {path.name} in {folder} (give the results folder of a finished run)")
         study = json.loads(study_path.read_text()) if study_path.is_file() else None
-        name = folder.resolve().parent.name if folder.name == "results" else folder.name
+        name = folder.resolve().parent.name if folder.name == Path(LAYOUT.results).name else folder.name
         rows.append(row_from_metrics(name, json.loads(path.read_text()), study))
     return rows
 
 
 def rows_from_dvc(path: str | Path) -> list[dict]:
     """Rows from ``dvc exp show --json``: a list of commits, each with ``experiments`` whose ``revs`` carry
-    ``data.metrics['results/metrics.json'].data`` (the commit itself is a row too, named by its ``rev``)."""
+    ``data.metrics[<the standard layout's metrics file>].data`` (the commit itself is a row too, named by its
+    ``rev``)."""
     try:
         data = json.loads(Path(path).read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -73,7 +73,7 @@ def rows_from_dvc(path: str | Path) -> list[dict]:
 
     def add(entry: dict, fallback: str) -> None:
         d = entry.get("data") or {}
-        metrics = ((d.get("metrics") or {}).get(METRICS) or {}).get("data")
+        metrics = ((d.get("metrics") or {}).get(LAYOUT.metrics) or {}).get("data")
         if metrics:
             rows.append(row_from_metrics(entry.get("name") or d.get("name") or entry.get("rev") or fallback,
                                          metrics))
@@ -84,7 +84,7 @@ def rows_from_dvc(path: str | Path) -> list[dict]:
             for k, rev in enumerate(exp.get("revs") or []):
                 add({**rev, "name": exp.get("name") or rev.get("name")}, f"exp-{i}-{j}-{k}")
     if not rows:
-        raise StfusionError(f"{path} holds no experiment with {METRICS} metrics")
+        raise StfusionError(f"{path} holds no experiment with {LAYOUT.metrics} metrics")
     return rows
 
 
@@ -119,9 +119,12 @@ def plot_compare(df: pd.DataFrame, path) -> Path:
 
 
 def compare(folders: Sequence[str | Path] = (), *, dvc_json: str | Path | None = None, out_dir) -> pd.DataFrame:
-    """Write ``compare.csv|md|png`` to ``out_dir`` for the given result folders or dvc experiments."""
+    """Write ``compare.csv|md|png`` to ``out_dir`` for the given result folders or dvc experiments (one of the
+    two)."""
     from stfusion.io.tables import write_table
 
+    if bool(folders) == bool(dvc_json):
+        raise StfusionError("give either result folders or --dvc-json FILE (one of the two)")
     rows = rows_from_dvc(dvc_json) if dvc_json else rows_from_folders(folders)
     df = rank_table(rows)
     out_dir = Path(out_dir)

@@ -13,7 +13,7 @@ Default layout (all paths can be changed on the command line)::
 
     data/builtin/                      generated benchmark (videos, annotations.csv, classes.csv)
     data/cache/                        prepared data (clip cache or videos/), manifest with splits, classes.csv, storage.json
-    checkpoints/supernet/              model.pt, last.pt (resume), history.csv, drop_rates.csv
+    checkpoints/supernet/              model.pt, last.pt (resume), history.csv, drop_rates.csv, gate_stats.csv
     checkpoints/finetune/<id>/         derived networks, finetuned
     checkpoints/standalone/<id>/       strategies trained from scratch
     results/strategies/                candidates.csv, ranking.csv
@@ -21,28 +21,41 @@ Default layout (all paths can be changed on the command line)::
     results/derived/strategies.csv     derived strategies
     results/finetune/                  runs/<id>.json, accuracy.csv/.md
     results/validation/                strategies.csv, runs/<id>.json, standalone.csv/.md, ranking_fidelity.json
+    results/fidelity/                  the ranking-fidelity study: strategies.csv, runs/seed<j>/<id>.json, fidelity.json
     results/timing/<stage>.json        seconds per stage
     results/report.md, results/metrics.json (numbers only), results/versions.json (library versions)
     results/report/                    HTML tables, Pareto figures, confusion matrix, curves, drop-rate summary
+    results/export/, results/compare/  deployable networks (stfusion export), tables across runs (stfusion compare)
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable
 
 # ----------------------------------------------------------------------------------------------- layout
 @dataclass(frozen=True)
 class RunLayout:
-    """Every file of one run. Four roots (the only paths a user moves: ``--root``, ``--cache``, ``--checkpoints``,
-    ``--results``); every file is named once, below them, as a property. Paths are strings relative to the
-    working folder, as the Snakemake rules and ``dvc.yaml`` write them."""
+    """Every file of one run, named once, below four roots, as a property. Paths are strings relative to the
+    working folder, as the Snakemake rules and ``dvc.yaml`` write them. :data:`LAYOUT` is the standard layout
+    (the defaults of the commands' path options); ``RunLayout(cache=folder)`` names the files of a cache moved
+    to ``folder`` (likewise the other roots)."""
 
     data_root: str = "data/builtin"  #: the generated benchmark (videos, annotations.csv, classes.csv)
     cache: str = "data/cache"  #: the prepared dataset: manifest, classes, storage record, clips or videos
     checkpoints: str = "checkpoints"
     results: str = "results"
+
+    # the dataset as given (the built-in benchmark is generated here)
+    @property
+    def annotations(self) -> str:
+        return f"{self.data_root}/annotations.csv"
+
+    @property
+    def dataset_classes(self) -> str:
+        return f"{self.data_root}/classes.csv"
 
     # prepared data
     @property
@@ -57,6 +70,17 @@ class RunLayout:
     def storage(self) -> str:
         return f"{self.cache}/storage.json"
 
+    @property
+    def clips(self) -> str:
+        return f"{self.cache}/clips.npy"
+
+    def shard_manifest(self, shard: int | str, n_shards: int | str) -> str:
+        """The rows of shard ``shard`` of ``n_shards`` (videos storage, ``stfusion prepare --shard``)."""
+        return f"{self.cache}/shards/manifest-{shard}-of-{n_shards}.csv"
+
+    def shard_timing(self, shard: int | str, n_shards: int | str) -> str:
+        return f"{self.cache}/shards/timing-{shard}-of-{n_shards}.json"
+
     # supernet
     @property
     def supernet_dir(self) -> str:
@@ -65,6 +89,11 @@ class RunLayout:
     @property
     def supernet(self) -> str:
         return f"{self.supernet_dir}/model.pt"
+
+    @property
+    def last(self) -> str:
+        """The resume checkpoint of an unfinished training (not an output: it survives a killed job)."""
+        return f"{self.supernet_dir}/last.pt"
 
     @property
     def history(self) -> str:
@@ -96,6 +125,22 @@ class RunLayout:
         return f"{self.analysis}/preference.csv"
 
     @property
+    def network(self) -> str:
+        return f"{self.analysis}/network.csv"
+
+    @property
+    def preference_plot(self) -> str:
+        return f"{self.analysis}/preference.png"
+
+    @property
+    def scatter_plot(self) -> str:
+        return f"{self.analysis}/scatter.png"
+
+    @property
+    def drop_rates_plot(self) -> str:
+        return f"{self.analysis}/drop_rates.png"
+
+    @property
     def analysis_summary(self) -> str:
         return f"{self.analysis}/summary.json"
 
@@ -115,6 +160,14 @@ class RunLayout:
     @property
     def finetune_table(self) -> str:
         return f"{self.results}/finetune/accuracy.csv"
+
+    @property
+    def finetune_best_history(self) -> str:
+        return f"{self.results}/finetune/best_history.csv"
+
+    @property
+    def finetune_best_predictions(self) -> str:
+        return f"{self.results}/finetune/best_test_predictions.csv"
 
     # stand-alone validation of the default run
     @property
@@ -138,8 +191,20 @@ class RunLayout:
         return f"{self.validation}/standalone.csv"
 
     @property
+    def standalone_best_history(self) -> str:
+        return f"{self.validation}/best_history.csv"
+
+    @property
+    def standalone_best_predictions(self) -> str:
+        return f"{self.validation}/best_test_predictions.csv"
+
+    @property
     def fidelity(self) -> str:
         return f"{self.validation}/ranking_fidelity.json"
+
+    @property
+    def fidelity_plot(self) -> str:
+        return f"{self.validation}/ranking_fidelity.png"
 
     # the ranking-fidelity study
     @property
@@ -157,6 +222,27 @@ class RunLayout:
     @property
     def fidelity_runs(self) -> str:
         return f"{self.fidelity_dir}/runs"
+
+    @property
+    def fidelity_study(self) -> str:
+        return f"{self.fidelity_dir}/fidelity.json"
+
+    @property
+    def fidelity_summary(self) -> str:
+        return f"{self.fidelity_dir}/fidelity.md"
+
+    @property
+    def fidelity_table(self) -> str:
+        return f"{self.fidelity_dir}/table.csv"
+
+    @property
+    def fidelity_study_plot(self) -> str:
+        return f"{self.fidelity_dir}/fidelity.png"
+
+    @property
+    def fidelity_timing(self) -> str:
+        """Kept apart from :attr:`timing_dir`, so that the default run's total time leaves the study out."""
+        return f"{self.fidelity_dir}/timing.json"
 
     # records and the report
     @property
@@ -184,40 +270,24 @@ class RunLayout:
 
     @property
     def export_dir(self) -> str:
+        """``<id>.pt2`` / ``<id>.onnx`` of ``stfusion export``, each with its ``.json``."""
         return f"{self.results}/export"
+
+    @property
+    def compare_dir(self) -> str:
+        """``stfusion compare``: one table across runs."""
+        return f"{self.results}/compare"
 
 
 #: the standard layout (what ``snakemake`` and ``dvc repro`` use)
 LAYOUT = RunLayout()
 
-# the standard layout's files under their former names (to be replaced by LAYOUT's attributes)
-DATA_ROOT = LAYOUT.data_root
-CACHE = LAYOUT.cache
-SUPERNET_DIR = LAYOUT.supernet_dir
-SUPERNET = LAYOUT.supernet
-FINETUNE_CKPT = LAYOUT.finetune_ckpt
-STANDALONE_CKPT = LAYOUT.standalone_ckpt
-RESULTS = LAYOUT.results
-CANDIDATES = LAYOUT.candidates
-RANKING = LAYOUT.ranking
-ANALYSIS = LAYOUT.analysis
-PREFERENCE = LAYOUT.preference
-DERIVED = LAYOUT.derived
-FINETUNE_RUNS = LAYOUT.finetune_runs
-FINETUNE_TABLE = LAYOUT.finetune_table
-VALIDATION = LAYOUT.validation
-SELECTION = LAYOUT.selection
-STANDALONE_RUNS = LAYOUT.standalone_runs
-FIDELITY = LAYOUT.fidelity
-TIMING = LAYOUT.timing_dir
-REPORT = LAYOUT.report
-METRICS = LAYOUT.metrics
-VERSIONS = LAYOUT.versions
-FIDELITY_DIR = LAYOUT.fidelity_dir
-FIDELITY_CKPT = LAYOUT.fidelity_ckpt
-FIDELITY_SELECTION = LAYOUT.fidelity_selection
-FIDELITY_RUNS = LAYOUT.fidelity_runs
-REPORT_DIR = LAYOUT.report_dir
+
+def in_folder(path: str, folder: str | Path) -> Path:
+    """The file ``path`` of a layout's folder, in ``folder`` instead: a command given another output folder
+    writes the files of the standard one there, under the same names (and every training folder, the
+    supernet's, a finetuned or a stand-alone network's, holds its files under the supernet's names)."""
+    return Path(folder) / Path(path).name
 
 # --------------------------------------------------------------------------------------- stage parameters
 _DATA_LOADING = ["preset", "data.frames", "data.stride", "data.sampling", "data.size", "data.backend"]

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stfusion.config.layout import RunLayout
 from stfusion.io.files import write_csv
 from stfusion.errors import StfusionError
 
@@ -83,7 +84,7 @@ def class_table(classes: list[str], kinds: dict | None) -> pd.DataFrame:
 
 
 def shard_path(out_dir, shard: int, n_shards: int) -> Path:
-    return Path(out_dir) / "shards" / f"manifest-{shard}-of-{n_shards}.csv"
+    return Path(RunLayout(cache=str(out_dir)).shard_manifest(shard, n_shards))
 
 
 def read_shard(path: Path) -> pd.DataFrame:

@@ -18,13 +18,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from stfusion.config.layout import LAYOUT
 from stfusion.errors import StfusionError
 
 __all__ = ["STORAGES", "STORAGE_FILE", "cache_frames", "cache_gb", "choose", "count_videos", "read_storage",
            "write_storage"]
 
 STORAGES = ("auto", "cache", "videos")
-STORAGE_FILE = "storage.json"
+STORAGE_FILE = Path(LAYOUT.storage).name
 #: classes of the built-in benchmark (stfusion.data.builtin.CLASSES; a test keeps the two equal)
 BUILTIN_CLASSES = 14
 

@@ -10,6 +10,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from stfusion.config.layout import RunLayout
 from stfusion.errors import StfusionError
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions (the CLI's --help imports the stages)
@@ -51,8 +52,7 @@ def clip_dataset(params: dict, cache_dir: str | Path, split: str, *, train: bool
 
 
 def require_cache(cache_dir: str | Path) -> None:
-    cache_dir = Path(cache_dir)
-    if not (cache_dir / "manifest.csv").is_file():
+    if not Path(RunLayout(cache=str(cache_dir)).manifest).is_file():
         raise StfusionError(f"no clip cache in {cache_dir} (run 'stfusion prepare' first)")
 
 

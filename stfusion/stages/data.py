@@ -4,18 +4,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
-
-from stfusion.config.layout import CACHE, DATA_ROOT
-
-if TYPE_CHECKING:  # heavy imports stay inside the functions (the CLI's --help imports the stages)
-
-    pass
 
 log = logging.getLogger(__name__)
 
 
-def generate(params: dict, *, root: str | Path = DATA_ROOT, progress: bool = True) -> dict:
+def generate(params: dict, *, root: str | Path, progress: bool = True) -> dict:
     """Stage ``generate``: write the built-in benchmark (videos, ``annotations.csv``, ``classes.csv``) to ``root``."""
     from stfusion.data.builtin import generate as generate_builtin
 
@@ -31,7 +24,7 @@ def generate(params: dict, *, root: str | Path = DATA_ROOT, progress: bool = Tru
 
 
 def prepare(
-    params: dict, *, root: str | Path | None = None, cache_dir: str | Path = CACHE, workers: int | None = None,
+    params: dict, *, root: str | Path | None = None, cache_dir: str | Path, workers: int | None = None,
     progress: bool = True, shard: tuple[int, int] | None = None, merge: int | None = None,
 ) -> dict:
     """Stage ``prepare``: read the dataset's annotations and prepare it in ``data.storage`` (the clip cache or

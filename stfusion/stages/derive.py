@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from stfusion.config.layout import CACHE, DERIVED, FINETUNE_CKPT, FINETUNE_RUNS, FINETUNE_TABLE, PREFERENCE, RANKING, SUPERNET
 from stfusion.io.files import file_digest, read_table
 from stfusion.io.tables import write_table
 from stfusion.stages.plain_runs import gather_runs, train_plain_runs
@@ -20,10 +19,8 @@ if TYPE_CHECKING:  # heavy imports stay inside the functions (the CLI's --help i
 log = logging.getLogger(__name__)
 
 
-def derive(
-    params: dict, *, preference: str | Path = PREFERENCE, ranking: str | Path = RANKING, out: str | Path = DERIVED,
-    checkpoint: str | Path = SUPERNET,
-) -> pd.DataFrame:
+def derive(params: dict, *, preference: str | Path, ranking: str | Path, out: str | Path,
+           checkpoint: str | Path) -> pd.DataFrame:
     """Stage ``derive``: new strategies from the preferences (see :mod:`stfusion.analysis.derive`), with the MACs and
     parameters of each derived network (:mod:`stfusion.core.costs`) for the supernet's input clips."""
     from stfusion.core.costs import add_costs
@@ -40,9 +37,8 @@ def derive(
 
 
 def finetune(
-    params: dict, *, checkpoint: str | Path = SUPERNET, cache_dir: str | Path = CACHE, derived: str | Path = DERIVED,
-    strategies: Sequence[str] | None = None, ckpt_dir: str | Path = FINETUNE_CKPT,
-    runs_dir: str | Path = FINETUNE_RUNS, progress: bool = True,
+    params: dict, *, checkpoint: str | Path, cache_dir: str | Path, derived: str | Path,
+    strategies: Sequence[str] | None = None, ckpt_dir: str | Path, runs_dir: str | Path, progress: bool = True,
 ) -> list[dict]:
     """Stage ``finetune`` (one job): export each derived strategy (all, or the given ids) from the supernet as a
     plain network holding only its kept convs (``model.export``), finetune it with cross-entropy (no gates, no
@@ -58,8 +54,8 @@ def finetune(
                              origin={"supernet": file_digest(checkpoint)})
 
 
-def finetune_table(*, derived: str | Path = DERIVED, runs_dir: str | Path = FINETUNE_RUNS,
-                   ranking: str | Path = RANKING, out: str | Path = FINETUNE_TABLE) -> pd.DataFrame:
+def finetune_table(*, derived: str | Path, runs_dir: str | Path, ranking: str | Path,
+                   out: str | Path) -> pd.DataFrame:
     """Gather the finetuning runs of every derived strategy into one accuracy table (CSV + Markdown), with each
     strategy's supernet score before finetuning where it was scored."""
     from stfusion.engine.evaluation import copy_best_run

@@ -1,7 +1,7 @@
 """Deployable files of a derived or finetuned network (``stfusion export``).
 
 The network is the plain network a strategy exports to (:meth:`FusionNetwork.export`: only the kept convs, no
-gates), with the finetuned weights of ``checkpoints/finetune/<id>/model.pt`` when that strategy was finetuned,
+gates), with the finetuned weights of ``<finetuned folder>/<id>/model.pt`` when that strategy was finetuned,
 else the supernet's weights (a derived network before finetuning). Formats:
 
 * ``pt2``: a :func:`torch.export.export` program saved with :func:`torch.export.save` (load it with
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from stfusion.config.layout import LAYOUT, in_folder
 from stfusion.io.files import atomic_write
 from stfusion.engine.checkpoint import load_checkpoint
 from stfusion.errors import StfusionError
@@ -30,7 +31,6 @@ from stfusion.errors import StfusionError
 log = logging.getLogger(__name__)
 
 FORMATS = ("pt2", "onnx")
-EXPORT_DIR = "results/export"  #: default folder: ``<id>.pt2`` / ``<id>.onnx``, each with its ``.json``
 #: largest absolute logit difference accepted between the written file and the PyTorch network
 TOLERANCE = 1e-4
 
@@ -43,7 +43,7 @@ def load_network(strategy: str, *, checkpoint: str | Path, finetuned_dir: str | 
     supernet, ckpt = load_supernet(checkpoint)
     chosen = strategy_of(strategy, supernet.n_fusion_layers)
     net = supernet.export(chosen)
-    finetuned = Path(finetuned_dir) / chosen.id / "model.pt"
+    finetuned = in_folder(LAYOUT.supernet, Path(finetuned_dir) / chosen.id)
     if finetuned.is_file():
         net.load_state_dict(load_checkpoint(finetuned, arch=net.arch)["model"])
         origin = str(finetuned)
@@ -98,8 +98,9 @@ def run_exported(path: Path, fmt: str, clips: torch.Tensor) -> torch.Tensor:
 
 def export(strategy: str, fmt: str, out: str | Path | None, *, checkpoint: str | Path,
            finetuned_dir: str | Path) -> dict:
-    """Write the network of ``strategy`` as ``fmt`` to ``out`` (``None``: ``EXPORT_DIR/<id>.<fmt>``) and the JSON
-    record beside it (``out`` + ``.json``), after checking the file against PyTorch; returns the record."""
+    """Write the network of ``strategy`` as ``fmt`` to ``out`` (``None``: ``<id>.<fmt>`` in the standard layout's
+    export folder) and the JSON record beside it (``out`` + ``.json``), after checking the file against PyTorch;
+    returns the record."""
     from stfusion.core.costs import CONVENTION, network_costs
     from stfusion.data.dataset import MEAN, STD
     from stfusion.io.files import write_json
@@ -107,7 +108,7 @@ def export(strategy: str, fmt: str, out: str | Path | None, *, checkpoint: str |
     if fmt not in FORMATS:
         raise StfusionError(f"unknown export format {fmt!r} (use {' or '.join(FORMATS)})")
     net, info = load_network(strategy, checkpoint=checkpoint, finetuned_dir=finetuned_dir)
-    out = Path(out) if out is not None else Path(EXPORT_DIR) / f"{info['id']}.{fmt}"
+    out = Path(out) if out is not None else Path(LAYOUT.export_dir) / f"{info['id']}.{fmt}"
     shape = info["clip_shape"]
     (write_pt2 if fmt == "pt2" else write_onnx)(net, shape, out)
     clips = _example(shape, n=3, seed=1)  # another batch size than the example the export traced

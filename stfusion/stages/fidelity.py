@@ -20,7 +20,6 @@ import numpy as np
 import pandas as pd
 
 from stfusion.errors import StfusionError
-from stfusion.config.layout import FIDELITY_CKPT, FIDELITY_DIR, FIDELITY_RUNS
 
 
 def select_stratified(ranked: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -73,7 +72,7 @@ def seed_indices(params: dict) -> list[int]:
 
 
 def train_fidelity(params: dict, *, checkpoint, cache_dir, selection, strategies: Sequence[str] | None = None,
-                   seeds: Sequence[int] | None = None, ckpt_dir=FIDELITY_CKPT, runs_dir=FIDELITY_RUNS,
+                   seeds: Sequence[int] | None = None, ckpt_dir, runs_dir,
                    progress: bool = True) -> list[dict]:
     """Stage ``train_fidelity``: train every selected strategy (or the given ids) stand-alone under every seed
     index (or the given ones), ``runs_dir/seed<j>/<id>.json`` a run."""
@@ -130,7 +129,7 @@ def gather(selection, runs_dir, ranking, n_seeds: int) -> tuple[pd.DataFrame, di
     return sel, timing
 
 
-def fidelity_report(params: dict, *, selection, runs_dir, ranking, out_dir=FIDELITY_DIR) -> dict:
+def fidelity_report(params: dict, *, selection, runs_dir, ranking, out_dir) -> dict:
     """Stage ``fidelity``: ``table.csv|md``, ``fidelity.json``, ``fidelity.md`` and ``fidelity.png``."""
     from stfusion.io.files import write_text
     from stfusion.analysis.fidelity import plot_study, study, summary_lines

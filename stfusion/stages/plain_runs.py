@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
+from stfusion.config.layout import LAYOUT, in_folder
 from stfusion.errors import StfusionError
 from stfusion.stages.runtime import data_fingerprint
 from stfusion.io.files import read_json, write_json
@@ -61,7 +62,7 @@ def train_plain_runs(
         cfg = plain_config(params, section, seed_offset)
         cfg.extra = {**cfg.extra, "data": data_fp, **origin}
         run_dir = Path(ckpt_dir) / sid
-        discard_stale(run_dir / "last.pt", net.arch, cfg.settings())
+        discard_stale(in_folder(LAYOUT.last, run_dir), net.arch, cfg.settings())
         log.info("%s: training %s (%s) for %d epochs", what, sid, row["strategy"], cfg.total_epochs)
         validation = plain_evaluator(val, bs, num_classes(net), every=params["supernet"].get("eval_every", 1),
                                      total_epochs=cfg.total_epochs)

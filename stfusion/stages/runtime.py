@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from stfusion import __version__
+from stfusion.config.layout import RunLayout
 from stfusion.io.files import file_digest, write_json
 
 log = logging.getLogger(__name__)
@@ -17,20 +18,24 @@ log = logging.getLogger(__name__)
 
 @contextmanager
 def timed(stage: str, path: str | Path | None, **extra):
-    """Time the enclosed work and write ``{"stage", "seconds", ...}`` to ``path`` (JSON) when it succeeds."""
+    """Time the enclosed work and write ``{"stage", "seconds", ...}`` to ``path`` (JSON) when it succeeds. A
+    stage that gathers the records of separate jobs puts their total in ``info["run_seconds"]``: its time is its
+    own plus theirs."""
     t0 = time.perf_counter()
     info: dict = {"stage": stage, **extra}
     yield info
     info["seconds"] = round(time.perf_counter() - t0, 3)
     log.info("%s took %.1f s", stage, info["seconds"])
+    if "run_seconds" in info:
+        info["seconds"] = round(info["seconds"] + info["run_seconds"], 3)
     if path is not None:
         write_json(path, info)
 
 
 def set_threads(threads: int | None) -> None:
-    import torch
-
     if threads:
+        import torch
+
         torch.set_num_threads(int(threads))
 
 
@@ -50,8 +55,8 @@ def data_fingerprint(cache_dir: str | Path) -> str:
     """Identity of a prepared dataset: its manifest, class list and the head and size of ``clips.npy`` (videos
     storage: ``storage.json``; the manifest names every file). A checkpoint left by training on other data is
     discarded rather than resumed."""
-    cache_dir = Path(cache_dir)
-    clips = cache_dir / "clips.npy"
-    parts = [file_digest(cache_dir / "manifest.csv"), file_digest(cache_dir / "classes.csv"),
-             file_digest(clips if clips.is_file() else cache_dir / "storage.json", limit=1 << 20)]
+    files = RunLayout(cache=str(cache_dir))
+    clips = Path(files.clips)
+    parts = [file_digest(files.manifest), file_digest(files.classes),
+             file_digest(clips if clips.is_file() else files.storage, limit=1 << 20)]
     return "-".join(p[:12] for p in parts)

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from stfusion.config.layout import ANALYSIS, CACHE, CANDIDATES, RANKING, SUPERNET, SUPERNET_DIR
+from stfusion.config.layout import LAYOUT, in_folder
 from stfusion.stages.runtime import data_fingerprint
 from stfusion.io.files import file_digest, read_table, write_json
 from stfusion.io.tables import write_table
@@ -23,7 +23,7 @@ if TYPE_CHECKING:  # heavy imports stay inside the functions (the CLI's --help i
 log = logging.getLogger(__name__)
 
 
-def sample_strategies(params: dict, *, checkpoint: str | Path = SUPERNET, out: str | Path = CANDIDATES) -> pd.DataFrame:
+def sample_strategies(params: dict, *, checkpoint: str | Path, out: str | Path) -> pd.DataFrame:
     """Stage ``sample_strategies``: the ``scoring.top_k`` most probable strategies, ``scoring.n_samples`` drawn
     from the posterior (seed ``seed``) and the named families, one row a distinct strategy:
     ``id, strategy, name, source, log_prob, prob, n_drawn, n_S, n_ST, n_S+ST, n_none``.
@@ -73,8 +73,8 @@ def sample_strategies(params: dict, *, checkpoint: str | Path = SUPERNET, out: s
 
 
 def score_strategies(
-    params: dict, *, checkpoint: str | Path = SUPERNET, cache_dir: str | Path = CACHE,
-    candidates: str | Path = CANDIDATES, out: str | Path = RANKING, progress: bool = True,
+    params: dict, *, checkpoint: str | Path, cache_dir: str | Path, candidates: str | Path, out: str | Path,
+    progress: bool = True,
 ) -> pd.DataFrame:
     """Stage ``score_strategies``: score every listed strategy with the supernet's shared weights.
 
@@ -166,12 +166,12 @@ def add_rank(df: pd.DataFrame, score: str = "top1") -> pd.DataFrame:
 
 
 def analyze(
-    params: dict, *, checkpoint: str | Path = SUPERNET, ranking: str | Path = RANKING,
-    drop_rates: str | Path | None = f"{SUPERNET_DIR}/drop_rates.csv", out_dir: str | Path = ANALYSIS,
+    params: dict, *, checkpoint: str | Path, ranking: str | Path, drop_rates: str | Path | None = None,
+    gate_stats: str | Path | None = None, out_dir: str | Path,
 ) -> dict:
     """Stage ``analyze``: the network-level table, the layer-level preference (CSV + Markdown), the preference
-    heatmap, the log-probability vs score scatter plot and the drop-rate trajectories."""
-    import pandas as pd
+    heatmap, the log-probability vs score scatter plot and the drop-rate trajectories (with the gate statistics,
+    when the supernet's training wrote them), in ``out_dir`` under the names of the standard layout."""
     from stfusion.analysis import space as analysis
 
     model, ckpt = load_supernet(checkpoint)
@@ -179,21 +179,31 @@ def analyze(
     post = model.posterior(rule)
     ranked = read_table(ranking, "ranking")
     init_p = float(ckpt["build"]["gate"].get("init_p", 0.1))
-    out_dir = Path(out_dir)
     pref = analysis.preference_table(post, model.drop_rates(), model.stage_of_layer)
-    write_table(pref, out_dir / "preference.csv")
+    write_table(pref, in_folder(LAYOUT.preference, out_dir))
     net = analysis.network_table(ranked)
-    write_table(net, out_dir / "network.csv")
-    analysis.plot_preference(pref, out_dir / "preference.png")
-    analysis.plot_scatter(ranked, out_dir / "scatter.png")
-    if drop_rates is not None and Path(drop_rates).is_file():
-        stats = Path(drop_rates).with_name("gate_stats.csv")
-        analysis.plot_drop_rates(pd.read_csv(drop_rates), out_dir / "drop_rates.png",
-                                 pd.read_csv(stats) if stats.is_file() else None)
+    write_table(net, in_folder(LAYOUT.network, out_dir))
+    analysis.plot_preference(pref, in_folder(LAYOUT.preference_plot, out_dir))
+    analysis.plot_scatter(ranked, in_folder(LAYOUT.scatter_plot, out_dir))
+    rates = _optional_table(drop_rates, "no drop-rate figure")
+    if rates is not None:
+        stats = _optional_table(gate_stats, "the drop-rate figure leaves out the gate statistics")
+        analysis.plot_drop_rates(rates, in_folder(LAYOUT.drop_rates_plot, out_dir), stats)
     summary = analysis.preference_summary(pref)
     p = model.drop_rates()
     summary.update(entropy=post.entropy(), entropy_initial=analysis.initial_entropy(init_p, model.allow_none, rule),
                    drop_rate_spread=float(p.max() - p.min()), keep_prob_rule=rule, init_p=init_p,
                    initial_marginals=analysis.initial_marginals(init_p, rule))
-    write_json(out_dir / "summary.json", summary)
+    write_json(in_folder(LAYOUT.analysis_summary, out_dir), summary)
     return summary
+
+
+def _optional_table(path: str | Path | None, without: str) -> pd.DataFrame | None:
+    """The CSV table at ``path``, or None (with a warning saying what is left out when ``path`` is missing)."""
+    import pandas as pd
+
+    if path is not None and Path(path).is_file():
+        return pd.read_csv(path)
+    if path is not None:
+        log.warning("%s not found: %s", path, without)
+    return None

@@ -4,22 +4,15 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from stfusion.config.layout import CACHE, SUPERNET_DIR
+from stfusion.config.layout import LAYOUT, in_folder
 from stfusion.stages.runtime import data_fingerprint
 from stfusion.stages.common import class_groups, clip_dataset, discard_stale, require_cache, save_supernet_build
-
-if TYPE_CHECKING:  # heavy imports stay inside the functions (the CLI's --help imports the stages)
-
-    pass
 
 log = logging.getLogger(__name__)
 
 
-def train_supernet(
-    params: dict, *, cache_dir: str | Path = CACHE, out_dir: str | Path = SUPERNET_DIR, progress: bool = True,
-) -> dict:
+def train_supernet(params: dict, *, cache_dir: str | Path, out_dir: str | Path, progress: bool = True) -> dict:
     """Stage ``train_supernet``: train the template network with Variational DropPath (gate-free warm-up,
     then gates and the KL term). Resumes from ``out_dir/last.pt`` when it was written with the same settings;
     a stale ``last.pt`` (other settings) is discarded with a message. Writes ``model.pt`` (with the build
@@ -32,20 +25,20 @@ def train_supernet(
     from stfusion.engine.train import fit, supernet_config
 
     require_cache(cache_dir)
-    out_dir = Path(out_dir)
     train_set = clip_dataset(params, cache_dir, "train", train=True)
     classes, _ = class_groups(cache_dir)
     torch.manual_seed(params["seed"])  # the initial weights are part of the seeded run
     model = build_model(params, train_set.num_classes)
     cfg = supernet_config(params, len(train_set))
     cfg.extra = {**cfg.extra, "data": data_fingerprint(cache_dir)}
-    discard_stale(out_dir / "last.pt", model.arch, cfg.settings())
+    discard_stale(in_folder(LAYOUT.last, out_dir), model.arch, cfg.settings())
     evaluate = supernet_evaluator(clip_dataset(params, cache_dir, "val", train=False), cfg.batch_size,
                                   train_set.num_classes, every=params["supernet"].get("eval_every", 1),
                                   total_epochs=cfg.total_epochs)
-    history = fit(model, train_set, cfg, out_dir, progress=progress, evaluate=evaluate)
+    history = fit(model, train_set, cfg, Path(out_dir), progress=progress, evaluate=evaluate)
     if distributed.is_main():
-        save_supernet_build(out_dir / "model.pt", params, train_set.num_classes, classes, train_set[0][0].shape)
+        save_supernet_build(in_folder(LAYOUT.supernet, out_dir), params, train_set.num_classes, classes,
+                            train_set[0][0].shape)
     p = model.drop_rates()
     last = history.iloc[-1].to_dict() if len(history) else {}
     return {"epochs": int(cfg.total_epochs), "n_train": len(train_set), "fusion_layers": model.n_fusion_layers,

@@ -7,7 +7,6 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-from stfusion.config.layout import CACHE, RANKING, SELECTION, STANDALONE_CKPT, STANDALONE_RUNS, SUPERNET, VALIDATION
 from stfusion.io.files import read_table, write_json
 from stfusion.io.tables import write_table
 from stfusion.stages.plain_runs import gather_runs, train_plain_runs
@@ -20,7 +19,7 @@ if TYPE_CHECKING:  # heavy imports stay inside the functions (the CLI's --help i
 log = logging.getLogger(__name__)
 
 
-def select_standalone(params: dict, *, ranking: str | Path = RANKING, out: str | Path = SELECTION) -> pd.DataFrame:
+def select_standalone(params: dict, *, ranking: str | Path, out: str | Path) -> pd.DataFrame:
     """Choose the strategies to train from scratch (see :func:`stfusion.analysis.validation.select_strategies`)."""
     from stfusion.analysis.validation import select_strategies
 
@@ -31,9 +30,8 @@ def select_standalone(params: dict, *, ranking: str | Path = RANKING, out: str |
 
 
 def train_standalone(
-    params: dict, *, checkpoint: str | Path = SUPERNET, cache_dir: str | Path = CACHE,
-    selection: str | Path = SELECTION, strategies: Sequence[str] | None = None,
-    ckpt_dir: str | Path = STANDALONE_CKPT, runs_dir: str | Path = STANDALONE_RUNS, progress: bool = True,
+    params: dict, *, checkpoint: str | Path, cache_dir: str | Path, selection: str | Path,
+    strategies: Sequence[str] | None = None, ckpt_dir: str | Path, runs_dir: str | Path, progress: bool = True,
 ) -> list[dict]:
     """Train each selected strategy (all, or the given ids) from scratch: a freshly initialised network of the
     supernet's architecture holding only the strategy's convs, the ``validate`` budget, the same seed for every
@@ -55,8 +53,7 @@ def train_standalone(
 
 
 def validate_ranking(
-    *, selection: str | Path = SELECTION, runs_dir: str | Path = STANDALONE_RUNS, ranking: str | Path = RANKING,
-    out_dir: str | Path = VALIDATION,
+    *, selection: str | Path, runs_dir: str | Path, ranking: str | Path, out_dir: str | Path,
 ) -> dict:
     """Gather the stand-alone runs; Kendall tau and Spearman rho between stand-alone accuracy and the supernet
     score (with and without BN recalibration) and the log-probability (``ranking_fidelity.json``)."""

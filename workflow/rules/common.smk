@@ -37,15 +37,13 @@ def _resolve_preset(cfg):
 
 config.update(_resolve_preset(config))
 
-ROOT = config["data"]["root"]
+# Every file of the run (stfusion/config/layout.py): the standard layout, read from the dataset folder data.root.
+LAYOUT = layout.RunLayout(data_root=config["data"]["root"])
+ROOT = LAYOUT.data_root
 IS_BUILTIN = config["data"]["dataset"] == "builtin"
-CACHE = layout.CACHE
+CACHE = LAYOUT.cache
 # The prepared dataset, whatever its storage: what every stage after `prepare` takes as input.
-CACHE_FILES = {
-    "manifest": f"{CACHE}/manifest.csv",
-    "classes": f"{CACHE}/classes.csv",
-    "storage": f"{CACHE}/{S.STORAGE_FILE}",
-}
+CACHE_FILES = {"manifest": LAYOUT.manifest, "classes": LAYOUT.classes, "storage": LAYOUT.storage}
 
 
 def _storage(cfg):
@@ -58,24 +56,21 @@ def _storage(cfg):
 
 STORAGE = _storage(config)
 PREPARE_SHARDS = int(config["data"].get("prepare_shards", 1))
-SUPERNET_DIR = layout.SUPERNET_DIR
-SUPERNET = layout.SUPERNET
-CANDIDATES = layout.CANDIDATES
-RANKING = layout.RANKING
-ANALYSIS = layout.ANALYSIS
-PREFERENCE = layout.PREFERENCE
-DERIVED = layout.DERIVED
-FINETUNE_CKPT = layout.FINETUNE_CKPT
-FINETUNE_RUNS = layout.FINETUNE_RUNS
-FINETUNE_TABLE = layout.FINETUNE_TABLE
-SELECTION = layout.SELECTION
-STANDALONE_CKPT = layout.STANDALONE_CKPT
-STANDALONE_RUNS = layout.STANDALONE_RUNS
-VALIDATION = layout.VALIDATION
-FIDELITY = layout.FIDELITY
-TIMING = layout.TIMING
-REPORT = layout.REPORT
-METRICS = layout.METRICS
+# short names of the files many rules use (the others: LAYOUT.<file>)
+SUPERNET = LAYOUT.supernet
+CANDIDATES = LAYOUT.candidates
+RANKING = LAYOUT.ranking
+PREFERENCE = LAYOUT.preference
+DERIVED = LAYOUT.derived
+FINETUNE_CKPT = LAYOUT.finetune_ckpt
+FINETUNE_RUNS = LAYOUT.finetune_runs
+FINETUNE_TABLE = LAYOUT.finetune_table
+SELECTION = LAYOUT.selection
+STANDALONE_CKPT = LAYOUT.standalone_ckpt
+STANDALONE_RUNS = LAYOUT.standalone_runs
+FIDELITY = LAYOUT.fidelity
+REPORT = LAYOUT.report
+METRICS = LAYOUT.metrics
 
 
 def _params_file(cfg):
@@ -119,7 +114,7 @@ def dirname(key, io="input", up=1):
 def prepare_inputs(wildcards):
     """The built-in benchmark's annotation files, or the user's dataset folder (and annotation file)."""
     if IS_BUILTIN:
-        return {"annotations": f"{ROOT}/annotations.csv", "classes": f"{ROOT}/classes.csv"}
+        return {"annotations": LAYOUT.annotations, "classes": LAYOUT.dataset_classes}
     annotations = config["data"].get("annotations")
     return {"root": ROOT, **({"annotations": annotations} if annotations else {})}
 
@@ -149,7 +144,7 @@ def selected_ids(wildcards):
 def in_report(name, caption, category, kind, label):
     """A file of the report folder, shown in the Snakemake report with its caption, category and labels."""
     return report(
-        f"{layout.REPORT_DIR}/{name}",
+        f"{LAYOUT.report_dir}/{name}",
         caption=f"../report/{caption}.rst",
         category=category,
         labels={"kind": kind, "name": label},
@@ -163,10 +158,9 @@ wildcard_constraints:
 
 
 # the ranking-fidelity study (rules in validate.smk)
-FIDELITY_DIR = layout.FIDELITY_DIR
-FIDELITY_CKPT = layout.FIDELITY_CKPT
-FIDELITY_SELECTION = layout.FIDELITY_SELECTION
-FIDELITY_RUNS = layout.FIDELITY_RUNS
+FIDELITY_CKPT = LAYOUT.fidelity_ckpt
+FIDELITY_SELECTION = LAYOUT.fidelity_selection
+FIDELITY_RUNS = LAYOUT.fidelity_runs
 
 
 def fidelity_runs(wildcards):

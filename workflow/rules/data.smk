@@ -6,9 +6,9 @@ if IS_BUILTIN:
 
     rule generate_builtin:
         output:
-            annotations=f"{ROOT}/annotations.csv",
-            classes=f"{ROOT}/classes.csv",
-            timing=f"{TIMING}/generate.json",
+            annotations=LAYOUT.annotations,
+            classes=LAYOUT.dataset_classes,
+            timing=LAYOUT.timing("generate"),
         log:
             "logs/generate.log",
         conda:
@@ -27,8 +27,8 @@ if STORAGE == "cache":
             unpack(prepare_inputs),
         output:
             **CACHE_FILES,
-            clips=f"{CACHE}/clips.npy",
-            timing=f"{TIMING}/prepare.json",
+            clips=LAYOUT.clips,
+            timing=LAYOUT.timing("prepare"),
         log:
             "logs/prepare.log",
         conda:
@@ -50,8 +50,8 @@ else:
         input:
             unpack(prepare_inputs),
         output:
-            manifest=f"{CACHE}/shards/manifest-{{shard}}-of-{PREPARE_SHARDS}.csv",
-            timing=f"{CACHE}/shards/timing-{{shard}}-of-{PREPARE_SHARDS}.json",
+            manifest=LAYOUT.shard_manifest("{shard}", PREPARE_SHARDS),
+            timing=LAYOUT.shard_timing("{shard}", PREPARE_SHARDS),
         log:
             f"logs/prepare/shard-{{shard}}-of-{PREPARE_SHARDS}.log",
         conda:
@@ -69,10 +69,10 @@ else:
     rule prepare:
         input:
             unpack(prepare_inputs),
-            shards=expand(f"{CACHE}/shards/manifest-{{shard}}-of-{PREPARE_SHARDS}.csv", shard=range(PREPARE_SHARDS)),
+            shards=[LAYOUT.shard_manifest(i, PREPARE_SHARDS) for i in range(PREPARE_SHARDS)],
         output:
             **CACHE_FILES,
-            timing=f"{TIMING}/prepare.json",
+            timing=LAYOUT.timing("prepare"),
         log:
             "logs/prepare.log",
         conda:

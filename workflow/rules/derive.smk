@@ -10,7 +10,7 @@ checkpoint derive:
     output:
         table=DERIVED,
         markdown=DERIVED.replace(".csv", ".md"),
-        timing=f"{TIMING}/derive.json",
+        timing=LAYOUT.timing("derive"),
     log:
         "logs/derive.log",
     conda:
@@ -65,9 +65,9 @@ rule finetune_table:
     output:
         table=FINETUNE_TABLE,
         markdown=FINETUNE_TABLE.replace(".csv", ".md"),
-        best_history=FINETUNE_TABLE.replace("accuracy.csv", "best_history.csv"),
-        best_predictions=FINETUNE_TABLE.replace("accuracy.csv", "best_test_predictions.csv"),
-        timing=f"{TIMING}/finetune.json",
+        best_history=LAYOUT.finetune_best_history,
+        best_predictions=LAYOUT.finetune_best_predictions,
+        timing=LAYOUT.timing("finetune"),
     log:
         "logs/finetune_table.log",
     conda:

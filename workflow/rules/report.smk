@@ -5,20 +5,20 @@
 rule report:
     input:
         **CACHE_FILES,
-        history=f"{SUPERNET_DIR}/history.csv",
-        drop_rates=f"{SUPERNET_DIR}/drop_rates.csv",
+        history=LAYOUT.history,
+        drop_rates=LAYOUT.drop_rates,
         ranking=RANKING,
         preference=PREFERENCE,
-        network=f"{ANALYSIS}/network.csv",
+        network=LAYOUT.network,
         derived=DERIVED,
         finetune=FINETUNE_TABLE,
-        finetune_best=FINETUNE_TABLE.replace("accuracy.csv", "best_history.csv"),
-        finetune_predictions=FINETUNE_TABLE.replace("accuracy.csv", "best_test_predictions.csv"),
+        finetune_best=LAYOUT.finetune_best_history,
+        finetune_predictions=LAYOUT.finetune_best_predictions,
         fidelity=FIDELITY,
-        standalone=f"{VALIDATION}/standalone.csv",
-        standalone_best=f"{VALIDATION}/best_history.csv",
+        standalone=LAYOUT.standalone_table,
+        standalone_best=LAYOUT.standalone_best_history,
         timing=lambda w: [
-            f"{TIMING}/{s}.json"
+            LAYOUT.timing(s)
             for s in (["generate"] if IS_BUILTIN else [])
             + [
                 "prepare",
@@ -34,14 +34,14 @@ rule report:
     output:
         report=REPORT,
         metrics=METRICS,
-        versions=layout.VERSIONS,
+        versions=LAYOUT.versions,
         ranking=in_report("ranking.html", "ranking", "2. Strategies", "table", "ranking"),
         network=in_report("network.html", "network", "2. Strategies", "table", "network level"),
         pareto_network=in_report(
             "pareto_network.png", "pareto_network", "2. Strategies", "figure", "network level: accuracy vs MACs"
         ),
         preference=in_report("preference.html", "preference", "1. Probability space", "table", "preference"),
-        drop_rate_summary=f"{layout.REPORT_DIR}/drop_rates.csv",
+        drop_rate_summary=f"{LAYOUT.report_dir}/drop_rates.csv",
         derived=in_report("derived.html", "derived", "3. Derived networks", "table", "derived"),
         finetune=in_report("finetune.html", "finetune", "3. Derived networks", "table", "finetune accuracy"),
         pareto_derived=in_report(

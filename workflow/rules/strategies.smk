@@ -6,7 +6,7 @@ rule sample_strategies:
         model=SUPERNET,
     output:
         table=CANDIDATES,
-        timing=f"{TIMING}/sample_strategies.json",
+        timing=LAYOUT.timing("sample_strategies"),
     log:
         "logs/sample_strategies.log",
     conda:
@@ -25,7 +25,7 @@ rule score_strategies:
         candidates=CANDIDATES,
     output:
         ranking=RANKING,
-        timing=f"{TIMING}/score_strategies.json",
+        timing=LAYOUT.timing("score_strategies"),
     log:
         "logs/score_strategies.log",
     conda:
@@ -47,32 +47,33 @@ rule analyze:
     input:
         model=SUPERNET,
         ranking=RANKING,
-        drop_rates=f"{SUPERNET_DIR}/drop_rates.csv",
+        drop_rates=LAYOUT.drop_rates,
+        gate_stats=LAYOUT.gate_stats,
     output:
-        network=f"{ANALYSIS}/network.csv",
-        network_md=f"{ANALYSIS}/network.md",
+        network=LAYOUT.network,
+        network_md=LAYOUT.network.replace(".csv", ".md"),
         preference=PREFERENCE,
-        preference_md=f"{ANALYSIS}/preference.md",
+        preference_md=PREFERENCE.replace(".csv", ".md"),
         heatmap=report(
-            f"{ANALYSIS}/preference.png",
+            LAYOUT.preference_plot,
             caption="../report/preference_heatmap.rst",
             category="1. Probability space",
             labels={"kind": "figure", "name": "preference heatmap"},
         ),
         scatter=report(
-            f"{ANALYSIS}/scatter.png",
+            LAYOUT.scatter_plot,
             caption="../report/scatter.rst",
             category="2. Strategies",
             labels={"kind": "figure", "name": "log-probability vs score"},
         ),
         drop_rates=report(
-            f"{ANALYSIS}/drop_rates.png",
+            LAYOUT.drop_rates_plot,
             caption="../report/drop_rates.rst",
             category="1. Probability space",
             labels={"kind": "figure", "name": "drop rates"},
         ),
-        summary=f"{ANALYSIS}/summary.json",
-        timing=f"{TIMING}/analyze.json",
+        summary=LAYOUT.analysis_summary,
+        timing=LAYOUT.timing("analyze"),
     log:
         "logs/analyze.log",
     conda:
@@ -82,5 +83,5 @@ rule analyze:
         out_dir=dirname("preference", "output"),
     shell:
         "python -m stfusion.cli analyze --checkpoint {input.model} --ranking {input.ranking} "
-        "--drop-rates {input.drop_rates} --out-dir {params.out_dir} --timing {output.timing} --log {log} "
-        "--no-progress"
+        "--drop-rates {input.drop_rates} --gate-stats {input.gate_stats} --out-dir {params.out_dir} "
+        "--timing {output.timing} --log {log} --no-progress"

@@ -29,9 +29,10 @@ rule train_supernet:
         **CACHE_FILES,
     output:
         model=SUPERNET,
-        history=f"{SUPERNET_DIR}/history.csv",
-        drop_rates=f"{SUPERNET_DIR}/drop_rates.csv",
-        timing=f"{TIMING}/train_supernet.json",
+        history=LAYOUT.history,
+        drop_rates=LAYOUT.drop_rates,
+        gate_stats=LAYOUT.gate_stats,
+        timing=LAYOUT.timing("train_supernet"),
     log:
         "logs/train_supernet.log",
     conda:

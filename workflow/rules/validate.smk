@@ -61,17 +61,17 @@ rule validate_ranking:
         ),
     output:
         fidelity=FIDELITY,
-        table=f"{VALIDATION}/standalone.csv",
-        markdown=f"{VALIDATION}/standalone.md",
+        table=LAYOUT.standalone_table,
+        markdown=LAYOUT.standalone_table.replace(".csv", ".md"),
         plot=report(
-            f"{VALIDATION}/ranking_fidelity.png",
+            LAYOUT.fidelity_plot,
             caption="../report/fidelity.rst",
             category="4. Ranking fidelity",
             labels={"kind": "figure", "name": "supernet score vs stand-alone accuracy"},
         ),
-        best_history=f"{VALIDATION}/best_history.csv",
-        best_predictions=f"{VALIDATION}/best_test_predictions.csv",
-        timing=f"{TIMING}/validate_ranking.json",
+        best_history=LAYOUT.standalone_best_history,
+        best_predictions=LAYOUT.standalone_best_predictions,
+        timing=LAYOUT.timing("validate_ranking"),
     log:
         "logs/validate_ranking.log",
     conda:
@@ -137,11 +137,11 @@ rule fidelity:
         ranking=RANKING,
         runs=fidelity_runs,
     output:
-        study=f"{FIDELITY_DIR}/fidelity.json",
-        summary=f"{FIDELITY_DIR}/fidelity.md",
-        table=f"{FIDELITY_DIR}/table.csv",
-        plot=f"{FIDELITY_DIR}/fidelity.png",
-        timing=f"{FIDELITY_DIR}/timing.json",
+        study=LAYOUT.fidelity_study,
+        summary=LAYOUT.fidelity_summary,
+        table=LAYOUT.fidelity_table,
+        plot=LAYOUT.fidelity_study_plot,
+        timing=LAYOUT.fidelity_timing,
     log:
         "logs/fidelity.log",
     conda:
