@@ -16,7 +16,7 @@ these commands, and so can a person.
     stfusion report              results/report.md and results/metrics.json
     stfusion export              a derived or finetuned network as a deployable file (torch.export, ONNX)
     stfusion init                a new project folder: params.yaml (and the Snakemake workflow)
-    stfusion select-fidelity     choose the strategies of the ranking-fidelity study (stratified by score)
+    stfusion select-fidelity     choose the strategies of the ranking-fidelity study
     stfusion train-fidelity      train the study's strategies from scratch under several seeds
     stfusion fidelity            the study's statistics: tau / rho with intervals, seed ceiling, top-k, regret
     stfusion compare             one ranked table across several runs' result folders
@@ -263,8 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     sp.add_argument("--workflow", action="store_true", help="also write the Snakemake workflow")
     sp.add_argument("--force", action="store_true", help="overwrite existing project files")
     sp = add("select-fidelity", cmd_select_fidelity, "choose the strategies of the ranking-fidelity study",
-             "Choose fidelity.n_strategies scored strategies: the uniform families, then the others stratified "
-             "over the score range (equal-width bins of the validation score, taken in rounds).")
+             "Choose fidelity.n_strategies scored strategies spanning the score range, as select-standalone "
+             "chooses its validate.n_strategies: the uniform families, then strategies evenly spaced in score rank.")
     _files(sp, "--ranking", out=(layout.FIDELITY_SELECTION, "CSV", "selection"))
 
     sp = add("train-fidelity", cmd_train_fidelity, "train the study's strategies from scratch under several seeds",
@@ -412,34 +412,40 @@ def cmd_finetune_table(args, params):
 
 
 def cmd_select(args, params):
-    from stfusion.stages import validate
+    from stfusion.stages import fidelity
 
-    validate.select_standalone(_stage(args, params, "select_standalone"), ranking=args.ranking, out=args.out)
+    fidelity.select(_stage(args, params, "select_standalone"), layout.FIDELITY_CHECK, ranking=args.ranking,
+                    out=args.out)
 
 
 def cmd_train_standalone(args, params):
+    _train_fidelity(args, _stage(args, params, "train_standalone"), layout.FIDELITY_CHECK, None)
+
+
+def _train_fidelity(args, params, study, seeds):
     from stfusion.engine import distributed
-    from stfusion.stages import validate
+    from stfusion.stages import fidelity
 
     distributed.init_from_env()  # under torchrun: one process a GPU
     try:
-        validate.train_standalone(_stage(args, params, "train_standalone"), checkpoint=args.checkpoint,
-                           cache_dir=args.cache, selection=args.selection, strategies=args.strategy,
-                           ckpt_dir=args.ckpt_dir, runs_dir=args.runs_dir, progress=args.progress)
+        fidelity.train(params, study, checkpoint=args.checkpoint, cache_dir=args.cache, selection=args.selection,
+                       ckpt_dir=args.ckpt_dir, runs_dir=args.runs_dir, strategies=args.strategy, seeds=seeds,
+                       progress=args.progress)
     finally:
         distributed.cleanup()
 
 
 def cmd_validate(args, params):
-    from stfusion.stages import plain_runs
-    from stfusion.stages import validate
+    _fidelity_report(args, _stage(args, params, "validate_ranking"), layout.FIDELITY_CHECK)
 
-    with stage_io.timed("validate_ranking", args.timing) as info:
-        res = validate.validate_ranking(selection=args.selection, runs_dir=args.runs_dir, ranking=args.ranking,
-                                 out_dir=args.out_dir)
-        info["jobs"] = int(res.get("n") or 0)
-        runs = plain_runs.gather_runs(res["strategies"], args.runs_dir, "stfusion train-standalone")
-        info["run_seconds"] = float(runs["seconds"].sum()) if "seconds" in runs else 0.0
+
+def _fidelity_report(args, params, study):
+    from stfusion.stages import fidelity
+
+    with stage_io.timed(study.gather, args.timing) as info:
+        res = fidelity.report(params, study, selection=args.selection, ranking=args.ranking,
+                              runs_dir=args.runs_dir, out_dir=args.out_dir)
+        info.update(jobs=res["runs"], run_seconds=res["train_seconds"], wall_seconds=res["wall_seconds"])
     _add_run_seconds(args.timing, info)
 
 
@@ -477,28 +483,18 @@ def cmd_init(args, params):
 
 
 def cmd_select_fidelity(args, params):
-    from stfusion.stages import fidelity as FS
+    from stfusion.stages import fidelity
 
-    FS.select_fidelity(_stage(args, params, "select_fidelity"), ranking=args.ranking, out=args.out)
+    fidelity.select(_stage(args, params, "select_fidelity"), layout.FIDELITY_STUDY, ranking=args.ranking,
+                    out=args.out)
 
 
 def cmd_train_fidelity(args, params):
-    from stfusion.stages import fidelity as FS
-
-    FS.train_fidelity(_stage(args, params, "train_fidelity"), checkpoint=args.checkpoint, cache_dir=args.cache,
-                      selection=args.selection, strategies=args.strategy, seeds=args.seed_index,
-                      ckpt_dir=args.ckpt_dir, runs_dir=args.runs_dir, progress=args.progress)
+    _train_fidelity(args, _stage(args, params, "train_fidelity"), layout.FIDELITY_STUDY, args.seed_index)
 
 
 def cmd_fidelity(args, params):
-    from stfusion.stages import fidelity as FS
-
-    with stage_io.timed("fidelity", args.timing) as info:
-        res = FS.fidelity_report(_stage(args, params, "fidelity"), selection=args.selection,
-                                 runs_dir=args.runs_dir, ranking=args.ranking, out_dir=args.out_dir)
-        info.update(jobs=res["n_strategies"] * res["n_seeds"], run_seconds=res["train_seconds"],
-                    wall_seconds=res["wall_seconds"])
-    _add_run_seconds(args.timing, info)
+    _fidelity_report(args, _stage(args, params, "fidelity"), layout.FIDELITY_STUDY)
 
 
 def cmd_compare(args, params):
