@@ -1,9 +1,8 @@
-"""Tables, derived strategies, stand-alone selection, rank correlations and report checks, on small hand-made
-posteriors and ranking tables (no training)."""
+"""Tables, derived strategies, the stand-alone selection and report checks, on small hand-made posteriors and
+ranking tables (no training)."""
 
 from __future__ import annotations
 
-import json
 import math
 
 import numpy as np
@@ -13,7 +12,7 @@ import pytest
 from stfusion.analysis import space as analysis
 from stfusion.analysis import derive
 from stfusion.report import document as report
-from stfusion.analysis import validation
+from stfusion.analysis import fidelity, validation
 from stfusion.core.strategies import BOTH, S, ST, Posterior, Strategy, families
 
 
@@ -121,7 +120,7 @@ def test_posterior_from_preference_roundtrip():
 def test_select_strategies_spans_range_deterministically():
     post, _ = make_posterior()
     ranked = make_ranking(post, n_samples=20)
-    sel = validation.select_strategies(ranked, 6)
+    sel = fidelity.select_strategies(ranked, 6)
     assert len(sel) == 6 and sel["id"].is_unique
     assert {"all-S", "all-ST", "all-S+ST"} <= set(sel["name"])
     assert list(sel.columns) == ["id", "name", "source", "strategy", "log_prob"]  # no scores: see the docstring
@@ -130,34 +129,9 @@ def test_select_strategies_spans_range_deterministically():
     assert others["top1"].max() in set(scored["supernet_top1"])
     assert others["top1"].min() in set(scored["supernet_top1"])
     assert scored["supernet_top1_plain_bn"].notna().all()
-    pd.testing.assert_frame_equal(sel, validation.select_strategies(ranked.sample(frac=1, random_state=3), 6))
-    with pytest.raises(Exception, match="n_strategies"):
-        validation.select_strategies(ranked, len(ranked) + 1)
-
-
-def test_correlations_match_scipy_and_handle_constants():
-    from scipy.stats import kendalltau, spearmanr
-
-    a, b = [0.1, 0.4, 0.35, 0.8, 0.5, 0.9], [0.2, 0.3, 0.5, 0.7, 0.4, 0.95]
-    c = validation.correlations(a, b)
-    assert math.isclose(c["kendall_tau"], kendalltau(a, b).statistic)
-    assert math.isclose(c["spearman_rho"], spearmanr(a, b).statistic)
-    assert c["n"] == 6
-    assert validation.correlations(a, [0.5] * 6)["kendall_tau"] is None
-
-
-def test_fidelity_keys():
-    df = pd.DataFrame({
-        "id": list("abcdef"), "log_prob": [-1, -2, -3, -4, -5, -6],
-        "supernet_top1": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4], "supernet_top1_recal": [0.9, 0.8, 0.7, 0.6, 0.5, 0.4],
-        "supernet_top1_plain_bn": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6],
-        "standalone_top1_test": [0.95, 0.85, 0.75, 0.65, 0.55, 0.45],
-    })
-    f = validation.fidelity(df)
-    assert f["n"] == 6 and math.isclose(f["kendall_tau"], 1.0) and math.isclose(f["spearman_rho"], 1.0)
-    assert math.isclose(f["kendall_tau_plain_bn"], -1.0)
-    assert math.isclose(f["kendall_tau_log_prob"], 1.0)
-    json.dumps(f)  # serialisable
+    pd.testing.assert_frame_equal(sel, fidelity.select_strategies(ranked.sample(frac=1, random_state=3), 6))
+    with pytest.raises(Exception, match="validate.n_strategies is"):
+        fidelity.select_strategies(ranked, len(ranked) + 1, "validate.n_strategies")
 
 
 def test_report_checks_pass_and_fail():

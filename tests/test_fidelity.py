@@ -1,6 +1,9 @@
-"""Statistics of the ranking-fidelity study on known inputs, and the stratified selection."""
+"""Ranking fidelity: the statistics on known inputs, the one selection, and the stages of the default run's check
+and of the study on written run files."""
 
 from __future__ import annotations
+
+import json
 
 import numpy as np
 import pandas as pd
@@ -8,8 +11,9 @@ import pytest
 from scipy.stats import kendalltau, spearmanr
 
 from stfusion.analysis import fidelity as F
+from stfusion.config.layout import FIDELITY_CHECK, FIDELITY_STUDY
 from stfusion.errors import StfusionError
-from stfusion.stages.fidelity import select_stratified
+from stfusion.stages.fidelity import report, select
 
 
 def test_vectorised_tau_and_rho_equal_scipy_with_ties():
@@ -70,22 +74,24 @@ def test_topk_overlap_regret_and_paired_difference():
 
 
 def _study_table(n=12, seed=0):
+    """A study table and its per-seed accuracies ``(n, 2)``."""
     rng = np.random.default_rng(seed)
     quality = np.linspace(0.3, 0.9, n)
-    return pd.DataFrame({
-        "id": [f"s{i}" for i in range(n)], "strategy": ["S+ST|ST"] * n,
-        "supernet_top1_recal": quality + rng.normal(scale=0.05, size=n),
-        "supernet_top1_plain_bn": rng.normal(size=n), "log_prob": rng.normal(size=n),
-        "seed0": quality + rng.normal(scale=0.03, size=n), "seed1": quality + rng.normal(scale=0.03, size=n),
+    score = quality + rng.normal(scale=0.05, size=n)
+    df = pd.DataFrame({
+        "id": [f"s{i}" for i in range(n)], "name": [f"sample-{i}" for i in range(n)], "strategy": ["S+ST|ST"] * n,
+        "supernet_top1": score, "supernet_top1_recal": score, "supernet_top1_plain_bn": rng.normal(size=n),
+        "log_prob": rng.normal(size=n),
     })
+    return df, np.stack([quality + rng.normal(scale=0.03, size=n) for _ in range(2)], axis=1)
 
 
 def test_study_states_every_figure(tmp_path):
-    df = _study_table()
-    res = F.study(df, n_resamples=400, n_permutations=999)
-    assert res["n_strategies"] == 12 and res["n_seeds"] == 2
+    df, per_seed = _study_table()
+    res = F.study(df, per_seed, n_resamples=400, n_permutations=999)
+    assert res["n_strategies"] == 12 and res["n_seeds"] == 2 and res["predictor"] == "supernet_top1"
     assert res["supernet"]["kendall_tau"] > 0.6 and res["supernet"]["kendall_p"] < 0.01
-    assert res["recal"] == res["supernet"]
+    assert res["recal"] == res["supernet"]  # the configured BN mode is the recalibrated one here
     assert 0 < res["ceiling"]["tau"] <= 1 and res["relative_to_ceiling"] > 0.5
     assert set(res["topk_overlap"]) == {"3", "5"}
     assert res["regret"]["pick"] in set(df["id"]) and res["regret"]["regret"] >= 0
@@ -94,30 +100,102 @@ def test_study_states_every_figure(tmp_path):
     assert len(res["misranked"]) == 5
     text = "\n".join(F.summary_lines(res))
     assert "Kendall tau-b" in text and "ceiling" in text and "regret" in text
-    assert F.plot_study(df, tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+    assert F.plot_study(df, per_seed, tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_headline_numbers_are_scipys_to_the_bit():
+    """The flat keys the report reads (ranking_fidelity.json of the default run's check): tau, rho and n exactly
+    as scipy computes them, Kendall's p exact where neither side has ties (scipy's own choice up to 33
+    strategies), ``None`` where a side is constant."""
+    from scipy.stats import kendalltau, spearmanr
+
+    df, per_seed = _study_table(n=6, seed=4)
+    df.loc[2, "supernet_top1_plain_bn"] = df.loc[3, "supernet_top1_plain_bn"]  # a tie
+    df["log_prob"] = -1.0  # constant
+    truth = per_seed[:, :1]
+    res = F.study(df, truth, n_resamples=200, n_permutations=999)
+    for label, col in (("", "supernet_top1"), ("_recal", "supernet_top1_recal"),
+                       ("_plain_bn", "supernet_top1_plain_bn")):
+        assert res[f"kendall_tau{label}"] == kendalltau(truth[:, 0], df[col]).statistic
+        assert res[f"spearman_rho{label}"] == spearmanr(truth[:, 0], df[col]).statistic
+    assert res["kendall_p"] == kendalltau(truth[:, 0], df["supernet_top1"]).pvalue
+    assert res["kendall_p_plain_bn"] == res["plain_bn"]["kendall_p"] and res["plain_bn"]["kendall_p_method"] == "permutation"
+    assert res["n"] == 6 and res["kendall_tau_log_prob"] is None and res["spearman_p_log_prob"] is None
+    json.dumps(res)  # serialisable
 
 
 def _ranking(n=30):
     rng = np.random.default_rng(0)
     names = ["all-S", "all-ST", "all-S+ST"] + [f"sample-{i}" for i in range(n - 3)]
+    top1 = np.concatenate([[0.2, 0.7, 0.75], np.round(rng.uniform(0.3, 0.8, n - 3) ** 3, 2)])
+    top1[10] = np.nan  # racing: dropped before the whole split
     return pd.DataFrame({"id": [f"id{i}" for i in range(n)], "name": names, "source": "sample",
-                         "strategy": "S|ST", "log_prob": rng.normal(size=n),
-                         "top1": np.concatenate([[0.2, 0.7, 0.75], rng.uniform(0.3, 0.8, n - 3) ** 3])})
+                         "strategy": "S|ST", "log_prob": np.round(rng.normal(size=n), 1), "top1": top1})
 
 
-def test_stratified_selection_spans_the_score_range():
+def test_one_selection_for_the_check_and_the_study():
+    """The uniform families, then strategies evenly spaced in score rank. The ids are those the default run's
+    check chose before the check and the study shared one implementation: its selection is unchanged."""
     ranked = _ranking()
-    sel = select_stratified(ranked, 10)
-    assert len(sel) == 10 and sel["id"].is_unique
+    expected = {6: ["id2", "id1", "id29", "id27", "id0", "id5"],
+                10: ["id2", "id1", "id29", "id15", "id25", "id27", "id0", "id21", "id14", "id5"]}
+    for n, ids in expected.items():
+        assert list(F.select_strategies(ranked, n)["id"]) == ids
+    sel = F.select_strategies(ranked, 24)
+    assert len(sel) == 24 and sel["id"].is_unique and "id10" not in set(sel["id"])
     assert {"all-S", "all-ST", "all-S+ST"} <= set(sel["name"])
-    scores = ranked.set_index("id").loc[sel["id"], "top1"]
-    rest = ranked[~ranked["name"].str.startswith("all-")]["top1"]
-    picked = scores[~sel["name"].str.startswith("all-").to_numpy()]
-    # equal-width bins: the picks cover the range, not only the crowded low end
-    edges = np.linspace(rest.min(), rest.max(), 8)
-    occupied = {int(np.searchsorted(edges, v, side="right")) - 1 for v in rest}
-    hit = {int(np.searchsorted(edges, v, side="right")) - 1 for v in picked}
-    assert len(hit) >= min(len(occupied), 5)
-    assert list(select_stratified(ranked, 10)["id"]) == list(sel["id"])  # deterministic
-    with pytest.raises(StfusionError, match="n_strategies"):
-        select_stratified(ranked, 31)
+    with pytest.raises(StfusionError, match="fidelity.n_strategies is 30"):
+        F.select_strategies(ranked, 30, "fidelity.n_strategies")
+
+
+# ------------------------------------------------------------------------------- the stages, on written runs
+PARAMS = {"seed": 0, "validate": {"n_strategies": 4, "epochs": 1, "lr": 0.1, "batch_size": 8, "weight_decay": 0.0},
+          "fidelity": {"n_strategies": 4, "seeds": 2}}
+
+
+def _write_runs(tmp_path, per_seed):
+    """A ranking, the selection of 4 strategies from it, and their run files: the check's in ``check/runs/``,
+    the study's in ``study/runs/seed<j>/`` (seed 0 the check's runs)."""
+    ranked = _ranking().assign(top1_recal=lambda d: d["top1"], top1_plain_bn=lambda d: d["top1"] ** 2,
+                               rank=lambda d: d["top1"].rank(ascending=False))
+    ranked.to_csv(tmp_path / "ranking.csv", index=False)
+    select(PARAMS, FIDELITY_CHECK, ranking=tmp_path / "ranking.csv", out=tmp_path / "strategies.csv")
+    ids = list(pd.read_csv(tmp_path / "strategies.csv")["id"])
+    folders = [tmp_path / "check" / "runs"] + [tmp_path / "study" / "runs" / f"seed{j}" for j in range(2)]
+    for folder, acc in zip(folders, [per_seed[:, 0], per_seed[:, 0], per_seed[:, 1]]):
+        folder.mkdir(parents=True)
+        for i, a in zip(ids, acc):
+            (folder / f"{i}.json").write_text(json.dumps({
+                "id": i, "strategy": "S|ST", "name": i, "top1_val": a, "top1_test": a, "macs": 10, "params": 5,
+                "seconds": 2.0}))
+            pd.DataFrame({"epoch": [1], "train_top1": [a]}).to_csv(folder / f"{i}.history.csv", index=False)
+            pd.DataFrame({"label": [0], "prediction": [0]}).to_csv(folder / f"{i}.predictions.csv", index=False)
+    return ids
+
+
+def test_the_check_is_the_study_with_one_seed(tmp_path):
+    """The check's files keep their names and columns; the study adds a column a seed; with the study's seed 0
+    as its only seed the statistics are the check's."""
+    per_seed = np.array([[0.9, 0.8], [0.5, 0.6], [0.7, 0.75], [0.3, 0.2]])
+    ids = _write_runs(tmp_path, per_seed)
+    kw = {"selection": tmp_path / "strategies.csv", "ranking": tmp_path / "ranking.csv"}
+    check = report(PARAMS, FIDELITY_CHECK, runs_dir=tmp_path / "check" / "runs", out_dir=tmp_path / "check", **kw)
+    study = report(PARAMS, FIDELITY_STUDY, runs_dir=tmp_path / "study" / "runs", out_dir=tmp_path / "study", **kw)
+    table = pd.read_csv(tmp_path / "check" / "standalone.csv")
+    assert list(table.columns) == ["id", "name", "source", "strategy", "log_prob", "supernet_top1",
+                                   "supernet_top1_recal", "supernet_top1_plain_bn", "supernet_rank",
+                                   "standalone_top1_val", "standalone_top1_test", "macs", "params",
+                                   "standalone_seconds"]
+    wide = pd.read_csv(tmp_path / "study" / "table.csv")
+    assert list(wide.columns) == [*table.columns, "seed0", "seed1", "standalone_mean", "standalone_min",
+                                  "standalone_max"]
+    np.testing.assert_array_equal(wide[["seed0", "seed1"]].to_numpy(), per_seed)
+    for out, names in ((tmp_path / "check", FIDELITY_CHECK), (tmp_path / "study", FIDELITY_STUDY)):
+        for name in (names.result, names.figure, names.summary, "best_history.csv", "best_test_predictions.csv"):
+            assert (out / name).is_file(), name
+    assert json.loads((tmp_path / "check" / "ranking_fidelity.json").read_text())["kendall_tau"] == check["kendall_tau"]
+    assert check["n_seeds"] == 1 and study["n_seeds"] == 2 and check["runs"] == 4 and study["runs"] == 8
+    assert check["strategies"] == ids and check["train_seconds"] == 8.0 and study["train_seconds"] == 16.0
+    one_seed = F.study(table, per_seed[:, :1], seed=PARAMS["seed"])
+    assert {k: v for k, v in check.items() if k in one_seed} == one_seed
+    assert study["supernet"] == F.study(wide, per_seed, seed=PARAMS["seed"])["supernet"]

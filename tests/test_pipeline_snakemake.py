@@ -65,11 +65,16 @@ def test_lint_is_clean():
     assert "Congratulations" in text or "Lints for" not in text, text
 
 
-def _slurm_dry_run(tmp_path, *configfiles) -> str:
+#: one job of each training rule: their runs wait for a selection (a checkpoint), so they are asked for by name
+TRAINING_TARGETS = ("all", "results/validation/runs/stb.json", "results/fidelity/runs/seed1/sst.json")
+TRAINING_RULES = ("train_supernet", "train_standalone", "train_fidelity")
+
+
+def _slurm_dry_run(tmp_path, *configfiles, targets=TRAINING_TARGETS, workdir=None) -> str:
     out = subprocess.run(["snakemake", "-s", str(REPO / "Snakefile"), "--profile",
-                          str(REPO / "workflow/profiles/slurm"), "-n", "-d", str(tmp_path), "--configfile",
-                          str(REPO / "params.yaml"), *map(str, configfiles)], cwd=REPO, capture_output=True,
-                         text=True, timeout=300)
+                          str(REPO / "workflow/profiles/slurm"), "-n", "-d", str(workdir or tmp_path), *targets,
+                          "--configfile", str(REPO / "params.yaml"), *map(str, configfiles)], cwd=REPO,
+                         capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-3000:]
     return out.stdout + out.stderr
 
@@ -89,13 +94,21 @@ def test_slurm_profile_resolves(tmp_path):
     assert profile["executor"] == "slurm"
     res = profile["set-resources"]["train_supernet"]
     assert {"mem_mb", "runtime", "cpus_per_task"} <= set(res)
-    assert set(profile["preemptible-rules"]) == {"train_supernet", "finetune", "train_standalone"}
+    assert set(profile["preemptible-rules"]) == {"train_supernet", "finetune", *TRAINING_RULES}
     assert profile["preemptible-retries"] >= 50 and profile["retries"] == 1
-    job = _job(_slurm_dry_run(tmp_path), "train_supernet")
+    text = _slurm_dry_run(tmp_path)
+    job = _job(text, "train_supernet")
     # one GPU, one node, one task; the warning signal 300 s before the time limit; a single process
     assert job["gres"] == "gpu:1" and job["nodes"] == "1" and job["runtime"] == "720"
     assert job["slurm_extra"] == "--signal=USR1@300 --ntasks-per-node=1"
     assert job["shell"].startswith("python -m stfusion.cli train-supernet ")
+    # the stand-alone runs of the default run's check and of the fidelity study: the same request, launch and
+    # preemption handling
+    for rule in TRAINING_RULES[1:]:
+        job = _job(text, rule)
+        assert (job["gres"], job["nodes"], job["slurm_extra"]) == ("gpu:1", "1", "--signal=USR1@300 --ntasks-per-node=1")
+        assert job["runtime"] == "360" and job["shell"].startswith(f"python -m stfusion.cli {rule.replace('_', '-')} ")
+    assert "train-fidelity --seed-index 1 --strategy sst " in _job(text, "train_fidelity")["shell"]
 
 
 def test_slurm_dry_run_requests_nodes_and_gpus_and_launches_torchrun(tmp_path):
@@ -104,14 +117,14 @@ def test_slurm_dry_run_requests_nodes_and_gpus_and_launches_torchrun(tmp_path):
     multi = tmp_path / "multi.yaml"
     multi.write_text(yaml.safe_dump({"supernet": {"nodes": 2, "gpus_per_node": 4, "max_restarts": 5}}))
     text = _slurm_dry_run(tmp_path, multi)
-    for rule in ("train_supernet",):
+    for rule, threads in zip(TRAINING_RULES, (2, 1, 1)):
         job = _job(text, rule)
         assert job["nodes"] == "2" and job["gres"] == "gpu:4", job
         assert "--ntasks-per-node=1" in job["slurm_extra"] and "--signal=USR1@300" in job["slurm_extra"]
         shell = job["shell"]
         assert shell.startswith("srun --overlap --nodes=2 --ntasks-per-node=1 python -m stfusion.engine.launch ")
         for arg in ("--nnodes=2", "--nproc-per-node=4", "--max-restarts=5", "--rdzv-backend=c10d",
-                    "-m stfusion.cli train-supernet", "--threads 2"):
+                    f"-m stfusion.cli {rule.replace('_', '-')}", f"--threads {threads}"):
             assert arg in shell, (arg, shell)
 
 
@@ -233,6 +246,22 @@ def test_tiny_fidelity_study_is_its_own_target(tiny_run):
     assert (res / "fidelity.png").read_bytes()[:4] == b"\x89PNG"
     assert "Kendall tau-b" in (res / "fidelity.md").read_text()
     assert len(list((work / "checkpoints" / "fidelity").glob("seed*/*/model.pt"))) == 8
+    # on a cluster (the SLURM profile, GPUs as in params.yaml), `snakemake -n fidelity` plans the study's 8
+    # training jobs with the request and launch of train_supernet; the profile resubmits them after a preemption
+    gpus = work / "gpus.yaml"
+    gpus.write_text(yaml.safe_dump({"supernet": {"device": "auto"}}))
+
+    def plan(*targets):
+        return _slurm_dry_run(work, TINY, gpus, workdir=work, targets=(*targets, "--rerun-triggers", "mtime"))
+
+    text = plan("fidelity", "-R", "train_fidelity")
+    assert planned_jobs(text).get("train_fidelity") == 8, planned_jobs(text)
+    supernet = _job(plan("checkpoints/supernet/model.pt", "-R", "train_supernet"), "train_supernet")
+    job = _job(text, "train_fidelity")
+    assert [job[k] for k in ("gres", "nodes", "slurm_extra")] == [supernet[k] for k in ("gres", "nodes", "slurm_extra")]
+    assert job["gres"] == "gpu:1" and job["shell"].startswith("python -m stfusion.cli train-fidelity --seed-index ")
+    profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
+    assert "train_fidelity" in profile["preemptible-rules"]
 
 
 # ----------------------------------------------------------------------------------- the real default run

@@ -79,7 +79,7 @@ def test_dropped_strategies_are_never_taken_as_fully_scored():
     sampled strategy come from fully scored rows only."""
     from stfusion.analysis.space import network_table
     from stfusion.stages.strategies import add_rank
-    from stfusion.analysis.validation import select_strategies
+    from stfusion.analysis.fidelity import select_strategies
 
     rows = []
     for i in range(8):

@@ -1,10 +1,19 @@
-"""Statistics of the ranking-fidelity study (METHOD.md §7): can the supernet's ranking of strategies be believed?
+"""Ranking fidelity (docs/method.md §7): can the supernet's ranking of strategies be believed? The selection of
+the strategies to train stand-alone and every statistic of the default run's check and of the study.
 
-Inputs are one row per strategy: the supernet-side predictors (BN-recalibrated score, plain-BN score,
-log-probability) and the stand-alone test accuracy of every seed (columns ``seed0, seed1, ...``). Everything is
-computed over strategies; intervals resample **strategies** (rows), keeping each row's values together.
+:func:`select_strategies` picks them deterministically, spanning the range of supernet scores: the three uniform
+families first (all-S, all-ST, all-S+ST: the hand-designed baselines; all-S is the expected loser on motion),
+then strategies evenly spaced in score rank over all other fully scored strategies (best and worst included), so
+that the chosen ones are spread as the scored population is.
 
-* :func:`rank_stats` — Kendall tau-b and Spearman rho with p-values and 95% bootstrap intervals
+:func:`study` takes one row per strategy, the supernet-side predictors (the score in the configured BN mode, with
+and without BN recalibration, the log-probability), and the stand-alone test accuracy of every seed, an
+``(n_strategies, n_seeds)`` array. The stand-alone accuracy of a strategy is the mean over its seeds. Supernet
+scores are the **validation** split's (the split strategies are selected on), stand-alone accuracies the **test**
+split's, so the correlation asks whether the selection signal predicts held-out quality. Everything is computed
+over strategies; intervals resample **strategies** (rows), keeping each row's values together.
+
+* :func:`rank_stats` — Kendall tau-b and Spearman rho (``scipy.stats``) with p-values and 95% bootstrap intervals
   (``scipy.stats.bootstrap``, percentile method, paired resampling of rows). Kendall's p-value is exact
   (``method="exact"``) when neither side has ties, else a permutation p-value; Spearman's is a permutation
   p-value (``scipy.stats.permutation_test``, pairings; exact enumeration when n! is at most the resample count).
@@ -27,9 +36,47 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
+from stfusion.analysis.validation import UNIFORM
+from stfusion.errors import StfusionError
+
 N_RESAMPLES = 2000  # bootstrap resamples
 N_PERMUTATIONS = 9999  # permutation-test resamples (exact enumeration where n! is smaller)
 CONFIDENCE = 0.95
+
+
+def select_strategies(ranked: pd.DataFrame, n: int, setting: str = "n_strategies") -> pd.DataFrame:
+    """``n`` distinct fully scored strategies spanning the score range (see the module docstring); ``setting``
+    names the parameter ``n`` came from, for the error messages.
+
+    Returns ``id, name, source, strategy, log_prob`` only, no scores: training depends on which strategies were
+    chosen, not on their scores, so a rescoring that picks the same strategies leaves the table (and the
+    stand-alone runs that depend on it) unchanged. :func:`stfusion.analysis.validation.supernet_scores` joins the
+    scores back."""
+    if n < 2:
+        raise StfusionError(f"{setting} must be at least 2, got {n}")
+    ranked = ranked[ranked["top1"].notna()]  # racing: dropped strategies hold no full-split score
+    ranked = ranked.sort_values(["top1", "log_prob"], ascending=[False, False], kind="stable").reset_index(drop=True)
+    if len(ranked) < n:
+        raise StfusionError(
+            f"only {len(ranked)} strategies were scored on the whole validation split but {setting} is {n}: "
+            f"raise scoring.n_samples (or scoring.keep_top with scoring.racing) or lower {setting}"
+        )
+    chosen: list[int] = []
+    names = ranked["name"].astype(str)
+    for fam in UNIFORM:
+        hit = ranked.index[names == fam]
+        if len(hit) and len(chosen) < n:
+            chosen.append(int(hit[0]))
+    rest = [i for i in ranked.index if i not in chosen]
+    m = n - len(chosen)
+    if m > 0:
+        picks = np.unique(np.round(np.linspace(0, len(rest) - 1, m)).astype(int))
+        chosen += [rest[i] for i in picks]
+        extra = [i for i in rest if i not in chosen]
+        chosen += extra[: n - len(chosen)]
+    sel = ranked.loc[sorted(chosen), ["id", "name", "source", "strategy", "log_prob"]]
+    sel["id"] = sel["id"].astype(str)
+    return sel.reset_index(drop=True)
 
 
 def _tau(a, b, axis: int = -1) -> np.ndarray | float:
@@ -87,25 +134,27 @@ def _permutation_p(stat: Callable[..., np.ndarray], a, b, seed: int, n_resamples
 
 
 def rank_stats(a, b, seed: int = 0, n_resamples: int = N_RESAMPLES, n_permutations: int = N_PERMUTATIONS) -> dict:
-    """Kendall tau-b and Spearman rho of ``a`` vs ``b`` with p-values and 95% bootstrap intervals.
+    """Kendall tau-b and Spearman rho of ``a`` vs ``b`` (``scipy.stats.kendalltau`` / ``spearmanr``) with p-values
+    and 95% bootstrap intervals, over the pairs where both are finite.
 
-    Keys ``n, kendall_tau, kendall_p, kendall_p_method, kendall_ci, spearman_rho, spearman_p, spearman_ci``;
-    the statistics are ``None`` where undefined (fewer than 3 pairs, or a constant side)."""
-    from scipy.stats import kendalltau
+    Keys ``n`` (those pairs), ``kendall_tau, kendall_p, kendall_p_method, kendall_ci, spearman_rho, spearman_p,
+    spearman_ci``; the statistics are ``None`` where undefined (fewer than 2 pairs, or a constant side)."""
+    from scipy.stats import kendalltau, spearmanr
 
     a, b = _finite_pairs(a, b)
     out = {"n": int(len(a))}
-    if len(a) < 3 or np.ptp(a) == 0 or np.ptp(b) == 0:
-        return {**out, "kendall_tau": None, "kendall_p": None, "kendall_p_method": None, "kendall_ci": None,
-                "spearman_rho": None, "spearman_p": None, "spearman_ci": None}
+    if len(a) < 2 or np.ptp(a) == 0 or np.ptp(b) == 0:
+        return {**out, **dict.fromkeys(("kendall_tau", "kendall_p", "kendall_p_method", "kendall_ci", "spearman_rho",
+                                        "spearman_p", "spearman_ci"))}
     ties = len(np.unique(a)) < len(a) or len(np.unique(b)) < len(b)
     if ties:
         kp, method = _permutation_p(_tau, a, b, seed, n_permutations), "permutation"
     else:
         kp, method = float(kendalltau(a, b, method="exact").pvalue), "exact"
-    return {**out, "kendall_tau": float(_tau(a, b)), "kendall_p": kp, "kendall_p_method": method,
+    return {**out, "kendall_tau": float(kendalltau(a, b).statistic), "kendall_p": kp, "kendall_p_method": method,
             "kendall_ci": list(bootstrap_interval(_tau, (a, b), seed, n_resamples)),
-            "spearman_rho": float(_rho(a, b)), "spearman_p": _permutation_p(_rho, a, b, seed + 1, n_permutations),
+            "spearman_rho": float(spearmanr(a, b).statistic),
+            "spearman_p": _permutation_p(_rho, a, b, seed + 1, n_permutations),
             "spearman_ci": list(bootstrap_interval(_rho, (a, b), seed + 2, n_resamples))}
 
 
@@ -164,38 +213,43 @@ def paired_difference(truth, a, b, seed: int = 0, n_resamples: int = N_RESAMPLES
     return {"difference": float(diff(truth, a, b)), "ci": list(bootstrap_interval(diff, (truth, a, b), seed, n_resamples))}
 
 
-#: (label, column) of the supernet-side predictors compared in the study
+#: the predictor whose ranking is judged: the supernet score in the configured BN mode
+MAIN = "supernet_top1"
+#: (label, column) of the supernet-side predictors compared beside it
 PREDICTORS = (("recal", "supernet_top1_recal"), ("plain_bn", "supernet_top1_plain_bn"), ("log_prob", "log_prob"))
+_HEADLINE = ("kendall_tau", "kendall_p", "spearman_rho", "spearman_p")
 
 
-def seed_columns(df: pd.DataFrame) -> list[str]:
-    """The per-seed stand-alone accuracy columns ``seed0, seed1, ...`` in order."""
-    cols = [c for c in df.columns if c.startswith("seed") and c[4:].isdigit()]
-    return sorted(cols, key=lambda c: int(c[4:]))
+def headline(res: dict) -> dict:
+    """The flat keys of a :func:`study` result: ``kendall_tau``, ``kendall_p``, ``spearman_rho``, ``spearman_p``
+    and ``n`` of the main predictor, the same four suffixed ``_recal``, ``_plain_bn``, ``_log_prob`` of the
+    others (``None`` where a predictor is missing)."""
+    out = {k: res["supernet"][k] for k in (*_HEADLINE, "n")}
+    for label, _ in PREDICTORS:
+        out.update({f"{k}_{label}": (res.get(label) or {}).get(k) for k in _HEADLINE})
+    return out
 
 
-def study(df: pd.DataFrame, main: str = "supernet_top1_recal", seed: int = 0, n_resamples: int = N_RESAMPLES,
+def study(df: pd.DataFrame, per_seed: np.ndarray, main: str = MAIN, seed: int = 0, n_resamples: int = N_RESAMPLES,
           n_permutations: int = N_PERMUTATIONS) -> dict:
-    """All statistics of the study for a table with ``id``, the predictor columns and ``seed0, seed1, ...``.
+    """All statistics of a study: ``df`` has a row a strategy with ``id``, ``strategy`` and the predictor columns;
+    ``per_seed`` is its stand-alone test accuracies, ``(n_strategies, n_seeds)``.
 
-    ``main`` is the predictor whose ranking is judged (the configured scoring mode). The stand-alone accuracy
-    of a strategy is the mean over its seeds."""
-    seeds = seed_columns(df)
-    per_seed = df[seeds].to_numpy(float)
+    The stand-alone accuracy of a strategy is the mean over its seeds; ``main`` is the predictor whose ranking is
+    judged. The result holds the :func:`headline` keys too."""
+    per_seed = np.asarray(per_seed, float)
     truth = per_seed.mean(axis=1)
     pred = df[main].to_numpy(float)
-    out: dict = {"n_strategies": int(len(df)), "n_seeds": len(seeds), "predictor": main,
+    out: dict = {"n_strategies": int(len(df)), "n_seeds": int(per_seed.shape[1]), "predictor": main,
                  "standalone": "mean stand-alone top-1 over seeds (test split)"}
     out["supernet"] = rank_stats(truth, pred, seed, n_resamples, n_permutations)
     for label, col in PREDICTORS:
         if col in df:
-            out[label] = (out["supernet"] if col == main
-                          else rank_stats(truth, df[col].to_numpy(float), seed, n_resamples, n_permutations))
+            out[label] = rank_stats(truth, df[col].to_numpy(float), seed, n_resamples, n_permutations)
     out["ceiling"] = seed_ceiling(per_seed, seed, n_resamples)
-    out["supernet_per_seed_tau"] = per_seed_tau(pred, per_seed) if seeds else None
+    out["supernet_per_seed_tau"] = per_seed_tau(pred, per_seed)
     ceil = out["ceiling"]["tau"]
-    out["relative_to_ceiling"] = (out["supernet_per_seed_tau"] / ceil
-                                  if ceil and out["supernet_per_seed_tau"] is not None and ceil > 0 else None)
+    out["relative_to_ceiling"] = out["supernet_per_seed_tau"] / ceil if ceil and ceil > 0 else None
     out["topk_overlap"] = {str(k): topk_overlap(pred, truth, k) for k in (3, 5)}
     reg = regret(pred, truth)
     reg["pick"] = str(df["id"].iloc[reg.pop("pick_index")])
@@ -205,7 +259,7 @@ def study(df: pd.DataFrame, main: str = "supernet_top1_recal", seed: int = 0, n_
         for (a, ca), (b, cb) in itertools.combinations(PREDICTORS, 2) if ca in df and cb in df
     }
     out["misranked"] = misranked(df, pred, truth)
-    return out
+    return {**headline(out), **out}
 
 
 def misranked(df: pd.DataFrame, pred, truth, n: int = 5) -> list[dict]:
@@ -219,23 +273,26 @@ def misranked(df: pd.DataFrame, pred, truth, n: int = 5) -> list[dict]:
              "supernet_score": float(pred[i]), "standalone_mean": float(truth[i])} for i in order]
 
 
-def plot_study(df: pd.DataFrame, path, main: str = "supernet_top1_recal"):
-    """Supernet score vs mean stand-alone accuracy, error bars spanning the seeds, each seed as a dot."""
+def plot_study(df: pd.DataFrame, per_seed: np.ndarray, path):
+    """Mean stand-alone accuracy over seeds (bars: min-max) against the supernet score, BN recalibrated and plain
+    BN; strategy names beside the recalibrated points. ``per_seed``: ``(n_strategies, n_seeds)``."""
     from stfusion.analysis.plots import _pyplot, _save
 
     plt = _pyplot()
-    seeds = seed_columns(df)
-    per_seed = df[seeds].to_numpy(float)
+    per_seed = np.asarray(per_seed, float)
     mean = per_seed.mean(axis=1)
-    x = df[main].to_numpy(float)
+    bars = [mean - per_seed.min(axis=1), per_seed.max(axis=1) - mean]
     fig, ax = plt.subplots(figsize=(6, 4.5))
-    ax.errorbar(x, mean, yerr=[mean - per_seed.min(axis=1), per_seed.max(axis=1) - mean], fmt="o", ms=4,
-                capsize=2, label=f"mean over {len(seeds)} seeds (bars: min-max)")
-    for j in range(per_seed.shape[1]):
-        ax.scatter(x, per_seed[:, j], s=8, alpha=0.5, marker="x")
-    ax.set_xlabel(f"supernet score ({main}, validation)")
-    ax.set_ylabel("stand-alone top-1 (test)")
-    ax.set_title("fidelity study: supernet score vs stand-alone accuracy")
+    for col, label, marker in (("supernet_top1_recal", "BN recalibrated", "o"),
+                               ("supernet_top1_plain_bn", "plain BN (paper)", "x")):
+        if col in df:
+            ax.errorbar(df[col], mean, yerr=bars, fmt=marker, ms=4, capsize=2, label=label)
+    if "supernet_top1_recal" in df:
+        for name, x, y in zip(df["name"].astype(str), df["supernet_top1_recal"], mean):
+            ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel("supernet score (validation top-1)")
+    ax.set_ylabel(f"stand-alone top-1 (test), mean over {per_seed.shape[1]} seed(s), bars min-max")
+    ax.set_title("ranking fidelity")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -255,8 +312,9 @@ def _ci(ci) -> str:
 def summary_lines(res: dict) -> list[str]:
     """Markdown lines stating every figure of a study result (:func:`study`)."""
     s = res["supernet"]
-    L = [f"Over {res['n_strategies']} strategies x {res['n_seeds']} seeds (stand-alone accuracy: the mean over "
-         f"seeds, test split; predictor `{res['predictor']}`):", ""]
+    seeds = "1 seed" if res["n_seeds"] == 1 else f"{res['n_seeds']} seeds"
+    L = [f"Over {res['n_strategies']} strategies x {seeds} (stand-alone accuracy: the mean over seeds, test "
+         f"split; predictor `{res['predictor']}`):", ""]
     L.append(f"* Kendall tau-b {_fmt(s['kendall_tau'])} (95% CI {_ci(s['kendall_ci'])}, p = "
              f"{_fmt(s['kendall_p'], 4)}, {s['kendall_p_method'] or 'n/a'}); Spearman rho {_fmt(s['spearman_rho'])} "
              f"(95% CI {_ci(s['spearman_ci'])}, permutation p = {_fmt(s['spearman_p'], 4)})")

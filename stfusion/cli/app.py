@@ -107,6 +107,7 @@ def run(cmd: Command, args: argparse.Namespace, params: dict | None) -> None:
     stage = getattr(importlib.import_module(module), name)
     first = (layout.stage_params(params, cmd.stage_name),) if cmd.params else ()
     kwargs = {arg.to: getattr(args, arg.dest) for arg in cmd.arguments() if arg.to}
+    kwargs.update(cmd.fixed)
     if cmd.progress:
         kwargs["progress"] = args.progress
     with _processes(cmd.distributed) as main_process:

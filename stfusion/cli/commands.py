@@ -11,7 +11,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from stfusion.config.layout import LAYOUT, RunLayout
+from stfusion.config.layout import FIDELITY_CHECK, FIDELITY_STUDY, LAYOUT, RunLayout
 from stfusion.io.files import read_json
 
 log = logging.getLogger("stfusion")
@@ -73,7 +73,8 @@ class Command:
     """One subcommand. ``stage`` (``"module:function"``) is imported only when the command runs, so that
     ``--help`` stays fast; it is called with its part of the parameters first (when ``params``: the keys
     :data:`stfusion.config.layout.STAGE_PARAMS` lists for the command's stage name), then the arguments that
-    have a ``to``, and ``progress`` when it takes it.
+    have a ``to``, the keywords in ``fixed`` (e.g. which ranking-fidelity study) and ``progress`` when it
+    takes it.
 
     ``distributed``: under ``torchrun``, one process a GPU (the process group is set up around the stage, and
     only the main process records the time). ``timed``: the stage name its seconds are recorded under
@@ -90,6 +91,7 @@ class Command:
     progress: bool = False
     distributed: bool = False
     timed: str | None = None
+    fixed: dict = field(default_factory=dict)
     resolve: Callable[[argparse.Namespace, dict], None] | None = None
     done: Callable[[Any, argparse.Namespace], dict | None] | None = None
 
@@ -152,14 +154,9 @@ def _shards(result: dict, args) -> dict:
     return {**result, "jobs": len(records), "run_seconds": round(sum(r["seconds"] for r in records), 3)}
 
 
-def _standalone_runs(result: dict, args) -> dict:
-    seconds = [read_json(Path(args.runs_dir) / f"{sid}.json").get("seconds", 0.0) for sid in result["strategies"]]
-    return {"jobs": int(result.get("n") or 0), "run_seconds": float(sum(seconds))}
-
-
 def _study_runs(result: dict, args) -> dict:
-    return {"jobs": result["n_strategies"] * result["n_seeds"], "run_seconds": result["train_seconds"],
-            "wall_seconds": result["wall_seconds"]}
+    """A ranking-fidelity gather's record: its training jobs and their seconds."""
+    return {"jobs": result["runs"], "run_seconds": result["train_seconds"], "wall_seconds": result["wall_seconds"]}
 
 
 def _initialised(written: list, args) -> None:
@@ -286,27 +283,28 @@ COMMANDS: tuple[Command, ...] = (
         "select-standalone", "choose the strategies to train from scratch",
         "Choose validate.n_strategies scored strategies spanning the score range, deterministically: the "
         "uniform families all-S, all-ST, all-S+ST, then strategies evenly spaced in score rank.",
-        "stfusion.stages.validate:select_standalone",
+        "stfusion.stages.fidelity:select",
         (RANKING, path("--out", LAYOUT.selection, "CSV", "selection", out=True)),
+        fixed={"study": FIDELITY_CHECK},
     ),
     Command(
         "train-standalone", "train chosen strategies from scratch",
         "For each selected strategy (all, or those given with --strategy): a freshly initialised network of "
         "the supernet's architecture holding only the strategy's convs, trained with the validate.* budget "
         "and the same seed, evaluated on validation and test. Writes RUNS/<id>.json and CKPT/<id>/.",
-        "stfusion.stages.validate:train_standalone",
+        "stfusion.stages.fidelity:train",
         (strategy("selected strategy id"), CACHE, ARCHITECTURE,
          selection(LAYOUT.selection), *trained(LAYOUT.standalone_ckpt, LAYOUT.standalone_runs)),
-        progress=True, distributed=True,
+        progress=True, distributed=True, fixed={"study": FIDELITY_CHECK},
     ),
     Command(
         "validate-ranking", "rank correlations between stand-alone accuracy and supernet scores",
         "Gather the stand-alone runs; Kendall tau and Spearman rho between stand-alone accuracy and the "
         "supernet score (with and without BN recalibration) and the log-probability.",
-        "stfusion.stages.validate:validate_ranking",
+        "stfusion.stages.fidelity:report",
         (selection(LAYOUT.selection), runs(LAYOUT.standalone_runs), SCORES,
          path("--out-dir", LAYOUT.validation, "DIR", "output folder", out=True)),
-        params=False, timed="validate_ranking", done=_standalone_runs,
+        timed="validate_ranking", done=_study_runs, fixed={"study": FIDELITY_CHECK},
     ),
     Command(
         "report", f"write {LAYOUT.report} and {LAYOUT.metrics}",
@@ -354,35 +352,36 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "select-fidelity", "choose the strategies of the ranking-fidelity study",
-        "Choose fidelity.n_strategies scored strategies: the uniform families, then the others stratified "
-        "over the score range (equal-width bins of the validation score, taken in rounds).",
-        "stfusion.stages.fidelity:select_fidelity",
+        "Choose fidelity.n_strategies scored strategies spanning the score range, as select-standalone "
+        "chooses its validate.n_strategies: the uniform families, then strategies evenly spaced in score rank.",
+        "stfusion.stages.fidelity:select",
         (RANKING, path("--out", LAYOUT.fidelity_selection, "CSV", "selection", out=True)),
+        fixed={"study": FIDELITY_STUDY},
     ),
     Command(
         "train-fidelity", "train the study's strategies from scratch under several seeds",
         "For each selected strategy (all, or --strategy) and seed index (0 .. fidelity.seeds-1, or "
         "--seed-index): a fresh network of the supernet's architecture holding only the strategy's convs, "
         "initialised with seed + index, trained with the validate.* budget. Writes RUNS/seed<j>/<id>.json.",
-        "stfusion.stages.fidelity:train_fidelity",
+        "stfusion.stages.fidelity:train",
         (strategy("selected strategy id"),
          Arg("--seed-index", {"type": int, "action": "append", "metavar": "J",
                               "help": "seed index (repeatable; default: 0 .. fidelity.seeds-1)"}, to="seeds"),
          CACHE, ARCHITECTURE, selection(LAYOUT.fidelity_selection),
          *trained(LAYOUT.fidelity_ckpt, LAYOUT.fidelity_runs)),
-        progress=True, distributed=True,
+        progress=True, distributed=True, fixed={"study": FIDELITY_STUDY},
     ),
     Command(
         "fidelity", "statistics of the ranking-fidelity study",
         "Gather the study's runs: Kendall tau-b and Spearman rho (p-values, 95%% bootstrap intervals over "
         "strategies) of the supernet score, plain-BN score and log-probability against the mean "
         "stand-alone accuracy; the seed-to-seed ceiling; top-k overlap; regret; paired differences; a figure.",
-        "stfusion.stages.fidelity:fidelity_report",
+        "stfusion.stages.fidelity:report",
         (RANKING, selection(LAYOUT.fidelity_selection), runs(LAYOUT.fidelity_runs),
          path("--out-dir", LAYOUT.fidelity_dir, "DIR", "output folder", out=True),
          timing(LAYOUT.fidelity_timing, "of the study",
                 f"%(default)s; kept apart from {LAYOUT.timing_dir} so the default run's total leaves the study out")),
-        timed="fidelity", done=_study_runs,
+        timed="fidelity", done=_study_runs, fixed={"study": FIDELITY_STUDY},
     ),
     Command(
         "compare", "one ranked table across several runs' result folders",

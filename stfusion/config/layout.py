@@ -15,13 +15,14 @@ Default layout (all paths can be changed on the command line)::
     data/cache/                        prepared data (clip cache or videos/), manifest with splits, classes.csv, storage.json
     checkpoints/supernet/              model.pt, last.pt (resume), history.csv, drop_rates.csv, gate_stats.csv
     checkpoints/finetune/<id>/         derived networks, finetuned
-    checkpoints/standalone/<id>/       strategies trained from scratch
+    checkpoints/standalone/<id>/       strategies trained from scratch (the ranking-fidelity check)
+    checkpoints/fidelity/seed<j>/<id>/ the same for the ranking-fidelity study, a folder a seed index
     results/strategies/                candidates.csv, ranking.csv
     results/analysis/                  network.csv/.md, preference.csv/.md, preference.png, scatter.png, drop_rates.png
     results/derived/strategies.csv     derived strategies
     results/finetune/                  runs/<id>.json, accuracy.csv/.md
-    results/validation/                strategies.csv, runs/<id>.json, standalone.csv/.md, ranking_fidelity.json
-    results/fidelity/                  the ranking-fidelity study: strategies.csv, runs/seed<j>/<id>.json, fidelity.json
+    results/validation/                strategies.csv, runs/<id>.json, standalone.csv/.md, ranking_fidelity.json|md|png
+    results/fidelity/                  the study: strategies.csv, runs/seed<j>/<id>.json, table.csv/.md, fidelity.json|md|png
     results/timing/<stage>.json        seconds per stage
     results/report.md, results/metrics.json (numbers only), results/versions.json (library versions)
     results/report/                    HTML tables, Pareto figures, confusion matrix, curves, drop-rate summary
@@ -36,6 +37,49 @@ from pathlib import Path
 from typing import Iterable
 
 # ----------------------------------------------------------------------------------------------- layout
+@dataclass(frozen=True)
+class FidelityStudy:
+    """One ranking-fidelity study (:mod:`stfusion.stages.fidelity`). The default run's check and the study proper
+    are two of them and differ only here: ``section`` sets ``n_strategies`` and, with ``several_seeds``, the
+    number of ``seeds`` (each seed index ``j`` then has its own folder, :func:`seed_folder`, below the run records
+    and the checkpoints; else seed index 0 writes into those folders themselves); ``select``, ``train`` and
+    ``gather`` name its stages (Snakemake rules, DVC stages, :data:`STAGE_PARAMS` keys; the ``stfusion``
+    commands are the same names with dashes); the rest names the files of its output folder."""
+
+    section: str
+    select: str
+    train: str
+    gather: str
+    several_seeds: bool
+    table: str  #: selection, supernet scores, stand-alone accuracies (CSV, and Markdown beside it)
+    result: str  #: every statistic (JSON)
+    figure: str
+    summary: str  #: the statistics in words (Markdown)
+
+    @staticmethod
+    def command(stage: str) -> str:
+        """The ``stfusion`` subcommand of one of its stages."""
+        return stage.replace("_", "-")
+
+    def seeds(self, params: dict) -> list[int]:
+        """Its seed indices: ``0 .. <section>.seeds - 1`` with several seeds, else ``[0]``."""
+        return list(range(int(params[self.section]["seeds"]))) if self.several_seeds else [0]
+
+
+#: the default run's check, part of every run (results/validation/, checkpoints/standalone/)
+FIDELITY_CHECK = FidelityStudy("validate", "select_standalone", "train_standalone", "validate_ranking", False,
+                               "standalone.csv", "ranking_fidelity.json", "ranking_fidelity.png",
+                               "ranking_fidelity.md")
+#: the study, its own target (results/fidelity/, checkpoints/fidelity/)
+FIDELITY_STUDY = FidelityStudy("fidelity", "select_fidelity", "train_fidelity", "fidelity", True, "table.csv",
+                               "fidelity.json", "fidelity.png", "fidelity.md")
+
+
+def seed_folder(folder: str, seed_index) -> str:
+    """The folder of seed index ``j``'s run records or checkpoints in a study with several seeds."""
+    return f"{folder}/seed{seed_index}"
+
+
 @dataclass(frozen=True)
 class RunLayout:
     """Every file of one run, named once, below four roots, as a property. Paths are strings relative to the
@@ -188,7 +232,7 @@ class RunLayout:
 
     @property
     def standalone_table(self) -> str:
-        return f"{self.validation}/standalone.csv"
+        return f"{self.validation}/{FIDELITY_CHECK.table}"
 
     @property
     def standalone_best_history(self) -> str:
@@ -200,11 +244,11 @@ class RunLayout:
 
     @property
     def fidelity(self) -> str:
-        return f"{self.validation}/ranking_fidelity.json"
+        return f"{self.validation}/{FIDELITY_CHECK.result}"
 
     @property
     def fidelity_plot(self) -> str:
-        return f"{self.validation}/ranking_fidelity.png"
+        return f"{self.validation}/{FIDELITY_CHECK.figure}"
 
     # the ranking-fidelity study
     @property
@@ -225,19 +269,19 @@ class RunLayout:
 
     @property
     def fidelity_study(self) -> str:
-        return f"{self.fidelity_dir}/fidelity.json"
+        return f"{self.fidelity_dir}/{FIDELITY_STUDY.result}"
 
     @property
     def fidelity_summary(self) -> str:
-        return f"{self.fidelity_dir}/fidelity.md"
+        return f"{self.fidelity_dir}/{FIDELITY_STUDY.summary}"
 
     @property
     def fidelity_table(self) -> str:
-        return f"{self.fidelity_dir}/table.csv"
+        return f"{self.fidelity_dir}/{FIDELITY_STUDY.table}"
 
     @property
     def fidelity_study_plot(self) -> str:
-        return f"{self.fidelity_dir}/fidelity.png"
+        return f"{self.fidelity_dir}/{FIDELITY_STUDY.figure}"
 
     @property
     def fidelity_timing(self) -> str:
@@ -332,13 +376,14 @@ STAGE_PARAMS: dict[str, list[str]] = {
         "supernet.eval_every", "scoring.batch_size", "validate.epochs", "validate.lr", "validate.batch_size",
         "validate.weight_decay",
     ],
+    "validate_ranking": ["seed", "preset", "validate.epochs", "validate.lr", "validate.batch_size",
+                         "validate.weight_decay"],
     "report": ["seed", "preset"],
     "select_fidelity": ["preset", "fidelity.n_strategies"],
-    "fidelity": ["seed", "preset", "fidelity.seeds", "validate.epochs", "validate.lr", "validate.batch_size",
-                 "validate.weight_decay"],
 }
-#: the fidelity study trains with the stand-alone budget, under every seed (stfusion.stages.fidelity)
+#: the study trains and gathers as the default run's check does, under every seed (stfusion.stages.fidelity)
 STAGE_PARAMS["train_fidelity"] = [*STAGE_PARAMS["train_standalone"], "fidelity.seeds"]
+STAGE_PARAMS["fidelity"] = [*STAGE_PARAMS["validate_ranking"], "fidelity.seeds"]
 
 
 def _get(params: dict, dotted: str):

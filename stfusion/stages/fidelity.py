@@ -1,92 +1,71 @@
-"""The ranking-fidelity study as its own target (``snakemake fidelity``, DVC stages ``select_fidelity``,
-``train_fidelity``, ``fidelity``): ``fidelity.n_strategies`` scored strategies, chosen stratified over the score
-range, each trained stand-alone from scratch with the ``validate`` budget under ``fidelity.seeds`` seeds; then
-the statistics of :mod:`stfusion.analysis.fidelity`.
+"""Stages of ranking fidelity: strategies trained stand-alone from scratch, against which the supernet's ranking is
+checked (:mod:`stfusion.analysis.fidelity`). One implementation, run twice with its own settings
+(:class:`stfusion.config.layout.FidelityStudy`):
 
-Seed ``j`` of a strategy initialises its network with ``seed + j`` and shuffles / augments with the same
-offset, so seed 0 is the run the default ranking check makes.
+* the default run's check (``select_standalone``, ``train_standalone``, ``validate_ranking``):
+  ``validate.n_strategies`` strategies, one seed;
+* the study, its own target (``select_fidelity``, ``train_fidelity``, ``fidelity``): ``fidelity.n_strategies``
+  strategies, ``fidelity.seeds`` seeds, each seed index in its own folder.
 
-Files (``results/fidelity/``): ``strategies.csv|md`` (the selection), ``runs/seed<j>/<id>.json`` (one
-stand-alone run), ``table.csv|md`` (predictors and per-seed accuracies), ``fidelity.json`` (every statistic,
-plus the training time), ``fidelity.md`` (the summary), ``fidelity.png`` (the figure).
+:func:`select` chooses the strategies, :func:`train` trains them, :func:`report` gathers every seed's runs and
+writes the statistics. Every run trains with the ``validate`` budget. Seed index ``j`` initialises the network
+with ``seed + j`` and shuffles / augments with the same offset, so the check's runs are the study's seed 0.
+
+Files of the output folder (names from the study's settings): the table (CSV and Markdown: the selection, the
+supernet scores, seed 0's run as ``standalone_*`` columns, and with several seeds each seed's test top-1
+``seed<j>`` and their ``standalone_mean|min|max``), the statistics (JSON, with the training time and budget), the
+summary (Markdown), the figure, and the best run's ``best_history.csv`` and ``best_test_predictions.csv``.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
-import numpy as np
-import pandas as pd
+from stfusion.config.layout import FidelityStudy, seed_folder
+from stfusion.io.files import read_table, write_json, write_text
+from stfusion.io.tables import to_markdown, write_table
+from stfusion.stages.common import build_from_checkpoint, strategy_of
+from stfusion.stages.plain_runs import gather_runs, train_plain_runs
 
-from stfusion.errors import StfusionError
+if TYPE_CHECKING:  # heavy imports stay inside the functions (the CLI's --help imports the stages)
+    import numpy as np
+    import pandas as pd
 
-
-def select_stratified(ranked: pd.DataFrame, n: int) -> pd.DataFrame:
-    """``n`` distinct strategies spread over the score range: the uniform families (all-S, all-ST, all-S+ST)
-    first, then the others from ``n - 3`` equal-width bins of the validation score (``top1``), taken in rounds
-    (every non-empty bin gives the unchosen strategy nearest its centre, ties by log-probability) until ``n``
-    are chosen. Returns ``id, name, source, strategy, log_prob`` (no scores, like the default selection)."""
-    from stfusion.analysis.validation import UNIFORM
-
-    if n < 3:
-        raise StfusionError(f"fidelity.n_strategies must be at least 3, got {n}")
-    if len(ranked) < n:
-        raise StfusionError(
-            f"only {len(ranked)} strategies were scored but fidelity.n_strategies is {n}: "
-            "raise scoring.n_samples or lower fidelity.n_strategies"
-        )
-    ranked = ranked.sort_values(["top1", "log_prob"], ascending=[False, False], kind="stable").reset_index(drop=True)
-    names = ranked["name"].astype(str)
-    chosen = [int(ranked.index[names == f][0]) for f in UNIFORM if (names == f).any()][:n]
-    rest = ranked.drop(index=chosen)
-    m = n - len(chosen)
-    if m > 0:
-        lo, hi = float(rest["top1"].min()), float(rest["top1"].max())
-        edges = np.linspace(lo, hi, m + 1)
-        bins = np.clip(np.searchsorted(edges, rest["top1"].to_numpy(float), side="right") - 1, 0, m - 1)
-        centre = (edges[bins] + edges[bins + 1]) / 2
-        rest = rest.assign(_bin=bins, _dist=np.abs(rest["top1"].to_numpy(float) - centre))
-        queues = [g.sort_values(["_dist", "log_prob"], ascending=[True, False], kind="stable").index.tolist()
-                  for _, g in rest.groupby("_bin", sort=True)]
-        while len(chosen) < n:
-            for q in queues:
-                if q and len(chosen) < n:
-                    chosen.append(int(q.pop(0)))
-    sel = ranked.loc[sorted(chosen), ["id", "name", "source", "strategy", "log_prob"]]
-    return sel.assign(id=sel["id"].astype(str)).reset_index(drop=True)
+BUDGET = ("epochs", "lr", "batch_size", "weight_decay")  #: the ``validate`` keys every stand-alone run trains with
 
 
-def select_fidelity(params: dict, *, ranking, out) -> pd.DataFrame:
-    """Stage ``select_fidelity``: the stratified selection (:func:`select_stratified`)."""
-    from stfusion.io.files import read_table
-    from stfusion.io.tables import write_table
+def select(params: dict, study: FidelityStudy, *, ranking: str | Path, out: str | Path) -> pd.DataFrame:
+    """``<section>.n_strategies`` scored strategies spanning the score range
+    (:func:`stfusion.analysis.fidelity.select_strategies`)."""
+    from stfusion.analysis.fidelity import select_strategies
 
-    df = select_stratified(read_table(ranking, "ranking"), int(params["fidelity"]["n_strategies"]))
+    setting = f"{study.section}.n_strategies"
+    df = select_strategies(read_table(ranking, "ranking"), int(params[study.section]["n_strategies"]), setting)
     write_table(df, out)
     return df
 
 
-def seed_indices(params: dict) -> list[int]:
-    return list(range(int(params["fidelity"]["seeds"])))
+def _folder(folder: str | Path, study: FidelityStudy, j: int) -> Path:
+    return Path(seed_folder(str(folder), j) if study.several_seeds else folder)
 
 
-def train_fidelity(params: dict, *, checkpoint, cache_dir, selection, strategies: Sequence[str] | None = None,
-                   seeds: Sequence[int] | None = None, ckpt_dir, runs_dir,
-                   progress: bool = True) -> list[dict]:
-    """Stage ``train_fidelity``: train every selected strategy (or the given ids) stand-alone under every seed
-    index (or the given ones), ``runs_dir/seed<j>/<id>.json`` a run."""
+def train(
+    params: dict, study: FidelityStudy, *, checkpoint: str | Path, cache_dir: str | Path, selection: str | Path,
+    ckpt_dir: str | Path, runs_dir: str | Path, strategies: Sequence[str] | None = None,
+    seeds: Sequence[int] | None = None, progress: bool = True,
+) -> list[dict]:
+    """Train each selected strategy (all, or the given ids) under each seed index (all, or the given ones) from
+    scratch: a freshly initialised network of the supernet's architecture holding only the strategy's convs,
+    the ``validate`` budget. Writes ``<runs_dir>/<id>.json`` and ``<ckpt_dir>/<id>/`` (below ``seed<j>/`` with
+    several seeds)."""
     import torch
-
     from stfusion.engine.checkpoint import load_checkpoint
-    from stfusion.stages.plain_runs import train_plain_runs
-    from stfusion.stages.common import build_from_checkpoint, strategy_of
-    from stfusion.io.files import read_table
 
     ckpt = load_checkpoint(checkpoint)
-    table = read_table(selection, "fidelity selection")
+    table = read_table(selection, "stand-alone selection")
     results = []
-    for j in (seeds if seeds is not None else seed_indices(params)):
+    for j in study.seeds(params) if seeds is None else seeds:
         seed = int(params["seed"]) + int(j)
 
         def make(row, seed=seed):
@@ -95,57 +74,60 @@ def train_fidelity(params: dict, *, checkpoint, cache_dir, selection, strategies
             return fresh.export(strategy_of(row["strategy"], fresh.n_fusion_layers))
 
         results += train_plain_runs(
-            params, "validate", table, strategies, make, cache_dir=cache_dir,
-            ckpt_dir=Path(ckpt_dir) / f"seed{j}", runs_dir=Path(runs_dir) / f"seed{j}", seed_offset=int(j),
-            progress=progress, what=f"fidelity seed {j}")
+            params, "validate", table, strategies, make, cache_dir=cache_dir, ckpt_dir=_folder(ckpt_dir, study, j),
+            runs_dir=_folder(runs_dir, study, j), seed_offset=int(j), progress=progress,
+            what=f"stand-alone seed {j}")
     return results
 
 
-def gather(selection, runs_dir, ranking, n_seeds: int) -> tuple[pd.DataFrame, dict]:
-    """The study table (selection + supernet scores + ``seed0..`` stand-alone test accuracies) and the
-    training time: ``train_seconds`` (all runs, one after another) and ``wall_seconds`` (first start to last
+def gather(params: dict, study: FidelityStudy, *, selection: str | Path, ranking: str | Path,
+           runs_dir: str | Path) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    """The study's table (see the module docstring), its stand-alone test top-1 ``(n_strategies, n_seeds)`` and
+    its training time: ``train_seconds`` (all runs, one after another) and ``wall_seconds`` (first start to last
     end, from the run files' times)."""
-    from stfusion.stages.plain_runs import gather_runs
-    from stfusion.io.files import read_table
+    import numpy as np
     from stfusion.analysis.validation import supernet_scores
 
-    sel = supernet_scores(read_table(selection, "fidelity selection"), read_table(ranking, "ranking"))
+    sel = supernet_scores(read_table(selection, "stand-alone selection"), read_table(ranking, "ranking"))
     ids = sel["id"].astype(str)
-    starts, ends, total = [], [], 0.0
-    for j in range(n_seeds):
-        folder = Path(runs_dir) / f"seed{j}"
-        runs = gather_runs(ids, folder, f"stfusion train-fidelity --seed-index {j}").set_index("id")
-        sel[f"seed{j}"] = sel["id"].map(runs["top1_test"]).to_numpy(float)
-        for i in ids:
-            end = (folder / f"{i}.json").stat().st_mtime
-            starts.append(end - float(runs.loc[i, "seconds"]))
-            ends.append(end)
-            total += float(runs.loc[i, "seconds"])
-    seeds = [f"seed{j}" for j in range(n_seeds)]
-    sel["standalone_mean"] = sel[seeds].mean(axis=1)
-    sel["standalone_min"] = sel[seeds].min(axis=1)
-    sel["standalone_max"] = sel[seeds].max(axis=1)
-    timing = {"train_seconds": round(total, 1), "wall_seconds": round(max(ends) - min(starts), 1) if ends else 0.0}
-    return sel, timing
+    seeds = study.seeds(params)
+    folders = [_folder(runs_dir, study, j) for j in seeds]
+    command = f"stfusion {study.command(study.train)}" + (" --seed-index {}" if study.several_seeds else "")
+    runs = [gather_runs(ids, f, command.format(j)) for j, f in zip(seeds, folders)]
+    first = runs[0].drop(columns=["strategy", "name"], errors="ignore")
+    first = first.rename(columns={c: f"standalone_{c}" for c in first.columns if c not in ("id", "macs", "params")})
+    df = sel.merge(first, on="id", how="left")
+    per_seed = np.stack([df["id"].map(r.set_index("id")["top1_test"]).to_numpy(float) for r in runs], axis=1)
+    if study.several_seeds:
+        df[[f"seed{j}" for j in seeds]] = per_seed
+        df = df.assign(standalone_mean=per_seed.mean(axis=1), standalone_min=per_seed.min(axis=1),
+                       standalone_max=per_seed.max(axis=1))
+    ends = [(f / f"{i}.json").stat().st_mtime for f in folders for i in ids]
+    seconds = [float(s) for r in runs for s in r["seconds"]]
+    starts = [end - s for end, s in zip(ends, seconds)]
+    timing = {"train_seconds": round(sum(seconds), 3), "wall_seconds": round(max(ends) - min(starts), 1)}
+    return df, per_seed, timing
 
 
-def fidelity_report(params: dict, *, selection, runs_dir, ranking, out_dir) -> dict:
-    """Stage ``fidelity``: ``table.csv|md``, ``fidelity.json``, ``fidelity.md`` and ``fidelity.png``."""
-    from stfusion.io.files import write_text
-    from stfusion.analysis.fidelity import plot_study, study, summary_lines
-    from stfusion.io.files import write_json
-    from stfusion.io.tables import to_markdown, write_table
+def report(params: dict, study: FidelityStudy, *, selection: str | Path, ranking: str | Path,
+           runs_dir: str | Path, out_dir: str | Path) -> dict:
+    """Gather the runs (:func:`gather`) and write the study's files into ``out_dir`` (see the module docstring);
+    returns the statistics (:func:`stfusion.analysis.fidelity.study`) with the training time, the number of
+    ``runs``, the ``budget`` and the ``strategies`` (ids)."""
+    from stfusion.analysis.fidelity import plot_study, study as statistics, summary_lines
+    from stfusion.engine.evaluation import copy_best_run
 
+    df, per_seed, timing = gather(params, study, selection=selection, ranking=ranking, runs_dir=runs_dir)
     out_dir = Path(out_dir)
-    df, timing = gather(selection, runs_dir, ranking, len(seed_indices(params)))
-    write_table(df, out_dir / "table.csv")
-    result = {**study(df, seed=int(params["seed"])), **timing,
-              "budget": {k: params["validate"][k] for k in ("epochs", "lr", "batch_size", "weight_decay")}}
-    write_json(out_dir / "fidelity.json", result)
-    plot_study(df, out_dir / "fidelity.png")
-    lines = ["# Ranking fidelity study", "", *summary_lines(result), "",
+    write_table(df, out_dir / study.table)
+    copy_best_run(df, "standalone_top1_val", _folder(runs_dir, study, 0), out_dir)
+    result = {**statistics(df, per_seed, seed=int(params["seed"])), **timing, "runs": int(per_seed.size),
+              "budget": {k: params["validate"][k] for k in BUDGET}, "strategies": list(df["id"].astype(str))}
+    write_json(out_dir / study.result, result)
+    plot_study(df, per_seed, out_dir / study.figure)
+    lines = ["# Ranking fidelity", "", *summary_lines(result), "",
              f"Training: {timing['train_seconds'] / 60:.1f} min of runs one after another, "
              f"{timing['wall_seconds'] / 60:.1f} min from the first start to the last end.", "",
-             to_markdown(df), "", "![fidelity](fidelity.png)", ""]
-    write_text(out_dir / "fidelity.md", "\n".join(lines))
+             to_markdown(df), "", f"![ranking fidelity]({study.figure})", ""]
+    write_text(out_dir / study.summary, "\n".join(lines))
     return result

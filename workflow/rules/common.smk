@@ -136,11 +136,6 @@ def derived_ids(wildcards):
     return _ids(checkpoints.derive.get().output.table)
 
 
-def selected_ids(wildcards):
-    """The ids of the strategies to train stand-alone (known once `select_standalone` has run)."""
-    return _ids(checkpoints.select_standalone.get().output.table)
-
-
 def in_report(name, caption, category, kind, label):
     """A file of the report folder, shown in the Snakemake report with its caption, category and labels."""
     return report(
@@ -157,14 +152,3 @@ wildcard_constraints:
     fseed=r"\d+",
 
 
-# the ranking-fidelity study (rules in validate.smk)
-FIDELITY_CKPT = LAYOUT.fidelity_ckpt
-FIDELITY_SELECTION = LAYOUT.fidelity_selection
-FIDELITY_RUNS = LAYOUT.fidelity_runs
-
-
-def fidelity_runs(wildcards):
-    """The run records of the study: every selected strategy under every seed index."""
-    ids = _ids(checkpoints.select_fidelity.get().output.table)
-    seeds = range(int(config["fidelity"]["seeds"]))
-    return [f"{FIDELITY_RUNS}/seed{j}/{sid}.json" for j in seeds for sid in ids]
