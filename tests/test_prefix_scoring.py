@@ -13,6 +13,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from stfusion.errors import StfusionError
+from stfusion.config.settings import Settings
 from stfusion.models import build_model
 from stfusion.models.plain import PlainTemplate
 from stfusion.core.costs import count_macs
@@ -38,7 +39,7 @@ def tiny_plain(unit: str) -> PlainTemplate:
     torch.manual_seed(0)
     params = {"model": {"backbone": "plain", "unit": unit, "widths": [8, 16], "layers_per_stage": [1, 2],
                         "stem_width": 8}}
-    return prepared(build_model(params, NUM_CLASSES))
+    return prepared(build_model(Settings.for_stage(params), NUM_CLASSES))
 
 
 def prepared(net: nn.Module) -> nn.Module:

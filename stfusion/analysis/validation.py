@@ -40,13 +40,13 @@ def select_strategies(ranked: pd.DataFrame, n: int) -> pd.DataFrame:
     chosen, not on their scores, so a rescoring that picks the same strategies leaves the table (and the
     stand-alone runs that depend on it) unchanged. :func:`supernet_scores` joins the scores back."""
     if n < 2:
-        raise StfusionError(f"validate.n_strategies must be at least 2, got {n}")
+        raise StfusionError(f"standalone.n_strategies must be at least 2, got {n}")
     ranked = ranked[ranked["top1"].notna()]  # racing: dropped strategies hold no full-split score
     ranked = ranked.sort_values(["top1", "log_prob"], ascending=[False, False], kind="stable").reset_index(drop=True)
     if len(ranked) < n:
         raise StfusionError(
-            f"only {len(ranked)} strategies were scored on the whole validation split but validate.n_strategies "
-            f"is {n}: raise scoring.n_samples (or scoring.keep_top with scoring.racing) or lower validate.n_strategies"
+            f"only {len(ranked)} strategies were scored on the whole validation split but standalone.n_strategies "
+            f"is {n}: raise scoring.n_samples (or scoring.keep_top with scoring.racing) or lower standalone.n_strategies"
         )
     chosen: list[int] = []
     names = ranked["name"].astype(str)

@@ -209,13 +209,13 @@ def build_parser() -> argparse.ArgumentParser:
     _timing(sp, "finetune")
 
     sp = add("select-standalone", cmd_select, "choose the strategies to train from scratch",
-             "Choose validate.n_strategies scored strategies spanning the score range, deterministically: the "
+             "Choose standalone.n_strategies scored strategies spanning the score range, deterministically: the "
              "uniform families all-S, all-ST, all-S+ST, then strategies evenly spaced in score rank.")
     _files(sp, "--ranking", out=(layout.SELECTION, "CSV", "selection"))
 
     sp = add("train-standalone", cmd_train_standalone, "train chosen strategies from scratch",
              "For each selected strategy (all, or those given with --strategy): a freshly initialised network of "
-             "the supernet's architecture holding only the strategy's convs, trained with the validate.* budget "
+             "the supernet's architecture holding only the strategy's convs, trained with the standalone.* budget "
              "and the same seed, evaluated on validation and test. Writes RUNS/<id>.json and CKPT/<id>/.")
     sp.add_argument("--strategy", action="append", metavar="ID", help="selected strategy id (repeatable; default: all)")
     _files(sp, "--cache", checkpoint=(layout.SUPERNET, "PT", "supernet, for its architecture only"),
@@ -270,7 +270,7 @@ def build_parser() -> argparse.ArgumentParser:
     sp = add("train-fidelity", cmd_train_fidelity, "train the study's strategies from scratch under several seeds",
              "For each selected strategy (all, or --strategy) and seed index (0 .. fidelity.seeds-1, or "
              "--seed-index): a fresh network of the supernet's architecture holding only the strategy's convs, "
-             "initialised with seed + index, trained with the validate.* budget. Writes RUNS/seed<j>/<id>.json.")
+             "initialised with seed + index, trained with the standalone.* budget. Writes RUNS/seed<j>/<id>.json.")
     sp.add_argument("--strategy", action="append", metavar="ID", help="selected strategy id (repeatable; default: all)")
     sp.add_argument("--seed-index", type=int, action="append", metavar="J",
                     help="seed index (repeatable; default: 0 .. fidelity.seeds-1)")

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stfusion.config.layout import CACHE, DATA_ROOT
+from stfusion.config.settings import Settings
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions (the CLI's --help imports the stages)
 
@@ -19,11 +20,10 @@ def generate(params: dict, *, root: str | Path = DATA_ROOT, progress: bool = Tru
     """Stage ``generate``: write the built-in benchmark (videos, ``annotations.csv``, ``classes.csv``) to ``root``."""
     from stfusion.data.builtin import generate as generate_builtin
 
-    b = params["data"].get("builtin", {})
-    ann = generate_builtin(
-        root, clips_per_class=b.get("clips_per_class", 36), frames=b.get("frames", 12), size=b.get("size", 64),
-        texture=b.get("texture", "synthetic"), seed=params["seed"], classes=b.get("classes"), progress=progress,
-    )
+    settings = Settings.for_stage(params)
+    b = settings.data.builtin
+    ann = generate_builtin(root, clips_per_class=b.clips_per_class, frames=b.frames, size=b.size, texture=b.texture,
+                           seed=settings.seed, classes=b.classes, progress=progress)
     summary = {"root": str(root), "videos": int(len(ann)), "classes": int(ann["label"].nunique()),
                "train": int((ann["split"] == "train").sum()), "test": int((ann["split"] == "test").sum())}
     log.info("built-in benchmark: %d videos of %d classes in %s", summary["videos"], summary["classes"], root)
@@ -39,5 +39,5 @@ def prepare(
     (``data/cache``); ``shard=(I, N)`` prepares one shard of videos storage, ``merge=N`` merges N shards."""
     from stfusion.data.prepare import prepare_dataset
 
-    return prepare_dataset(params, root=root, cache_dir=cache_dir, workers=workers, progress=progress, shard=shard,
+    return prepare_dataset(Settings.for_stage(params), root=root, cache_dir=cache_dir, workers=workers, progress=progress, shard=shard,
                            merge=merge)

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from stfusion.config.layout import CACHE, DERIVED, FINETUNE_CKPT, FINETUNE_RUNS, FINETUNE_TABLE, PREFERENCE, RANKING, SUPERNET
+from stfusion.config.settings import Settings
 from stfusion.io.files import file_digest, read_table
 from stfusion.io.tables import write_table
 from stfusion.stages.plain_runs import gather_runs, train_plain_runs
@@ -32,8 +33,8 @@ def derive(
     pref = read_table(preference, "preference table")
     ranked = read_table(ranking, "ranking")
     model, ckpt = load_supernet(checkpoint)
-    d = params["derive"]
-    df = derive_strategies(pref, ranked, top_k=d.get("top_k", 3), st_threshold=d.get("st_threshold", 0.5))
+    d = Settings.for_stage(params).derive
+    df = derive_strategies(pref, ranked, top_k=d.top_k, st_threshold=d.st_threshold)
     df = add_costs(df, model, clip_shape(ckpt, checkpoint))
     write_table(df, out)
     return df

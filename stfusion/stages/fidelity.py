@@ -21,6 +21,7 @@ import pandas as pd
 
 from stfusion.errors import StfusionError
 from stfusion.config.layout import FIDELITY_CKPT, FIDELITY_DIR, FIDELITY_RUNS
+from stfusion.config.settings import Settings
 
 
 def select_stratified(ranked: pd.DataFrame, n: int) -> pd.DataFrame:
@@ -63,13 +64,13 @@ def select_fidelity(params: dict, *, ranking, out) -> pd.DataFrame:
     from stfusion.io.files import read_table
     from stfusion.io.tables import write_table
 
-    df = select_stratified(read_table(ranking, "ranking"), int(params["fidelity"]["n_strategies"]))
+    df = select_stratified(read_table(ranking, "ranking"), Settings.for_stage(params).fidelity.n_strategies)
     write_table(df, out)
     return df
 
 
 def seed_indices(params: dict) -> list[int]:
-    return list(range(int(params["fidelity"]["seeds"])))
+    return list(range(Settings.for_stage(params).fidelity.seeds))
 
 
 def train_fidelity(params: dict, *, checkpoint, cache_dir, selection, strategies: Sequence[str] | None = None,
@@ -86,9 +87,9 @@ def train_fidelity(params: dict, *, checkpoint, cache_dir, selection, strategies
 
     ckpt = load_checkpoint(checkpoint)
     table = read_table(selection, "fidelity selection")
-    results = []
+    results, settings = [], Settings.for_stage(params)
     for j in (seeds if seeds is not None else seed_indices(params)):
-        seed = int(params["seed"]) + int(j)
+        seed = settings.seed + int(j)
 
         def make(row, seed=seed):
             torch.manual_seed(seed)
@@ -96,7 +97,7 @@ def train_fidelity(params: dict, *, checkpoint, cache_dir, selection, strategies
             return fresh.export(strategy_of(row["strategy"], fresh.n_fusion_layers))
 
         results += train_plain_runs(
-            params, "validate", table, strategies, make, cache_dir=cache_dir,
+            params, "standalone", table, strategies, make, cache_dir=cache_dir,
             ckpt_dir=Path(ckpt_dir) / f"seed{j}", runs_dir=Path(runs_dir) / f"seed{j}", seed_offset=int(j),
             progress=progress, what=f"fidelity seed {j}")
     return results
@@ -140,8 +141,9 @@ def fidelity_report(params: dict, *, selection, runs_dir, ranking, out_dir=FIDEL
     out_dir = Path(out_dir)
     df, timing = gather(selection, runs_dir, ranking, len(seed_indices(params)))
     write_table(df, out_dir / "table.csv")
-    result = {**study(df, seed=int(params["seed"])), **timing,
-              "budget": {k: params["validate"][k] for k in ("epochs", "lr", "batch_size", "weight_decay")}}
+    settings = Settings.for_stage(params)
+    result = {**study(df, seed=settings.seed), **timing,
+              "budget": {k: getattr(settings.standalone, k) for k in ("epochs", "lr", "batch_size", "weight_decay")}}
     write_json(out_dir / "fidelity.json", result)
     plot_study(df, out_dir / "fidelity.png")
     lines = ["# Ranking fidelity study", "", *summary_lines(result), "",

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stfusion.config.layout import CACHE, SUPERNET_DIR
+from stfusion.config.settings import Settings
 from stfusion.stages.runtime import data_fingerprint
 from stfusion.stages.common import class_groups, clip_dataset, discard_stale, require_cache, save_supernet_build
 
@@ -32,16 +33,17 @@ def train_supernet(
     from stfusion.engine.train import fit, supernet_config
 
     require_cache(cache_dir)
+    settings = Settings.for_stage(params)
     out_dir = Path(out_dir)
-    train_set = clip_dataset(params, cache_dir, "train", train=True)
+    train_set = clip_dataset(settings, cache_dir, "train", train=True)
     classes, _ = class_groups(cache_dir)
-    torch.manual_seed(params["seed"])  # the initial weights are part of the seeded run
-    model = build_model(params, train_set.num_classes)
-    cfg = supernet_config(params, len(train_set))
+    torch.manual_seed(settings.seed)  # the initial weights are part of the seeded run
+    model = build_model(settings, train_set.num_classes)
+    cfg = supernet_config(settings, len(train_set))
     cfg.extra = {**cfg.extra, "data": data_fingerprint(cache_dir)}
     discard_stale(out_dir / "last.pt", model.arch, cfg.settings())
-    evaluate = supernet_evaluator(clip_dataset(params, cache_dir, "val", train=False), cfg.batch_size,
-                                  train_set.num_classes, every=params["supernet"].get("eval_every", 1),
+    evaluate = supernet_evaluator(clip_dataset(settings, cache_dir, "val", train=False), cfg.batch_size,
+                                  train_set.num_classes, every=settings.solver.eval_every,
                                   total_epochs=cfg.total_epochs)
     history = fit(model, train_set, cfg, out_dir, progress=progress, evaluate=evaluate)
     if distributed.is_main():

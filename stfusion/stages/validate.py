@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from stfusion.config.layout import CACHE, RANKING, SELECTION, STANDALONE_CKPT, STANDALONE_RUNS, SUPERNET, VALIDATION
+from stfusion.config.settings import Settings
 from stfusion.io.files import read_table, write_json
 from stfusion.io.tables import write_table
 from stfusion.stages.plain_runs import gather_runs, train_plain_runs
@@ -25,7 +26,7 @@ def select_standalone(params: dict, *, ranking: str | Path = RANKING, out: str |
     from stfusion.analysis.validation import select_strategies
 
     ranked = read_table(ranking, "ranking")
-    df = select_strategies(ranked, int(params["validate"].get("n_strategies", 6)))
+    df = select_strategies(ranked, Settings.for_stage(params).standalone.n_strategies)
     write_table(df, out)
     return df
 
@@ -36,21 +37,21 @@ def train_standalone(
     ckpt_dir: str | Path = STANDALONE_CKPT, runs_dir: str | Path = STANDALONE_RUNS, progress: bool = True,
 ) -> list[dict]:
     """Train each selected strategy (all, or the given ids) from scratch: a freshly initialised network of the
-    supernet's architecture holding only the strategy's convs, the ``validate`` budget, the same seed for every
+    supernet's architecture holding only the strategy's convs, the ``standalone`` budget, the same seed for every
     strategy. Writes ``runs_dir/<id>.json``."""
     import torch
     from stfusion.engine.checkpoint import load_checkpoint
 
     ckpt = load_checkpoint(checkpoint)
     table = read_table(selection, "stand-alone selection")
-    seed = int(params["seed"])
+    seed = Settings.for_stage(params).seed
 
     def make(row):
         torch.manual_seed(seed)
         fresh = build_from_checkpoint(ckpt, checkpoint)
         return fresh.export(strategy_of(row["strategy"], fresh.n_fusion_layers))
 
-    return train_plain_runs(params, "validate", table, strategies, make, cache_dir=cache_dir, ckpt_dir=ckpt_dir,
+    return train_plain_runs(params, "standalone", table, strategies, make, cache_dir=cache_dir, ckpt_dir=ckpt_dir,
                              runs_dir=runs_dir, seed_offset=0, progress=progress, what="stand-alone")
 
 
