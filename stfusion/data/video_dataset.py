@@ -161,14 +161,14 @@ class DecodeFailures:
 def open_clips(data: Data, cache_dir, split: str, *, train: bool, views: str | None = None,
                calib_only: bool = False) -> SplitClips:
     """The dataset of one split of a prepared folder, whichever its storage (``storage.json``), from the
-    ``data`` settings. ``train``: random temporal positions (and, in videos storage, failed videos replaced up to
-    ``data.max_decode_failures``); ``views``: train | eval | test
+    ``data`` settings. ``train``: random temporal positions (in videos storage failed videos are replaced, up to
+    ``data.max_decode_failures`` of a training epoch); ``views``: train | eval | test
     (:func:`~stfusion.data.transforms.view_from_params`; default train when ``train``, else eval)."""
     view = view_from_params(data, views or ("train" if train else "eval"))
     kw = dict(frames=data.frames, stride=data.stride, sampling=data.sampling, train=train, calib_only=calib_only,
               view=view)
     if read_storage(cache_dir)["storage"] == "cache":
         return ClipDataset(cache_dir, split, **kw)
-    if train:
+    if view.mode == "train":  # what a training epoch tolerates (fit reads it)
         kw["max_decode_failures"] = data.max_decode_failures
     return VideoDataset(cache_dir, split, backend=data.backend, **kw)
