@@ -85,8 +85,9 @@ def _cache_data(params: dict, cache: Path):
     from stfusion.stages.common import class_groups, clip_dataset
 
     classes, groups = class_groups(cache)
-    train = clip_dataset(params, cache, "train", train=True)
-    val = clip_dataset(params, cache, "val", train=False)
+    settings = Settings.for_stage(params)
+    train = clip_dataset(settings, cache, "train", train=True)
+    val = clip_dataset(settings, cache, "val", train=False)
     if len(train) == 0 or len(val) == 0:
         raise ValueError("empty split")
     return train, val, groups, len(classes)
