@@ -93,13 +93,15 @@ def _user_file(tmp_path, **sections) -> str:
     return str(path)
 
 
-def test_preset_is_the_base_and_the_users_keys_win(tmp_path):
+def test_preset_is_the_base_and_the_users_keys_win(tmp_path, caplog):
     """defaults < preset < the keys the user's file changes < --set (the README's example: a full copy of the
-    defaults with a preset and the user's own data keys)."""
+    defaults with a preset and the user's own data keys); the packaged values the preset replaced are logged."""
     preset = yaml.safe_load((PRESET_DIR / "ucf101.yaml").read_text())
     assert preset["data"]["short_side"] != 160 and preset["data"]["workers"] != 3
     path = _user_file(tmp_path, data={"short_side": 160, "workers": 3})
-    p = load_params(path)
+    with caplog.at_level("INFO", logger="stfusion.config.loading"):
+        p = load_params(path)
+    assert "preset ucf101 sets" in caplog.text and "data.frames" in caplog.text and "data.workers" not in caplog.text
     assert p["data"]["short_side"] == 160 and p["data"]["workers"] == 3  # the user's keys win over the preset
     assert p["data"]["frames"] == preset["data"]["frames"] and p["model"]["backbone"] == "resnet50"  # the preset's
     p = load_params(path, cli.parse_overrides(["data.short_side=192", "data.frames=8"]))

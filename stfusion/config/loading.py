@@ -10,6 +10,7 @@ changes) < ``--set`` (Snakemake: ``--configfile`` / ``--config``).
 from __future__ import annotations
 
 import copy
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ SCHEMA_PATH = Path(__file__).parent / "schema" / "params.schema.yaml"
 DEFAULTS_PATH = Path(__file__).parent / "defaults" / "params.yaml"
 PRESET_DIR = Path(__file__).parent / "presets"
 PARAMS_FILE = "params.yaml"  #: the params file of the working folder, read when no other is named
+
+log = logging.getLogger(__name__)
 
 
 def _load_yaml(path: Path) -> dict:
@@ -117,12 +120,32 @@ def resolve_params(user: dict | None = None, overrides: dict | None = None) -> d
     defaults = _load_yaml(DEFAULTS_PATH)
     changes, overrides = _changes(user or {}, defaults), overrides or {}
     name = overrides.get("preset", changes.get("preset", defaults["preset"]))
+    preset = preset_values(name)
     params = defaults
-    for layer in (preset_values(name), changes, overrides):
+    for layer in (preset, changes, overrides):
         params = deep_merge(params, layer)
     validate(params)
     Settings.from_params(params)
+    _note_packaged_values(name, preset, user or {}, params)
     return params
+
+
+def _leaves(node: dict, prefix: str = "") -> dict:
+    """``{dotted key: value}`` of every leaf of ``node``."""
+    out = {}
+    for key, value in node.items():
+        out.update(_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+    return out
+
+
+def _note_packaged_values(name: str | None, preset: dict, user: dict, params: dict) -> None:
+    """Log the keys the user's file holds at their packaged values that the preset ``name`` set otherwise."""
+    written, resolved = _leaves(user), _leaves(params)
+    taken = [k for k, v in _leaves(preset).items() if k in written and written[k] != v == resolved[k]]
+    if taken:
+        log.info("preset %s sets %d key(s) the params file leaves at their packaged values (%s%s); to keep a "
+                 "packaged value, give it with --set / --config", name, len(taken), ", ".join(taken[:3]),
+                 ", ..." if len(taken) > 3 else "")
 
 
 def load_params(path: str | Path | None = None, overrides: dict | None = None) -> dict[str, Any]:
