@@ -109,8 +109,8 @@ def _train_one_epoch(folder: Path) -> None:
               "gate": {"init_p": 0.1, "temperature": 0.2, "rescale": False, "kl_k": 5.0, "kl_form": "linear"}}
     ds = VideoDataset(folder, "train", frames=4, stride=2, view=ViewSpec("train", 48, (64, 72), flip=True))
     with tempfile.TemporaryDirectory() as out:
-        fit(build_model(Settings.for_stage(params), 2), ds, TrainConfig(epochs=1, batch_size=8, lr=0.01, device="cpu"), out,
-            progress=False)
+        fit(build_model(Settings.for_stage(params), 2), ds, TrainConfig(epochs=1, batch_size=8, lr=0.01, device="cpu"),
+            out, progress=False)
     print(json.dumps({"maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "videos": len(ds)}))
 
 

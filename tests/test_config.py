@@ -69,7 +69,8 @@ def test_a_stage_reading_an_undeclared_key_is_told_which():
         s.compute
 
 
-@pytest.mark.parametrize("old, new", [("supernet.device", "compute.device"), ("supernet.milestones", "solver.milestones"),
+@pytest.mark.parametrize("old, new", [("supernet.device", "compute.device"),
+                                      ("supernet.milestones", "solver.milestones"),
                                       ("validate.epochs", "standalone.epochs")])
 def test_moved_keys_name_their_new_place(tmp_path, capsys, old, new):
     assert MOVED[old] == new

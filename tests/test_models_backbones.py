@@ -97,8 +97,8 @@ def test_resnet50_full_size_parameter_count():
 
 
 def test_build_model_dispatch():
-    net = build_model(settings_with({"model": {"backbone": "resnet18", "unit": "factorised", "width_multiplier": 0.25}}),
-                      NUM_CLASSES)
+    resnet = {"backbone": "resnet18", "unit": "factorised", "width_multiplier": 0.25}
+    net = build_model(settings_with({"model": resnet}), NUM_CLASSES)
     assert isinstance(net, ResNetTemplate) and net.arch["backbone"] == "resnet18" and net.n_fusion_layers == 8
     net = build_model(settings_with({"model": {"backbone": "densenet121", "unit": "factorised",
                                                "width_multiplier": 0.125}}), NUM_CLASSES)

@@ -62,7 +62,8 @@ def test_storage_choice():
     assert info["storage"] == "cache" and "within" in info["reason"]
     assert info["estimate_gb"] == pytest.approx(504 * 12 * 32 * 32 * 3 / 1e9, abs=1e-4)
     k400 = {**params, "data": {**params["data"], "dataset": "kinetics400", "frames": 8, "stride": 8, "size": 224}}
-    info = choose(Settings.from_params(k400).data, 240_000)  # the figure: 240k x 128 x 224 x 224 x 3 bytes = 4.6 TB
+    # the figure: 240k x 128 x 224 x 224 x 3 bytes = 4.6 TB
+    info = choose(Settings.from_params(k400).data, 240_000)
     assert info["storage"] == "videos" and info["estimate_gb"] == pytest.approx(4624.4, rel=1e-3)
     assert "over data.cache_max_gb = 20" in info["reason"]
     explicit = {**k400, "data": {**k400["data"], "storage": "cache"}}

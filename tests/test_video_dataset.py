@@ -187,8 +187,8 @@ def test_decode_failures_are_counted_and_stop_training_past_the_limit(tmp_path, 
     assert str(bad) in caplog.text
     strict = VideoDataset(folder, "train", frames=4, stride=2, view=ViewSpec("train", crop=32), max_decode_failures=0.1)
     with pytest.raises(StfusionError, match=rf"training stopped: 1 of the epoch's 6 videos failed .*{bad.name}"):
-        fit(build_model(Settings.for_stage(tiny_params), 2), strict, TrainConfig(epochs=1, batch_size=3, lr=0.01, device="cpu"),
-            tmp_path / "strict", progress=False)
+        fit(build_model(Settings.for_stage(tiny_params), 2), strict,
+            TrainConfig(epochs=1, batch_size=3, lr=0.01, device="cpu"), tmp_path / "strict", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -227,7 +227,8 @@ def test_uint8_items_train_exactly_as_float_items_did(small_cache, tiny_params):
     histories = []
     for k, data in enumerate((ds, _FloatItems(ds))):
         torch.manual_seed(0)
-        histories.append(fit(build_model(Settings.for_stage(tiny_params), 2), data, cfg, small_cache / f"run{k}", progress=False))
+        model = build_model(Settings.for_stage(tiny_params), 2)
+        histories.append(fit(model, data, cfg, small_cache / f"run{k}", progress=False))
     pd.testing.assert_frame_equal(histories[0].drop(columns="seconds"), histories[1].drop(columns="seconds"),
                                   check_exact=True)
     assert (histories[0]["kl"] > 0).any()  # the gated epoch ran

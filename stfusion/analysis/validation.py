@@ -46,7 +46,8 @@ def select_strategies(ranked: pd.DataFrame, n: int) -> pd.DataFrame:
     if len(ranked) < n:
         raise StfusionError(
             f"only {len(ranked)} strategies were scored on the whole validation split but standalone.n_strategies "
-            f"is {n}: raise scoring.n_samples (or scoring.keep_top with scoring.racing) or lower standalone.n_strategies"
+            f"is {n}: raise scoring.n_samples (or scoring.keep_top with scoring.racing) or lower "
+            "standalone.n_strategies"
         )
     chosen: list[int] = []
     names = ranked["name"].astype(str)

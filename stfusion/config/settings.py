@@ -15,14 +15,14 @@ from __future__ import annotations
 import functools
 import types
 import typing
-from dataclasses import dataclass, fields
 from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 from stfusion.errors import StfusionError
 
-__all__ = ["Budget", "Builtin", "Compute", "Data", "Derive", "Finetune", "Gate", "Model", "Scoring", "Settings", "Solver",
-           "Standalone", "Study", "Supernet"]
+__all__ = ["Budget", "Builtin", "Compute", "Data", "Derive", "Finetune", "Gate", "Model", "Scoring", "Settings",
+           "Solver", "Standalone", "Study", "Supernet"]
 
 _SECTION = dataclass(frozen=True, repr=False, eq=False)
 

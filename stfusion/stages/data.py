@@ -39,5 +39,5 @@ def prepare(
     (``data/cache``); ``shard=(I, N)`` prepares one shard of videos storage, ``merge=N`` merges N shards."""
     from stfusion.data.prepare import prepare_dataset
 
-    return prepare_dataset(Settings.for_stage(params), root=root, cache_dir=cache_dir, workers=workers, progress=progress, shard=shard,
-                           merge=merge)
+    return prepare_dataset(Settings.for_stage(params), root=root, cache_dir=cache_dir, workers=workers,
+                           progress=progress, shard=shard, merge=merge)
