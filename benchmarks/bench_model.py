@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from stfusion.config.settings import Settings
 from stfusion.models import build_model
 from stfusion.core.strategies import Strategy, families
 
@@ -28,7 +29,8 @@ DEFAULT_PARAMS = {
     "model": {"backbone": "plain", "unit": "full", "widths": [16, 32, 64], "layers_per_stage": [2, 2, 2],
               "stem_width": 16},
     "gate": {"init_p": 0.1, "temperature": 0.2, "rescale": False, "kl_k": 50.0, "kl_form": "linear"},
-    "supernet": {"batch_size": 16, "lr": 0.05, "momentum": 0.9},
+    "supernet": {"batch_size": 16, "lr": 0.05},
+    "solver": {"momentum": 0.9},
 }
 NUM_CLASSES = 14
 
@@ -123,7 +125,7 @@ def supernet_step(params: dict, x: torch.Tensor, y: torch.Tensor, *, gated: bool
     g = params["gate"]
     kl = {"n_train": 1000, "k": float(g.get("kl_k", 50.0)), "form": g.get("kl_form", "linear")} if gated else None
     torch.manual_seed(params.get("seed", 0))
-    model = build_model(params, NUM_CLASSES).to(dev, memory_format=layout)
+    model = build_model(Settings.for_stage(params), NUM_CLASSES).to(dev, memory_format=layout)
     model.set_gates_active(gated)
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
@@ -174,7 +176,7 @@ def hard_gate_subnet(params: dict | None = None, *, repeats: int = 20, batch: in
     batch = batch or int(params["supernet"]["batch_size"])
     x = _clip_batch(params, batch, seed=1)[0].to(dev)
     torch.manual_seed(params.get("seed", 0))
-    model = build_model(params, NUM_CLASSES).to(dev)
+    model = build_model(Settings.for_stage(params), NUM_CLASSES).to(dev)
     strategy = benchmark_strategy(model.n_fusion_layers, model.stage_of_layer)
     exported = model.export(strategy).eval()
     model.set_strategy(strategy)
@@ -284,7 +286,7 @@ import bench_model
 params = bench_model.load_params()
 x, y = bench_model._clip_batch(params, int(params["supernet"]["batch_size"]))
 torch.manual_seed(0)
-model = bench_model.build_model(params, bench_model.NUM_CLASSES)
+model = bench_model.build_model(bench_model.Settings.for_stage(params), bench_model.NUM_CLASSES)
 model.train()
 opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 g = params["gate"]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 
+from stfusion.config.settings import Settings
 from stfusion.models import build_model
 from stfusion.core.costs import count_macs
 from stfusion.data.transforms import normalize
@@ -84,8 +85,9 @@ def _cache_data(params: dict, cache: Path):
     from stfusion.stages.common import class_groups, clip_dataset
 
     classes, groups = class_groups(cache)
-    train = clip_dataset(params, cache, "train", train=True)
-    val = clip_dataset(params, cache, "val", train=False)
+    settings = Settings.for_stage(params)
+    train = clip_dataset(settings, cache, "train", train=True)
+    val = clip_dataset(settings, cache, "val", train=False)
     if len(train) == 0 or len(val) == 0:
         raise ValueError("empty split")
     return train, val, groups, len(classes)
@@ -124,7 +126,7 @@ def trained_supernet(quick: bool = False, cache: Path | None = None, params: dic
         groups = {"motion": [0, 1, 2, 3], "appearance": [4, 5]}
         num_classes = 6
     torch.manual_seed(params.get("seed", 0))
-    model = build_model(params, num_classes)
+    model = build_model(Settings.for_stage(params), num_classes)
     g = params["gate"]
     cfg = TrainConfig(epochs=1 if quick else 3, warmup_epochs=1, batch_size=16, lr=0.05, kl_k=float(g["kl_k"]),
                       kl_form=g.get("kl_form", "linear"), seed=0, device=device)
@@ -248,7 +250,7 @@ def racing(quick: bool = False, folder=None, device: str = "cpu", naive_sample: 
     data_s = time.perf_counter() - t
     train, val, groups, num_classes = _cache_data(params, folder / "cache")
     torch.manual_seed(0)
-    model = build_model(params, num_classes)
+    model = build_model(Settings.for_stage(params), num_classes)
     g = params["gate"]
     cfg = TrainConfig(epochs=1 if quick else 2, warmup_epochs=1 if quick else 3, batch_size=16, lr=0.05,
                       kl_k=float(g["kl_k"]), kl_form=g.get("kl_form", "linear"), seed=0, device=device)

@@ -97,10 +97,11 @@ def _train_one_epoch(folder: Path) -> None:
     """The ``--epoch`` subprocess: one epoch of a tiny plain template, then its own ``ru_maxrss`` as JSON."""
     import torch
 
+    from stfusion.config.settings import Settings
     from stfusion.data.transforms import ViewSpec
     from stfusion.data.video_dataset import VideoDataset
-    from stfusion.models import build_model
     from stfusion.engine.train import TrainConfig, fit
+    from stfusion.models import build_model
 
     torch.set_num_threads(1)
     params = {"seed": 0, "model": {"backbone": "plain", "unit": "full", "widths": [8, 16], "layers_per_stage": [1, 1],
@@ -108,8 +109,8 @@ def _train_one_epoch(folder: Path) -> None:
               "gate": {"init_p": 0.1, "temperature": 0.2, "rescale": False, "kl_k": 5.0, "kl_form": "linear"}}
     ds = VideoDataset(folder, "train", frames=4, stride=2, view=ViewSpec("train", 48, (64, 72), flip=True))
     with tempfile.TemporaryDirectory() as out:
-        fit(build_model(params, 2), ds, TrainConfig(epochs=1, batch_size=8, lr=0.01, device="cpu"), out,
-            progress=False)
+        fit(build_model(Settings.for_stage(params), 2), ds, TrainConfig(epochs=1, batch_size=8, lr=0.01, device="cpu"),
+            out, progress=False)
     print(json.dumps({"maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "videos": len(ds)}))
 
 
@@ -122,13 +123,14 @@ def gpu_loader_check(workers=(8, 16), *, device: str = "cuda", batch: int = 32, 
     import torch.nn.functional as F
 
     from stfusion.config.loading import load_params
+    from stfusion.config.settings import Settings
     from stfusion.data.loader import clip_loader
     from stfusion.data.transforms import ViewSpec, normalize
     from stfusion.data.video_dataset import VideoDataset
     from stfusion.models import build_model
 
     params = load_params(REPO / "params.yaml", {"model": {"backbone": backbone, "unit": "factorised"}})
-    model = build_model(params, 400).to(device).to(memory_format=torch.channels_last_3d).train()
+    model = build_model(Settings.for_stage(params), 400).to(device).to(memory_format=torch.channels_last_3d).train()
     opt = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
     x = torch.randint(0, 256, (batch, 3, frames, crop, crop), dtype=torch.uint8)
     y = torch.randint(0, 400, (batch,), device=device)

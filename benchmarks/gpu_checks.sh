@@ -32,7 +32,7 @@ stf prepare --root "$W/builtin" --cache "$W/cache" --workers 8 --timing "$W/t.js
 for run in "cuda fp32 false" "cuda bf16 false" "cuda fp32 true" "cuda bf16 true" "cpu fp32 false"; do
   set -- $run
   t=$(secs stf train-supernet --cache "$W/cache" --out "$W/sn-$1-$2-$3" --timing "$W/t.json" --no-progress -q \
-      --set supernet.device="$1" --set supernet.precision="$2" --set supernet.channels_last="$3")
+      --set compute.device="$1" --set compute.precision="$2" --set compute.channels_last="$3")
   acc=$(tail -1 "$W/sn-$1-$2-$3/history.csv" 2>/dev/null | awk -F, '{print $NF}')
   echo "train-supernet device=$1 precision=$2 channels_last=$3: ${t} s, last train_top1 $acc" | tee -a "$OUT/train.txt"
 done
@@ -51,7 +51,7 @@ print(f"DDP 2 processes (gloo, SyncBN, CUDA) vs 1 process, same global batch: {l
 EOF
 t=$(STFUSION_DIST_BACKEND=gloo secs "$PY" -m torch.distributed.run --nproc_per_node 2 --master_port 29542 \
     -m stfusion.cli train-supernet --cache "$W/cache" --out "$W/sn-ddp" --timing "$W/t.json" --no-progress -q \
-    --set supernet.device=cuda)
+    --set compute.device=cuda)
 echo "torchrun 2 processes train-supernet (gated, every parameter used): ${t} s, history rows $(($(wc -l <"$W/sn-ddp/history.csv") - 1))" \
   | tee -a "$OUT/ddp.txt"
 echo "== 4. the videos loader against the GPU step (DenseNet-121, 16x224x224, batch 32, 8 and 16 workers, 256p files)"

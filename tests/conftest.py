@@ -50,6 +50,14 @@ TINY_PARAMS = {
 }
 
 
+def settings_with(changes: dict):
+    """The packaged defaults with ``changes`` over them, as typed settings."""
+    from stfusion.config.loading import resolve_params
+    from stfusion.config.settings import Settings
+
+    return Settings.from_params(resolve_params(changes))
+
+
 @pytest.fixture
 def tiny_params():
     import copy

@@ -22,6 +22,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 from conftest import TINY_PARAMS, motion_clips  # noqa: E402
 from stfusion.engine import distributed  # noqa: E402
+from stfusion.config.settings import Settings
 from stfusion.models import build_model  # noqa: E402
 from stfusion.engine.train import TrainConfig, fit  # noqa: E402
 
@@ -49,7 +50,7 @@ def main(argv=None) -> None:
         Path(args.pid_dir, name).write_text(str(os.getpid()))
     distributed.init_from_env()
     torch.manual_seed(0)
-    model = build_model(TINY_PARAMS, 2)
+    model = build_model(Settings.for_stage(TINY_PARAMS), 2)
     if args.no_bn:
         strip_bn(model)
     cfg = TrainConfig(epochs=args.gated, warmup_epochs=args.warmup, batch_size=16, lr=0.02, kl_k=5.0,

@@ -130,8 +130,8 @@ def test_select_strategies_spans_range_deterministically():
     assert others["top1"].min() in set(scored["supernet_top1"])
     assert scored["supernet_top1_plain_bn"].notna().all()
     pd.testing.assert_frame_equal(sel, fidelity.select_strategies(ranked.sample(frac=1, random_state=3), 6))
-    with pytest.raises(Exception, match="validate.n_strategies is"):
-        fidelity.select_strategies(ranked, len(ranked) + 1, "validate.n_strategies")
+    with pytest.raises(Exception, match="standalone.n_strategies is"):
+        fidelity.select_strategies(ranked, len(ranked) + 1, "standalone.n_strategies")
 
 
 def test_report_checks_pass_and_fail():

@@ -15,6 +15,7 @@ from stfusion.engine.checkpoint import load_checkpoint, save_torch
 from stfusion.config.loading import deep_merge, load_params
 from stfusion.data.video import write_video
 from stfusion.errors import StfusionError
+from stfusion.config.settings import Settings
 from stfusion.models import build_model
 from stfusion.core.strategies import Strategy
 
@@ -92,18 +93,18 @@ def test_unknown_strategy_text():
 
 
 def test_strategy_with_wrong_number_of_layers():
-    model = build_model(TINY_PARAMS, 2)
+    model = build_model(Settings.for_stage(TINY_PARAMS), 2)
     with pytest.raises(StfusionError, match="has 2 layers but the network has 3"):
         model.set_strategy(Strategy.parse("S|ST"))
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints
 def test_checkpoint_from_a_different_architecture(tmp_path):
-    model = build_model(TINY_PARAMS, 2)
+    model = build_model(Settings.for_stage(TINY_PARAMS), 2)
     save_torch({"arch": model.arch, "model": model.state_dict()}, tmp_path / "model.pt")
     other = deep_merge(TINY_PARAMS, {"model": {"widths": [8, 32]}})
     with pytest.raises(StfusionError, match="different architecture .*widths"):
-        load_checkpoint(tmp_path / "model.pt", arch=build_model(other, 2).arch)
+        load_checkpoint(tmp_path / "model.pt", arch=build_model(Settings.for_stage(other), 2).arch)
 
 
 def test_damaged_checkpoint(tmp_path):

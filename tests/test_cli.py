@@ -115,7 +115,7 @@ def test_stage_params_subset():
 def test_threshold_and_keep_rule_params_do_not_reach_training():
     # scoring-only and analysis-only parameters must not be read by the supernet stage (no retraining)
     keys = set(layout.STAGE_PARAMS["train_supernet"])
-    assert not any(k.startswith(("scoring", "derive", "finetune", "validate")) for k in keys)
+    assert not any(k.startswith(("scoring", "derive", "finetune", "standalone")) for k in keys)
     assert "gate.keep_prob" not in keys
 
 

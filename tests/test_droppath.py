@@ -8,6 +8,8 @@ import torch
 from stfusion.core.droppath import VariationalDropPath
 from stfusion.core.fusion import FusionPaths, conv_bn, conv_s, conv_st
 
+from conftest import settings_with
+
 
 def test_kl_matches_formula_linear_and_paper():
     gate = VariationalDropPath(init_p=0.3)
@@ -85,8 +87,10 @@ def test_network_kl_is_the_sum_of_every_gates_formula(backbone, form):
     from stfusion.models import build_model
 
     torch.manual_seed(0)
-    net = build_model({"model": {"backbone": backbone, "widths": [4, 8], "layers_per_stage": [1, 1],
-                                 "stem_width": 4, "width_multiplier": 0.125}}, 3)
+    unit = "full" if backbone == "plain" else "factorised"
+    net = build_model(settings_with({"model": {"backbone": backbone, "unit": unit, "widths": [4, 8],
+                                               "layers_per_stage": [1, 1], "stem_width": 4,
+                                               "width_multiplier": 0.125}}), 3)
     for i, f in enumerate(net.fusion_layers):  # distinct drop rates per gate
         f.gate_s.p_logit.data.fill_(-2.0 - 0.01 * i)
         f.gate_st.p_logit.data.fill_(-1.0 - 0.01 * i)

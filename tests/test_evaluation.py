@@ -8,6 +8,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from stfusion.core.costs import count_macs, network_costs, strategy_costs
 from stfusion.engine.evaluation import is_due, plain_evaluator, supernet_evaluator
+from stfusion.config.settings import Settings
 from stfusion.models import build_model
 from stfusion.engine.evaluation import eval_loader, evaluate
 from stfusion.core.strategies import families
@@ -18,7 +19,7 @@ from conftest import motion_clips
 
 def _supernet(params, data, out, evaluate=None, epochs=2, warmup=1):
     torch.manual_seed(0)
-    model = build_model(params, 2)
+    model = build_model(Settings.for_stage(params), 2)
     cfg = TrainConfig(epochs=epochs, warmup_epochs=warmup, batch_size=16, lr=0.05, kl_k=5.0)
     return model, fit(model, data, cfg, out, progress=False, evaluate=evaluate)
 
@@ -56,7 +57,7 @@ def test_supernet_history_has_validation_and_entropy(tmp_path, tiny_params):
 def test_plain_history_has_validation(tmp_path, tiny_params):
     train, val = motion_clips(32, seed=1), motion_clips(16, seed=2)
     torch.manual_seed(0)
-    net = build_model(tiny_params, 2).export(families(3)["all-ST"])
+    net = build_model(Settings.for_stage(tiny_params), 2).export(families(3)["all-ST"])
     cfg = TrainConfig(epochs=2, batch_size=16, lr=0.05)
     hist = fit(net, train, cfg, tmp_path, progress=False, evaluate=plain_evaluator(val, 8, 2, every=1,
                                                                                     total_epochs=2))
@@ -65,7 +66,7 @@ def test_plain_history_has_validation(tmp_path, tiny_params):
 
 
 def test_costs_count_the_kept_convs(tiny_params):
-    model = build_model(tiny_params, 2)
+    model = build_model(Settings.for_stage(tiny_params), 2)
     fam = families(model.n_fusion_layers)
     shape = (3, 6, 16, 16)
     costs = dict(zip(["all-S", "all-ST", "all-S+ST"],

@@ -121,7 +121,7 @@ def test_sigterm_mid_epoch_checkpoints_the_step_and_resumes_exactly(workdir):
     (run / "params.yaml").write_text((ref / "params.yaml").read_text())
     # a checkpoint after every step (a run-only setting: the reference without it must come out the same)
     cmd = [sys.executable, "-m", "stfusion.cli", "train-supernet", "--no-progress", "--params", "params.yaml",
-           "--threads", "1", "--set", "supernet.checkpoint_minutes=0.00001"]
+           "--threads", "1", "--set", "compute.checkpoint_minutes=0.00001"]
     proc = subprocess.Popen(cmd, cwd=run, env={**os.environ, "OMP_NUM_THREADS": "1"},
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     last = run / "checkpoints" / "supernet" / "last.pt"
@@ -151,6 +151,7 @@ def test_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):
     """torch.save refuses (ENOSPC) from the second checkpoint on: last.pt still holds epoch 1 and loads; no
     temporary file is left; the error is one line with the path and the free space."""
     import stfusion.engine.checkpoint as ck
+    from stfusion.config.settings import Settings
     from stfusion.models import build_model
     from stfusion.engine.train import TrainConfig, fit
 
@@ -165,7 +166,7 @@ def test_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):
 
     monkeypatch.setattr(ck.torch, "save", full_disk)
     torch.manual_seed(0)
-    model = build_model(TINY_PARAMS, 2)
+    model = build_model(Settings.for_stage(TINY_PARAMS), 2)
     cfg = TrainConfig(epochs=2, warmup_epochs=1, batch_size=16, lr=0.05, kl_k=5.0)
     with pytest.raises(StfusionError) as info:
         fit(model, motion_clips(32, seed=0), cfg, tmp_path, progress=False)

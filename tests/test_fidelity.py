@@ -149,7 +149,7 @@ def test_one_selection_for_the_check_and_the_study():
 
 
 # ------------------------------------------------------------------------------- the stages, on written runs
-PARAMS = {"seed": 0, "validate": {"n_strategies": 4, "epochs": 1, "lr": 0.1, "batch_size": 8, "weight_decay": 0.0},
+PARAMS = {"seed": 0, "standalone": {"n_strategies": 4, "epochs": 1, "lr": 0.1, "batch_size": 8, "weight_decay": 0.0},
           "fidelity": {"n_strategies": 4, "seeds": 2}}
 
 

@@ -12,6 +12,7 @@ from torch import nn
 
 from stfusion.core.fusion import paths_gamma_sq, paths_price, paths_reference_sq, paths_weight_sq
 from stfusion.core.gate_stats import COLUMNS, gate_rows
+from stfusion.config.settings import Settings
 from stfusion.models import build_model
 from stfusion.engine.train import TrainConfig, fit, kl_factor, make_optimizer
 
@@ -20,7 +21,7 @@ from conftest import motion_clips
 
 def _net(tiny_params):
     torch.manual_seed(0)
-    return build_model(tiny_params, 2)
+    return build_model(Settings.for_stage(tiny_params), 2)
 
 
 def test_prices_of_a_path(tiny_params):
@@ -107,7 +108,7 @@ def test_training_logs_gate_stats_and_the_warmin_lowers_the_first_kl(tmp_path, t
 
     def run(out, warmin):
         torch.manual_seed(0)
-        model = build_model(tiny_params, 2)
+        model = build_model(Settings.for_stage(tiny_params), 2)
         cfg = TrainConfig(epochs=2, warmup_epochs=1, batch_size=16, lr=0.05, kl_k=5.0, kl_price="normalized",
                           kl_warmin_epochs=warmin)
         return fit(model, data, cfg, out, progress=False), model

@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import settings_with
 from stfusion.errors import StfusionError
 from stfusion.models import build_model
 from stfusion.models.densenet import DenseLayer3d, DenseNet121Template
@@ -96,9 +97,11 @@ def test_resnet50_full_size_parameter_count():
 
 
 def test_build_model_dispatch():
-    net = build_model({"model": {"backbone": "resnet18", "width_multiplier": 0.25}}, NUM_CLASSES)
+    resnet = {"backbone": "resnet18", "unit": "factorised", "width_multiplier": 0.25}
+    net = build_model(settings_with({"model": resnet}), NUM_CLASSES)
     assert isinstance(net, ResNetTemplate) and net.arch["backbone"] == "resnet18" and net.n_fusion_layers == 8
-    net = build_model({"model": {"backbone": "densenet121", "width_multiplier": 0.125}}, NUM_CLASSES)
+    net = build_model(settings_with({"model": {"backbone": "densenet121", "unit": "factorised",
+                                               "width_multiplier": 0.125}}), NUM_CLASSES)
     assert isinstance(net, DenseNet121Template) and net.n_fusion_layers == 61
 
 

@@ -5,6 +5,7 @@ import torch
 
 from stfusion.config.loading import load_params
 from stfusion.errors import StfusionError
+from stfusion.config.settings import Settings
 from stfusion.models import build_model
 from stfusion.core.strategies import BOTH, NONE, S, ST, Strategy, families
 
@@ -15,12 +16,12 @@ from conftest import REPO
 def model(request, tiny_params):
     torch.manual_seed(0)
     tiny_params["model"]["unit"] = request.param
-    return build_model(tiny_params, 5)
+    return build_model(Settings.for_stage(tiny_params), 5)
 
 
 def test_default_params_build(tiny_params):
     params = load_params(REPO / "params.yaml")
-    net = build_model(params, 14)
+    net = build_model(Settings.for_stage(params), 14)
     assert net.n_fusion_layers == sum(params["model"]["layers_per_stage"])
     assert net.stage_of_layer == [0, 0, 1, 1, 2, 2]
     out = net(torch.randn(2, 3, params["data"]["frames"], params["data"]["size"], params["data"]["size"]))
@@ -30,7 +31,7 @@ def test_default_params_build(tiny_params):
 def test_unit_kernel_shapes(tiny_params):
     for unit, ks, kst in [("full", (1, 3, 3), (3, 3, 3)), ("factorised", (1, 1, 1), (3, 1, 1))]:
         tiny_params["model"]["unit"] = unit
-        f = build_model(tiny_params, 2).fusion_layers[0]
+        f = build_model(Settings.for_stage(tiny_params), 2).fusion_layers[0]
         assert f.s[0].kernel_size == ks and f.st[0].kernel_size == kst
         assert f.s[0].stride == (1, 1, 1) and f.st[0].stride == (1, 1, 1)
 

@@ -112,10 +112,10 @@ def test_slurm_profile_resolves(tmp_path):
 
 
 def test_slurm_dry_run_requests_nodes_and_gpus_and_launches_torchrun(tmp_path):
-    """supernet.nodes: 2, gpus_per_node: 4: the sbatch request (--nodes=2 --gres=gpu:4 --ntasks-per-node=1
+    """compute.nodes: 2, gpus_per_node: 4: the sbatch request (--nodes=2 --gres=gpu:4 --ntasks-per-node=1
     --signal=USR1@300) and srun + torchrun with a c10d rendezvous, 4 processes a node with 8 / 4 threads each."""
     multi = tmp_path / "multi.yaml"
-    multi.write_text(yaml.safe_dump({"supernet": {"nodes": 2, "gpus_per_node": 4, "max_restarts": 5}}))
+    multi.write_text(yaml.safe_dump({"compute": {"nodes": 2, "gpus_per_node": 4, "max_restarts": 5}}))
     text = _slurm_dry_run(tmp_path, multi)
     for rule, threads in zip(TRAINING_RULES, (2, 1, 1)):
         job = _job(text, rule)
@@ -403,7 +403,7 @@ def test_catalog_layout_license_and_formatting():
 
 @pytest.mark.slow
 def test_train_rule_with_two_processes_gives_the_single_process_result(tmp_path):
-    """supernet.gpus_per_node: 2 on CPU: the rule runs torchrun (gloo, GlobalBatchNorm3d) and the gate-free
+    """compute.gpus_per_node: 2 on CPU: the rule runs torchrun (gloo, GlobalBatchNorm3d) and the gate-free
     warm-up equals a single-process run of the same rule within the DDP test's tolerance; the gated epoch (its
     masks are drawn per rank) completes with the same optimizer step count."""
     tiny = yaml.safe_load(TINY.read_text())
@@ -412,7 +412,8 @@ def test_train_rule_with_two_processes_gives_the_single_process_result(tmp_path)
         work = tmp_path / f"p{procs}"
         work.mkdir()
         shutil.copy(REPO / "params.yaml", work / "params.yaml")
-        cfg = {**tiny, "supernet": {**tiny["supernet"], "warmup_epochs": 2, "gpus_per_node": procs}}
+        cfg = {**tiny, "supernet": {**tiny["supernet"], "warmup_epochs": 2},
+               "compute": {**tiny["compute"], "gpus_per_node": procs}}
         (work / "cfg.yaml").write_text(yaml.safe_dump(cfg))
         out = snakemake("--cores", "2", "--configfile", str(work / "cfg.yaml"), "-d", str(work), "-p",
                         "checkpoints/supernet/model.pt", cwd=work)

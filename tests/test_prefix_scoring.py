@@ -20,6 +20,8 @@ from stfusion.scoring.prefix import score_strategies_prefix
 from stfusion.scoring.naive import bn_state, score_strategies
 from stfusion.core.strategies import BOTH, ST, S, Strategy, enumerate_all
 
+from conftest import settings_with
+
 NUM_CLASSES = 5
 GROUPS = {"motion": [0, 1, 2], "appearance": [3, 4]}
 SCORE_COLUMNS = ["top1", "top5", "loss", "top1_motion", "top1_appearance"]
@@ -36,9 +38,8 @@ def one_thread():
 
 def tiny_plain(unit: str) -> PlainTemplate:
     torch.manual_seed(0)
-    params = {"model": {"backbone": "plain", "unit": unit, "widths": [8, 16], "layers_per_stage": [1, 2],
-                        "stem_width": 8}}
-    return prepared(build_model(params, NUM_CLASSES))
+    model = {"backbone": "plain", "unit": unit, "widths": [8, 16], "layers_per_stage": [1, 2], "stem_width": 8}
+    return prepared(build_model(settings_with({"model": model}), NUM_CLASSES))
 
 
 def prepared(net: nn.Module) -> nn.Module:

@@ -26,6 +26,7 @@ from stfusion.data.manifest import SHARD_COLUMNS, VIDEO_COLUMNS  # noqa: E402
 from stfusion.data.prepare import prepare_dataset  # noqa: E402
 from stfusion.data.prepare_videos import KEYINT, prepared_name, scaled_size  # noqa: E402
 from stfusion.errors import StfusionError  # noqa: E402
+from stfusion.config.settings import Settings
 from stfusion.data.storage import BUILTIN_CLASSES, choose, read_storage  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -37,6 +38,10 @@ def _params(**data) -> dict:
     params["data"].update({"storage": "videos", "short_side": SHORT, "workers": 1, "frames": 8, "stride": 2,
                            "val_fraction": 0.25, **data})
     return params
+
+
+def _prepare(params: dict, **kw) -> dict:
+    return prepare_dataset(Settings.from_params(params), **kw)
 
 
 def _probe(path: Path) -> dict:
@@ -53,16 +58,18 @@ def _probe(path: Path) -> dict:
 def test_storage_choice():
     params = yaml.safe_load((REPO / "params.yaml").read_text())
     assert BUILTIN_CLASSES == len(CLASSES)
-    info = choose(params, BUILTIN_CLASSES * 36)  # the built-in default stays on the cache
+    info = choose(Settings.from_params(params).data, BUILTIN_CLASSES * 36)  # the built-in default stays on the cache
     assert info["storage"] == "cache" and "within" in info["reason"]
     assert info["estimate_gb"] == pytest.approx(504 * 12 * 32 * 32 * 3 / 1e9, abs=1e-4)
     k400 = {**params, "data": {**params["data"], "dataset": "kinetics400", "frames": 8, "stride": 8, "size": 224}}
-    info = choose(k400, 240_000)  # the figure: 240k x 128 x 224 x 224 x 3 bytes = 4.6 TB
+    # the figure: 240k x 128 x 224 x 224 x 3 bytes = 4.6 TB
+    info = choose(Settings.from_params(k400).data, 240_000)
     assert info["storage"] == "videos" and info["estimate_gb"] == pytest.approx(4624.4, rel=1e-3)
     assert "over data.cache_max_gb = 20" in info["reason"]
-    assert choose({**k400, "data": {**k400["data"], "storage": "cache"}}, None)["storage"] == "cache"
+    explicit = {**k400, "data": {**k400["data"], "storage": "cache"}}
+    assert choose(Settings.from_params(explicit).data, None)["storage"] == "cache"
     with pytest.raises(StfusionError, match="number of videos"):
-        choose(k400, None)
+        choose(Settings.from_params(k400).data, None)
 
 
 def test_names_and_sizes():
@@ -200,7 +207,7 @@ def test_ssv1_frames_are_packed_byte_for_byte_and_ssv2_reencoded(tmp_path):
     (ssv1 / "99" / "00001.jpg").write_text("not a JPEG")  # a damaged frame folder: a row, not a crash
     with open(ssv1 / "something-something-v1-train.csv", "a") as f:
         f.write("99;Pushing something from left to right\n")
-    summary = prepare_dataset(_params(dataset="ssv1", root=str(ssv1), val_fraction=0.0), cache_dir=tmp_path / "c1",
+    summary = _prepare(_params(dataset="ssv1", root=str(ssv1), val_fraction=0.0), cache_dir=tmp_path / "c1",
                               progress=False)
     assert summary["ok"] == len(folders) and summary["bytes_ratio"] > 1.0  # the JPEG bytes plus the ZIP headers
     manifest = pd.read_csv(tmp_path / "c1" / "manifest.csv", keep_default_na=False, dtype={"id": str})
@@ -219,7 +226,7 @@ def test_ssv1_frames_are_packed_byte_for_byte_and_ssv2_reencoded(tmp_path):
 
     ssv2 = tmp_path / "ssv2"
     videos = ssv2_like(ssv2)
-    prepare_dataset(_params(dataset="ssv2", root=str(ssv2), prepare_shards=3), cache_dir=tmp_path / "c2",
+    _prepare(_params(dataset="ssv2", root=str(ssv2), prepare_shards=3), cache_dir=tmp_path / "c2",
                     progress=False)
     manifest = pd.read_csv(tmp_path / "c2" / "manifest.csv", keep_default_na=False, dtype={"id": str})
     assert manifest["id"].tolist() == [v["id"] for v in videos]
@@ -233,16 +240,16 @@ def test_rerun_redoes_changed_sources_and_settings_only(tmp_path):
     videos = ssv2_like(root, n=3)
     cache = tmp_path / "cache"
     params = _params(dataset="ssv2", root=str(root))
-    prepare_dataset(params, cache_dir=cache, progress=False)
+    _prepare(params, cache_dir=cache, progress=False)
     files = {v["id"]: cache / "videos" / f"{v['id']}.mp4" for v in videos}
     stamp = {vid: f.stat().st_mtime_ns for vid, f in files.items()}
     os.utime(videos[0]["path"], ns=(time.time_ns(), time.time_ns()))  # the first source changed
     files["1002"].unlink()  # a prepared file lost
-    prepare_dataset(params, cache_dir=cache, progress=False)
+    _prepare(params, cache_dir=cache, progress=False)
     assert files["1000"].stat().st_mtime_ns != stamp["1000"] and files["1002"].is_file()
     assert files["1001"].stat().st_mtime_ns == stamp["1001"]  # untouched: not redone
     params["data"]["short_side"] = 32  # other settings: everything redone
-    prepare_dataset(params, cache_dir=cache, progress=False)
+    _prepare(params, cache_dir=cache, progress=False)
     assert all(_probe(f)["height"] == 32 for f in files.values())
     assert pd.read_csv(cache / "manifest.csv")["height"].tolist() == [32, 32, 32]
 
@@ -250,7 +257,7 @@ def test_rerun_redoes_changed_sources_and_settings_only(tmp_path):
 def test_link_uses_the_files_as_they_are(kinetics, tmp_path):
     root, clips = kinetics
     params = _params(dataset="kinetics400", root=str(root), annotations=str(root / "annotations"), prepare="link")
-    summary = prepare_dataset(params, cache_dir=tmp_path / "cache", progress=False)
+    summary = _prepare(params, cache_dir=tmp_path / "cache", progress=False)
     assert summary["bytes_written"] == 0 and not (tmp_path / "cache" / "videos").exists()
     rows = pd.read_csv(tmp_path / "cache" / "manifest.csv", keep_default_na=False).set_index("id")
     for clip in clips:
@@ -265,8 +272,8 @@ def test_shards_refused_for_the_cache_and_merge_checks_coverage(kinetics, tmp_pa
     root, _ = kinetics
     params = _params(dataset="kinetics400", root=str(root), annotations=str(root / "annotations"), storage="cache")
     with pytest.raises(StfusionError, match="--shard and --merge are for videos storage"):
-        prepare_dataset(params, cache_dir=tmp_path / "cache", shard=(0, 2), progress=False)
+        _prepare(params, cache_dir=tmp_path / "cache", shard=(0, 2), progress=False)
     params["data"]["storage"] = "videos"
     with pytest.raises(StfusionError, match=r"shard manifest not found: .*manifest-0-of-2.csv"):
-        prepare_dataset(params, cache_dir=tmp_path / "cache", merge=2, progress=False)
+        _prepare(params, cache_dir=tmp_path / "cache", merge=2, progress=False)
     assert not (tmp_path / "cache" / "manifest.csv").exists()

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from stfusion.config.loading import PRESET_DIR, load_params
 from stfusion.data.transforms import view_from_params
 from stfusion.errors import StfusionError
+from stfusion.config.settings import Settings
 from stfusion.models import build_model
 from stfusion.engine.train import make_optimizer, supernet_config
 
@@ -29,13 +30,14 @@ def test_preset_builds_and_trains_one_step(name):
     if name.startswith("ss"):
         assert params["data"]["flip"] is False and params["data"]["sampling"] == "segment"
     params["model"]["width_multiplier"] = 0.0625
-    params["supernet"]["device"] = "cpu"
+    params["compute"]["device"] = "cpu"
+    settings = Settings.from_params(params)
     torch.manual_seed(0)
-    model = build_model(params, NUM_CLASSES[dataset])
+    model = build_model(settings, NUM_CLASSES[dataset])
     d = params["data"]
     x = torch.randn(2, 3, d["frames"], d["size"] // 2, d["size"] // 2)  # half the side keeps the step cheap
     y = torch.randint(0, NUM_CLASSES[dataset], (2,))
-    cfg = supernet_config(params, n_train=1000)
+    cfg = supernet_config(settings, n_train=1000)
     opt = make_optimizer(model, cfg)
     model.train()
     before = [p.detach().clone() for p in model.gate_parameters()]
@@ -63,7 +65,8 @@ def test_preset_carries_the_fields_protocol(name):
     assert d["test_clips"] == (2 if name.startswith("kinetics") else 1) and d["test_crops"] == 1
     # prepared once at the smallest training short side; the big sets never go through the decoded cache
     assert d["short_side"] == lo and d["storage"] == ("auto" if d["crop"] == 112 else "videos")
-    views = [view_from_params(d, mode) for mode in ("train", "eval", "test")]
+    data = Settings.for_stage({"data": d}).data
+    views = [view_from_params(data, mode) for mode in ("train", "eval", "test")]
     assert [v.n_views for v in views] == [1, 1, d["test_clips"]]
 
 
@@ -75,10 +78,11 @@ def test_densenet_presets_follow_the_paper(name, k, frames, lr, epochs):
     p = load_params(REPO / "params.yaml", {"preset": name})
     s = p["supernet"]
     assert p["model"]["backbone"] == "densenet121" and p["model"]["unit"] == "factorised"
-    assert p["gate"]["kl_k"] == k and p["data"]["frames"] == frames and s["lr"] == lr and s["schedule"] == "step"
+    assert p["gate"]["kl_k"] == k and p["data"]["frames"] == frames and s["lr"] == lr
+    assert p["solver"]["schedule"] == "step"
     warmup, gated, steps = epochs
     assert (s["warmup_epochs"], s["epochs"]) == (warmup, gated)
-    assert [round(m * gated) for m in s["milestones"]] == steps
+    assert [round(m * gated) for m in p["solver"]["milestones"]] == steps
     assert s["batch_size"] == (64 if name.startswith("kinetics") else 32)
 
 

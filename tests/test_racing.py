@@ -6,6 +6,7 @@ import pandas as pd
 import pytest
 import torch
 
+from stfusion.config.settings import Settings
 from stfusion.models import build_model
 from stfusion.scoring.prefix import score_strategies_prefix
 from stfusion.scoring.racing import DROPPED, FULL, fully_scored, race_strategies, round_ends, wilson_interval
@@ -36,7 +37,7 @@ def trained(tmp_path_factory):
     from conftest import TINY_PARAMS
 
     torch.manual_seed(0)
-    model = build_model(TINY_PARAMS, 2)
+    model = build_model(Settings.for_stage(TINY_PARAMS), 2)
     cfg = TrainConfig(epochs=4, warmup_epochs=2, batch_size=16, lr=0.05, kl_k=5.0)
     train = motion_clips(128, seed=1)
     fit(model, train, cfg, tmp_path_factory.mktemp("race"), progress=False)

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 import torch
 
+from stfusion.config.settings import Settings
 from stfusion.models import build_model
 from stfusion.scoring.naive import bn_state, calibration_batches, score_resumable, score_strategies
 from stfusion.engine.evaluation import eval_loader
@@ -15,7 +16,7 @@ from conftest import motion_clips
 @pytest.fixture
 def setup(tiny_params):
     torch.manual_seed(0)
-    model = build_model(tiny_params, 2)
+    model = build_model(Settings.for_stage(tiny_params), 2)
     train, val = motion_clips(64, seed=1), motion_clips(32, seed=2)
     # give the BN layers non-trivial running statistics, as a trained template has
     model.train()

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from stfusion.errors import StfusionError
+from stfusion.config.settings import Settings
 from stfusion.models import build_model
 from stfusion.scoring.naive import calibration_batches, score_strategies
 from stfusion.engine.evaluation import eval_loader
@@ -16,7 +17,7 @@ from conftest import appearance_clips, motion_clips
 
 def _train(params, data, out, epochs=6, warmup=2, **kw):
     torch.manual_seed(0)
-    model = build_model(params, 2)
+    model = build_model(Settings.for_stage(params), 2)
     cfg = TrainConfig(epochs=epochs, warmup_epochs=warmup, batch_size=16, lr=0.05, kl_k=5.0, **kw)
     hist = fit(model, data, cfg, out, progress=False)
     return model, hist
@@ -92,7 +93,7 @@ def _stop_after(params, data, out, stop_epoch):
 def test_nan_loss_stops_with_epoch_and_step(tmp_path, tiny_params):
     data = motion_clips(32, seed=0)
     torch.manual_seed(0)
-    model = build_model(tiny_params, 2)
+    model = build_model(Settings.for_stage(tiny_params), 2)
     cfg = TrainConfig(epochs=2, batch_size=16, lr=1e30, kl_k=5.0)
     with pytest.raises(StfusionError, match=r"epoch \d+, step \d+"):
         fit(model, data, cfg, tmp_path, progress=False)
@@ -109,7 +110,7 @@ def test_checkpoint_from_other_architecture_is_refused(tmp_path, tiny_params):
 def test_weight_decay_never_touches_gate_logits(tiny_params):
     from stfusion.engine.train import make_optimizer
 
-    model = build_model(tiny_params, 2)
+    model = build_model(Settings.for_stage(tiny_params), 2)
     opt = make_optimizer(model, TrainConfig(epochs=1, batch_size=4, lr=0.1, weight_decay=0.5))
     logit_ids = {id(p) for p in model.gate_parameters()}
     for group in opt.param_groups:

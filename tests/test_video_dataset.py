@@ -16,6 +16,7 @@ from stfusion.data.sampling import segment_test_clips, spatial_crops, test_clips
 from stfusion.data.transforms import ViewSpec, normalize, view_from_params, views_text
 from stfusion.data.video_dataset import ClipDecodeError, VideoDataset, open_clips
 from stfusion.errors import StfusionError
+from stfusion.config.settings import Settings
 from stfusion.models import build_model
 from stfusion.scoring.prefix import score_strategies_prefix
 from stfusion.engine.evaluation import eval_loader, evaluate, view_logits
@@ -23,6 +24,7 @@ from stfusion.scoring.naive import score_strategies
 from stfusion.core.strategies import families
 from stfusion.engine.train import TrainConfig, fit
 
+from conftest import settings_with
 from conftest_data import write_clip
 
 H, W, N_FRAMES = 48, 64, 12  # prepared at short side 48
@@ -61,7 +63,8 @@ def _frames_of(manifest, split, i):
 
 def test_storage_json_picks_the_dataset(prepared, tmp_path):
     folder, _ = prepared
-    data = {"frames": 4, "stride": 2, "size": 32, "crop": 32, "train_short_side": [40, 56], "flip": True}
+    data = settings_with({"data": {"frames": 4, "stride": 2, "size": 32, "crop": 32, "train_short_side": [40, 56],
+                                   "flip": True}}).data
     ds = open_clips(data, folder, "train", train=True)
     assert isinstance(ds, VideoDataset) and len(ds) == 6 and ds.view == ViewSpec("train", 32, (40, 56), True)
     (tmp_path / "storage.json").write_text(json.dumps({"storage": "tape"}))
@@ -81,7 +84,8 @@ def test_eval_view_is_the_centre_crop_and_never_varies(prepared):
     torch.manual_seed(3)
     assert torch.equal(ds[1][0], x)
     scaled = VideoDataset(folder, "val", frames=4, stride=2, train=False,
-                          view=view_from_params({"size": 32, "eval_crop": 24, "eval_short_side": 36}, "eval"))
+                          view=view_from_params(settings_with({"data": {"size": 32, "eval_crop": 24,
+                                                                           "eval_short_side": 36}}).data, "eval"))
     a = scaled[1][0]
     assert a.shape == (3, 4, 24, 24) and torch.equal(scaled[1][0], a)
 
@@ -119,14 +123,14 @@ def test_test_views_come_from_one_decode(prepared, monkeypatch):
     assert xs.shape == (2, 3, 3, 32, 32)
     np.testing.assert_array_equal(xs[1].permute(1, 2, 3, 0).numpy(),
                                   _frames_of(manifest, "test", 0)[[3, 7, 11], box[0]:box[2], box[1]:box[3]])
-    assert views_text({"test_clips": 2, "test_crops": 3}) == "2 clips x 3 crops"
-    assert views_text({}) == "1 clip x 1 crop"
+    assert views_text(settings_with({"data": {"test_clips": 2, "test_crops": 3}}).data) == "2 clips x 3 crops"
+    assert views_text(settings_with({}).data) == "1 clip x 1 crop"
 
 
 def test_multi_view_score_is_the_mean_of_single_view_softmaxes(prepared, tiny_params):
     folder, _ = prepared
     torch.manual_seed(0)
-    model = build_model(tiny_params, 2).eval()
+    model = build_model(Settings.for_stage(tiny_params), 2).eval()
     ds = VideoDataset(folder, "test", frames=4, stride=2, train=False, view=ViewSpec("test", crop=32, clips=2, crops=3))
     x = torch.stack([ds[i][0] for i in range(len(ds))])
     y = torch.tensor([ds[i][1] for i in range(len(ds))])
@@ -172,7 +176,7 @@ def test_damaged_file_is_replaced_in_training_and_stops_scoring(tmp_path, caplog
 def test_decode_failures_are_counted_and_stop_training_past_the_limit(tmp_path, tiny_params, caplog):
     folder, _, bad = _damaged(tmp_path)
     torch.manual_seed(0)
-    model = build_model(tiny_params, 2)
+    model = build_model(Settings.for_stage(tiny_params), 2)
     cfg = TrainConfig(epochs=2, batch_size=3, lr=0.01, device="cpu", loader_workers=1)
     ds = VideoDataset(folder, "train", frames=4, stride=2, view=ViewSpec("train", crop=32), max_decode_failures=0.2)
     with caplog.at_level(logging.WARNING):
@@ -183,8 +187,8 @@ def test_decode_failures_are_counted_and_stop_training_past_the_limit(tmp_path, 
     assert str(bad) in caplog.text
     strict = VideoDataset(folder, "train", frames=4, stride=2, view=ViewSpec("train", crop=32), max_decode_failures=0.1)
     with pytest.raises(StfusionError, match=rf"training stopped: 1 of the epoch's 6 videos failed .*{bad.name}"):
-        fit(build_model(tiny_params, 2), strict, TrainConfig(epochs=1, batch_size=3, lr=0.01, device="cpu"),
-            tmp_path / "strict", progress=False)
+        fit(build_model(Settings.for_stage(tiny_params), 2), strict,
+            TrainConfig(epochs=1, batch_size=3, lr=0.01, device="cpu"), tmp_path / "strict", progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -223,7 +227,8 @@ def test_uint8_items_train_exactly_as_float_items_did(small_cache, tiny_params):
     histories = []
     for k, data in enumerate((ds, _FloatItems(ds))):
         torch.manual_seed(0)
-        histories.append(fit(build_model(tiny_params, 2), data, cfg, small_cache / f"run{k}", progress=False))
+        model = build_model(Settings.for_stage(tiny_params), 2)
+        histories.append(fit(model, data, cfg, small_cache / f"run{k}", progress=False))
     pd.testing.assert_frame_equal(histories[0].drop(columns="seconds"), histories[1].drop(columns="seconds"),
                                   check_exact=True)
     assert (histories[0]["kl"] > 0).any()  # the gated epoch ran

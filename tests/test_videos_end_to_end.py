@@ -52,11 +52,11 @@ def test_ucf101_preset_runs_end_to_end_through_videos_storage(tmp_path):
             "test_clips": 2, "test_crops": 3, "workers": 1, "prepare_shards": 2}
     overrides = {
         "model": {"backbone": "plain", "unit": "full", "widths": [8, 16], "layers_per_stage": [1, 1], "stem_width": 8},
-        "supernet": {"epochs": 1, "warmup_epochs": 0, "batch_size": 4, "device": "cpu", "precision": "fp32",
-                     "channels_last": False, "loader_workers": 0},
+        "supernet": {"epochs": 1, "warmup_epochs": 0, "batch_size": 4},
+        "compute": {"device": "cpu", "precision": "fp32", "channels_last": False, "loader_workers": 0},
         "scoring": {"n_samples": 2, "top_k": 1, "calib_batches": 1, "batch_size": 8},
         "derive": {"top_k": 1}, "finetune": {"epochs": 1, "batch_size": 4},
-        "validate": {"n_strategies": 2, "epochs": 1, "batch_size": 4},
+        "standalone": {"n_strategies": 2, "epochs": 1, "batch_size": 4},
     }
     cmd = ["snakemake", "-s", str(REPO / "Snakefile"), "--cores", "all", "-d", str(work), "--config",
            "preset=ucf101", f"data={flow(data)}", *(f"{k}={flow(v)}" for k, v in overrides.items())]

@@ -281,7 +281,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "select-standalone", "choose the strategies to train from scratch",
-        "Choose validate.n_strategies scored strategies spanning the score range, deterministically: the "
+        "Choose standalone.n_strategies scored strategies spanning the score range, deterministically: the "
         "uniform families all-S, all-ST, all-S+ST, then strategies evenly spaced in score rank.",
         "stfusion.stages.fidelity:select",
         (RANKING, path("--out", LAYOUT.selection, "CSV", "selection", out=True)),
@@ -290,7 +290,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "train-standalone", "train chosen strategies from scratch",
         "For each selected strategy (all, or those given with --strategy): a freshly initialised network of "
-        "the supernet's architecture holding only the strategy's convs, trained with the validate.* budget "
+        "the supernet's architecture holding only the strategy's convs, trained with the standalone.* budget "
         "and the same seed, evaluated on validation and test. Writes RUNS/<id>.json and CKPT/<id>/.",
         "stfusion.stages.fidelity:train",
         (strategy("selected strategy id"), CACHE, ARCHITECTURE,
@@ -353,7 +353,7 @@ COMMANDS: tuple[Command, ...] = (
     Command(
         "select-fidelity", "choose the strategies of the ranking-fidelity study",
         "Choose fidelity.n_strategies scored strategies spanning the score range, as select-standalone "
-        "chooses its validate.n_strategies: the uniform families, then strategies evenly spaced in score rank.",
+        "chooses its standalone.n_strategies: the uniform families, then strategies evenly spaced in score rank.",
         "stfusion.stages.fidelity:select",
         (RANKING, path("--out", LAYOUT.fidelity_selection, "CSV", "selection", out=True)),
         fixed={"study": FIDELITY_STUDY},
@@ -362,7 +362,7 @@ COMMANDS: tuple[Command, ...] = (
         "train-fidelity", "train the study's strategies from scratch under several seeds",
         "For each selected strategy (all, or --strategy) and seed index (0 .. fidelity.seeds-1, or "
         "--seed-index): a fresh network of the supernet's architecture holding only the strategy's convs, "
-        "initialised with seed + index, trained with the validate.* budget. Writes RUNS/seed<j>/<id>.json.",
+        "initialised with seed + index, trained with the standalone.* budget. Writes RUNS/seed<j>/<id>.json.",
         "stfusion.stages.fidelity:train",
         (strategy("selected strategy id"),
          Arg("--seed-index", {"type": int, "action": "append", "metavar": "J",

@@ -67,7 +67,7 @@ class FidelityStudy:
 
 
 #: the default run's check, part of every run (results/validation/, checkpoints/standalone/)
-FIDELITY_CHECK = FidelityStudy("validate", "select_standalone", "train_standalone", "validate_ranking", False,
+FIDELITY_CHECK = FidelityStudy("standalone", "select_standalone", "train_standalone", "validate_ranking", False,
                                "standalone.csv", "ranking_fidelity.json", "ranking_fidelity.png",
                                "ranking_fidelity.md")
 #: the study, its own target (results/fidelity/, checkpoints/fidelity/)
@@ -337,11 +337,16 @@ def in_folder(path: str, folder: str | Path) -> Path:
 _DATA_LOADING = ["preset", "data.frames", "data.stride", "data.sampling", "data.size", "data.backend"]
 #: the views of :func:`stfusion.data.transforms.view_from_params`: training, evaluation (and calibration), test
 _TRAIN_VIEW = ["data.flip", "data.crop", "data.train_short_side", "data.max_decode_failures"]
-_TEST_VIEW = ["data.eval_crop", "data.eval_short_side", "data.test_clips", "data.test_crops"]
+_EVAL_VIEW = ["data.eval_crop", "data.eval_short_side"]
+_TEST_VIEW = [*_EVAL_VIEW, "data.test_clips", "data.test_crops"]
 
 #: where and how networks train (:func:`stfusion.engine.train.compute_settings`): read by every training stage
-_COMPUTE = ["supernet.device", "supernet.precision", "supernet.channels_last", "supernet.loader_workers",
-            "supernet.checkpoint_minutes", "supernet.gpus_per_node", "supernet.nodes", "supernet.max_restarts"]
+_COMPUTE = ["compute.device", "compute.precision", "compute.channels_last", "compute.loader_workers",
+            "compute.checkpoint_minutes", "compute.gpus_per_node", "compute.nodes", "compute.max_restarts"]
+#: the optimiser of every training stage (:class:`stfusion.engine.train.TrainConfig`)
+_SOLVER = ["solver.momentum", "solver.schedule", "solver.milestones", "solver.eval_every"]
+#: the budget of a network trained from scratch (stand-alone; the fidelity study)
+_STANDALONE = ["standalone.epochs", "standalone.lr", "standalone.batch_size", "standalone.weight_decay"]
 
 #: The parameters each stage reads (dotted keys; a section name means the whole section). ``preset`` is listed
 #: everywhere because a preset may set any section.
@@ -354,32 +359,26 @@ STAGE_PARAMS: dict[str, list[str]] = {
         "data.prepare_shards",
     ],
     "train_supernet": [
-        "seed", *_DATA_LOADING, *_TRAIN_VIEW, "model", "gate.init_p", "gate.temperature", "gate.rescale",
+        "seed", *_DATA_LOADING, *_TRAIN_VIEW, *_EVAL_VIEW, "model", "gate.init_p", "gate.temperature", "gate.rescale",
         "gate.kl_k", "gate.kl_form", "gate.kl_price", "gate.kl_warmin_epochs", "gate.lr_scale", "gate.n_train",
-        "supernet",
+        "supernet", *_SOLVER, *_COMPUTE,
     ],
     "sample_strategies": ["seed", "preset", "gate.keep_prob", "scoring.n_samples", "scoring.top_k"],
     "score_strategies": [
-        "seed", *_DATA_LOADING, *_TEST_VIEW, "supernet.device", "supernet.loader_workers", "scoring.recalibrate_bn",
+        "seed", *_DATA_LOADING, *_TEST_VIEW, "compute.device", "compute.loader_workers", "scoring.recalibrate_bn",
         "scoring.calib_batches", "scoring.batch_size", "scoring.racing", "scoring.keep_top",
         "scoring.race_first_clips", "scoring.race_growth", "scoring.race_confidence",
     ],
     "analyze": ["preset", "gate.keep_prob"],
     "derive": ["preset", "derive.top_k", "derive.st_threshold"],
-    "finetune": [
-        "seed", *_DATA_LOADING, *_TRAIN_VIEW, *_TEST_VIEW, "supernet.momentum", "supernet.schedule", *_COMPUTE,
-        "supernet.eval_every", "scoring.batch_size", "finetune",
-    ],
-    "select_standalone": ["preset", "validate.n_strategies"],
-    "train_standalone": [
-        "seed", *_DATA_LOADING, *_TRAIN_VIEW, *_TEST_VIEW, "supernet.momentum", "supernet.schedule", *_COMPUTE,
-        "supernet.eval_every", "scoring.batch_size", "validate.epochs", "validate.lr", "validate.batch_size",
-        "validate.weight_decay",
-    ],
-    "validate_ranking": ["seed", "preset", "validate.epochs", "validate.lr", "validate.batch_size",
-                         "validate.weight_decay"],
+    "finetune": ["seed", *_DATA_LOADING, *_TRAIN_VIEW, *_TEST_VIEW, *_SOLVER, *_COMPUTE, "scoring.batch_size",
+                 "finetune"],
+    "select_standalone": ["preset", "standalone.n_strategies"],
+    "train_standalone": ["seed", *_DATA_LOADING, *_TRAIN_VIEW, *_TEST_VIEW, *_SOLVER, *_COMPUTE, "scoring.batch_size",
+                         *_STANDALONE],
     "report": ["seed", "preset"],
     "select_fidelity": ["preset", "fidelity.n_strategies"],
+    "validate_ranking": ["seed", "preset", *_STANDALONE],
 }
 #: the study trains and gathers as the default run's check does, under every seed (stfusion.stages.fidelity)
 STAGE_PARAMS["train_fidelity"] = [*STAGE_PARAMS["train_standalone"], "fidelity.seeds"]

@@ -11,45 +11,49 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stfusion.errors import StfusionError
 from stfusion.data.storage import cache_frames, choose, write_storage
+
+if TYPE_CHECKING:
+    from stfusion.config.settings import Settings
 
 __all__ = ["prepare_dataset"]
 
 log = logging.getLogger(__name__)
 
 
-def prepare_dataset(params: dict, *, root=None, cache_dir, workers: int | None = None, progress: bool = True,
+def prepare_dataset(settings: Settings, *, root=None, cache_dir, workers: int | None = None, progress: bool = True,
                     shard: tuple[int, int] | None = None, merge: int | None = None) -> dict:
-    """Prepare ``params['data']``'s dataset into ``cache_dir``; returns a summary (for the timing record)."""
+    """Prepare the dataset of the ``data`` settings into ``cache_dir`` (seeded splits: ``seed``); returns a summary
+    (for the timing record)."""
     from stfusion.data.cache import preprocess
     from stfusion.data.formats import read_annotations
 
-    d = params["data"]
-    root = Path(root if root is not None else d["root"])
+    d = settings.data
+    root = Path(root if root is not None else d.root)
     kinds = None
-    if d["dataset"] == "builtin":
+    if d.dataset == "builtin":
         from stfusion.data.builtin import class_kinds
 
         if not (root / "annotations.csv").is_file():
             raise StfusionError(f"no built-in benchmark in {root} (run 'stfusion generate --root {root}' first)")
         kinds = class_kinds(root)
-    videos, classes = read_annotations(d["dataset"], root, d.get("annotations"), split=d.get("split", 1))
-    storage = choose(params, len(videos))
+    videos, classes = read_annotations(d.dataset, root, d.annotations, split=d.split)
+    storage = choose(d, len(videos))
     log.info("storage %s: %s", storage["storage"], storage["reason"])
-    workers = int(workers or d.get("workers", 1))
-    common = {"dataset": d["dataset"], "root": str(root), "cache": str(cache_dir), "classes": len(classes),
+    workers = int(workers or d.workers)
+    common = {"dataset": d.dataset, "root": str(root), "cache": str(cache_dir), "classes": len(classes),
               "storage": storage["storage"]}
     if storage["storage"] == "cache":
         if shard is not None or merge is not None:
             raise StfusionError(f"--shard and --merge are for videos storage; this dataset goes to the cache "
                                 f"({storage['reason']}; set data.storage: videos to shard it)")
         manifest = preprocess(
-            videos, classes, cache_dir, cache_frames=cache_frames(params), size=d["size"],
-            backend=d.get("backend", "decord"), val_fraction=d.get("val_fraction", 0.25),
-            calib_fraction=d.get("calib_fraction", 0.2), seed=params["seed"], workers=workers, class_kinds=kinds,
-            progress=progress,
+            videos, classes, cache_dir, cache_frames=cache_frames(d), size=d.size, backend=d.backend,
+            val_fraction=d.val_fraction, calib_fraction=d.calib_fraction, seed=settings.seed, workers=workers,
+            class_kinds=kinds, progress=progress,
         )
         write_storage(cache_dir, storage)
         counts = manifest["split"].value_counts().to_dict()
@@ -60,18 +64,17 @@ def prepare_dataset(params: dict, *, root=None, cache_dir, workers: int | None =
     from stfusion.data.manifest import merge_shards
     from stfusion.data.prepare_videos import prepare_shard
 
-    mode, short_side = d.get("prepare", "reencode"), int(d.get("short_side", 128))
+    mode, short_side = d.prepare, d.short_side
     storage.update(prepare=mode, short_side=short_side)
-    n_shards = shard[1] if shard else merge or int(d.get("prepare_shards", 1))
+    n_shards = shard[1] if shard else merge or d.prepare_shards
     todo = [shard[0]] if shard else [] if merge else range(n_shards)
-    span = int(d["frames"]) * int(d.get("stride", 1))
+    span = d.frames * d.stride
     for i in todo:
         _, part = prepare_shard(videos, classes, cache_dir, i, n_shards, mode=mode, short_side=short_side,
-                                clip_span=span, backend=d.get("backend", "decord"), workers=workers,
+                                clip_span=span, backend=d.backend, workers=workers,
                                 progress=progress)
     if shard:
         return {**common, "shard": f"{shard[0]}/{shard[1]}", **part}
-    _, summary = merge_shards(cache_dir, n_shards, videos, classes, kinds=kinds, seed=params["seed"],
-                              val_fraction=d.get("val_fraction", 0.25), calib_fraction=d.get("calib_fraction", 0.2),
-                              storage=storage)
+    _, summary = merge_shards(cache_dir, n_shards, videos, classes, kinds=kinds, seed=settings.seed,
+                              val_fraction=d.val_fraction, calib_fraction=d.calib_fraction, storage=storage)
     return {**common, "shards": n_shards, **summary}

@@ -17,9 +17,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from stfusion.config.layout import LAYOUT
 from stfusion.errors import StfusionError
+
+if TYPE_CHECKING:
+    from stfusion.config.settings import Data
 
 __all__ = ["STORAGES", "STORAGE_FILE", "cache_frames", "cache_gb", "choose", "count_videos", "read_storage",
            "write_storage"]
@@ -30,13 +34,12 @@ STORAGE_FILE = Path(LAYOUT.storage).name
 BUILTIN_CLASSES = 14
 
 
-def cache_frames(params: dict) -> int:
+def cache_frames(data: Data) -> int:
     """Frames cached per video: all frames of the built-in clips; for real datasets enough for one clip of
     ``frames`` at ``stride`` plus room for temporal jitter (twice the clip span)."""
-    d = params["data"]
-    if d["dataset"] == "builtin":
-        return int(d.get("builtin", {}).get("frames", 12))
-    return int(2 * d["frames"] * d.get("stride", 1))
+    if data.dataset == "builtin":
+        return data.builtin.frames
+    return 2 * data.frames * data.stride
 
 
 def cache_gb(n_videos: int, frames: int, size: int) -> float:
@@ -44,36 +47,33 @@ def cache_gb(n_videos: int, frames: int, size: int) -> float:
     return int(n_videos) * int(frames) * int(size) ** 2 * 3 / 1e9
 
 
-def count_videos(params: dict, root=None) -> int:
+def count_videos(data: Data, root=None) -> int:
     """Videos listed by the dataset's annotations (for the built-in benchmark: from its parameters, so it is
     known before the videos are generated)."""
-    d = params["data"]
-    if d["dataset"] == "builtin":
-        return BUILTIN_CLASSES * int(d.get("builtin", {}).get("clips_per_class", 36))
+    if data.dataset == "builtin":
+        return BUILTIN_CLASSES * data.builtin.clips_per_class
     from stfusion.data.formats import read_annotations
 
-    videos, _ = read_annotations(d["dataset"], root or d["root"], d.get("annotations"), split=d.get("split", 1))
+    videos, _ = read_annotations(data.dataset, root or data.root, data.annotations, split=data.split)
     return len(videos)
 
 
-def choose(params: dict, n_videos: int | None) -> dict:
-    """``{"storage", "reason", "estimate_gb"}`` for ``params`` (``n_videos`` may be None when ``data.storage``
-    is explicit; the estimate is then None)."""
-    d = params["data"]
-    requested = d.get("storage", "auto")
+def choose(data: Data, n_videos: int | None) -> dict:
+    """``{"storage", "reason", "estimate_gb"}`` for the ``data`` settings (``n_videos`` may be None when
+    ``data.storage`` is explicit; the estimate is then None)."""
+    requested, limit = data.storage, data.cache_max_gb
     if requested not in STORAGES:
         raise StfusionError(f"unknown data.storage {requested!r} (choose one of: {', '.join(STORAGES)})")
-    limit = float(d.get("cache_max_gb", 20))
     if n_videos is None:
         if requested == "auto":
             raise StfusionError("data.storage auto needs the number of videos")
         estimate = None
     else:
-        estimate = round(cache_gb(n_videos, cache_frames(params), d["size"]), 4)
+        estimate = round(cache_gb(n_videos, cache_frames(data), data.size), 4)
     if requested != "auto":
         return {"storage": requested, "reason": f"data.storage is {requested}", "estimate_gb": estimate}
     fits = estimate <= limit
-    reason = (f"decoded cache of {n_videos} videos x {cache_frames(params)} frames x {d['size']}x{d['size']} "
+    reason = (f"decoded cache of {n_videos} videos x {cache_frames(data)} frames x {data.size}x{data.size} "
               f"would take {estimate:.3g} GB, {'within' if fits else 'over'} data.cache_max_gb = {limit:g}")
     return {"storage": "cache" if fits else "videos", "reason": reason, "estimate_gb": estimate}
 

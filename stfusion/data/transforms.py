@@ -20,6 +20,7 @@ of the bytes through the pinned host-to-device copy), one function for training,
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -27,6 +28,9 @@ import torch.nn.functional as F
 
 from stfusion.errors import StfusionError
 from stfusion.data.sampling import spatial_crops
+
+if TYPE_CHECKING:
+    from stfusion.config.settings import Data
 
 __all__ = ["MEAN", "STD", "MODES", "ViewSpec", "view_from_params", "crop_boxes", "cut", "normalize", "average_views", "views_text"]
 
@@ -70,27 +74,25 @@ class ViewSpec:
         return self.clips * self.crops if self.mode == "test" else 1
 
 
-def view_from_params(data: dict, mode: str) -> ViewSpec:
-    """The :class:`ViewSpec` of ``mode`` (train | eval | test) from the ``data`` section of the parameters:
+def view_from_params(data: Data, mode: str) -> ViewSpec:
+    """The :class:`ViewSpec` of ``mode`` (train | eval | test) from the ``data`` settings:
     ``crop``/``train_short_side``/``flip`` for training, ``eval_crop``/``eval_short_side`` for evaluation,
     plus ``test_clips`` x ``test_crops`` for testing; a crop of null is ``size``."""
     if mode == "train":
-        short = data.get("train_short_side")
-        return ViewSpec("train", int(data.get("crop") or data["size"]), tuple(map(int, short)) if short else None,
-                        bool(data.get("flip", False)))
+        short = data.train_short_side
+        return ViewSpec("train", data.crop or data.size, tuple(short) if short else None, data.flip)
     if mode not in MODES:
         raise StfusionError(f"unknown view mode {mode!r} (choose one of: {', '.join(MODES)})")
-    short = data.get("eval_short_side")
+    short = data.eval_short_side
     test = mode == "test"
-    return ViewSpec(mode, int(data.get("eval_crop") or data["size"]), (int(short), int(short)) if short else None,
-                    clips=int(data.get("test_clips", 1)) if test else 1,
-                    crops=int(data.get("test_crops", 1)) if test else 1)
+    return ViewSpec(mode, data.eval_crop or data.size, (short, short) if short else None,
+                    clips=data.test_clips if test else 1, crops=data.test_crops if test else 1)
 
 
-def views_text(data: dict) -> str:
-    """How test accuracies are measured, from the ``data`` parameters, for tables and reports:
+def views_text(data: Data) -> str:
+    """How test accuracies are measured, from the ``data`` settings, for tables and reports:
     ``"2 clips x 3 crops"`` (softmax averaged over the views)."""
-    clips, crops = int(data.get("test_clips", 1)), int(data.get("test_crops", 1))
+    clips, crops = data.test_clips, data.test_crops
     return f"{clips} clip{'s' if clips != 1 else ''} x {crops} crop{'s' if crops != 1 else ''}"
 
 

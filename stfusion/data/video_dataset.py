@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,9 @@ from stfusion.data.storage import read_storage
 from stfusion.data.dataset import ClipDataset, SplitClips, default_view, load_classes, split_rows
 from stfusion.data.transforms import ViewSpec, view_from_params
 from stfusion.data.video import read_frames
+
+if TYPE_CHECKING:
+    from stfusion.config.settings import Data
 
 __all__ = ["ClipDecodeError", "DecodeFailures", "VideoDataset", "load_video_manifest", "open_clips",
            "split_failures"]
@@ -154,15 +158,17 @@ class DecodeFailures:
             )
 
 
-def open_clips(data: dict, cache_dir, split: str, *, train: bool, views: str | None = None,
+def open_clips(data: Data, cache_dir, split: str, *, train: bool, views: str | None = None,
                calib_only: bool = False) -> SplitClips:
     """The dataset of one split of a prepared folder, whichever its storage (``storage.json``), from the
-    ``data`` section of the parameters. ``train``: random temporal positions; ``views``: train | eval | test
+    ``data`` settings. ``train``: random temporal positions (in videos storage failed videos are replaced, up to
+    ``data.max_decode_failures`` of a training epoch); ``views``: train | eval | test
     (:func:`~stfusion.data.transforms.view_from_params`; default train when ``train``, else eval)."""
     view = view_from_params(data, views or ("train" if train else "eval"))
-    kw = dict(frames=data["frames"], stride=data.get("stride", 1), sampling=data.get("sampling", "dense"),
-              train=train, calib_only=calib_only, view=view)
+    kw = dict(frames=data.frames, stride=data.stride, sampling=data.sampling, train=train, calib_only=calib_only,
+              view=view)
     if read_storage(cache_dir)["storage"] == "cache":
         return ClipDataset(cache_dir, split, **kw)
-    return VideoDataset(cache_dir, split, backend=data.get("backend", "decord"),
-                        max_decode_failures=float(data.get("max_decode_failures", 0.0)), **kw)
+    if view.mode == "train":  # what a training epoch tolerates (fit reads it)
+        kw["max_decode_failures"] = data.max_decode_failures
+    return VideoDataset(cache_dir, split, backend=data.backend, **kw)

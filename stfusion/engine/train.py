@@ -33,6 +33,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import torch
@@ -51,6 +52,9 @@ from stfusion.data.video_dataset import DecodeFailures, split_failures
 from stfusion.errors import ResumableStop, StfusionError
 from stfusion.core.gate_stats import gate_rows
 from stfusion.models.base import FusionNetwork
+
+if TYPE_CHECKING:
+    from stfusion.config.settings import Budget, Compute, Settings, Solver
 
 log = logging.getLogger(__name__)
 
@@ -115,7 +119,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name == "cuda" and not torch.cuda.is_available():
-        raise StfusionError("device 'cuda' was asked for but no CUDA GPU is available (set supernet.device: cpu)")
+        raise StfusionError("device 'cuda' was asked for but no CUDA GPU is available (set compute.device: cpu)")
     return torch.device(name)
 
 
@@ -291,8 +295,8 @@ def fit(
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last_3d)
     if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
-        raise StfusionError(f"supernet.precision is bf16 but {torch.cuda.get_device_name(device)} has no bf16 "
-                            "support (set supernet.precision: fp32)")
+        raise StfusionError(f"compute.precision is bf16 but {torch.cuda.get_device_name(device)} has no bf16 "
+                            "support (set compute.precision: fp32)")
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
     gated = cfg.kl_k is not None
     n_train = cfg.n_train or len(train_set)
@@ -513,35 +517,34 @@ def _write_tables(out_dir: Path, history: list[dict], rates: list[dict], stats: 
         write_csv(pd.DataFrame(stats), out_dir / "gate_stats.csv")
 
 
-def supernet_config(params: dict, n_train: int | None = None) -> TrainConfig:
-    """The supernet's :class:`TrainConfig` from ``params`` (sections ``supernet`` and ``gate``)."""
-    s, g = params["supernet"], params.get("gate", {})
+def supernet_config(settings: Settings, n_train: int | None = None) -> TrainConfig:
+    """The supernet's :class:`TrainConfig` from the ``supernet``, ``gate``, ``solver`` and ``compute`` settings
+    (``gate.n_train`` null: ``n_train``)."""
+    s, g = settings.supernet, settings.gate
     return TrainConfig(
-        epochs=s["epochs"], warmup_epochs=s.get("warmup_epochs", 0), batch_size=s["batch_size"], lr=s["lr"],
-        momentum=s.get("momentum", 0.9), weight_decay=s.get("weight_decay", 0.0),
-        schedule=s.get("schedule", "cosine"), milestones=tuple(s.get("milestones", (0.45, 0.67, 0.9))),
-        seed=params.get("seed", 0), kl_k=float(g.get("kl_k", 50.0)), kl_form=g.get("kl_form", "linear"),
-        kl_price=g.get("kl_price", "weight"), kl_warmin_epochs=int(g.get("kl_warmin_epochs", 0)),
-        gate_lr_scale=float(g.get("lr_scale", 1.0)), uniform_share=float(s.get("uniform_share", 0.0)),
-        n_train=g.get("n_train") or n_train, **compute_settings(params),
+        epochs=s.epochs, warmup_epochs=s.warmup_epochs, batch_size=s.batch_size, lr=s.lr,
+        weight_decay=s.weight_decay, seed=settings.seed, kl_k=g.kl_k, kl_form=g.kl_form, kl_price=g.kl_price,
+        kl_warmin_epochs=g.kl_warmin_epochs, gate_lr_scale=g.lr_scale, uniform_share=s.uniform_share,
+        n_train=g.n_train or n_train, **solver_settings(settings.solver), **compute_settings(settings.compute),
     )
 
 
-def compute_settings(params: dict) -> dict:
-    """Where and how every network trains: ``supernet.device``, ``supernet.precision``,
-    ``supernet.channels_last``, ``supernet.loader_workers`` and ``supernet.checkpoint_minutes`` (one source for
-    the supernet, the finetuned and the stand-alone networks)."""
-    s = params["supernet"]
-    return {"device": s.get("device", "auto"), "precision": s.get("precision", "fp32"),
-            "channels_last": s.get("channels_last", False), "loader_workers": s.get("loader_workers", 0),
-            "checkpoint_minutes": s.get("checkpoint_minutes")}
+def solver_settings(solver: Solver) -> dict:
+    """The :class:`TrainConfig` fields of the ``solver`` settings (every training stage's optimiser)."""
+    return {"momentum": solver.momentum, "schedule": solver.schedule, "milestones": solver.milestones}
 
 
-def plain_config(params: dict, section: str, seed_offset: int = 0) -> TrainConfig:
-    """A plain (gate-free) :class:`TrainConfig` from ``params[section]`` (``finetune`` or ``validate``)."""
-    s = params[section]
+def compute_settings(compute: Compute) -> dict:
+    """The :class:`TrainConfig` fields of the ``compute`` settings: where and how every network trains (one
+    source for the supernet, the finetuned and the stand-alone networks)."""
+    return {"device": compute.device, "precision": compute.precision, "channels_last": compute.channels_last,
+            "loader_workers": compute.loader_workers, "checkpoint_minutes": compute.checkpoint_minutes}
+
+
+def plain_config(settings: Settings, budget: Budget, seed_offset: int = 0) -> TrainConfig:
+    """A plain (gate-free) :class:`TrainConfig`: the ``budget`` (``settings.finetune`` or
+    ``settings.standalone``) with the ``solver`` and ``compute`` settings, seeded ``seed + seed_offset``."""
     return TrainConfig(
-        epochs=s["epochs"], batch_size=s["batch_size"], lr=s["lr"], weight_decay=s.get("weight_decay", 0.0),
-        momentum=params["supernet"].get("momentum", 0.9), schedule=params["supernet"].get("schedule", "cosine"),
-        seed=params.get("seed", 0) + seed_offset, **compute_settings(params),
+        epochs=budget.epochs, batch_size=budget.batch_size, lr=budget.lr, weight_decay=budget.weight_decay,
+        seed=settings.seed + seed_offset, **solver_settings(settings.solver), **compute_settings(settings.compute),
     )

@@ -36,6 +36,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 
+from stfusion.config.settings import Settings
 from stfusion.models.base import FusionNetwork
 from stfusion.scoring.prefix import score_strategies_prefix
 from stfusion.core.strategies import Strategy
@@ -170,18 +171,17 @@ def fully_scored(table: pd.DataFrame) -> pd.DataFrame:
     return table[table["race_status"].astype(str) == FULL]
 
 
-def race_stage(params: dict, strategies: Sequence[Strategy], dataset: Dataset, candidates: pd.DataFrame, *,
+def race_stage(settings: Settings, strategies: Sequence[Strategy], dataset: Dataset, candidates: pd.DataFrame, *,
                model: FusionNetwork, num_classes: int, **kw) -> pd.DataFrame:
     """The ``score_strategies`` stage's validation scores with ``scoring.racing``: a race with the ``scoring``
-    keys (``keep_top``, ``race_first_clips``, ``race_growth``, ``race_confidence``, ``batch_size``,
-    ``recalibrate_bn``) in which the named families are protected; indexed by strategy id, without the
-    ``strategy`` and ``n`` columns."""
-    s = params["scoring"]
+    settings (``keep_top``, ``race_first_clips``, ``race_growth``, ``race_confidence``, ``batch_size``,
+    ``recalibrate_bn``) and ``seed`` in which the named families are protected; indexed by strategy id, without
+    the ``strategy`` and ``n`` columns."""
+    s = settings.scoring
     families = candidates.loc[candidates["source"].astype(str).str.contains("family"), "id"].astype(str)
-    table = race_strategies(model, strategies, dataset, num_classes, keep_top=int(s.get("keep_top", 5)),
-                            first_clips=int(s.get("race_first_clips", 128)), growth=float(s.get("race_growth", 2.0)),
-                            confidence=float(s.get("race_confidence", 0.99)), seed=int(params.get("seed", 0)),
-                            batch_size=int(s.get("batch_size", 32)), recalibrate=bool(s.get("recalibrate_bn", True)),
+    table = race_strategies(model, strategies, dataset, num_classes, keep_top=s.keep_top,
+                            first_clips=s.race_first_clips, growth=s.race_growth, confidence=s.race_confidence,
+                            seed=settings.seed, batch_size=s.batch_size, recalibrate=s.recalibrate_bn,
                             protect=list(families), **kw)
     full = int((table["race_status"] == FULL).sum())
     log.info("racing: %d of %d strategies scored on all %d validation clips; %.3g conv/linear MACs", full,

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from stfusion.config.layout import RunLayout
+from stfusion.config.settings import Settings
 from stfusion.errors import StfusionError
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions (the CLI's --help imports the stages)
@@ -44,11 +45,12 @@ def class_groups(cache_dir: str | Path) -> tuple[list[dict], dict[str, list[int]
     return rows, groups
 
 
-def clip_dataset(params: dict, cache_dir: str | Path, split: str, *, train: bool, views: str | None = None,
+def clip_dataset(settings: Settings, cache_dir: str | Path, split: str, *, train: bool, views: str | None = None,
                  calib_only: bool = False):
+    """:func:`stfusion.data.video_dataset.open_clips` of the ``data`` settings."""
     from stfusion.data.video_dataset import open_clips
 
-    return open_clips(params["data"], cache_dir, split, train=train, views=views, calib_only=calib_only)
+    return open_clips(settings.data, cache_dir, split, train=train, views=views, calib_only=calib_only)
 
 
 def require_cache(cache_dir: str | Path) -> None:
@@ -75,7 +77,7 @@ def save_supernet_build(path: str | Path, params: dict, num_classes: int, classe
     ckpt = load_checkpoint(path)
     ckpt["build"] = {
         "model": copy.deepcopy(params["model"]),
-        "gate": copy.deepcopy(params.get("gate", {})),
+        "gate": copy.deepcopy(params["gate"]),
         "num_classes": int(num_classes),
         "classes": classes,
         "clip_shape": [int(n) for n in clip_shape],
@@ -83,17 +85,22 @@ def save_supernet_build(path: str | Path, params: dict, num_classes: int, classe
     save_torch(ckpt, path)
 
 
-def build_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> FusionNetwork:
-    """A template network with the architecture recorded in ``ckpt['build']`` (random weights)."""
-    from stfusion.models import build_model
-
+def build_settings(ckpt: dict, path: str | Path = "checkpoint") -> Settings:
+    """The ``model`` and ``gate`` settings a supernet checkpoint was trained with (``ckpt['build']``), without 2D
+    weights to inflate (the weights are the checkpoint's)."""
     build = ckpt.get("build")
     if not build:
         raise StfusionError(
             f"{path} holds no build information; it was not written by 'stfusion train-supernet' (rerun it)"
         )
-    model_params = {**build["model"], "pretrained_2d": None}  # the weights come from the checkpoint
-    return build_model({"model": model_params, "gate": build["gate"]}, build["num_classes"])
+    return Settings.for_stage({"model": {**build["model"], "pretrained_2d": None}, "gate": build["gate"]})
+
+
+def build_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> FusionNetwork:
+    """A template network with the architecture recorded in ``ckpt['build']`` (random weights)."""
+    from stfusion.models import build_model
+
+    return build_model(build_settings(ckpt, path), ckpt["build"]["num_classes"])
 
 
 def clip_shape(ckpt: dict, path: str | Path = "checkpoint") -> list[int]:

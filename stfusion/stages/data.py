@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from stfusion.config.settings import Settings
+
 log = logging.getLogger(__name__)
 
 
@@ -12,11 +14,10 @@ def generate(params: dict, *, root: str | Path, progress: bool = True) -> dict:
     """Stage ``generate``: write the built-in benchmark (videos, ``annotations.csv``, ``classes.csv``) to ``root``."""
     from stfusion.data.builtin import generate as generate_builtin
 
-    b = params["data"].get("builtin", {})
-    ann = generate_builtin(
-        root, clips_per_class=b.get("clips_per_class", 36), frames=b.get("frames", 12), size=b.get("size", 64),
-        texture=b.get("texture", "synthetic"), seed=params["seed"], classes=b.get("classes"), progress=progress,
-    )
+    settings = Settings.for_stage(params)
+    b = settings.data.builtin
+    ann = generate_builtin(root, clips_per_class=b.clips_per_class, frames=b.frames, size=b.size, texture=b.texture,
+                           seed=settings.seed, classes=b.classes, progress=progress)
     summary = {"root": str(root), "videos": int(len(ann)), "classes": int(ann["label"].nunique()),
                "train": int((ann["split"] == "train").sum()), "test": int((ann["split"] == "test").sum())}
     log.info("built-in benchmark: %d videos of %d classes in %s", summary["videos"], summary["classes"], root)
@@ -32,5 +33,5 @@ def prepare(
     (``data/cache``); ``shard=(I, N)`` prepares one shard of videos storage, ``merge=N`` merges N shards."""
     from stfusion.data.prepare import prepare_dataset
 
-    return prepare_dataset(params, root=root, cache_dir=cache_dir, workers=workers, progress=progress, shard=shard,
-                           merge=merge)
+    return prepare_dataset(Settings.for_stage(params), root=root, cache_dir=cache_dir, workers=workers,
+                           progress=progress, shard=shard, merge=merge)

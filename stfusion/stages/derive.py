@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from stfusion.config.settings import Settings
 from stfusion.io.files import file_digest, read_table
 from stfusion.io.tables import write_table
 from stfusion.stages.plain_runs import gather_runs, train_plain_runs
@@ -29,8 +30,8 @@ def derive(params: dict, *, preference: str | Path, ranking: str | Path, out: st
     pref = read_table(preference, "preference table")
     ranked = read_table(ranking, "ranking")
     model, ckpt = load_supernet(checkpoint)
-    d = params["derive"]
-    df = derive_strategies(pref, ranked, top_k=d.get("top_k", 3), st_threshold=d.get("st_threshold", 0.5))
+    d = Settings.for_stage(params).derive
+    df = derive_strategies(pref, ranked, top_k=d.top_k, st_threshold=d.st_threshold)
     df = add_costs(df, model, clip_shape(ckpt, checkpoint))
     write_table(df, out)
     return df

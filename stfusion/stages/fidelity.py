@@ -3,12 +3,12 @@ checked (:mod:`stfusion.analysis.fidelity`). One implementation, run twice with 
 (:class:`stfusion.config.layout.FidelityStudy`):
 
 * the default run's check (``select_standalone``, ``train_standalone``, ``validate_ranking``):
-  ``validate.n_strategies`` strategies, one seed;
+  ``standalone.n_strategies`` strategies, one seed;
 * the study, its own target (``select_fidelity``, ``train_fidelity``, ``fidelity``): ``fidelity.n_strategies``
   strategies, ``fidelity.seeds`` seeds, each seed index in its own folder.
 
 :func:`select` chooses the strategies, :func:`train` trains them, :func:`report` gathers every seed's runs and
-writes the statistics. Every run trains with the ``validate`` budget. Seed index ``j`` initialises the network
+writes the statistics. Every run trains with the ``standalone`` budget. Seed index ``j`` initialises the network
 with ``seed + j`` and shuffles / augments with the same offset, so the check's runs are the study's seed 0.
 
 Files of the output folder (names from the study's settings): the table (CSV and Markdown: the selection, the
@@ -32,7 +32,7 @@ if TYPE_CHECKING:  # heavy imports stay inside the functions (the CLI's --help i
     import numpy as np
     import pandas as pd
 
-BUDGET = ("epochs", "lr", "batch_size", "weight_decay")  #: the ``validate`` keys every stand-alone run trains with
+BUDGET = ("epochs", "lr", "batch_size", "weight_decay")  #: the ``standalone`` keys every stand-alone run trains with
 
 
 def select(params: dict, study: FidelityStudy, *, ranking: str | Path, out: str | Path) -> pd.DataFrame:
@@ -57,7 +57,7 @@ def train(
 ) -> list[dict]:
     """Train each selected strategy (all, or the given ids) under each seed index (all, or the given ones) from
     scratch: a freshly initialised network of the supernet's architecture holding only the strategy's convs,
-    the ``validate`` budget. Writes ``<runs_dir>/<id>.json`` and ``<ckpt_dir>/<id>/`` (below ``seed<j>/`` with
+    the ``standalone`` budget. Writes ``<runs_dir>/<id>.json`` and ``<ckpt_dir>/<id>/`` (below ``seed<j>/`` with
     several seeds)."""
     import torch
     from stfusion.engine.checkpoint import load_checkpoint
@@ -74,7 +74,7 @@ def train(
             return fresh.export(strategy_of(row["strategy"], fresh.n_fusion_layers))
 
         results += train_plain_runs(
-            params, "validate", table, strategies, make, cache_dir=cache_dir, ckpt_dir=_folder(ckpt_dir, study, j),
+            params, "standalone", table, strategies, make, cache_dir=cache_dir, ckpt_dir=_folder(ckpt_dir, study, j),
             runs_dir=_folder(runs_dir, study, j), seed_offset=int(j), progress=progress,
             what=f"stand-alone seed {j}")
     return results
@@ -122,7 +122,7 @@ def report(params: dict, study: FidelityStudy, *, selection: str | Path, ranking
     write_table(df, out_dir / study.table)
     copy_best_run(df, "standalone_top1_val", _folder(runs_dir, study, 0), out_dir)
     result = {**statistics(df, per_seed, seed=int(params["seed"])), **timing, "runs": int(per_seed.size),
-              "budget": {k: params["validate"][k] for k in BUDGET}, "strategies": list(df["id"].astype(str))}
+              "budget": {k: params["standalone"][k] for k in BUDGET}, "strategies": list(df["id"].astype(str))}
     write_json(out_dir / study.result, result)
     plot_study(df, per_seed, out_dir / study.figure)
     lines = ["# Ranking fidelity", "", *summary_lines(result), "",

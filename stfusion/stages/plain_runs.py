@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
 from stfusion.config.layout import LAYOUT, in_folder
+from stfusion.config.settings import Settings
 from stfusion.errors import StfusionError
 from stfusion.stages.runtime import data_fingerprint
 from stfusion.io.files import read_json, write_json
@@ -22,10 +23,11 @@ log = logging.getLogger(__name__)
 
 
 def train_plain_runs(
-    params: dict, section: str, strategies: pd.DataFrame, ids: Sequence[str] | None, make_net, *, cache_dir,
+    params: dict, budget: str, strategies: pd.DataFrame, ids: Sequence[str] | None, make_net, *, cache_dir,
     ckpt_dir, runs_dir, seed_offset: int, progress: bool, what: str, origin: dict | None = None,
 ) -> list[dict]:
-    """Train one plain network per listed strategy (all, or the given ``ids``); one JSON per run. ``origin``
+    """Train one plain network per listed strategy (all, or the given ``ids``) with the ``budget`` settings
+    (``finetune`` or ``standalone``); one JSON per run. ``origin``
     (e.g. the digest of the supernet a network is exported from) joins the training settings, so a run left by
     another supernet or other data is never resumed."""
     origin = origin or {}
@@ -47,24 +49,25 @@ def train_plain_runs(
                 f"strategy {unknown[0]!r} is not listed in the {what} table (listed: {', '.join(known)})"
             )
     todo = strategies[strategies["id"].astype(str).isin(ids)] if ids else strategies
-    train_set = clip_dataset(params, cache_dir, "train", train=True)
-    val = clip_dataset(params, cache_dir, "val", train=False)
-    test = clip_dataset(params, cache_dir, "test", train=False, views="test")
+    settings = Settings.for_stage(params)
+    train_set = clip_dataset(settings, cache_dir, "train", train=True)
+    val = clip_dataset(settings, cache_dir, "val", train=False)
+    test = clip_dataset(settings, cache_dir, "test", train=False, views="test")
     _, groups = class_groups(cache_dir)
-    bs = int(params["scoring"].get("batch_size", 32))
-    device = resolve_device(params["supernet"].get("device", "auto"))
+    bs = settings.scoring.batch_size
+    device = resolve_device(settings.compute.device)
     data_fp = data_fingerprint(cache_dir)
     results = []
     for _, row in todo.iterrows():
         sid = str(row["id"])
         t0 = time.perf_counter()
         net = make_net(row)
-        cfg = plain_config(params, section, seed_offset)
+        cfg = plain_config(settings, getattr(settings, budget), seed_offset)
         cfg.extra = {**cfg.extra, "data": data_fp, **origin}
         run_dir = Path(ckpt_dir) / sid
         discard_stale(in_folder(LAYOUT.last, run_dir), net.arch, cfg.settings())
         log.info("%s: training %s (%s) for %d epochs", what, sid, row["strategy"], cfg.total_epochs)
-        validation = plain_evaluator(val, bs, num_classes(net), every=params["supernet"].get("eval_every", 1),
+        validation = plain_evaluator(val, bs, num_classes(net), every=settings.solver.eval_every,
                                      total_epochs=cfg.total_epochs)
         hist = fit(net, train_set, cfg, run_dir, progress=progress, evaluate=validation)
         res = {"id": sid, "strategy": row["strategy"], "name": row.get("name", sid)}
@@ -74,7 +77,7 @@ def train_plain_runs(
             res[f"top5_{split}"] = r["top5"]
             for k, v in group_accuracy(r, groups).items():
                 res[k.replace("top1", f"top1_{split}", 1)] = v
-        res["test_views"] = views_text(params["data"])
+        res["test_views"] = views_text(settings.data)
         res.update(network_costs(net, val[0][0].shape))
         files = run_files(runs_dir, sid)
         write_csv(hist.drop(columns=["seconds"], errors="ignore"), files["history"])

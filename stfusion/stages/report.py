@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stfusion.config.layout import RunLayout
+from stfusion.config.settings import Settings
 from stfusion.stages.runtime import library_versions
 from stfusion.io.files import write_json
 from stfusion.stages.common import class_groups
@@ -29,7 +30,7 @@ def report(params: dict, *, results: str | Path, checkpoint_dir: str | Path, cac
     results, versions, files = Path(results), library_versions(), RunLayout(results=str(results))
     classes = [str(row["name"]) for row in class_groups(cache_dir)[0]]
     write_report_files(results, Path(checkpoint_dir), Path(files.report_dir), classes)
-    text, scalars = build_report(results, Path(checkpoint_dir), Path(cache_dir), seed=int(params["seed"]),
+    text, scalars = build_report(results, Path(checkpoint_dir), Path(cache_dir), seed=Settings.for_stage(params).seed,
                                  versions=versions)
     write_text(out, text)
     write_json(metrics, scalars)

@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from stfusion.config.layout import LAYOUT, in_folder
+from stfusion.config.settings import Settings
 from stfusion.stages.runtime import data_fingerprint
 from stfusion.io.files import file_digest, read_table, write_json
 from stfusion.io.tables import write_table
-from stfusion.stages.common import class_groups, clip_dataset, load_supernet, num_classes, require_cache, strategy_of
+from stfusion.stages.common import (build_settings, class_groups, clip_dataset, load_supernet, num_classes,
+                                    require_cache, strategy_of)
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions (the CLI's --help imports the stages)
     import pandas as pd
@@ -36,16 +38,17 @@ def sample_strategies(params: dict, *, checkpoint: str | Path, out: str | Path) 
     from stfusion.core.strategies import families
 
     model, _ = load_supernet(checkpoint)
-    rule = params["gate"].get("keep_prob", "paper")
+    settings = Settings.for_stage(params)
+    rule = settings.gate.keep_prob
     post = model.posterior(rule)
-    s = params["scoring"]
+    s = settings.scoring
     entries: list[tuple[Strategy, str, str]] = []
     for name, strat in families(model.n_fusion_layers, model.stage_of_layer).items():
         if all(a or st != 0 for a, st in zip(model.allow_none, strat.states)):
             entries.append((strat, "family", name))
-    for rank, (strat, _) in enumerate(post.top_k(s.get("top_k", 8)), start=1):
+    for rank, (strat, _) in enumerate(post.top_k(s.top_k), start=1):
         entries.append((strat, "top_k", f"top-{rank}"))
-    for i, strat in enumerate(post.sample(s.get("n_samples", 24), seed=params["seed"]), start=1):
+    for i, strat in enumerate(post.sample(s.n_samples, seed=settings.seed), start=1):
         entries.append((strat, "sample", f"sample-{i}"))
     rows: dict[str, dict] = {}
     for strat, source, name in entries:
@@ -98,16 +101,16 @@ def score_strategies(
     require_cache(cache_dir)
     cand = read_table(candidates, "strategy list")
     model, _ = load_supernet(checkpoint)
-    s = params["scoring"]
-    device = resolve_device(params["supernet"].get("device", "auto"))
-    recal = bool(s.get("recalibrate_bn", True))
-    bs = int(s.get("batch_size", 32))
+    settings = Settings.for_stage(params)
+    s = settings.scoring
+    device = resolve_device(settings.compute.device)
+    recal, bs = s.recalibrate_bn, s.batch_size
     _, groups = class_groups(cache_dir)
-    val = clip_dataset(params, cache_dir, "val", train=False)
-    test = clip_dataset(params, cache_dir, "test", train=False, views="test")
-    calib_set = clip_dataset(params, cache_dir, "train", train=True, views="eval", calib_only=True)
-    workers = int(params["supernet"].get("loader_workers", 0))
-    calib = calibration_batches(calib_set, bs, int(s.get("calib_batches", 4)), seed=params["seed"])
+    val = clip_dataset(settings, cache_dir, "val", train=False)
+    test = clip_dataset(settings, cache_dir, "test", train=False, views="test")
+    calib_set = clip_dataset(settings, cache_dir, "train", train=True, views="eval", calib_only=True)
+    workers = settings.compute.loader_workers
+    calib = calibration_batches(calib_set, bs, s.calib_batches, seed=settings.seed)
     strategies = [strategy_of(t, model.n_fusion_layers) for t in cand["strategy"]]
     kw = dict(model=model, num_classes=num_classes(model), calib_batches=calib, groups=groups, device=device,
               progress=progress)
@@ -123,10 +126,10 @@ def score_strategies(
                              val_loader=eval_loader(dataset, bs, workers), recalibrate=recalibrate, **kw)
         return _indexed(df)
 
-    if s.get("racing", False):
+    if s.racing:
         from stfusion.scoring.racing import race_stage
 
-        main_val = race_stage(params, strategies, val, cand, **kw)
+        main_val = race_stage(settings, strategies, val, cand, **kw)
         strategies = [st for st, full in zip(strategies, main_val["race_status"] == "full") if full]
     else:
         main_val = run(val, recal, "val")
@@ -141,7 +144,7 @@ def score_strategies(
         if col.startswith("top1"):
             out_df[col.replace("top1", "top1_test", 1)] = test_df[col]
     out_df["bn_mode"] = "recalibrated" if recal else "plain"
-    out_df["test_views"] = views_text(params["data"])
+    out_df["test_views"] = views_text(settings.data)
     out_df = add_costs(add_rank(out_df.reset_index()), model, val[0][0].shape)
     write_csv(out_df, out)
     shutil.rmtree(partial, ignore_errors=True)
@@ -175,10 +178,11 @@ def analyze(
     from stfusion.analysis import space as analysis
 
     model, ckpt = load_supernet(checkpoint)
-    rule = params["gate"].get("keep_prob", "paper")
+    rule = Settings.for_stage(params).gate.keep_prob
     post = model.posterior(rule)
     ranked = read_table(ranking, "ranking")
-    init_p = float(ckpt["build"]["gate"].get("init_p", 0.1))
+    init_p = build_settings(ckpt, checkpoint).gate.init_p
+    out_dir = Path(out_dir)
     pref = analysis.preference_table(post, model.drop_rates(), model.stage_of_layer)
     write_table(pref, in_folder(LAYOUT.preference, out_dir))
     net = analysis.network_table(ranked)

@@ -6,6 +6,7 @@ import logging
 from pathlib import Path
 
 from stfusion.config.layout import LAYOUT, in_folder
+from stfusion.config.settings import Settings
 from stfusion.stages.runtime import data_fingerprint
 from stfusion.stages.common import class_groups, clip_dataset, discard_stale, require_cache, save_supernet_build
 
@@ -25,15 +26,16 @@ def train_supernet(params: dict, *, cache_dir: str | Path, out_dir: str | Path, 
     from stfusion.engine.train import fit, supernet_config
 
     require_cache(cache_dir)
-    train_set = clip_dataset(params, cache_dir, "train", train=True)
+    settings = Settings.for_stage(params)
+    train_set = clip_dataset(settings, cache_dir, "train", train=True)
     classes, _ = class_groups(cache_dir)
-    torch.manual_seed(params["seed"])  # the initial weights are part of the seeded run
-    model = build_model(params, train_set.num_classes)
-    cfg = supernet_config(params, len(train_set))
+    torch.manual_seed(settings.seed)  # the initial weights are part of the seeded run
+    model = build_model(settings, train_set.num_classes)
+    cfg = supernet_config(settings, len(train_set))
     cfg.extra = {**cfg.extra, "data": data_fingerprint(cache_dir)}
     discard_stale(in_folder(LAYOUT.last, out_dir), model.arch, cfg.settings())
-    evaluate = supernet_evaluator(clip_dataset(params, cache_dir, "val", train=False), cfg.batch_size,
-                                  train_set.num_classes, every=params["supernet"].get("eval_every", 1),
+    evaluate = supernet_evaluator(clip_dataset(settings, cache_dir, "val", train=False), cfg.batch_size,
+                                  train_set.num_classes, every=settings.solver.eval_every,
                                   total_epochs=cfg.total_epochs)
     history = fit(model, train_set, cfg, Path(out_dir), progress=progress, evaluate=evaluate)
     if distributed.is_main():

@@ -15,47 +15,35 @@ os.environ.update(
 )
 
 from stfusion.config import layout  # noqa: E402  (light: no torch / pandas at import)
+from stfusion.config.loading import load_params  # noqa: E402
+from stfusion.config.settings import Settings  # noqa: E402
 from stfusion.data import storage as S  # noqa: E402  (light)
-from stfusion.config.loading import apply_preset  # noqa: E402
 
 CONDA_ENV = "../envs/stfusion.yaml"
 
-
-def _resolve_preset(cfg):
-    """A preset sets its dataset's protocol over params.yaml, and what --configfile / --config set explicitly wins
-    over the preset. Rules and commands read this resolved configuration (`preset` null: already applied)."""
-    if not cfg.get("preset"):
-        return dict(cfg)
-    from stfusion.config.loading import deep_merge
-
-    def given(over, values):  # the (typed) values at the keys that --configfile / --config gave
-        return {k: given(v, values[k]) if isinstance(v, dict) else values[k] for k, v in over.items()}
-
-    explicit = given({k: v for k, v in workflow.config_settings.overwrite_config.items() if k != "preset"}, cfg)
-    return {**deep_merge(apply_preset(dict(cfg)), explicit), "preset": None}
-
-
-config.update(_resolve_preset(config))
+# The parameters in the order of precedence of every stfusion command: the packaged defaults < the preset <
+# params.yaml < --configfile / --config. Rules and commands read this resolved configuration.
+config.update(load_params(None, CONFIG_OVERRIDES))
+SETTINGS = Settings.from_params(config)
 
 # Every file of the run (stfusion/config/layout.py): the standard layout, read from the dataset folder data.root.
-LAYOUT = layout.RunLayout(data_root=config["data"]["root"])
+LAYOUT = layout.RunLayout(data_root=SETTINGS.data.root)
 ROOT = LAYOUT.data_root
-IS_BUILTIN = config["data"]["dataset"] == "builtin"
+IS_BUILTIN = SETTINGS.data.dataset == "builtin"
 CACHE = LAYOUT.cache
 # The prepared dataset, whatever its storage: what every stage after `prepare` takes as input.
 CACHE_FILES = {"manifest": LAYOUT.manifest, "classes": LAYOUT.classes, "storage": LAYOUT.storage}
 
 
-def _storage(cfg):
+def _storage(data):
     """`cache` or `videos`, decided as `stfusion prepare` decides (data.storage: auto reads the annotation list
     to count the videos; set it to cache or videos to skip that)."""
-    effective = apply_preset(dict(cfg))
-    explicit = effective["data"].get("storage", "auto") != "auto"
-    return S.choose(effective, None if explicit else S.count_videos(effective))["storage"]
+    explicit = data.storage != "auto"
+    return S.choose(data, None if explicit else S.count_videos(data))["storage"]
 
 
-STORAGE = _storage(config)
-PREPARE_SHARDS = int(config["data"].get("prepare_shards", 1))
+STORAGE = _storage(SETTINGS.data)
+PREPARE_SHARDS = SETTINGS.data.prepare_shards
 # short names of the files many rules use (the others: LAYOUT.<file>)
 SUPERNET = LAYOUT.supernet
 CANDIDATES = LAYOUT.candidates
@@ -84,7 +72,8 @@ def _params_file(cfg):
             on_disk = yaml.safe_load(f)
     if cfg == on_disk:
         return PARAMS_FILE
-    text = yaml.safe_dump(dict(cfg), sort_keys=False)
+    # the preset's values are in the copy already: a command reading it must not apply the preset again
+    text = yaml.safe_dump({**cfg, "preset": None}, sort_keys=False)
     path = Path(".snakemake") / "stfusion" / f"params-{hashlib.sha1(text.encode()).hexdigest()[:12]}.yaml"
     if not path.is_file():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -115,7 +104,7 @@ def prepare_inputs(wildcards):
     """The built-in benchmark's annotation files, or the user's dataset folder (and annotation file)."""
     if IS_BUILTIN:
         return {"annotations": LAYOUT.annotations, "classes": LAYOUT.dataset_classes}
-    annotations = config["data"].get("annotations")
+    annotations = SETTINGS.data.annotations
     return {"root": ROOT, **({"annotations": annotations} if annotations else {})}
 
 
@@ -150,5 +139,3 @@ wildcard_constraints:
     sid="[nstb]+",
     shard="[0-9]+",
     fseed=r"\d+",
-
-

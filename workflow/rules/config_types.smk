@@ -1,7 +1,9 @@
-# --config reads nested values (data='{frames: 16}') with YAML's BaseLoader, so every leaf is a string: type them
-# as YAML does before the configuration is validated.
+# What --configfile and --config set: Snakemake's overwrite_config, with the --config values typed as YAML types
+# them (--config reads nested values, data='{frames: 16}', with YAML's BaseLoader, so every leaf is a string).
+# common.smk resolves the parameters with these on top (stfusion.config.loading.resolve_params).
 import yaml
-from snakemake.utils import update_config
+
+from stfusion.config.loading import deep_merge
 
 
 def _typed(value):
@@ -12,4 +14,4 @@ def _typed(value):
     return yaml.safe_load(value) if isinstance(value, str) and value else value
 
 
-update_config(config, {k: _typed(v) for k, v in workflow.config_settings.config.items() if isinstance(v, dict)})
+CONFIG_OVERRIDES = deep_merge(workflow.config_settings.overwrite_config, _typed(dict(workflow.config_settings.config)))

@@ -2,7 +2,7 @@
 # a killed or preempted job resumes from it (Snakemake deletes a failed job's outputs, never last.pt).
 #
 # Every training rule (this one, finetune, train_standalone) starts its command with TRAIN_LAUNCH: one process,
-# or torchrun over supernet.nodes x supernet.gpus_per_node processes (stfusion/engine/launch.py), and asks SLURM for
+# or torchrun over compute.nodes x compute.gpus_per_node processes (stfusion/engine/launch.py), and asks SLURM for
 # the matching nodes and GPUs per node (TRAIN_RESOURCES). A training command stopped by SIGTERM or SIGUSR1
 # checkpoints and exits with status 75; the SLURM profile resubmits it (preemptible-rules) and it resumes.
 import signal
@@ -14,11 +14,10 @@ if os.environ.get("SLURM_JOB_ID"):
     # ignore it (and pass that on to the command); the training processes install their own handler
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
-_S = config["supernet"]
-GPUS_PER_NODE, NODES = int(_S.get("gpus_per_node", 1)), int(_S.get("nodes", 1))
-TRAIN_LAUNCH = launch_prefix(GPUS_PER_NODE, NODES, int(_S.get("max_restarts", 3)))
+GPUS_PER_NODE, NODES = SETTINGS.compute.gpus_per_node, SETTINGS.compute.nodes
+TRAIN_LAUNCH = launch_prefix(GPUS_PER_NODE, NODES, SETTINGS.compute.max_restarts)
 TRAIN_RESOURCES = {"nodes": NODES}
-if _S.get("device", "auto") != "cpu":
+if SETTINGS.compute.device != "cpu":
     TRAIN_RESOURCES["gres"] = f"gpu:{GPUS_PER_NODE}"
 # the job's threads, shared by the training processes of one node
 threads_per_process = lambda wildcards, threads: max(1, threads // GPUS_PER_NODE)  # noqa: E731

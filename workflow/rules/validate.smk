@@ -1,7 +1,7 @@
 # Stage 8: ranking fidelity (stfusion/stages/fidelity.py). Strategies chosen to span the score range (a
 # checkpoint), each trained stand-alone from scratch under each seed index (wildcards sid, fseed), then the
 # statistics against the supernet's scores (stfusion/analysis/fidelity.py). The same rules serve two studies, a
-# row each below: the default run's check (part of `all`: validate.n_strategies strategies, one seed) and the
+# row each below: the default run's check (part of `all`: standalone.n_strategies strategies, one seed) and the
 # ranking-fidelity study, its own target (`snakemake --cores all fidelity`: fidelity.n_strategies strategies,
 # fidelity.seeds seeds, a folder a seed index). The rule, command and file names come from layout.FidelityStudy.
 FIDELITY_STUDIES = [
