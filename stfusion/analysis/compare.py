@@ -98,9 +98,9 @@ def rank_table(rows: list[dict]) -> pd.DataFrame:
 
 def plot_compare(df: pd.DataFrame, path) -> Path:
     """Accuracies (best sampled, all-S, all-ST, all-S+ST) and posterior figures (entropy ratio, spread, tau)."""
-    from stfusion.analysis.plots import _pyplot, _save
+    from stfusion.analysis.plots import pyplot, save_figure
 
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     x = range(len(df))
     for ax, cols in ((axes[0], ["best_sampled", "all_S", "all_ST", "all_SST"]),
@@ -115,7 +115,7 @@ def plot_compare(df: pd.DataFrame, path) -> Path:
     axes[0].set_title("validation top-1")
     axes[1].set_title("posterior and ranking fidelity")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def compare(folders: Sequence[str | Path] = (), *, dvc_json: str | Path | None = None, out_dir) -> pd.DataFrame:

@@ -276,9 +276,9 @@ def misranked(df: pd.DataFrame, pred, truth, n: int = 5) -> list[dict]:
 def plot_study(df: pd.DataFrame, per_seed: np.ndarray, path):
     """Mean stand-alone accuracy over seeds (bars: min-max) against the supernet score, BN recalibrated and plain
     BN; strategy names beside the recalibrated points. ``per_seed``: ``(n_strategies, n_seeds)``."""
-    from stfusion.analysis.plots import _pyplot, _save
+    from stfusion.analysis.plots import finish, pyplot
 
-    plt = _pyplot()
+    plt = pyplot()
     per_seed = np.asarray(per_seed, float)
     mean = per_seed.mean(axis=1)
     bars = [mean - per_seed.min(axis=1), per_seed.max(axis=1) - mean]
@@ -290,13 +290,8 @@ def plot_study(df: pd.DataFrame, per_seed: np.ndarray, path):
     if "supernet_top1_recal" in df:
         for name, x, y in zip(df["name"].astype(str), df["supernet_top1_recal"], mean):
             ax.annotate(name, (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
-    ax.set_xlabel("supernet score (validation top-1)")
-    ax.set_ylabel(f"stand-alone top-1 (test), mean over {per_seed.shape[1]} seed(s), bars min-max")
-    ax.set_title("ranking fidelity")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return _save(fig, path)
+    return finish(fig, ax, path, xlabel="supernet score (validation top-1)", title="ranking fidelity",
+                  ylabel=f"stand-alone top-1 (test), mean over {per_seed.shape[1]} seed(s), bars min-max")
 
 
 def _fmt(x, digits: int = 2) -> str:

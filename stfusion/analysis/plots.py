@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -14,7 +14,7 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: str | Path) -> Path:
+def save_figure(fig, path: str | Path) -> Path:
     from stfusion.io.files import atomic_write
 
     path = Path(path)
@@ -23,3 +23,14 @@ def _save(fig, path: str | Path) -> Path:
 
     plt.close(fig)
     return path
+
+
+def finish(fig, ax, path: str | Path, *, xlabel: str, ylabel: str, title: str) -> Path:
+    """Label a one-panel figure (axes, title, legend, light grid) and write it to ``path``."""
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save_figure(fig, path)

@@ -16,7 +16,7 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from stfusion.analysis.plots import _pyplot, _save
+from stfusion.analysis.plots import finish, pyplot, save_figure
 from stfusion.core.strategies import STATE_NAMES, STATE_ORDER, Posterior
 
 STATE_COLUMNS = [f"P({STATE_NAMES[s]})" for s in STATE_ORDER]  # P(S), P(ST), P(S+ST), P(none)
@@ -98,7 +98,7 @@ def network_table(ranked: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------------------------- figures
 def plot_preference(pref: pd.DataFrame, path: str | Path) -> Path:
     """Heatmap of the layers x units marginals, with the raw drop rates p_S and p_ST beside it."""
-    plt = _pyplot()
+    plt = pyplot()
     probs = pref[STATE_COLUMNS].to_numpy()
     n = len(pref)
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(9, 1.2 + 0.45 * n), gridspec_kw={"width_ratios": [4, 2]},
@@ -122,12 +122,12 @@ def plot_preference(pref: pd.DataFrame, path: str | Path) -> Path:
     ax2.set_title("raw drop rates p")
     ax2.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_scatter(ranked: pd.DataFrame, path: str | Path, score: str = "top1") -> Path:
     """Strategy log-probability vs its supernet score (validation top-1), one colour a source; families named."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     primary = ranked["source"].str.split(";").str[0]
     for src, marker in (("sample", "o"), ("top_k", "^"), ("family", "s")):
@@ -139,20 +139,15 @@ def plot_scatter(ranked: pd.DataFrame, path: str | Path, score: str = "top1") ->
     finite = ranked["log_prob"][np.isfinite(ranked["log_prob"])]
     if len(finite):
         ax.set_xlim(left=max(finite.min() - 1, finite.max() - 60))
-    ax.set_xlabel("log-probability under the learned posterior")
-    ax.set_ylabel(f"supernet {score} (validation)")
-    ax.set_title("strategy probability vs score with shared weights")
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return _save(fig, path)
+    return finish(fig, ax, path, xlabel="log-probability under the learned posterior",
+                  ylabel=f"supernet {score} (validation)", title="strategy probability vs score with shared weights")
 
 
 def plot_drop_rates(rates: pd.DataFrame, path: str | Path, stats: pd.DataFrame | None = None) -> Path:
     """Drop rate of every gate over the gated epochs (solid: S, dashed: ST; one colour a layer). With the
     per-path ``stats`` (:mod:`stfusion.core.gate_stats`), two panels beside it: ``||W||^2`` and ``||gamma||^2`` of
     every path over the same epochs (log scale), i.e. what the KL term prices next to what it moves."""
-    plt = _pyplot()
+    plt = pyplot()
     panels = [("p", "drop rate p")] + ([("weight_sq", "||W||^2"), ("gamma_sq", "BN ||gamma||^2")]
                                        if stats is not None and len(stats) else [])
     fig, axes = plt.subplots(1, len(panels), figsize=(7 + 4.5 * (len(panels) - 1), 4), squeeze=False)
@@ -181,7 +176,7 @@ def plot_drop_rates(rates: pd.DataFrame, path: str | Path, stats: pd.DataFrame |
             ax.set_yscale("log")
             ax.set_title(f"{label} of every path")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def initial_entropy(init_p: float, allow_none, rule: str) -> float:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stfusion.analysis.plots import _pyplot, _save
+from stfusion.analysis.plots import pyplot, save_figure
 from stfusion.analysis.space import network_table
 from stfusion.core.costs import CONVENTION
 from stfusion.io.tables import write_html
@@ -46,7 +46,7 @@ def pareto_front(macs: np.ndarray, acc: np.ndarray) -> np.ndarray:
 
 def plot_pareto(df: pd.DataFrame, acc: str, path: str | Path, title: str, ylabel: str) -> Path:
     """Accuracy ``df[acc]`` against ``df["macs"]``, the Pareto front joined and its points named."""
-    plt = _pyplot()
+    plt = pyplot()
     df = df.dropna(subset=["macs", acc])
     front = df[pareto_front(df["macs"].to_numpy(), df[acc].to_numpy())].sort_values("macs")
     fig, ax = plt.subplots(figsize=(6, 4))
@@ -61,7 +61,7 @@ def plot_pareto(df: pd.DataFrame, acc: str, path: str | Path, title: str, ylabel
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def confusion_matrix(pred: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
@@ -71,7 +71,7 @@ def confusion_matrix(pred: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
 
 
 def plot_confusion(pred: pd.DataFrame, classes: list[str], path: str | Path, title: str) -> Path:
-    plt = _pyplot()
+    plt = pyplot()
     cm = confusion_matrix(pred, classes).to_numpy()
     n = len(classes)
     fig, ax = plt.subplots(figsize=(2 + 0.45 * n, 1.5 + 0.45 * n))
@@ -87,12 +87,12 @@ def plot_confusion(pred: pd.DataFrame, classes: list[str], path: str | Path, tit
     ax.set_ylabel("actual")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def plot_curves(histories: dict[str, pd.DataFrame], path: str | Path) -> Path:
     """One panel a run: train and validation top-1 per epoch (and the supernet's most probable strategy)."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, axes = plt.subplots(1, len(histories), figsize=(4.2 * len(histories), 3.4), squeeze=False)
     for ax, (label, hist) in zip(axes[0], histories.items()):
         for col in ("train_top1", "val_top1", "val_top1_most_probable_paper"):
@@ -105,7 +105,7 @@ def plot_curves(histories: dict[str, pd.DataFrame], path: str | Path) -> Path:
         ax.legend(fontsize=7)
     axes[0][0].set_ylabel("top-1")
     fig.tight_layout()
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def drop_rate_summary(rates: pd.DataFrame) -> pd.DataFrame:
