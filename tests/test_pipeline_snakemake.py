@@ -249,7 +249,7 @@ def test_tiny_fidelity_study_is_its_own_target(tiny_run):
     # on a cluster (the SLURM profile, GPUs as in params.yaml), `snakemake -n fidelity` plans the study's 8
     # training jobs with the request and launch of train_supernet; the profile resubmits them after a preemption
     gpus = work / "gpus.yaml"
-    gpus.write_text(yaml.safe_dump({"supernet": {"device": "auto"}}))
+    gpus.write_text(yaml.safe_dump({"compute": {"device": "auto"}}))
 
     def plan(*targets):
         return _slurm_dry_run(work, TINY, gpus, workdir=work, targets=(*targets, "--rerun-triggers", "mtime"))
@@ -354,6 +354,7 @@ def test_tiny_run_exports_a_finetuned_network(tiny_run):
     import torch
 
     from stfusion.config.loading import load_params
+    from stfusion.config.settings import Settings
     from stfusion.data.transforms import normalize
     from stfusion.stages.export import TOLERANCE, export, load_network, run_exported
     from stfusion.stages.common import clip_dataset
@@ -364,7 +365,7 @@ def test_tiny_run_exports_a_finetuned_network(tiny_run):
     net, info = load_network(str(best["id"]), **kw)
     assert info["weights"].endswith(f"{best['id']}/model.pt")  # the finetuned weights, not the supernet's
     params = load_params(next((work / ".snakemake" / "stfusion").glob("params-*.yaml")))  # the run's own
-    test = clip_dataset(params, work / "data" / "cache", "test", train=False)
+    test = clip_dataset(Settings.from_params(params), work / "data" / "cache", "test", train=False)
     clips = normalize(torch.stack([test[i][0] for i in range(min(5, len(test)))]), torch.device("cpu"))
     with torch.no_grad():
         expected = net(clips)
