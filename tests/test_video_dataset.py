@@ -13,7 +13,7 @@ import torch
 
 from stfusion.data.dataset import MEAN, STD, ClipDataset
 from stfusion.data.sampling import segment_test_clips, spatial_crops, test_clips
-from stfusion.data.transforms import ViewSpec, normalize, view_from_params, views_text
+from stfusion.data.transforms import ViewSpec, normalize, reported_views, view_from_params, views_text
 from stfusion.data.video_dataset import ClipDecodeError, VideoDataset, open_clips
 from stfusion.errors import StfusionError
 from stfusion.models import build_model
@@ -121,6 +121,8 @@ def test_test_views_come_from_one_decode(prepared, monkeypatch):
                                   _frames_of(manifest, "test", 0)[[3, 7, 11], box[0]:box[2], box[1]:box[3]])
     assert views_text({"test_clips": 2, "test_crops": 3}) == "2 clips x 3 crops"
     assert views_text({}) == "1 clip x 1 crop"
+    assert reported_views({"size": 32, "test_clips": 2, "test_crops": 3}) == {
+        "test_views": "2 clips x 3 crops", "test_clips": 2, "test_crops": 3}
 
 
 def test_multi_view_score_is_the_mean_of_single_view_softmaxes(prepared, tiny_params):

@@ -75,6 +75,7 @@ def test_ucf101_preset_runs_end_to_end_through_videos_storage(tmp_path):
 
     ranking = pd.read_csv(work / "results" / "strategies" / "ranking.csv")
     assert (ranking["test_views"] == "2 clips x 3 crops").all()
+    assert (ranking["test_clips"] == 2).all() and (ranking["test_crops"] == 3).all()
     assert ranking["top1_test"].between(0, 1).all() and ranking["top1"].between(0, 1).all()
     runs = [json.loads(p.read_text()) for p in (work / "results" / "finetune" / "runs").glob("*.json")]
     assert runs and all(r["test_views"] == "2 clips x 3 crops" for r in runs)

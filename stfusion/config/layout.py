@@ -186,6 +186,51 @@ class RunLayout:
     def export_dir(self) -> str:
         return f"{self.results}/export"
 
+    # what the report reads besides the tables above
+    @property
+    def network(self) -> str:
+        return f"{self.analysis}/network.csv"
+
+    @property
+    def preference_plot(self) -> str:
+        return f"{self.analysis}/preference.png"
+
+    @property
+    def scatter_plot(self) -> str:
+        return f"{self.analysis}/scatter.png"
+
+    @property
+    def drop_rates_plot(self) -> str:
+        return f"{self.analysis}/drop_rates.png"
+
+    @property
+    def finetune_best_history(self) -> str:
+        return f"{self.results}/finetune/best_history.csv"
+
+    @property
+    def finetune_best_predictions(self) -> str:
+        return f"{self.results}/finetune/best_test_predictions.csv"
+
+    @property
+    def standalone_best_history(self) -> str:
+        return f"{self.validation}/best_history.csv"
+
+    @property
+    def fidelity_plot(self) -> str:
+        return f"{self.validation}/ranking_fidelity.png"
+
+    @property
+    def fidelity_study(self) -> str:
+        return f"{self.fidelity_dir}/fidelity.json"
+
+    @property
+    def fidelity_summary(self) -> str:
+        return f"{self.fidelity_dir}/fidelity.md"
+
+    @property
+    def fidelity_study_plot(self) -> str:
+        return f"{self.fidelity_dir}/fidelity.png"
+
 
 #: the standard layout (what ``snakemake`` and ``dvc repro`` use)
 LAYOUT = RunLayout()

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from stfusion.errors import StfusionError
 from stfusion.data.sampling import spatial_crops
 
-__all__ = ["MEAN", "STD", "MODES", "ViewSpec", "view_from_params", "crop_boxes", "cut", "normalize", "average_views", "views_text"]
+__all__ = ["MEAN", "STD", "MODES", "ViewSpec", "view_from_params", "crop_boxes", "cut", "normalize", "average_views", "views_text",
+           "reported_views"]
 
 #: per-channel normalisation on the 0-255 scale (the usual video constants 0.45 / 0.225)
 MEAN = (114.75, 114.75, 114.75)
@@ -92,6 +93,14 @@ def views_text(data: dict) -> str:
     ``"2 clips x 3 crops"`` (softmax averaged over the views)."""
     clips, crops = int(data.get("test_clips", 1)), int(data.get("test_crops", 1))
     return f"{clips} clip{'s' if clips != 1 else ''} x {crops} crop{'s' if crops != 1 else ''}"
+
+
+def reported_views(data: dict) -> dict:
+    """The test views of the ``data`` parameters as the columns of a table of test accuracies: ``test_clips``
+    and ``test_crops`` (numbers) and ``test_views`` (:func:`views_text`)."""
+    spec = view_from_params(data, "test")
+    counts = {"test_clips": spec.clips, "test_crops": spec.crops}
+    return {"test_views": views_text(counts), **counts}
 
 
 def crop_boxes(h: int, w: int, spec: ViewSpec, rng=None) -> np.ndarray:

@@ -29,7 +29,7 @@ def train_plain_runs(
     another supernet or other data is never resumed."""
     origin = origin or {}
     from stfusion.engine import distributed
-    from stfusion.data.transforms import views_text
+    from stfusion.data.transforms import reported_views
     from stfusion.io.files import write_csv
     from stfusion.core.costs import network_costs
     from stfusion.engine.evaluation import plain_evaluator, run_files, test_predictions
@@ -73,7 +73,7 @@ def train_plain_runs(
             res[f"top5_{split}"] = r["top5"]
             for k, v in group_accuracy(r, groups).items():
                 res[k.replace("top1", f"top1_{split}", 1)] = v
-        res["test_views"] = views_text(params["data"])
+        res.update(reported_views(params["data"]))
         res.update(network_costs(net, val[0][0].shape))
         files = run_files(runs_dir, sid)
         write_csv(hist.drop(columns=["seconds"], errors="ignore"), files["history"])

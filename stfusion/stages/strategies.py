@@ -90,7 +90,7 @@ def score_strategies(
     from stfusion.io.files import write_csv
     from stfusion.core.costs import add_costs
     from stfusion.scoring.prefix import score_strategies_prefix
-    from stfusion.data.transforms import views_text
+    from stfusion.data.transforms import reported_views
     from stfusion.scoring.naive import calibration_batches, score_resumable
     from stfusion.engine.evaluation import eval_loader
     from stfusion.engine.train import resolve_device
@@ -141,7 +141,8 @@ def score_strategies(
         if col.startswith("top1"):
             out_df[col.replace("top1", "top1_test", 1)] = test_df[col]
     out_df["bn_mode"] = "recalibrated" if recal else "plain"
-    out_df["test_views"] = views_text(params["data"])
+    for col, value in reported_views(params["data"]).items():
+        out_df[col] = value
     out_df = add_costs(add_rank(out_df.reset_index()), model, val[0][0].shape)
     write_csv(out_df, out)
     shutil.rmtree(partial, ignore_errors=True)
