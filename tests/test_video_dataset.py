@@ -13,7 +13,8 @@ import torch
 
 from stfusion.data.dataset import MEAN, STD, ClipDataset
 from stfusion.data.sampling import segment_test_clips, spatial_crops, test_clips
-from stfusion.data.transforms import ViewSpec, normalize, reported_views, view_from_params, views_text
+from stfusion.data.transforms import (ViewSpec, inference_clip_shape, normalize, reported_views, view_from_params,
+                                      views_text)
 from stfusion.data.video_dataset import ClipDecodeError, VideoDataset, open_clips
 from stfusion.errors import StfusionError
 from stfusion.models import build_model
@@ -84,6 +85,16 @@ def test_eval_view_is_the_centre_crop_and_never_varies(prepared):
                           view=view_from_params({"size": 32, "eval_crop": 24, "eval_short_side": 36}, "eval"))
     a = scaled[1][0]
     assert a.shape == (3, 4, 24, 24) and torch.equal(scaled[1][0], a)
+
+
+def test_costs_are_counted_at_the_evaluation_clip(prepared):
+    """The input size of costs is the clip evaluation feeds the network, not the training crop."""
+    folder, _ = prepared
+    data = {"frames": 4, "stride": 2, "size": 32, "crop": 24, "train_short_side": [40, 48], "eval_crop": 32,
+            "eval_short_side": 40}
+    val = open_clips(data, folder, "val", train=False)
+    assert inference_clip_shape(data) == tuple(val[0][0].shape) == (3, 4, 32, 32)
+    assert open_clips(data, folder, "train", train=True)[0][0].shape == (3, 4, 24, 24)
 
 
 def test_train_crops_vary(prepared):

@@ -266,9 +266,11 @@ REPORT_DIR = LAYOUT.report_dir
 
 # --------------------------------------------------------------------------------------- stage parameters
 _DATA_LOADING = ["preset", "data.frames", "data.stride", "data.sampling", "data.size", "data.backend"]
-#: the views of :func:`stfusion.data.transforms.view_from_params`: training, evaluation (and calibration), test
+#: the views of :func:`stfusion.data.transforms.view_from_params`: training, evaluation (validation, calibration,
+#: and the input size costs are counted at), test
 _TRAIN_VIEW = ["data.flip", "data.crop", "data.train_short_side", "data.max_decode_failures"]
-_TEST_VIEW = ["data.eval_crop", "data.eval_short_side", "data.test_clips", "data.test_crops"]
+_EVAL_VIEW = ["data.eval_crop", "data.eval_short_side"]
+_TEST_VIEW = [*_EVAL_VIEW, "data.test_clips", "data.test_crops"]
 
 #: where and how networks train (:func:`stfusion.engine.train.compute_settings`): read by every training stage
 _COMPUTE = ["supernet.device", "supernet.precision", "supernet.channels_last", "supernet.loader_workers",
@@ -285,7 +287,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
         "data.prepare_shards",
     ],
     "train_supernet": [
-        "seed", *_DATA_LOADING, *_TRAIN_VIEW, "model", "gate.init_p", "gate.temperature", "gate.rescale",
+        "seed", *_DATA_LOADING, *_TRAIN_VIEW, *_EVAL_VIEW, "model", "gate.init_p", "gate.temperature", "gate.rescale",
         "gate.kl_k", "gate.kl_form", "gate.kl_price", "gate.kl_warmin_epochs", "gate.lr_scale", "gate.n_train",
         "supernet",
     ],

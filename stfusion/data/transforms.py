@@ -29,7 +29,7 @@ from stfusion.errors import StfusionError
 from stfusion.data.sampling import spatial_crops
 
 __all__ = ["MEAN", "STD", "MODES", "ViewSpec", "view_from_params", "crop_boxes", "cut", "normalize", "average_views", "views_text",
-           "reported_views"]
+           "reported_views", "inference_clip_shape"]
 
 #: per-channel normalisation on the 0-255 scale (the usual video constants 0.45 / 0.225)
 MEAN = (114.75, 114.75, 114.75)
@@ -86,6 +86,13 @@ def view_from_params(data: dict, mode: str) -> ViewSpec:
     return ViewSpec(mode, int(data.get("eval_crop") or data["size"]), (int(short), int(short)) if short else None,
                     clips=int(data.get("test_clips", 1)) if test else 1,
                     crops=int(data.get("test_crops", 1)) if test else 1)
+
+
+def inference_clip_shape(data: dict) -> tuple[int, int, int, int]:
+    """``(3, T, H, W)`` of one evaluation clip of the ``data`` parameters: ``frames`` frames at the evaluation
+    crop. A network's input at inference, so the one input size every network's cost (MACs) is counted at."""
+    side = view_from_params(data, "eval").crop
+    return (3, int(data["frames"]), side, side)
 
 
 def views_text(data: dict) -> str:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 from stfusion.errors import StfusionError
 from stfusion.stages.runtime import data_fingerprint
 from stfusion.io.files import read_json, write_json
-from stfusion.stages.common import class_groups, clip_dataset, discard_stale, num_classes, require_cache
+from stfusion.stages.common import class_groups, clip_dataset, num_classes, require_cache
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions (the CLI's --help imports the stages)
     import pandas as pd
@@ -29,7 +29,7 @@ def train_plain_runs(
     another supernet or other data is never resumed."""
     origin = origin or {}
     from stfusion.engine import distributed
-    from stfusion.data.transforms import reported_views
+    from stfusion.data.transforms import inference_clip_shape, reported_views
     from stfusion.io.files import write_csv
     from stfusion.core.costs import network_costs
     from stfusion.engine.evaluation import plain_evaluator, run_files, test_predictions
@@ -61,11 +61,10 @@ def train_plain_runs(
         cfg = plain_config(params, section, seed_offset)
         cfg.extra = {**cfg.extra, "data": data_fp, **origin}
         run_dir = Path(ckpt_dir) / sid
-        discard_stale(run_dir / "last.pt", net.arch, cfg.settings())
         log.info("%s: training %s (%s) for %d epochs", what, sid, row["strategy"], cfg.total_epochs)
         validation = plain_evaluator(val, bs, num_classes(net), every=params["supernet"].get("eval_every", 1),
                                      total_epochs=cfg.total_epochs)
-        hist = fit(net, train_set, cfg, run_dir, progress=progress, evaluate=validation)
+        hist = fit(net, train_set, cfg, run_dir, progress=progress, evaluate=validation, on_stale="restart")
         res = {"id": sid, "strategy": row["strategy"], "name": row.get("name", sid)}
         for split, ds in (("val", val), ("test", test)):
             r = evaluate(net, eval_loader(ds, bs, cfg.loader_workers), num_classes(net), device)
@@ -74,7 +73,7 @@ def train_plain_runs(
             for k, v in group_accuracy(r, groups).items():
                 res[k.replace("top1", f"top1_{split}", 1)] = v
         res.update(reported_views(params["data"]))
-        res.update(network_costs(net, val[0][0].shape))
+        res.update(network_costs(net, inference_clip_shape(params["data"])))
         files = run_files(runs_dir, sid)
         write_csv(hist.drop(columns=["seconds"], errors="ignore"), files["history"])
         write_csv(test_predictions(net, test, bs), files["predictions"])

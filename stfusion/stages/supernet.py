@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from stfusion.config.layout import CACHE, SUPERNET_DIR
 from stfusion.stages.runtime import data_fingerprint
-from stfusion.stages.common import class_groups, clip_dataset, discard_stale, require_cache, save_supernet_build
+from stfusion.stages.common import class_groups, clip_dataset, require_cache, supernet_build
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions (the CLI's --help imports the stages)
 
@@ -23,11 +23,12 @@ def train_supernet(
     """Stage ``train_supernet``: train the template network with Variational DropPath (gate-free warm-up,
     then gates and the KL term). Resumes from ``out_dir/last.pt`` when it was written with the same settings;
     a stale ``last.pt`` (other settings) is discarded with a message. Writes ``model.pt`` (with the build
-    information later stages need), ``history.csv`` and ``drop_rates.csv``."""
+    information later stages need, :func:`~stfusion.stages.common.supernet_build`), ``history.csv`` and
+    ``drop_rates.csv``."""
     import torch
 
+    from stfusion.data.transforms import inference_clip_shape
     from stfusion.models import build_model
-    from stfusion.engine import distributed
     from stfusion.engine.evaluation import supernet_evaluator
     from stfusion.engine.train import fit, supernet_config
 
@@ -39,13 +40,12 @@ def train_supernet(
     model = build_model(params, train_set.num_classes)
     cfg = supernet_config(params, len(train_set))
     cfg.extra = {**cfg.extra, "data": data_fingerprint(cache_dir)}
-    discard_stale(out_dir / "last.pt", model.arch, cfg.settings())
     evaluate = supernet_evaluator(clip_dataset(params, cache_dir, "val", train=False), cfg.batch_size,
                                   train_set.num_classes, every=params["supernet"].get("eval_every", 1),
                                   total_epochs=cfg.total_epochs)
-    history = fit(model, train_set, cfg, out_dir, progress=progress, evaluate=evaluate)
-    if distributed.is_main():
-        save_supernet_build(out_dir / "model.pt", params, train_set.num_classes, classes, train_set[0][0].shape)
+    build = supernet_build(params, train_set.num_classes, classes, inference_clip_shape(params["data"]))
+    history = fit(model, train_set, cfg, out_dir, progress=progress, evaluate=evaluate, record={"build": build},
+                  on_stale="restart")
     p = model.drop_rates()
     last = history.iloc[-1].to_dict() if len(history) else {}
     return {"epochs": int(cfg.total_epochs), "n_train": len(train_set), "fusion_layers": model.n_fusion_layers,
