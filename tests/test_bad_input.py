@@ -113,6 +113,39 @@ def test_damaged_checkpoint(tmp_path):
         load_checkpoint(tmp_path / "model.pt")
 
 
+def _fit_tiny(out, on_stale="refuse", lr=0.05, record=None):
+    import torch
+
+    from stfusion.engine.train import TrainConfig, fit
+
+    from conftest import motion_clips
+
+    torch.manual_seed(0)
+    model = build_model(TINY_PARAMS, 2)
+    cfg = TrainConfig(epochs=1, warmup_epochs=0, batch_size=16, lr=lr, kl_k=5.0)
+    return fit(model, motion_clips(32, seed=0), cfg, out, progress=False, on_stale=on_stale, record=record)
+
+
+def test_stale_last_checkpoint_is_refused_or_restarted(tmp_path, caplog):
+    """One policy for a ``last.pt`` of other settings, or damaged: refused by default, deleted and trained over
+    with ``on_stale="restart"`` (what the stages ask for); the restarted run equals a fresh one."""
+    import torch
+
+    fresh = _fit_tiny(tmp_path / "fresh", lr=0.02, record={"build": {"clip_shape": [3, 6, 16, 16]}})
+    assert torch.load(tmp_path / "fresh" / "model.pt", weights_only=False)["build"] == {"clip_shape": [3, 6, 16, 16]}
+    run = tmp_path / "run"
+    for damage in (None, b"not a checkpoint"):
+        _fit_tiny(run)
+        if damage:
+            (run / "last.pt").write_bytes(damage)
+        with pytest.raises(StfusionError, match="cannot read|different training settings"):
+            _fit_tiny(run, lr=0.02)
+        restarted = _fit_tiny(run, on_stale="restart", lr=0.02)
+        assert "starting the training over" in caplog.text
+        pd.testing.assert_frame_equal(restarted.drop(columns="seconds"), fresh.drop(columns="seconds"))
+        (run / "last.pt").unlink()
+
+
 def test_missing_cache_for_training(tmp_path):
     code, _, err = _cli("train-supernet", "--params", _params_file(tmp_path), "--cache", str(tmp_path / "nocache"),
                         "--out", str(tmp_path / "ckpt"), cwd=tmp_path)

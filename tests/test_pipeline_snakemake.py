@@ -181,7 +181,7 @@ def test_tiny_pipeline_outputs(tiny_run):
     metrics = json.loads((res / "metrics.json").read_text())
     assert metrics["seed"] == 0 and "torch" in json.loads((res / "versions.json").read_text())
     report = (res / "report.md").read_text()
-    for heading in ("Checks (METHOD.md §9)", "Motion vs appearance", "Layer level", "Ranking fidelity",
+    for heading in ("Checks (docs/method.md §9)", "Motion vs appearance", "Layer level", "Ranking fidelity",
                     "Time per stage"):
         assert heading in report
     assert len(re.findall(r"\*\*(PASS|FAIL)\*\*", report)) >= 5

@@ -51,7 +51,7 @@ def test_preset_builds_and_trains_one_step(name):
 
 @pytest.mark.parametrize("name", PRESETS)
 def test_preset_carries_the_fields_protocol(name):
-    """METHOD.md §8: random crop of a jittered short side (fixed 256 on Something-Something, no flip there),
+    """docs/method.md §8: random crop of a jittered short side (fixed 256 on Something-Something, no flip there),
     evaluation on the centre of the evaluation short side, Kinetics tested with 2 clips."""
     d = load_params(REPO / "params.yaml", {"preset": name})["data"]
     lo, hi = d["train_short_side"]
@@ -73,7 +73,7 @@ def test_preset_carries_the_fields_protocol(name):
 @pytest.mark.parametrize("name, k, frames, lr, epochs", [("ssv1_densenet121", 250.0, 16, 0.005, (50, 90, [40, 60, 80])),
                                                           ("kinetics400_densenet121", 10.0, 16, 0.01, (0, 110, [40, 80]))])
 def test_densenet_presets_follow_the_paper(name, k, frames, lr, epochs):
-    """The paper's own template and settings (METHOD.md §3, §4): DenseNet-121, factorised units, k, 16 frames,
+    """The paper's own template and settings (docs/method.md §3, §4): DenseNet-121, factorised units, k, 16 frames,
     warm-up, gated epochs and the epochs of the x0.1 steps."""
     p = load_params(REPO / "params.yaml", {"preset": name})
     s = p["supernet"]

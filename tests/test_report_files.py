@@ -2,11 +2,13 @@
 and the summary lines a run ends with."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from stfusion.report.document import summary_lines
+from stfusion.config.layout import RunLayout
+from stfusion.report.document import build_report, summary_lines
 from stfusion.report.files import confusion_matrix, drop_rate_summary, pareto_front, plot_pareto
 from stfusion.io.tables import write_html
 
@@ -49,3 +51,21 @@ def test_summary_lines(tmp_path):
     assert lines[1] == "stfusion: HTML report: snakemake --report results/report.zip"
     assert lines[2] == ("stfusion: best strategy S|ST (validation top-1 0.900); all-S gap on motion 0.250; "
                         "Kendall tau 0.600")
+
+
+def test_report_reads_the_layout_and_carries_test_views_as_numbers(tmp_path):
+    """A run under non-default roots: the report reads its tables where the layout puts them, links them
+    relative to the page, and states the test views from the ranking's numeric columns."""
+    layout = RunLayout(cache=str(tmp_path / "c"), checkpoints=str(tmp_path / "ck"), results=str(tmp_path / "r"))
+    ranking = pd.DataFrame({"id": ["a", "b"], "strategy": ["S|ST", "S|S"], "name": ["sample-1", "all-S"],
+                            "source": ["sample", "family"], "top1": [0.9, 0.5], "log_prob": [-1.0, -2.0],
+                            "rank": [1, 2], "test_views": ["1 clip x 1 crop"] * 2, "test_clips": [2, 2], "test_crops": [3, 3]})
+    history = pd.DataFrame({"epoch": [1, 2], "phase": ["warmup", "gated"], "train_top1": [0.5, 0.6]})
+    for df, path in ((ranking, layout.ranking), (history, layout.history)):
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        df.to_csv(path, index=False)
+    text, metrics = build_report(layout, seed=3, versions={}, page=tmp_path / "r" / "page" / "report.md")
+    assert metrics["test_clips"] == 2 and metrics["test_crops"] == 3 and metrics["seed"] == 3
+    assert "Test accuracies (`top1_test*`): 2 clips x 3 crops per video" in text
+    assert "History: `../../ck/supernet/history.csv`" in text
+    assert "- `../strategies/candidates.csv`, `../strategies/ranking.csv`: listed and scored strategies" in text

@@ -13,7 +13,8 @@ import torch
 
 from stfusion.data.dataset import MEAN, STD, ClipDataset
 from stfusion.data.sampling import segment_test_clips, spatial_crops, test_clips
-from stfusion.data.transforms import ViewSpec, normalize, view_from_params, views_text
+from stfusion.data.transforms import (ViewSpec, inference_clip_shape, normalize, reported_views, view_from_params,
+                                      views_text)
 from stfusion.data.video_dataset import ClipDecodeError, VideoDataset, open_clips
 from stfusion.errors import StfusionError
 from stfusion.config.settings import Settings
@@ -90,6 +91,16 @@ def test_eval_view_is_the_centre_crop_and_never_varies(prepared):
     assert a.shape == (3, 4, 24, 24) and torch.equal(scaled[1][0], a)
 
 
+def test_costs_are_counted_at_the_evaluation_clip(prepared):
+    """The input size of costs is the clip evaluation feeds the network, not the training crop."""
+    folder, _ = prepared
+    data = {"frames": 4, "stride": 2, "size": 32, "crop": 24, "train_short_side": [40, 48], "eval_crop": 32,
+            "eval_short_side": 40}
+    val = open_clips(data, folder, "val", train=False)
+    assert inference_clip_shape(data) == tuple(val[0][0].shape) == (3, 4, 32, 32)
+    assert open_clips(data, folder, "train", train=True)[0][0].shape == (3, 4, 24, 24)
+
+
 def test_train_crops_vary(prepared):
     folder, _ = prepared
     ds = VideoDataset(folder, "train", frames=4, stride=2, train=True,
@@ -123,8 +134,10 @@ def test_test_views_come_from_one_decode(prepared, monkeypatch):
     assert xs.shape == (2, 3, 3, 32, 32)
     np.testing.assert_array_equal(xs[1].permute(1, 2, 3, 0).numpy(),
                                   _frames_of(manifest, "test", 0)[[3, 7, 11], box[0]:box[2], box[1]:box[3]])
-    assert views_text(settings_with({"data": {"test_clips": 2, "test_crops": 3}}).data) == "2 clips x 3 crops"
-    assert views_text(settings_with({}).data) == "1 clip x 1 crop"
+    assert views_text(2, 3) == "2 clips x 3 crops"
+    assert views_text(1, 1) == "1 clip x 1 crop"
+    assert reported_views(settings_with({"data": {"test_clips": 2, "test_crops": 3}}).data) == {
+        "test_views": "2 clips x 3 crops", "test_clips": 2, "test_crops": 3}
 
 
 def test_multi_view_score_is_the_mean_of_single_view_softmaxes(prepared, tiny_params):

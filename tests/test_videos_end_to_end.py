@@ -1,6 +1,7 @@
 """The whole workflow on a generated UCF101-layout folder through ``videos`` storage: ``snakemake --config
 preset=ucf101 data='{...}'`` with a tiny template and budget, one epoch of training at a 112 crop from short side
-128, scoring, and the test split measured with 2 clips x 3 crops."""
+128, scoring at the 128 centre crop (where every network's cost is counted), and the test split measured with
+2 clips x 3 crops."""
 
 from __future__ import annotations
 
@@ -48,7 +49,7 @@ def test_ucf101_preset_runs_end_to_end_through_videos_storage(tmp_path):
     work.mkdir()
     shutil.copy(REPO / "params.yaml", work / "params.yaml")
     data = {"dataset": "ucf101", "root": str(root), "storage": "videos", "short_side": 128, "frames": 4, "stride": 2,
-            "train_short_side": [128, 144], "crop": 112, "eval_short_side": 128, "eval_crop": 112,
+            "train_short_side": [128, 144], "crop": 112, "eval_short_side": 128, "eval_crop": 128,
             "test_clips": 2, "test_crops": 3, "workers": 1, "prepare_shards": 2}
     overrides = {
         "model": {"backbone": "plain", "unit": "full", "widths": [8, 16], "layers_per_stage": [1, 1], "stem_width": 8},
@@ -72,12 +73,20 @@ def test_ucf101_preset_runs_end_to_end_through_videos_storage(tmp_path):
     assert len(history) == 1 and history["decode_failures"].tolist() == [0]
     model = __import__("torch").load(work / "checkpoints" / "supernet" / "model.pt", weights_only=False)
     assert model["arch"]["backbone"] == "plain"  # --config won over the preset's resnet50
+    assert model["build"]["clip_shape"] == [3, 4, 128, 128]  # the evaluation crop, not the training crop
 
     ranking = pd.read_csv(work / "results" / "strategies" / "ranking.csv")
     assert (ranking["test_views"] == "2 clips x 3 crops").all()
+    assert (ranking["test_clips"] == 2).all() and (ranking["test_crops"] == 3).all()
     assert ranking["top1_test"].between(0, 1).all() and ranking["top1"].between(0, 1).all()
     runs = [json.loads(p.read_text()) for p in (work / "results" / "finetune" / "runs").glob("*.json")]
     assert runs and all(r["test_views"] == "2 clips x 3 crops" for r in runs)
+    # one input size for costs: a network's MACs agree across the ranking, the derived table and its runs
+    macs = ranking.set_index("strategy")["macs"]
+    derived = pd.read_csv(work / "results" / "derived" / "strategies.csv")
+    scored = derived[derived["strategy"].isin(macs.index)]
+    assert len(scored) and (scored["macs"].to_numpy() == macs[scored["strategy"]].to_numpy()).all()
+    assert all(r["macs"] == derived.set_index("id").loc[r["id"], "macs"] for r in runs)
     assert "2 clips x 3 crops per video" in (work / "results" / "report.md").read_text()
     metrics = json.loads((work / "results" / "metrics.json").read_text())  # numbers only
     assert (metrics["test_clips"], metrics["test_crops"]) == (2, 3)

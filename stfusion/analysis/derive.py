@@ -1,4 +1,4 @@
-"""Derived strategies (METHOD.md §6): new fusion strategies read off the learned preferences.
+"""Derived strategies (docs/method.md §6): new fusion strategies read off the learned preferences.
 
 Rules, each a row of the derived table (a strategy found by several rules appears once, its rules joined):
 

@@ -1,4 +1,4 @@
-"""Network-level and layer-level views of the learned probability space (METHOD.md §5), as tables and figures.
+"""Network-level and layer-level views of the learned probability space (docs/method.md §5), as tables and figures.
 
 * :func:`network_table`: every scored strategy (families, most probable, samples) with its probability, its
   accuracy (overall and per class kind) and its rank.
@@ -56,7 +56,7 @@ def initial_marginals(init_p: float, rule: str) -> dict[str, float]:
 
 
 def preference_summary(pref: pd.DataFrame) -> dict:
-    """Numbers the report states about the preference table (METHOD.md §9.1, §9.2 and the issue's checks)."""
+    """Numbers the report states about the preference table (docs/method.md §9.1, §9.2 and the issue's checks)."""
     first, last = thirds(len(pref))
     p = pref.set_index("layer")
     st_beats_s = [int(i) for i in p.index if max(p.loc[i, "P(ST)"], p.loc[i, "P(S+ST)"]) > p.loc[i, "P(S)"]]

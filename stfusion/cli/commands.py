@@ -308,7 +308,7 @@ COMMANDS: tuple[Command, ...] = (
     ),
     Command(
         "report", f"write {LAYOUT.report} and {LAYOUT.metrics}",
-        "Assemble the report a person reads first: the METHOD.md §9 checks (pass/fail with numbers), motion "
+        "Assemble the report a person reads first: the docs/method.md §9 checks (pass/fail with numbers), motion "
         "vs appearance accuracies, network- and layer-level tables and figures, derived networks, ranking "
         "fidelity, time per stage; and the scalar metrics for DVC.",
         "stfusion.stages.report:report",

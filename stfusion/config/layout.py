@@ -335,7 +335,8 @@ def in_folder(path: str, folder: str | Path) -> Path:
 
 # --------------------------------------------------------------------------------------- stage parameters
 _DATA_LOADING = ["preset", "data.frames", "data.stride", "data.sampling", "data.size", "data.backend"]
-#: the views of :func:`stfusion.data.transforms.view_from_params`: training, evaluation (and calibration), test
+#: the views of :func:`stfusion.data.transforms.view_from_params`: training, evaluation (validation, calibration,
+#: and the input size costs are counted at), test
 _TRAIN_VIEW = ["data.flip", "data.crop", "data.train_short_side", "data.max_decode_failures"]
 _EVAL_VIEW = ["data.eval_crop", "data.eval_short_side"]
 _TEST_VIEW = [*_EVAL_VIEW, "data.test_clips", "data.test_crops"]

@@ -1,4 +1,4 @@
-"""Variational DropPath: a learned Bernoulli gate on a whole path (METHOD.md §4).
+"""Variational DropPath: a learned Bernoulli gate on a whole path (docs/method.md §4).
 
 Each gate holds one scalar logit; ``p = sigmoid(logit)`` is the probability that the path is *dropped*.
 In training the gate draws one relaxed-Bernoulli (binary concrete) mask per sample, shape ``(N, 1, 1, 1, 1)``,
@@ -52,7 +52,7 @@ class VariationalDropPath(nn.Module):
         return sample_masks([self], n, device, dtype).view(n, 1, 1, 1, 1)
 
     def kl(self, weight_sq: Tensor, n_train: int, k: float, form: str = "linear") -> Tensor:
-        """KL term of this gate (METHOD.md §4).
+        """KL term of this gate (docs/method.md §4).
 
         ``KL = c * (1 - p) * ||W||^2 + (1/N) * (p log p + (1 - p) log(1 - p))`` with ``c = k / N`` (``linear``,
         the experimental code) or ``c = k^2 / (2N)`` (``paper``, the paper's text). ``weight_sq`` is ``||W||^2``

@@ -1,4 +1,4 @@
-"""Basic fusion units (METHOD.md §2): a spatial path S, a spatiotemporal path ST, each behind its own gate.
+"""Basic fusion units (docs/method.md §2): a spatial path S, a spatiotemporal path ST, each behind its own gate.
 
 Two instantiations of the units, chosen by ``unit``:
 
@@ -215,7 +215,7 @@ class FusionPaths(nn.Module):
         return torch.stack([self.gate_s.p, self.gate_st.p]).detach()
 
     def kl(self, n_train: int, k: float, form: str, price: str = "weight") -> Tensor:
-        """Sum of the two gates' KL terms (METHOD.md §4), pricing ``price`` (see :func:`paths_price`)."""
+        """Sum of the two gates' KL terms (docs/method.md §4), pricing ``price`` (see :func:`paths_price`)."""
         paths = [self.s, self.st]
         return kl_sum([self.gate_s, self.gate_st], paths_price(paths, price).to(self.gate_s.p_logit.device),
                       n_train, k, form)

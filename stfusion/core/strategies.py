@@ -1,4 +1,4 @@
-"""Fusion strategies and the factorised posterior over them (METHOD.md §5).
+"""Fusion strategies and the factorised posterior over them (docs/method.md §5).
 
 A strategy is one state per fusion layer. States are bit masks: bit 0 keeps S, bit 1 keeps ST.
 
@@ -199,7 +199,7 @@ class Posterior:
 
 
 def families(n_layers: int, stage_of_layer: Sequence[int] | None = None) -> dict[str, Strategy]:
-    """The hand-designed families of METHOD.md §5, built for any depth.
+    """The hand-designed families of docs/method.md §5, built for any depth.
 
     ``stage_of_layer`` (stage index per fusion layer) adds the per-stage patterns: ST in one stage and S+ST
     elsewhere (the paper's derived ResNet has ST in stage 3 only).

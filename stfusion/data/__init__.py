@@ -1,2 +1,2 @@
 """Data layer: built-in benchmark, published annotation formats, video decoding, the uint8 cache, the prepared
-videos (``prepare_videos``, ``manifest``, ``packed``) and the Dataset that training reads (METHOD.md §8-§10)."""
+videos (``prepare_videos``, ``manifest``, ``packed``) and the Dataset that training reads (docs/method.md §8-§10)."""

@@ -1,5 +1,5 @@
 """The built-in benchmark: short lossless H.264 clips whose classes differ either only in motion or only in
-appearance (METHOD.md §10).
+appearance (docs/method.md §10).
 
 Classes (14): five *motion pairs* and four *appearance* classes.
 

@@ -1,6 +1,6 @@
 """Spatial transforms of decoded clips and the normalisation of batches: small pure functions.
 
-The field's protocol (METHOD.md §8), as data: a :class:`ViewSpec` says how the clips of one use are cut.
+The field's protocol (docs/method.md §8), as data: a :class:`ViewSpec` says how the clips of one use are cut.
 
 - **train**: the short side is drawn from ``short_side = (min, max)``, a random ``crop`` x ``crop`` square is
   taken, and flipped horizontally half of the time when ``flip``;
@@ -32,7 +32,8 @@ from stfusion.data.sampling import spatial_crops
 if TYPE_CHECKING:
     from stfusion.config.settings import Data
 
-__all__ = ["MEAN", "STD", "MODES", "ViewSpec", "view_from_params", "crop_boxes", "cut", "normalize", "average_views", "views_text"]
+__all__ = ["MEAN", "STD", "MODES", "ViewSpec", "view_from_params", "crop_boxes", "cut", "normalize", "average_views", "views_text",
+           "reported_views", "inference_clip_shape"]
 
 #: per-channel normalisation on the 0-255 scale (the usual video constants 0.45 / 0.225)
 MEAN = (114.75, 114.75, 114.75)
@@ -89,11 +90,24 @@ def view_from_params(data: Data, mode: str) -> ViewSpec:
                     clips=data.test_clips if test else 1, crops=data.test_crops if test else 1)
 
 
-def views_text(data: Data) -> str:
-    """How test accuracies are measured, from the ``data`` settings, for tables and reports:
-    ``"2 clips x 3 crops"`` (softmax averaged over the views)."""
-    clips, crops = data.test_clips, data.test_crops
+def inference_clip_shape(data: Data) -> tuple[int, int, int, int]:
+    """``(3, T, H, W)`` of one evaluation clip of the ``data`` settings: ``frames`` frames at the evaluation
+    crop. A network's input at inference, so the one input size every network's cost (MACs) is counted at."""
+    side = view_from_params(data, "eval").crop
+    return (3, int(data.frames), side, side)
+
+
+def views_text(clips: int, crops: int) -> str:
+    """How test accuracies are measured, for tables and reports: ``"2 clips x 3 crops"`` (softmax averaged over
+    the views)."""
     return f"{clips} clip{'s' if clips != 1 else ''} x {crops} crop{'s' if crops != 1 else ''}"
+
+
+def reported_views(data: Data) -> dict:
+    """The test views of the ``data`` settings as the columns of a table of test accuracies: ``test_clips``
+    and ``test_crops`` (numbers) and ``test_views`` (:func:`views_text`)."""
+    spec = view_from_params(data, "test")
+    return {"test_views": views_text(spec.clips, spec.crops), "test_clips": spec.clips, "test_crops": spec.crops}
 
 
 def crop_boxes(h: int, w: int, spec: ViewSpec, rng=None) -> np.ndarray:

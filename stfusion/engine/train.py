@@ -4,7 +4,7 @@ networks (derived or stand-alone strategies). Both resume from the last atomic c
 Files in ``out_dir``:
   ``last.pt``          the last checkpoint: model, optimizer, scheduler, finished epochs, the step reached in the
                        next epoch with its partial sums, every rank's RNG states, the optimizer step count, history
-  ``model.pt``         the final weights (written once training is complete)
+  ``model.pt``         the final weights and ``fit``'s ``record`` (written once, when training is complete)
   ``history.csv``      one row an epoch: phase, lr, loss, cross-entropy, KL, train accuracy (over the global
                        batches of every rank), optimizer steps, decode failures, and the validation columns of
                        ``fit``'s ``evaluate`` hook (:mod:`stfusion.engine.evaluation`)
@@ -268,6 +268,38 @@ class TrainState:
     stats: list = field(default_factory=list)  # per-path gate statistics (stfusion.core.gate_stats)
 
 
+STALE_POLICIES = ("refuse", "restart")
+
+
+@dataclass
+class Run:
+    """One training run in progress: the network (``model``; ``net`` is what the loop calls, the DDP wrapper of
+    the current ``phase`` or the model itself), its optimiser and learning-rate schedule, the settings, where it
+    checkpoints (``out_dir/last.pt``) and how far it got (``state``)."""
+
+    model: FusionNetwork
+    cfg: TrainConfig
+    out_dir: Path
+    device: torch.device
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LambdaLR
+    state: TrainState
+    n_batches: int
+    clock: CheckpointClock
+    autocast: torch.autocast
+    net: torch.nn.Module | None = None
+    phase: str | None = None
+    check_unused: bool = False
+
+    @property
+    def ckpt_path(self) -> Path:
+        return self.out_dir / "last.pt"
+
+    @property
+    def gated(self) -> bool:
+        return self.cfg.kl_k is not None
+
+
 def fit(
     model: FusionNetwork,
     train_set: Dataset,
@@ -276,146 +308,181 @@ def fit(
     *,
     progress: bool = True,
     evaluate: Callable[[FusionNetwork, int], dict] | None = None,
+    record: dict | None = None,
+    on_stale: str = "refuse",
 ) -> pd.DataFrame:
     """Train ``model`` on ``train_set`` (items ``(uint8 (3, T, H, W), label[, decode failure])``), resuming from
     ``out_dir/last.pt``.
 
     With ``cfg.kl_k`` set, the model is a supernet: gate-free for ``warmup_epochs``, then gated with loss
-    ``CE + KL`` (METHOD.md §4). ``evaluate(model, epoch)`` (1-based epoch; see :mod:`stfusion.engine.evaluation`) runs
-    on the main process after every epoch; its dict joins the epoch's history row. Returns the history table.
+    ``CE + KL`` (docs/method.md §4). ``evaluate(model, epoch)`` (1-based epoch; see :mod:`stfusion.engine.evaluation`) runs
+    on the main process after every epoch; its dict joins the epoch's history row. ``record``: entries
+    ``model.pt`` carries beside the weights (the supernet's build information). ``on_stale``: what to do with a
+    ``last.pt`` written for another architecture or other settings, or damaged: ``refuse`` (an error) or
+    ``restart`` (delete it, with a warning, and train from the start). Returns the history table.
     Raises :class:`ResumableStop` after writing a checkpoint when SIGTERM or SIGUSR1 arrives.
     """
-    out_dir = Path(out_dir)
+    if on_stale not in STALE_POLICIES:
+        raise ValueError(f"on_stale must be one of {STALE_POLICIES}, got {on_stale!r}")
+    run = _start(model, train_set, cfg, Path(out_dir), on_stale)
+    state, main = run.state, distributed.is_main()
+    bar = tqdm(range(state.epoch, cfg.total_epochs), desc=f"train {run.out_dir.name}",
+               disable=not (progress and main), leave=False)
+    with StopRequest() as stop:
+        for epoch in bar:
+            phase = _enter_phase(run, epoch)
+            t0 = train_epoch(run, train_set, epoch, phase, stop)
+            row = _end_epoch(run, epoch, phase, t0, evaluate if main else None)
+            bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_top1']:.2f}")
+            state.epoch, state.step, state.sums = epoch + 1, 0, new_sums()
+            _save(run, epoch_done=True)
+            if distributed.any_true(stop.signal is not None)[0] and state.epoch < cfg.total_epochs:
+                _stopped(stop.signal, run.ckpt_path, state.epoch, 0)
+    if main:
+        final = {"arch": run.model.arch, "model": run.model.state_dict(), "config": asdict(cfg),
+                 "optimizer_steps": state.optimizer_steps, **(record or {})}
+        guarded_write(run.out_dir / "model.pt", lambda: (
+            _write_tables(run.out_dir, state.history, state.rates, state.stats),
+            save_torch(final, run.out_dir / "model.pt")))
+    distributed.barrier()
+    return pd.DataFrame(state.history)
+
+
+def _start(model: FusionNetwork, train_set: Dataset, cfg: TrainConfig, out_dir: Path, on_stale: str) -> Run:
+    """The run set up on its device: optimiser, schedule, the seeded random streams, the state resumed from
+    ``last.pt`` (see :func:`_initial_state`), BatchNorm over the global batch under DDP."""
     out_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     if device.type == "cuda" and distributed.world_size() > 1:
         device = torch.device("cuda", torch.cuda.current_device())
-    main = distributed.is_main()
     model.to(device)
     if cfg.channels_last:
         model.to(memory_format=torch.channels_last_3d)
     if cfg.precision == "bf16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
         raise StfusionError(f"compute.precision is bf16 but {torch.cuda.get_device_name(device)} has no bf16 "
                             "support (set compute.precision: fp32)")
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    gated = cfg.kl_k is not None
-    n_train = cfg.n_train or len(train_set)
     optimizer = make_optimizer(model, cfg)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, EpochSchedule(cfg.warmup_epochs, cfg.epochs, cfg.schedule, tuple(cfg.milestones))
     )
     torch.manual_seed(cfg.seed + distributed.rank())  # independent masks and augmentation per rank
-    ckpt_path = out_dir / "last.pt"
-    state = _resume(ckpt_path, model, optimizer, scheduler, cfg) if ckpt_path.exists() else TrainState()
-    n_batches = batches_per_epoch(len(train_set), cfg)
-
-    def save(epoch_done: bool) -> None:
-        """Checkpoint (and, at an epoch's end, the tables), written by rank 0 once every rank finished the step."""
-        ranks = distributed.gather({"rng": rng_state(), "sums": dict(state.sums)})
-        failed = None
-        if main:
-            try:
-                _write_checkpoint(ckpt_path, model, optimizer, scheduler, cfg, state, ranks)
-                if epoch_done:
-                    guarded_write(ckpt_path,
-                                  lambda: _write_tables(out_dir, state.history, state.rates, state.stats))
-            except StfusionError as exc:
-                failed = exc
-        if distributed.any_true(failed is not None)[0]:
-            raise failed or StfusionError(f"rank 0 could not write the checkpoint {ckpt_path}; see its log")
-        clock.reset()
-
+    state = _initial_state(out_dir / "last.pt", model, optimizer, scheduler, cfg, on_stale)
     if distributed.world_size() > 1 and cfg.sync_bn:
         if device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         else:  # gloo on CPU: PyTorch's SyncBatchNorm needs CUDA
             distributed.global_batchnorm(model)
-    net, net_phase, check_unused = model, None, False
-    clock = CheckpointClock(cfg.checkpoint_minutes)
-    bar = tqdm(range(state.epoch, cfg.total_epochs), desc=f"train {out_dir.name}",
-               disable=not (progress and main), leave=False)
-    with StopRequest() as stop:
-        stopping = False
-        for epoch in bar:
-            phase = "warmup" if epoch < cfg.warmup_epochs else ("gated" if gated else "train")
-            if gated:
-                model.set_gates_active(phase == "gated")
-            if phase != net_phase:
-                # gate logits only train in the gated phase; DDP must know which parameters take part
-                for p in model.gate_parameters():
-                    p.requires_grad_(phase == "gated")
-                net, net_phase, check_unused = _wrap_ddp(model, device), phase, distributed.world_size() > 1
-            model.train()
-            sums = state.sums
-            t0 = time.perf_counter() - sums["seconds"]
-            failures = DecodeFailures(train_set, n_batches * (cfg.batch_size // distributed.world_size()))
-            failures.count = sums["decode_failures"]
-            for step, batch in enumerate(epoch_loader(train_set, cfg, epoch, state.step), start=state.step):
-                x, y, failed = split_failures(batch)
-                failures.add(failed)
-                x, y = normalize(x, device, channels_last=cfg.channels_last), y.to(device, non_blocking=True)
-                uniform = phase == "gated" and uniform_step(cfg, epoch, step)
-                if uniform:
-                    model.set_uniform_states(True)
-                # a uniform step keeps the KL term in the graph at weight 0, as DDP needs every parameter to take part
-                out = train_step(net, model, optimizer, x, y, autocast=autocast,
-                                 kl=(n_train, cfg.kl_k, cfg.kl_form, cfg.kl_price) if phase == "gated" else None,
-                                 kl_scale=0.0 if uniform else kl_factor(cfg, epoch),
-                                 where=f"epoch {epoch + 1}, step {step + 1}", ckpt_path=ckpt_path,
-                                 check_unused=check_unused)
-                if uniform:
-                    model.set_uniform_states(False)
-                check_unused = False
-                b = y.numel()
-                sums["loss"] += out["loss"] * b
-                sums["ce"] += out["ce"] * b
-                sums["kl"] += out["kl"] * b
-                sums["correct"] += out["correct"]
-                sums["n"] += b
-                sums["decode_failures"] = failures.count
-                sums["seconds"] = time.perf_counter() - t0
-                state.step, state.optimizer_steps = step + 1, state.optimizer_steps + 1
-                stopping, due = distributed.any_true(stop.signal is not None, clock.due())
-                if (stopping or due) and state.step < n_batches:
-                    save(epoch_done=False)
-                    if stopping:
-                        _stopped(stop.signal, ckpt_path, epoch, state.step)
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            total = distributed.sum_over_ranks(
-                {k: sums[k] for k in ("loss", "ce", "kl", "correct", "n", "decode_failures")})
-            n = max(total["n"], 1)
-            row = {
-                "epoch": epoch + 1, "phase": phase, "lr": lr, "loss": total["loss"] / n, "ce": total["ce"] / n,
-                "kl": total["kl"] / n, "train_top1": total["correct"] / n, "steps": state.optimizer_steps,
-                "decode_failures": int(total["decode_failures"]), "seconds": time.perf_counter() - t0,
-            }
-            if evaluate is not None and main:
-                row.update(evaluate(model, epoch + 1))
-            state.history.append(row)
-            if gated:
-                p = model.drop_rates()
-                for li, stage in enumerate(model.stage_of_layer):
-                    state.rates.append({"epoch": epoch + 1, "layer": li, "stage": stage, "p_S": p[li, 0],
-                                        "p_ST": p[li, 1]})
-                state.stats += gate_rows(model, epoch + 1, cfg.kl_price)
-            bar.set_postfix(loss=f"{row['loss']:.3f}", acc=f"{row['train_top1']:.2f}")
-            if main:
-                log.info("epoch %d/%d %s loss %.4f ce %.4f kl %.4f acc %.3f lr %.4g decode failures %d (%.1fs)",
-                         epoch + 1, cfg.total_epochs, phase, row["loss"], row["ce"], row["kl"], row["train_top1"], lr,
-                         row["decode_failures"], row["seconds"])
-            state.epoch, state.step, state.sums = epoch + 1, 0, new_sums()
-            save(epoch_done=True)
-            stopping = distributed.any_true(stop.signal is not None)[0]
-            if stopping and state.epoch < cfg.total_epochs:
-                _stopped(stop.signal, ckpt_path, state.epoch, 0)
-    if main:
-        guarded_write(out_dir / "model.pt", lambda: (
-            _write_tables(out_dir, state.history, state.rates, state.stats),
-            save_torch({"arch": model.arch, "model": model.state_dict(), "config": asdict(cfg),
-                        "optimizer_steps": state.optimizer_steps}, out_dir / "model.pt")))
-    distributed.barrier()
-    return pd.DataFrame(state.history)
+    return Run(model, cfg, out_dir, device, optimizer, scheduler, state, batches_per_epoch(len(train_set), cfg),
+               CheckpointClock(cfg.checkpoint_minutes),
+               torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"))
+
+
+def _enter_phase(run: Run, epoch: int) -> str:
+    """The phase of ``epoch`` (``warmup``, ``gated`` or ``train``), the gates switched on or off for it; at a new
+    phase the gate logits train only when gated and the DDP wrapper is rebuilt (it must know which parameters
+    take part)."""
+    phase = "warmup" if epoch < run.cfg.warmup_epochs else ("gated" if run.gated else "train")
+    if run.gated:
+        run.model.set_gates_active(phase == "gated")
+    if phase != run.phase:
+        for p in run.model.gate_parameters():
+            p.requires_grad_(phase == "gated")
+        run.net, run.phase, run.check_unused = _wrap_ddp(run.model, run.device), phase, distributed.world_size() > 1
+    return phase
+
+
+def train_epoch(run: Run, train_set: Dataset, epoch: int, phase: str, stop: StopRequest) -> float:
+    """The optimizer steps of ``epoch`` from the step the run reached, summed into ``run.state.sums``; a
+    checkpoint inside the epoch when the clock is due or a stop was requested (then :class:`ResumableStop`).
+    Returns the epoch's start on the ``time.perf_counter`` clock (earlier by the seconds of a resumed part)."""
+    cfg, state, model = run.cfg, run.state, run.model
+    model.train()
+    n_train = cfg.n_train or len(train_set)
+    sums = state.sums
+    t0 = time.perf_counter() - sums["seconds"]
+    failures = DecodeFailures(train_set, run.n_batches * (cfg.batch_size // distributed.world_size()))
+    failures.count = sums["decode_failures"]
+    for step, batch in enumerate(epoch_loader(train_set, cfg, epoch, state.step), start=state.step):
+        x, y, failed = split_failures(batch)
+        failures.add(failed)
+        x, y = normalize(x, run.device, channels_last=cfg.channels_last), y.to(run.device, non_blocking=True)
+        uniform = phase == "gated" and uniform_step(cfg, epoch, step)
+        if uniform:
+            model.set_uniform_states(True)
+        # a uniform step keeps the KL term in the graph at weight 0, as DDP needs every parameter to take part
+        out = train_step(run.net, model, run.optimizer, x, y, autocast=run.autocast,
+                         kl=(n_train, cfg.kl_k, cfg.kl_form, cfg.kl_price) if phase == "gated" else None,
+                         kl_scale=0.0 if uniform else kl_factor(cfg, epoch),
+                         where=f"epoch {epoch + 1}, step {step + 1}", ckpt_path=run.ckpt_path,
+                         check_unused=run.check_unused)
+        if uniform:
+            model.set_uniform_states(False)
+        run.check_unused = False
+        _add_step(sums, out, y.numel())
+        sums["decode_failures"] = failures.count
+        sums["seconds"] = time.perf_counter() - t0
+        state.step, state.optimizer_steps = step + 1, state.optimizer_steps + 1
+        stopping, due = distributed.any_true(stop.signal is not None, run.clock.due())
+        if (stopping or due) and state.step < run.n_batches:
+            _save(run, epoch_done=False)
+            if stopping:
+                _stopped(stop.signal, run.ckpt_path, epoch, state.step)
+    return t0
+
+
+def _add_step(sums: dict, out: dict, b: int) -> None:
+    """Add a step's means over its ``b`` samples (:func:`train_step`) to the epoch's sums."""
+    for k in ("loss", "ce", "kl"):
+        sums[k] += out[k] * b
+    sums["correct"] += out["correct"]
+    sums["n"] += b
+
+
+def _end_epoch(run: Run, epoch: int, phase: str, t0: float, evaluate: Callable | None) -> dict:
+    """After the last step of ``epoch``: the schedule's step, the epoch's history row (the sums over every rank,
+    then ``evaluate``'s columns), the drop rates and gate statistics of a gated network, a log line."""
+    cfg, state, model = run.cfg, run.state, run.model
+    lr = run.optimizer.param_groups[0]["lr"]
+    run.scheduler.step()
+    total = distributed.sum_over_ranks(
+        {k: state.sums[k] for k in ("loss", "ce", "kl", "correct", "n", "decode_failures")})
+    n = max(total["n"], 1)
+    row = {
+        "epoch": epoch + 1, "phase": phase, "lr": lr, "loss": total["loss"] / n, "ce": total["ce"] / n,
+        "kl": total["kl"] / n, "train_top1": total["correct"] / n, "steps": state.optimizer_steps,
+        "decode_failures": int(total["decode_failures"]), "seconds": time.perf_counter() - t0,
+    }
+    if evaluate is not None:
+        row.update(evaluate(model, epoch + 1))
+    state.history.append(row)
+    if run.gated:
+        p = model.drop_rates()
+        for li, stage in enumerate(model.stage_of_layer):
+            state.rates.append({"epoch": epoch + 1, "layer": li, "stage": stage, "p_S": p[li, 0], "p_ST": p[li, 1]})
+        state.stats += gate_rows(model, epoch + 1, cfg.kl_price)
+    if distributed.is_main():
+        log.info("epoch %d/%d %s loss %.4f ce %.4f kl %.4f acc %.3f lr %.4g decode failures %d (%.1fs)",
+                 epoch + 1, cfg.total_epochs, phase, row["loss"], row["ce"], row["kl"], row["train_top1"], lr,
+                 row["decode_failures"], row["seconds"])
+    return row
+
+
+def _save(run: Run, epoch_done: bool) -> None:
+    """Checkpoint (and, at an epoch's end, the tables), written by rank 0 once every rank finished the step."""
+    state = run.state
+    ranks = distributed.gather({"rng": rng_state(), "sums": dict(state.sums)})
+    failed = None
+    if distributed.is_main():
+        try:
+            _write_checkpoint(run.ckpt_path, run.model, run.optimizer, run.scheduler, run.cfg, state, ranks)
+            if epoch_done:
+                guarded_write(run.ckpt_path,
+                              lambda: _write_tables(run.out_dir, state.history, state.rates, state.stats))
+        except StfusionError as exc:
+            failed = exc
+    if distributed.any_true(failed is not None)[0]:
+        raise failed or StfusionError(f"rank 0 could not write the checkpoint {run.ckpt_path}; see its log")
+    run.clock.reset()
 
 
 def train_step(net, model: FusionNetwork, optimizer, x: torch.Tensor, y: torch.Tensor, *, autocast, kl,
@@ -454,18 +521,35 @@ def _stopped(signum: int, ckpt_path: Path, epoch: int, step: int):
                         f"{ckpt_path} written; run the same command again to resume")
 
 
-def _resume(ckpt_path: Path, model, optimizer, scheduler, cfg: TrainConfig) -> TrainState:
-    """Load ``last.pt`` into the model, optimizer, scheduler and this rank's RNG; the :class:`TrainState` in it."""
+def _initial_state(ckpt_path: Path, model, optimizer, scheduler, cfg: TrainConfig, on_stale: str) -> TrainState:
+    """Where the run starts: from ``last.pt`` when it was written for this architecture and these settings
+    (:func:`_resume`), else, by ``on_stale``, an error or a fresh start (rank 0 deletes the stale file once every
+    rank has read it). The one place that decides what a stale ``last.pt`` means."""
+    if not ckpt_path.exists():
+        return TrainState()
     run, marker = distributed.elastic_run_id(), ckpt_path.with_name("stopped")
     if run and marker.exists() and marker.read_text() == run:
         # torchrun restarts workers that stopped for a signal: this launch is ending, do not train on
         raise ResumableStop(f"this launch was stopped by a signal; checkpoint {ckpt_path} waits for the next one")
-    ckpt = load_checkpoint(ckpt_path, arch=model.arch)
-    written = {k: v for k, v in (ckpt.get("config") or {}).items() if k not in RUN_ONLY_FIELDS}
-    if written != cfg.settings():
-        raise StfusionError(
-            f"{ckpt_path} was written with different training settings; delete {ckpt_path.parent} to start over"
-        )
+    try:
+        ckpt = load_checkpoint(ckpt_path, arch=model.arch)
+        written = {k: v for k, v in (ckpt.get("config") or {}).items() if k not in RUN_ONLY_FIELDS}
+        if written != cfg.settings():
+            raise StfusionError(f"{ckpt_path} was written with different training settings")
+    except StfusionError as exc:  # damaged, another architecture or other settings
+        if on_stale == "refuse":
+            raise StfusionError(f"{exc}; delete {ckpt_path.parent} to start over") from None
+        log.warning("%s; starting the training over", exc)
+        distributed.barrier()
+        if distributed.is_main():
+            ckpt_path.unlink(missing_ok=True)
+        return TrainState()
+    return _resume(ckpt, ckpt_path, model, optimizer, scheduler, cfg)
+
+
+def _resume(ckpt: dict, ckpt_path: Path, model, optimizer, scheduler, cfg: TrainConfig) -> TrainState:
+    """Load the checkpoint ``ckpt`` (of ``ckpt_path``) into the model, optimizer, scheduler and this rank's RNG;
+    the :class:`TrainState` in it."""
     model.load_state_dict(ckpt["model"])
     optimizer.load_state_dict(ckpt["optimizer"])
     scheduler.load_state_dict(ckpt["scheduler"])

@@ -87,7 +87,7 @@ class FusionNetwork(nn.Module):
         return Posterior.from_drop_rates(self.drop_rates(), self.allow_none, rule)
 
     def kl(self, n_train: int, k: float, form: str = "linear", price: str = "weight") -> Tensor:
-        """Sum of the KL terms of every gate (METHOD.md §4), computed for all gates at once: a few ops in all
+        """Sum of the KL terms of every gate (docs/method.md §4), computed for all gates at once: a few ops in all
         instead of about ten per gate, which on a GPU are kernel launches that cost more than the arithmetic.
         ``price`` says what each kept path pays for (:func:`stfusion.core.fusion.paths_price`)."""
         layers = self.fusion_layers
@@ -97,7 +97,7 @@ class FusionNetwork(nn.Module):
 
     def export(self, strategy: Strategy) -> "FusionNetwork":
         """A plain copy for ``strategy``: only the kept convs, no gates and no trainable logits; weights are the
-        template's (a derived network, METHOD.md §6)."""
+        template's (a derived network, docs/method.md §6)."""
         net = copy.deepcopy(self)
         net.set_strategy(strategy)
         net.arch = {**self.arch, "strategy": strategy.id}

@@ -1,4 +1,4 @@
-"""The paper's template: DenseNet-121 inflated to 3D (METHOD.md §3), and the 2D -> 3D inflation helpers.
+"""The paper's template: DenseNet-121 inflated to 3D (docs/method.md §3), and the 2D -> 3D inflation helpers.
 
 Layout (``unit="factorised"``, the paper's template)::
 
@@ -11,7 +11,7 @@ Layout (``unit="factorised"``, the paper's template)::
 
 Paths are pre-activated (BN -> ReLU -> conv, the paper's experimental code). Spatial downsampling is by pooling
 only; time is never downsampled (temporal stride 1, temporal padding keeps T). Fusion layers, in order: the dense
-layers and the transitions of each block, 58 + 3 = 61 for DenseNet-121 (122 gate logits; METHOD.md mentions 123
+layers and the transitions of each block, 58 + 3 = 61 for DenseNet-121 (122 gate logits; the paper mentions 123
 gates, a count we cannot reproduce from the architecture it describes: there is no further 1x1 conv to gate).
 
 ``unit="full"``: the gated S / ST paths of dense layers and transitions are a 1x3x3 / 3x3x3 conv (to the same

@@ -1,4 +1,4 @@
-"""3D ResNet family with one gated S / ST fusion layer per residual block (METHOD.md §3, §6).
+"""3D ResNet family with one gated S / ST fusion layer per residual block (docs/method.md §3, §6).
 
 torchvision style (conv -> BN, ReLU after the gated sum). The fusion point of each block:
 

@@ -1,6 +1,6 @@
 """``results/report.md``, the page a person reads first, and ``results/metrics.json`` (scalars for DVC).
 
-The report states the checks of METHOD.md §9 plainly, each PASS or FAIL with its numbers:
+The report states the checks of docs/method.md §9 plainly, each PASS or FAIL with its numbers:
 
 1. non-uniform, depth-dependent posterior: mean P(ST) over the last third of the fusion layers exceeds that of
    the first third and exceeds mean P(S) over the last third, both by more than ``DEPTH_MARGIN`` (so that the
@@ -21,16 +21,21 @@ from __future__ import annotations
 
 import json
 import math
-import re
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from stfusion.analysis.space import preference_summary
-from stfusion.core.costs import CONVENTION
-from stfusion.io.tables import to_markdown
 from stfusion.analysis.validation import UNIFORM
+from stfusion.config.layout import RunLayout
+from stfusion.core.costs import CONVENTION
+from stfusion.data.transforms import views_text
+from stfusion.io.tables import to_markdown
+from stfusion.report.files import CONFUSION, CURVES, PARETO_DERIVED, PARETO_NETWORK
 
 DEPTH_MARGIN = 0.02
 MOTION_GAP = 0.15
@@ -44,12 +49,12 @@ STAGE_ORDER = ["generate", "prepare", "train_supernet", "sample_strategies", "sc
                "derive", "finetune", "validate_ranking", "report"]
 
 
-def _read_csv(path: Path) -> pd.DataFrame | None:
-    return pd.read_csv(path) if path.is_file() else None
+def _read_csv(path: str | Path) -> pd.DataFrame | None:
+    return pd.read_csv(path) if Path(path).is_file() else None
 
 
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+def _read_json(path: str | Path) -> dict | None:
+    return json.loads(Path(path).read_text()) if Path(path).is_file() else None
 
 
 def _fmt(x, digits: int = 3) -> str:
@@ -132,26 +137,6 @@ def _entropy_ratio(summary: dict) -> float | None:
     return float(e) / float(e0) if e is not None and e0 else None
 
 
-def fidelity_study_lines(results: Path) -> list[str]:
-    """The ranking-fidelity study's section: its figures when ``results/fidelity/fidelity.json`` exists, and
-    how to run it."""
-    from stfusion.analysis.fidelity import summary_lines
-
-    study = _read_json(results / "fidelity" / "fidelity.json")
-    L = ["## Ranking-fidelity study", ""]
-    if study:
-        L += summary_lines(study) + ["", f"Training time: {study.get('train_seconds', float('nan')) / 60:.1f} min "
-                                         f"of runs one after another, {study.get('wall_seconds', float('nan')) / 60:.1f}"
-                                         " min wall clock. Details: `fidelity/fidelity.md`.", "",
-                                     "![fidelity study](fidelity/fidelity.png)", ""]
-    L += ["The check above uses only a few strategies and one seed: a smoke test of the machinery. The study "
-          "(`fidelity.n_strategies` strategies stratified over the score range, `fidelity.seeds` seeds each, the "
-          "`validate` budget; Kendall tau-b and Spearman rho with 95% bootstrap intervals, the seed-to-seed "
-          "ceiling, top-k overlap, regret) runs with `snakemake --cores all fidelity` or "
-          "`dvc repro studies/fidelity/dvc.yaml` and writes `results/fidelity/`.", ""]
-    return L
-
-
 def compute_checks(pref, ranked, fidelity, initial: dict | None = None,
                    standalone: pd.DataFrame | None = None) -> list[dict]:
     """The §9 checks (see the module docstring). ``initial``: the marginals before training, quoted beside
@@ -230,8 +215,62 @@ def compute_checks(pref, ranked, fidelity, initial: dict | None = None,
     return checks
 
 
+# ------------------------------------------------------------------------------------------------ inputs
+@dataclass(frozen=True)
+class ReportInputs:
+    """What the report reads, each ``None`` (``{}`` for ``summary``) where its stage has not run: the tables of
+    :class:`~stfusion.config.layout.RunLayout` (``ranked``: one row a scored strategy; ``pref``: one row a fusion
+    layer; ``derived``, ``finetuned``, ``standalone``: one row a network), the rank correlations (``fidelity``),
+    the posterior summary, the supernet's history, the cache's manifest and classes, the seconds per stage and
+    the ranking-fidelity study's result."""
+
+    ranked: pd.DataFrame | None
+    pref: pd.DataFrame | None
+    derived: pd.DataFrame | None
+    finetuned: pd.DataFrame | None
+    standalone: pd.DataFrame | None
+    fidelity: dict | None
+    summary: dict
+    history: pd.DataFrame | None
+    manifest: pd.DataFrame | None
+    classes: pd.DataFrame | None
+    timing: pd.DataFrame
+    study: dict | None
+
+    @property
+    def n_classes(self) -> int | None:
+        return len(self.classes) if self.classes is not None else None
+
+    @property
+    def split_sizes(self) -> dict[str, int]:
+        """Clips per split, most first (``{}`` without a manifest)."""
+        m = self.manifest
+        return m["split"].value_counts().to_dict() if m is not None and "split" in m else {}
+
+    @property
+    def class_kinds(self) -> dict[str, int]:
+        c = self.classes
+        return c["kind"].value_counts().to_dict() if c is not None and "kind" in c else {}
+
+    @property
+    def total_seconds(self) -> float:
+        """Seconds of work over every stage (NaN without timing records)."""
+        return float(self.timing["seconds"].sum()) if len(self.timing) else float("nan")
+
+
+def load_inputs(layout: RunLayout) -> ReportInputs:
+    """Every input of the report, from the files ``layout`` names."""
+    return ReportInputs(
+        ranked=_read_csv(layout.ranking), pref=_read_csv(layout.preference), derived=_read_csv(layout.derived),
+        finetuned=_read_csv(layout.finetune_table), standalone=_read_csv(layout.standalone_table),
+        fidelity=_read_json(layout.fidelity), summary=_read_json(layout.analysis_summary) or {},
+        history=_read_csv(layout.history), manifest=_read_csv(layout.manifest), classes=_read_csv(layout.classes),
+        timing=timing_table(Path(layout.timing_dir)), study=_read_json(layout.fidelity_study))
+
+
 # ------------------------------------------------------------------------------------------------ timing
 def timing_table(timing_dir: Path) -> pd.DataFrame:
+    """One row a stage (``stage, seconds, jobs``; jobs of a stage summed) in pipeline order."""
     rows = []
     for path in sorted(timing_dir.glob("*.json")) if timing_dir.is_dir() else []:
         info = json.loads(path.read_text())
@@ -245,238 +284,298 @@ def timing_table(timing_dir: Path) -> pd.DataFrame:
     return df.sort_values("_o").drop(columns="_o").reset_index(drop=True)
 
 
-# ------------------------------------------------------------------------------------------------ report
-def build_report(results: Path, checkpoint_dir: Path, cache_dir: Path, *, seed: int,
-                 versions: dict) -> tuple[str, dict]:
-    """Markdown text of the report and the metrics dictionary."""
-    ranked = _read_csv(results / "strategies" / "ranking.csv")
-    pref = _read_csv(results / "analysis" / "preference.csv")
-    derived = _read_csv(results / "derived" / "strategies.csv")
-    finetuned = _read_csv(results / "finetune" / "accuracy.csv")
-    standalone = _read_csv(results / "validation" / "standalone.csv")
-    fidelity = _read_json(results / "validation" / "ranking_fidelity.json")
-    summary = _read_json(results / "analysis" / "summary.json") or {}
-    history = _read_csv(checkpoint_dir / "history.csv")
-    manifest = _read_csv(cache_dir / "manifest.csv")
-    classes = _read_csv(cache_dir / "classes.csv")
-    timing = timing_table(results / "timing")
-    checks = compute_checks(pref, ranked, fidelity, summary.get("initial_marginals"), standalone)
+# ------------------------------------------------------------------------------------------------ metrics
+POSTERIOR_METRICS = ("entropy", "entropy_initial", "drop_rate_spread", "mean_P_ST_first_third",
+                     "mean_P_ST_last_third", "mean_P_S_last_third", "mean_P_ST_kept_first_third",
+                     "mean_P_ST_kept_last_third")
+FIDELITY_METRICS = ("kendall_tau", "spearman_rho", "kendall_tau_plain_bn", "kendall_tau_log_prob",
+                    "spearman_rho_plain_bn", "spearman_rho_log_prob")
+UNIFORM_KEYS = {"all-S": "all_S", "all-ST": "all_ST", "all-S+ST": "all_SST"}
+
+
+def compute_metrics(inp: ReportInputs, checks: list[dict], seed: int) -> dict[str, int | float]:
+    """The scalars of ``metrics.json``: numbers only (a missing or NaN value leaves its key out), in a fixed
+    order (data, posterior, supernet scores, rank correlations, test views, finetuning, checks, time)."""
+    m: dict = {"seed": seed, "n_classes": inp.n_classes}
+    m.update({f"n_{k}": int(v) for k, v in inp.split_sizes.items()})
+    m.update(_posterior_metrics(inp.summary))
+    m.update(_ranking_metrics(inp.ranked))
+    if inp.fidelity:
+        m.update({k: inp.fidelity.get(k) for k in FIDELITY_METRICS}, n_standalone=inp.fidelity.get("n"))
+    if inp.ranked is not None and len(inp.ranked):  # the test views every top1_test* is averaged over
+        m.update(test_clips=int(inp.ranked["test_clips"].iloc[0]), test_crops=int(inp.ranked["test_crops"].iloc[0]))
+    if inp.finetuned is not None and "top1_test" in inp.finetuned and len(inp.finetuned):
+        m["best_finetuned_top1_test"] = float(inp.finetuned["top1_test"].max())
+    m["checks_passed"] = int(sum(1 for c in checks if c["ok"]))
+    m["checks_total"] = int(len(checks))
+    total = inp.total_seconds
+    m["time_total_s"] = None if math.isnan(total) else round(total, 1)
+    for r in inp.timing.itertuples():
+        m[f"time_{r.stage}_s"] = round(float(r.seconds), 1)
+    return {k: v for k, v in m.items() if isinstance(v, (int, float)) and not math.isnan(v)}
+
+
+def _posterior_metrics(summary: dict) -> dict:
+    if not summary:
+        return {}
+    m = {k: summary[k] for k in POSTERIOR_METRICS if k in summary}
+    m["entropy_ratio"] = _entropy_ratio(summary)
+    m["n_layers_ST_or_SST_above_S"] = len(summary.get("layers_ST_or_SST_above_S", []))
+    m["n_layers_ST_kept_above_S_kept"] = len(summary.get("layers_ST_kept_above_S_kept", []))
+    return m
+
+
+def _ranking_metrics(ranked: pd.DataFrame | None) -> dict:
+    """The supernet scores of the uniform strategies and of the best sampled one, and the all-S motion gap."""
+    if ranked is None:
+        return {}
+    m: dict = {"n_strategies_scored": int(len(ranked))}
+    for name, r in _uniform_rows(ranked).items():
+        m.update({f"{UNIFORM_KEYS[name]}_{c}": float(r[c]) for c in ("top1", "top1_motion", "top1_appearance",
+                                                                      "top1_test") if c in r})
     best = best_sampled(ranked)
+    if best is not None:
+        m.update({f"best_sampled_{c}": float(best[c]) for c in ("top1", "top1_motion", "top1_appearance",
+                                                                 "top1_test", "top1_test_motion") if c in best})
+    if "top1_motion" in ranked:
+        m["best_top1_motion"] = float(ranked["top1_motion"].max())
+        if "all_S_top1_motion" in m:
+            m["all_S_motion_gap"] = m["best_top1_motion"] - m["all_S_top1_motion"]
+    return m
 
-    L: list[str] = ["# stfusion report", "", HTML_POINTER, ""]
-    L.append("Spatiotemporal fusion strategies of a 3D CNN as a probability space (Zhou et al., CVPR 2020): a template "
-             "network trained with Variational DropPath, strategies scored with its shared weights, layer-level "
-             "preferences, derived networks, and a check of the ranking against networks trained on their own.")
-    L.append("")
-    # data
-    n_split = manifest["split"].value_counts().to_dict() if manifest is not None and "split" in manifest else {}
-    n_classes = len(classes) if classes is not None else None
-    kinds = classes["kind"].value_counts().to_dict() if classes is not None and "kind" in classes else {}
-    L.append(f"**Data**: {n_classes} classes ({', '.join(f'{v} {k}' for k, v in kinds.items()) or 'kinds unknown'}); "
-             f"clips: {', '.join(f'{k} {v}' for k, v in sorted(n_split.items()))}. **Seed**: {seed}. "
-             f"**Keep-probability rule**: {summary.get('keep_prob_rule', 'n/a')} "
-             "(`paper`: keep = 1 - sqrt(p), Eq. 7; `plain`: keep = 1 - p). Scores are top-1 on the **validation** "
-             "split (selection) unless marked *test* (reporting only).")
-    L.append("")
 
-    # checks
-    L += ["## Checks (METHOD.md §9)", "", "| check | result | numbers |", "|---|---|---|"]
-    for c in checks:
-        L.append(f"| {c['check']} | {_verdict(c['ok'])} | {c['numbers']} |")
-    L.append("")
+# ------------------------------------------------------------------------------------------------ sections
+Link = Callable[[str], str]
 
-    # motion vs appearance
-    L += ["## Motion vs appearance", ""]
-    if ranked is not None:
-        rows = [("family " + name, r) for name, r in _uniform_rows(ranked).items()]
-        for r in ranked[ranked["source"].str.contains("family")].itertuples():
-            if r.name not in UNIFORM:
-                rows.append(("family " + r.name, ranked.loc[r.Index]))
-        if best is not None:
-            rows.append(("best sampled (on validation)", best))
-        mp = _row(ranked, "top-1")
-        if mp is not None:
-            rows.append(("most probable", mp))
-        cols = ["top1", "top1_motion", "top1_appearance", "top1_test", "top1_test_motion", "top1_test_appearance"]
-        tab = pd.DataFrame([{"strategy": label, "units": r["strategy"], **{c: r.get(c, np.nan) for c in cols}}
-                            for label, r in rows])
-        L += [_md(tab), ""]
-        if "test_views" in ranked:
-            L += [f"Test accuracies (`top1_test*`): {ranked['test_views'].iloc[0]} per video, softmax averaged.", ""]
-        L.append("All-S treats every frame on its own (a spatial stem and 1x3x3 convs, averaged over time), so it "
-                 "cannot tell a motion class from its time reversal: its motion accuracy is bounded by telling the "
-                 "pairs apart.")
-        L.append("")
-    if finetuned is not None:
-        L += ["Derived networks after finetuning (plain networks holding only their kept convs):", ""]
-        cols = [c for c in ["name", "rule", "strategy", "top1_val", "top1_val_motion", "top1_val_appearance",
-                            "top1_test", "top1_test_motion", "top1_test_appearance", "macs", "params"]
-                if c in finetuned]
-        L += [_md(finetuned[cols]), "", f"Costs: {CONVENTION}. Test accuracy against MACs:", "",
-              "![derived networks: accuracy vs MACs](report/pareto_derived.png)", "",
-              "![confusion matrix of the best derived network](report/confusion.png)", ""]
 
-    # network level
-    L += ["## Network level: families and sampled strategies", ""]
-    if ranked is not None:
-        from stfusion.analysis.space import network_table
+def _intro(inp: ReportInputs, seed: int) -> list[str]:
+    kinds = ", ".join(f"{v} {k}" for k, v in inp.class_kinds.items()) or "kinds unknown"
+    clips = ", ".join(f"{k} {v}" for k, v in sorted(inp.split_sizes.items()))
+    return ["# stfusion report", "", HTML_POINTER, "",
+            "Spatiotemporal fusion strategies of a 3D CNN as a probability space (Zhou et al., CVPR 2020): a "
+            "template network trained with Variational DropPath, strategies scored with its shared weights, "
+            "layer-level preferences, derived networks, and a check of the ranking against networks trained on "
+            "their own.", "",
+            f"**Data**: {inp.n_classes} classes ({kinds}); clips: {clips}. **Seed**: {seed}. "
+            f"**Keep-probability rule**: {inp.summary.get('keep_prob_rule', 'n/a')} "
+            "(`paper`: keep = 1 - sqrt(p), Eq. 7; `plain`: keep = 1 - p). Scores are top-1 on the **validation** "
+            "split (selection) unless marked *test* (reporting only).", ""]
 
-        net = network_table(ranked)
-        fam = net[net["source"].str.contains("family")]
-        top = net[~net["source"].str.contains("family")].head(10)
-        cols = [c for c in ["rank", "name", "source", "strategy", "log_prob", "prob", "top1", "top1_motion",
-                            "top1_appearance", "top1_plain_bn", "top1_test", "macs", "params", "race_status", "race_clips"] if c in net]
-        if "race_status" in ranked:
-            full = int((ranked["race_status"] == "full").sum())
-            L += [f"Racing: {full} of {len(ranked)} strategies were scored on the whole validation split; the "
-                  "others were dropped after `race_clips` clips (partial top-1 and interval in `top1_partial`, "
-                  "`top1_low`, `top1_high`; no full-split score).", ""]
-        L += [f"{len(ranked)} strategies scored (rank 1 = best validation top-1 of all). Families:", "",
-              _md(fam[cols], ".4g"), "", "Best ten of the others (most probable and sampled):", "",
-              _md(top[cols], ".4g"), "", "Full table: `analysis/network.csv`. Scatter of log-probability vs score:",
-              "", "![log-probability vs score](analysis/scatter.png)", "",
-              f"Supernet score against MACs per clip ({CONVENTION}):", "",
-              "![network level: accuracy vs MACs](report/pareto_network.png)", ""]
 
-    # layer level
-    L += ["## Layer level: preference", ""]
-    if pref is not None:
-        cols = [c for c in ["layer", "stage", "P(S)", "P(ST)", "P(S+ST)", "P(none)", "P(ST kept)", "preferred",
-                            "p_S", "p_ST"] if c in pref]
-        init = summary.get("initial_marginals") or {}
-        init_txt = ", ".join(f"{k} {_fmt(v)}" for k, v in init.items() if k != "P(none)")
-        L += [f"Marginal probability of each unit per layer (keep-probability rule: "
-              f"`{pref['keep_prob_rule'].iloc[0]}`), with the raw drop rate p of each gate. Before training "
-              f"(every p = {_fmt(summary.get('init_p'), 2)}) every layer has {init_txt or 'n/a'}: read the table "
-              f"against that. Layers where ST or S+ST is more probable than S: "
-              f"{summary.get('layers_ST_or_SST_above_S', 'n/a')}; layers whose ST path is kept more often than "
-              f"their S path (p_ST < p_S): {summary.get('layers_ST_kept_above_S_kept', 'n/a')}. Posterior "
-              f"entropy: {_fmt(summary.get('entropy'))} nats, {_fmt(_entropy_ratio(summary))} x its value "
-              f"before training ({_fmt(summary.get('entropy_initial'))} nats); the drop rates of the gates spread "
-              f"over {_fmt(summary.get('drop_rate_spread'))} (max p - min p). The KL term prices "
-              f"`gate.kl_price` per kept path; `../checkpoints/supernet/gate_stats.csv` has p, ||W||^2 and "
-              f"||gamma||^2 of every path per epoch (right panels of the drop-rate figure).", "",
-              _md(pref[cols]), "",
-              "![preference heatmap](analysis/preference.png)", "", "![drop rates](analysis/drop_rates.png)", ""]
+def _checks_section(checks: list[dict]) -> list[str]:
+    return (["## Checks (docs/method.md §9)", "", "| check | result | numbers |", "|---|---|---|"]
+            + [f"| {c['check']} | {_verdict(c['ok'])} | {c['numbers']} |" for c in checks] + [""])
 
-    # derived
-    L += ["## Derived strategies", ""]
-    if derived is not None:
-        cols = [c for c in ["name", "rule", "strategy", "log_prob", "n_S", "n_ST", "n_S+ST", "macs", "params"]
-                if c in derived]
-        L += ["Rules: most probable state per layer; top-k most probable; threshold on P(ST kept) and P(S kept); "
-              "one state per stage; best sampled on validation (see `stfusion.analysis.derive`).", "",
-              _md(derived[cols], ".4g"), ""]
 
-    # fidelity
-    L += ["## Ranking fidelity (METHOD.md §7)", ""]
+def _motion_section(ranked: pd.DataFrame | None) -> list[str]:
+    """Validation and test accuracy on the motion and appearance classes: the families, the best sampled
+    strategy and the most probable one."""
+    L = ["## Motion vs appearance", ""]
+    if ranked is None:
+        return L
+    rows = [("family " + name, r) for name, r in _uniform_rows(ranked).items()]
+    for r in ranked[ranked["source"].str.contains("family")].itertuples():
+        if r.name not in UNIFORM:
+            rows.append(("family " + r.name, ranked.loc[r.Index]))
+    best = best_sampled(ranked)
+    if best is not None:
+        rows.append(("best sampled (on validation)", best))
+    mp = _row(ranked, "top-1")
+    if mp is not None:
+        rows.append(("most probable", mp))
+    cols = ["top1", "top1_motion", "top1_appearance", "top1_test", "top1_test_motion", "top1_test_appearance"]
+    tab = pd.DataFrame([{"strategy": label, "units": r["strategy"], **{c: r.get(c, np.nan) for c in cols}}
+                        for label, r in rows])
+    L += [_md(tab), ""]
+    if len(ranked):
+        L += [f"Test accuracies (`top1_test*`): {views_text(ranked.iloc[0])} per video, softmax averaged.", ""]
+    return L + ["All-S treats every frame on its own (a spatial stem and 1x3x3 convs, averaged over time), so it "
+                "cannot tell a motion class from its time reversal: its motion accuracy is bounded by telling the "
+                "pairs apart.", ""]
+
+
+def _finetune_section(finetuned: pd.DataFrame | None, link: Link, layout: RunLayout) -> list[str]:
+    if finetuned is None:
+        return []
+    cols = [c for c in ["name", "rule", "strategy", "top1_val", "top1_val_motion", "top1_val_appearance",
+                        "top1_test", "top1_test_motion", "top1_test_appearance", "macs", "params"] if c in finetuned]
+    figure = f"{layout.report_dir}/{{}}"
+    return ["Derived networks after finetuning (plain networks holding only their kept convs):", "",
+            _md(finetuned[cols]), "", f"Costs: {CONVENTION}. Test accuracy against MACs:", "",
+            f"![derived networks: accuracy vs MACs]({link(figure.format(PARETO_DERIVED))})", "",
+            f"![confusion matrix of the best derived network]({link(figure.format(CONFUSION))})", ""]
+
+
+def _network_section(ranked: pd.DataFrame | None, link: Link, layout: RunLayout) -> list[str]:
+    """The families and the best ten other strategies with their supernet scores, and the racing summary."""
+    from stfusion.analysis.space import network_table
+
+    L = ["## Network level: families and sampled strategies", ""]
+    if ranked is None:
+        return L
+    net = network_table(ranked)
+    fam = net[net["source"].str.contains("family")]
+    top = net[~net["source"].str.contains("family")].head(10)
+    cols = [c for c in ["rank", "name", "source", "strategy", "log_prob", "prob", "top1", "top1_motion",
+                        "top1_appearance", "top1_plain_bn", "top1_test", "macs", "params", "race_status",
+                        "race_clips"] if c in net]
+    if "race_status" in ranked:
+        full = int((ranked["race_status"] == "full").sum())
+        L += [f"Racing: {full} of {len(ranked)} strategies were scored on the whole validation split; the "
+              "others were dropped after `race_clips` clips (partial top-1 and interval in `top1_partial`, "
+              "`top1_low`, `top1_high`; no full-split score).", ""]
+    return L + [f"{len(ranked)} strategies scored (rank 1 = best validation top-1 of all). Families:", "",
+                _md(fam[cols], ".4g"), "", "Best ten of the others (most probable and sampled):", "",
+                _md(top[cols], ".4g"), "", f"Full table: `{link(layout.network)}`. Scatter of log-probability "
+                "vs score:", "", f"![log-probability vs score]({link(layout.scatter_plot)})", "",
+                f"Supernet score against MACs per clip ({CONVENTION}):", "",
+                f"![network level: accuracy vs MACs]({link(f'{layout.report_dir}/{PARETO_NETWORK}')})", ""]
+
+
+def _layer_section(pref: pd.DataFrame | None, summary: dict, link: Link, layout: RunLayout) -> list[str]:
+    """The marginal probability of each unit per layer, read against its value before training."""
+    L = ["## Layer level: preference", ""]
+    if pref is None:
+        return L
+    cols = [c for c in ["layer", "stage", "P(S)", "P(ST)", "P(S+ST)", "P(none)", "P(ST kept)", "preferred",
+                        "p_S", "p_ST"] if c in pref]
+    init = summary.get("initial_marginals") or {}
+    init_txt = ", ".join(f"{k} {_fmt(v)}" for k, v in init.items() if k != "P(none)")
+    return L + [
+        f"Marginal probability of each unit per layer (keep-probability rule: "
+        f"`{pref['keep_prob_rule'].iloc[0]}`), with the raw drop rate p of each gate. Before training "
+        f"(every p = {_fmt(summary.get('init_p'), 2)}) every layer has {init_txt or 'n/a'}: read the table "
+        f"against that. Layers where ST or S+ST is more probable than S: "
+        f"{summary.get('layers_ST_or_SST_above_S', 'n/a')}; layers whose ST path is kept more often than "
+        f"their S path (p_ST < p_S): {summary.get('layers_ST_kept_above_S_kept', 'n/a')}. Posterior "
+        f"entropy: {_fmt(summary.get('entropy'))} nats, {_fmt(_entropy_ratio(summary))} x its value "
+        f"before training ({_fmt(summary.get('entropy_initial'))} nats); the drop rates of the gates spread "
+        f"over {_fmt(summary.get('drop_rate_spread'))} (max p - min p). The KL term prices "
+        f"`gate.kl_price` per kept path; `{link(layout.gate_stats)}` has p, ||W||^2 and "
+        f"||gamma||^2 of every path per epoch (right panels of the drop-rate figure).", "",
+        _md(pref[cols]), "",
+        f"![preference heatmap]({link(layout.preference_plot)})", "",
+        f"![drop rates]({link(layout.drop_rates_plot)})", ""]
+
+
+def _derived_section(derived: pd.DataFrame | None) -> list[str]:
+    L = ["## Derived strategies", ""]
+    if derived is None:
+        return L
+    cols = [c for c in ["name", "rule", "strategy", "log_prob", "n_S", "n_ST", "n_S+ST", "macs", "params"]
+            if c in derived]
+    return L + ["Rules: most probable state per layer; top-k most probable; threshold on P(ST kept) and P(S kept); "
+                "one state per stage; best sampled on validation (see `stfusion.analysis.derive`).", "",
+                _md(derived[cols], ".4g"), ""]
+
+
+def _fidelity_section(fidelity: dict | None, standalone: pd.DataFrame | None, link: Link,
+                      layout: RunLayout) -> list[str]:
+    """The default run's check of the ranking: rank correlations of three predictors, and the stand-alone runs."""
+    L = ["## Ranking fidelity (docs/method.md §7)", ""]
     if fidelity:
-        L.append(f"{fidelity.get('n')} strategies trained stand-alone from scratch with the same budget. Stand-alone "
-                 "accuracy (test split) against the supernet score (validation split):")
-        L.append("")
-        ft = pd.DataFrame([
-            {"predictor": "supernet score, BN recalibrated", "kendall_tau": fidelity.get("kendall_tau_recal"),
-             "kendall_p": fidelity.get("kendall_p_recal"), "spearman_rho": fidelity.get("spearman_rho_recal")},
-            {"predictor": "supernet score, plain BN (paper)", "kendall_tau": fidelity.get("kendall_tau_plain_bn"),
-             "kendall_p": fidelity.get("kendall_p_plain_bn"), "spearman_rho": fidelity.get("spearman_rho_plain_bn")},
-            {"predictor": "log-probability", "kendall_tau": fidelity.get("kendall_tau_log_prob"),
-             "kendall_p": fidelity.get("kendall_p_log_prob"), "spearman_rho": fidelity.get("spearman_rho_log_prob")},
-        ])
+        L += [f"{fidelity.get('n')} strategies trained stand-alone from scratch with the same budget. Stand-alone "
+              "accuracy (test split) against the supernet score (validation split):", ""]
+        ft = pd.DataFrame([{"predictor": label, "kendall_tau": fidelity.get(f"kendall_tau_{key}"),
+                            "kendall_p": fidelity.get(f"kendall_p_{key}"),
+                            "spearman_rho": fidelity.get(f"spearman_rho_{key}")}
+                           for label, key in (("supernet score, BN recalibrated", "recal"),
+                                              ("supernet score, plain BN (paper)", "plain_bn"),
+                                              ("log-probability", "log_prob"))])
         L += [_md(ft), ""]
     if standalone is not None:
         cols = [c for c in ["name", "strategy", "log_prob", "supernet_top1_recal", "supernet_top1_plain_bn",
                             "standalone_top1_val", "standalone_top1_test", "standalone_top1_test_motion",
                             "standalone_top1_test_appearance", "macs", "params"] if c in standalone]
-        L += [_md(standalone[cols], ".4g"), "", "![ranking fidelity](validation/ranking_fidelity.png)", ""]
+        L += [_md(standalone[cols], ".4g"), "", f"![ranking fidelity]({link(layout.fidelity_plot)})", ""]
+    return L
 
-    L += fidelity_study_lines(results)
 
-    # supernet
-    if history is not None and len(history):
-        last = history.iloc[-1]
-        L += ["## Supernet training", "",
-              f"{len(history)} epochs ({int((history['phase'] == 'warmup').sum())} gate-free warm-up); final train "
-              f"top-1 {_fmt(last.get('train_top1'))}, cross-entropy {_fmt(last.get('ce'))}, "
-              f"KL {_fmt(last.get('kl'), 4)}; validation top-1 of the gate-free template "
-              f"{_fmt(last.get('val_top1'))}, of the most probable strategy {_fmt(last.get('val_top1_most_probable_paper'))}"
-              f" (paper keep rule); posterior entropy {_fmt(last.get('entropy_paper'))} nats. "
-              "History: `../checkpoints/supernet/history.csv`.", "",
-              "![training and validation curves](report/curves.png)", ""]
+def fidelity_study_lines(study: dict | None, link: Link, layout: RunLayout) -> list[str]:
+    """The ranking-fidelity study's section: its figures when the study has run, and how to run it."""
+    from stfusion.analysis.fidelity import summary_lines
 
-    # timing
-    total = float(timing["seconds"].sum()) if len(timing) else float("nan")
-    L += ["## Time per stage", "", "Seconds of work per stage (per-strategy jobs summed; with parallel jobs the "
-          "wall-clock time is shorter).", ""]
-    if len(timing):
-        t = pd.concat([timing, pd.DataFrame([{"stage": "total", "seconds": total, "jobs": int(timing["jobs"].sum())}])],
-                      ignore_index=True)
-        L += [_md(t, ".1f"), ""]
-    else:
-        L += ["_(no timing records)_", ""]
+    L = ["## Ranking-fidelity study", ""]
+    if study:
+        L += summary_lines(study) + ["", f"Training time: {study.get('train_seconds', float('nan')) / 60:.1f} min "
+                                         f"of runs one after another, {study.get('wall_seconds', float('nan')) / 60:.1f}"
+                                         f" min wall clock. Details: `{link(layout.fidelity_summary)}`.", "",
+                                     f"![fidelity study]({link(layout.fidelity_study_plot)})", ""]
+    return L + ["The check above uses only a few strategies and one seed: a smoke test of the machinery. The study "
+                "(`fidelity.n_strategies` strategies stratified over the score range, `fidelity.seeds` seeds each, "
+                "the `validate` budget; Kendall tau-b and Spearman rho with 95% bootstrap intervals, the seed-to-seed "
+                "ceiling, top-k overlap, regret) runs with `snakemake --cores all fidelity` or "
+                f"`dvc repro studies/fidelity/dvc.yaml` and writes `{layout.fidelity_dir}/`.", ""]
 
-    # files
-    L += ["## Files", "",
-          "- `strategies/candidates.csv`, `strategies/ranking.csv`: listed and scored strategies",
-          "- `analysis/network.csv|md`, `analysis/preference.csv|md`, `analysis/*.png`: network- and layer-level views",
-          "- `derived/strategies.csv|md`, `finetune/accuracy.csv|md`: derived strategies and their finetuned accuracy",
-          "- `validation/standalone.csv|md`, `validation/ranking_fidelity.json`: stand-alone runs, rank "
-          "correlations",
-          "- `metrics.json`: the scalars of this report (numbers only); `versions.json`: the library versions",
-          "- `report/`: the tables as HTML, accuracy against MACs, the confusion matrix, the curves", "",
-          "Library versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
 
-    # metrics
-    m: dict = {"seed": seed}
-    m["n_classes"] = n_classes
-    m.update({f"n_{k}": int(v) for k, v in n_split.items()})
-    if summary:
-        for k in ("entropy", "entropy_initial", "drop_rate_spread", "mean_P_ST_first_third", "mean_P_ST_last_third",
-                  "mean_P_S_last_third", "mean_P_ST_kept_first_third", "mean_P_ST_kept_last_third"):
-            if k in summary:
-                m[k] = summary[k]
-        m["entropy_ratio"] = _entropy_ratio(summary)
-        m["n_layers_ST_or_SST_above_S"] = len(summary.get("layers_ST_or_SST_above_S", []))
-        m["n_layers_ST_kept_above_S_kept"] = len(summary.get("layers_ST_kept_above_S_kept", []))
-    if ranked is not None:
-        m["n_strategies_scored"] = int(len(ranked))
-        for name, key in (("all-S", "all_S"), ("all-ST", "all_ST"), ("all-S+ST", "all_SST")):
-            r = _row(ranked, name)
-            if r is not None:
-                for col in ("top1", "top1_motion", "top1_appearance", "top1_test"):
-                    if col in r:
-                        m[f"{key}_{col}"] = float(r[col])
-        if best is not None:
-            for col in ("top1", "top1_motion", "top1_appearance", "top1_test", "top1_test_motion"):
-                if col in best:
-                    m[f"best_sampled_{col}"] = float(best[col])
-        if "top1_motion" in ranked:
-            m["best_top1_motion"] = float(ranked["top1_motion"].max())
-            if "all_S_top1_motion" in m:
-                m["all_S_motion_gap"] = m["best_top1_motion"] - m["all_S_top1_motion"]
-    if fidelity:
-        for k in ("kendall_tau", "spearman_rho", "kendall_tau_plain_bn", "kendall_tau_log_prob",
-                  "spearman_rho_plain_bn", "spearman_rho_log_prob"):
-            m[k] = fidelity.get(k)
-        m["n_standalone"] = fidelity.get("n")
-    if ranked is not None and "test_views" in ranked and len(ranked):  # "2 clips x 3 crops" as two numbers
-        m["test_clips"], m["test_crops"] = (int(n) for n in re.findall(r"\d+", str(ranked["test_views"].iloc[0])))
-    if finetuned is not None and "top1_test" in finetuned and len(finetuned):
-        m["best_finetuned_top1_test"] = float(finetuned["top1_test"].max())
-    m["checks_passed"] = int(sum(1 for c in checks if c["ok"]))
-    m["checks_total"] = int(len(checks))
-    m["time_total_s"] = None if math.isnan(total) else round(total, 1)
-    for r in timing.itertuples():
-        m[f"time_{r.stage}_s"] = round(float(r.seconds), 1)
-    m = {k: v for k, v in m.items() if isinstance(v, (int, float)) and not math.isnan(v)}  # numbers only
-    return "\n".join(L), m
+def _supernet_section(history: pd.DataFrame | None, link: Link, layout: RunLayout) -> list[str]:
+    if history is None or not len(history):
+        return []
+    last = history.iloc[-1]
+    return ["## Supernet training", "",
+            f"{len(history)} epochs ({int((history['phase'] == 'warmup').sum())} gate-free warm-up); final train "
+            f"top-1 {_fmt(last.get('train_top1'))}, cross-entropy {_fmt(last.get('ce'))}, "
+            f"KL {_fmt(last.get('kl'), 4)}; validation top-1 of the gate-free template "
+            f"{_fmt(last.get('val_top1'))}, of the most probable strategy "
+            f"{_fmt(last.get('val_top1_most_probable_paper'))} (paper keep rule); posterior entropy "
+            f"{_fmt(last.get('entropy_paper'))} nats. History: `{link(layout.history)}`.", "",
+            f"![training and validation curves]({link(f'{layout.report_dir}/{CURVES}')})", ""]
+
+
+def _timing_section(inp: ReportInputs) -> list[str]:
+    L = ["## Time per stage", "", "Seconds of work per stage (per-strategy jobs summed; with parallel jobs the "
+         "wall-clock time is shorter).", ""]
+    if not len(inp.timing):
+        return L + ["_(no timing records)_", ""]
+    total = pd.DataFrame([{"stage": "total", "seconds": inp.total_seconds, "jobs": int(inp.timing["jobs"].sum())}])
+    return L + [_md(pd.concat([inp.timing, total], ignore_index=True), ".1f"), ""]
+
+
+def _files_section(versions: dict, link: Link, layout: RunLayout) -> list[str]:
+    return ["## Files", "",
+            f"- `{link(layout.candidates)}`, `{link(layout.ranking)}`: listed and scored strategies",
+            f"- `{link(layout.network)}|md`, `{link(layout.preference)}|md`, `{link(layout.analysis)}/*.png`: "
+            "network- and layer-level views",
+            f"- `{link(layout.derived)}|md`, `{link(layout.finetune_table)}|md`: derived strategies and their "
+            "finetuned accuracy",
+            f"- `{link(layout.standalone_table)}|md`, `{link(layout.fidelity)}`: stand-alone runs, rank "
+            "correlations",
+            f"- `{link(layout.metrics)}`: the scalars of this report (numbers only); `{link(layout.versions)}`: the "
+            "library versions",
+            f"- `{link(layout.report_dir)}/`: the tables as HTML, accuracy against MACs, the confusion matrix, the "
+            "curves", "",
+            "Library versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()), ""]
+
+
+# ------------------------------------------------------------------------------------------------ report
+def build_report(layout: RunLayout, *, seed: int, versions: dict,
+                 page: str | Path | None = None) -> tuple[str, dict]:
+    """Markdown text of the report and the metrics dictionary (:func:`compute_metrics`) of the run ``layout``
+    names. ``page``: where the text is written (default ``layout.report``); its links are relative to it."""
+    inp = load_inputs(layout)
+    checks = compute_checks(inp.pref, inp.ranked, inp.fidelity, inp.summary.get("initial_marginals"),
+                            inp.standalone)
+    here = Path(page or layout.report).parent
+
+    def link(path: str) -> str:
+        return Path(os.path.relpath(path, here)).as_posix()
+
+    lines = [*_intro(inp, seed), *_checks_section(checks), *_motion_section(inp.ranked),
+             *_finetune_section(inp.finetuned, link, layout), *_network_section(inp.ranked, link, layout),
+             *_layer_section(inp.pref, inp.summary, link, layout), *_derived_section(inp.derived),
+             *_fidelity_section(inp.fidelity, inp.standalone, link, layout),
+             *fidelity_study_lines(inp.study, link, layout), *_supernet_section(inp.history, link, layout),
+             *_timing_section(inp), *_files_section(versions, link, layout)]
+    return "\n".join(lines), compute_metrics(inp, checks, seed)
 
 
 # ------------------------------------------------------------------------------------------------ summary
 def summary_lines(results: Path, report: Path) -> list[str]:
     """The last lines of a run: where the report is, the HTML report command and the three numbers that matter
     (the best sampled strategy, the all-S gap on the motion classes, Kendall tau)."""
-    m = _read_json(results / "metrics.json") or {}
-    best = best_sampled(_read_csv(results / "strategies" / "ranking.csv"))
+    layout = RunLayout(results=str(results))
+    m = _read_json(layout.metrics) or {}
+    best = best_sampled(_read_csv(layout.ranking))
     where = f"{best['strategy']} (validation top-1 {_fmt(best['top1'])})" if best is not None else "n/a"
     return [f"stfusion: read {report} first (checks, tables, figures)",
             f"stfusion: HTML report: {HTML_COMMAND}",

@@ -21,17 +21,21 @@ import pandas as pd
 
 from stfusion.analysis.plots import pyplot, save_figure
 from stfusion.analysis.space import network_table
+from stfusion.config.layout import RunLayout
 from stfusion.core.costs import CONVENTION
 from stfusion.io.tables import write_html
 
-#: (file stem, table path relative to the results folder, title)
+#: (file stem, the layout's name of the table, title)
 TABLES = (
-    ("ranking", "strategies/ranking.csv", "Scored strategies (supernet, shared weights), best validation top-1 first"),
-    ("preference", "analysis/preference.csv", "Layer-level preference: marginal probability of each unit"),
-    ("derived", "derived/strategies.csv", "Derived strategies"),
-    ("finetune", "finetune/accuracy.csv", "Derived networks after finetuning"),
-    ("standalone", "validation/standalone.csv", "Strategies trained stand-alone from scratch"),
+    ("ranking", "ranking", "Scored strategies (supernet, shared weights), best validation top-1 first"),
+    ("preference", "preference", "Layer-level preference: marginal probability of each unit"),
+    ("derived", "derived", "Derived strategies"),
+    ("finetune", "finetune_table", "Derived networks after finetuning"),
+    ("standalone", "standalone_table", "Strategies trained stand-alone from scratch"),
 )
+#: the figures of the report folder (``report.md`` links them)
+PARETO_NETWORK, PARETO_DERIVED, CONFUSION, CURVES = ("pareto_network.png", "pareto_derived.png", "confusion.png",
+                                                     "curves.png")
 COST_NOTE = f"macs: per clip of the run's input size ({CONVENTION}); params: parameters of the plain network."
 
 
@@ -118,33 +122,31 @@ def drop_rate_summary(rates: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def write_report_files(results: Path, checkpoint_dir: Path, out_dir: Path, classes: list[str]) -> list[Path]:
-    """Every file of the report folder (see the module docstring) from the tables under ``results``."""
+def write_report_files(layout: RunLayout, classes: list[str]) -> list[Path]:
+    """Every file of the report folder ``layout.report_dir`` (see the module docstring) from the tables of the
+    run ``layout`` names."""
     from stfusion.io.files import write_csv
 
-    def read(rel):
-        return pd.read_csv(results / rel)
-
+    out_dir = Path(layout.report_dir)
     written = []
-    for stem, rel, title in TABLES:
-        df = read(rel)
+    for stem, name, title in TABLES:
+        df = pd.read_csv(getattr(layout, name))
         note = COST_NOTE if "macs" in df else ""
         written.append(write_html(df, out_dir / f"{stem}.html", title, note))
-    ranked = read("strategies/ranking.csv")
+    ranked = pd.read_csv(layout.ranking)
     written.append(write_html(network_table(ranked), out_dir / "network.html",
                               "Network level: families, then the other strategies by rank", COST_NOTE))
-    written.append(plot_pareto(ranked, "top1", out_dir / "pareto_network.png", "scored strategies",
+    written.append(plot_pareto(ranked, "top1", out_dir / PARETO_NETWORK, "scored strategies",
                                "supernet top-1 (validation)"))
-    finetuned = read("finetune/accuracy.csv")
-    written.append(plot_pareto(finetuned, "top1_test", out_dir / "pareto_derived.png",
+    finetuned = pd.read_csv(layout.finetune_table)
+    written.append(plot_pareto(finetuned, "top1_test", out_dir / PARETO_DERIVED,
                                "derived networks, finetuned", "top-1 (test)"))
     best = finetuned.sort_values("top1_val", ascending=False, kind="stable").iloc[0]
-    written.append(plot_confusion(read("finetune/best_test_predictions.csv"), classes, out_dir / "confusion.png",
+    written.append(plot_confusion(pd.read_csv(layout.finetune_best_predictions), classes, out_dir / CONFUSION,
                                   f"best derived network {best['name']} ({best['id']}) on the test split"))
-    histories = {"supernet": pd.read_csv(checkpoint_dir / "history.csv"),
-                 "best finetuned": read("finetune/best_history.csv"),
-                 "best stand-alone": read("validation/best_history.csv")}
-    written.append(plot_curves(histories, out_dir / "curves.png"))
-    written.append(write_csv(drop_rate_summary(pd.read_csv(checkpoint_dir / "drop_rates.csv")),
-                             out_dir / "drop_rates.csv"))
+    histories = {"supernet": pd.read_csv(layout.history),
+                 "best finetuned": pd.read_csv(layout.finetune_best_history),
+                 "best stand-alone": pd.read_csv(layout.standalone_best_history)}
+    written.append(plot_curves(histories, out_dir / CURVES))
+    written.append(write_csv(drop_rate_summary(pd.read_csv(layout.drop_rates)), out_dir / "drop_rates.csv"))
     return written

@@ -1,4 +1,4 @@
-"""Network-level evaluation without training (METHOD.md §5): fix a strategy's hard gates, optionally
+"""Network-level evaluation without training (docs/method.md §5): fix a strategy's hard gates, optionally
 recalibrate BatchNorm statistics on a calibration subset ("precise BN"), evaluate.
 
 BN recalibration uses :func:`torch.optim.swa_utils.update_bn`, the maintained utility that resets the running

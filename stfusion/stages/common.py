@@ -26,22 +26,13 @@ log = logging.getLogger(__name__)
 def class_groups(cache_dir: str | Path) -> tuple[list[dict], dict[str, list[int]]]:
     """The class list of a cache (``index, name, kind``) and the class indices of each kind
     (``motion``, ``appearance``; classes of other or unknown kind are left out of the groups)."""
-    import pandas as pd
     from stfusion.data.dataset import load_classes
 
-    classes = load_classes(cache_dir)
-    if isinstance(classes, pd.DataFrame):
-        rows = classes.to_dict("records")
-    else:
-        rows = [dict(r) if isinstance(r, dict) else {"name": str(r)} for r in classes]
-    for i, row in enumerate(rows):
-        row.setdefault("index", i)
-        row.setdefault("kind", "")
+    rows = load_classes(cache_dir).to_dict("records")
     groups: dict[str, list[int]] = {}
     for row in rows:
-        kind = str(row.get("kind") or "")
-        if kind in ("motion", "appearance"):
-            groups.setdefault(kind, []).append(int(row["index"]))
+        if row["kind"] in ("motion", "appearance"):
+            groups.setdefault(row["kind"], []).append(int(row["index"]))
     return rows, groups
 
 
@@ -68,21 +59,17 @@ def num_classes(model: torch.nn.Module) -> int:
     return int(n)
 
 
-def save_supernet_build(path: str | Path, params: dict, num_classes: int, classes: list[dict],
-                        clip_shape: Sequence[int]) -> None:
-    """Add what is needed to rebuild the network (model and gate sections, classes) and the shape of its input
-    clips ``(3, T, H, W)`` (the input size the costs of its strategies are counted for) to a checkpoint."""
-    from stfusion.engine.checkpoint import load_checkpoint, save_torch
-
-    ckpt = load_checkpoint(path)
-    ckpt["build"] = {
+def supernet_build(params: dict, num_classes: int, classes: list[dict], clip_shape: Sequence[int]) -> dict:
+    """What ``model.pt`` needs to rebuild the network (model and gate sections, classes) and the shape of its
+    input clips at inference ``(3, T, H, W)`` (:func:`stfusion.data.transforms.inference_clip_shape`: the input
+    size its strategies' costs are counted at and its exports take)."""
+    return {
         "model": copy.deepcopy(params["model"]),
         "gate": copy.deepcopy(params["gate"]),
         "num_classes": int(num_classes),
         "classes": classes,
         "clip_shape": [int(n) for n in clip_shape],
     }
-    save_torch(ckpt, path)
 
 
 def build_settings(ckpt: dict, path: str | Path = "checkpoint") -> Settings:
@@ -104,7 +91,7 @@ def build_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> Fusion
 
 
 def clip_shape(ckpt: dict, path: str | Path = "checkpoint") -> list[int]:
-    """The ``(3, T, H, W)`` input clips a supernet checkpoint was trained on."""
+    """The ``(3, T, H, W)`` input clips of a supernet checkpoint's network at inference (:func:`supernet_build`)."""
     shape = ckpt.get("build", {}).get("clip_shape")
     if not shape:
         raise StfusionError(f"{path} does not record its input size; it was written by an older "
@@ -129,21 +116,3 @@ def strategy_of(text: str, n_layers: int) -> Strategy:
     from stfusion.core.strategies import Strategy
 
     return Strategy.parse(str(text), n_layers)
-
-
-def discard_stale(last: Path, arch: dict, settings: dict) -> None:
-    import torch
-
-    from stfusion.engine.train import RUN_ONLY_FIELDS
-
-    if not last.exists():
-        return
-    try:
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
-        written = {k: v for k, v in (ckpt.get("config") or {}).items() if k not in RUN_ONLY_FIELDS}
-        same = ckpt.get("arch") == arch and written == settings
-    except Exception:  # noqa: BLE001 - a damaged file is stale too
-        same = False
-    if not same:
-        log.warning("%s was written with other settings; starting the training over", last)
-        last.unlink()

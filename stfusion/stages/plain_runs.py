@@ -8,12 +8,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
-from stfusion.config.layout import LAYOUT, in_folder
 from stfusion.config.settings import Settings
 from stfusion.errors import StfusionError
 from stfusion.stages.runtime import data_fingerprint
 from stfusion.io.files import read_json, write_json
-from stfusion.stages.common import class_groups, clip_dataset, discard_stale, num_classes, require_cache
+from stfusion.stages.common import class_groups, clip_dataset, num_classes, require_cache
 
 if TYPE_CHECKING:  # heavy imports stay inside the functions (the CLI's --help imports the stages)
     import pandas as pd
@@ -32,7 +31,7 @@ def train_plain_runs(
     another supernet or other data is never resumed."""
     origin = origin or {}
     from stfusion.engine import distributed
-    from stfusion.data.transforms import views_text
+    from stfusion.data.transforms import inference_clip_shape, reported_views
     from stfusion.io.files import write_csv
     from stfusion.core.costs import network_costs
     from stfusion.engine.evaluation import plain_evaluator, run_files, test_predictions
@@ -65,11 +64,10 @@ def train_plain_runs(
         cfg = plain_config(settings, getattr(settings, budget), seed_offset)
         cfg.extra = {**cfg.extra, "data": data_fp, **origin}
         run_dir = Path(ckpt_dir) / sid
-        discard_stale(in_folder(LAYOUT.last, run_dir), net.arch, cfg.settings())
         log.info("%s: training %s (%s) for %d epochs", what, sid, row["strategy"], cfg.total_epochs)
         validation = plain_evaluator(val, bs, num_classes(net), every=settings.solver.eval_every,
                                      total_epochs=cfg.total_epochs)
-        hist = fit(net, train_set, cfg, run_dir, progress=progress, evaluate=validation)
+        hist = fit(net, train_set, cfg, run_dir, progress=progress, evaluate=validation, on_stale="restart")
         res = {"id": sid, "strategy": row["strategy"], "name": row.get("name", sid)}
         for split, ds in (("val", val), ("test", test)):
             r = evaluate(net, eval_loader(ds, bs, cfg.loader_workers), num_classes(net), device)
@@ -77,8 +75,8 @@ def train_plain_runs(
             res[f"top5_{split}"] = r["top5"]
             for k, v in group_accuracy(r, groups).items():
                 res[k.replace("top1", f"top1_{split}", 1)] = v
-        res["test_views"] = views_text(settings.data)
-        res.update(network_costs(net, val[0][0].shape))
+        res.update(reported_views(settings.data))
+        res.update(network_costs(net, inference_clip_shape(settings.data)))
         files = run_files(runs_dir, sid)
         write_csv(hist.drop(columns=["seconds"], errors="ignore"), files["history"])
         write_csv(test_predictions(net, test, bs), files["predictions"])

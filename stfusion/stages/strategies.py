@@ -93,7 +93,7 @@ def score_strategies(
     from stfusion.io.files import write_csv
     from stfusion.core.costs import add_costs
     from stfusion.scoring.prefix import score_strategies_prefix
-    from stfusion.data.transforms import views_text
+    from stfusion.data.transforms import inference_clip_shape, reported_views
     from stfusion.scoring.naive import calibration_batches, score_resumable
     from stfusion.engine.evaluation import eval_loader
     from stfusion.engine.train import resolve_device
@@ -144,8 +144,9 @@ def score_strategies(
         if col.startswith("top1"):
             out_df[col.replace("top1", "top1_test", 1)] = test_df[col]
     out_df["bn_mode"] = "recalibrated" if recal else "plain"
-    out_df["test_views"] = views_text(settings.data)
-    out_df = add_costs(add_rank(out_df.reset_index()), model, val[0][0].shape)
+    for col, value in reported_views(settings.data).items():
+        out_df[col] = value
+    out_df = add_costs(add_rank(out_df.reset_index()), model, inference_clip_shape(settings.data))
     write_csv(out_df, out)
     shutil.rmtree(partial, ignore_errors=True)
     if partial.parent.is_dir() and not any(partial.parent.iterdir()):

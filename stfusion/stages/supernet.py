@@ -5,10 +5,9 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-from stfusion.config.layout import LAYOUT, in_folder
 from stfusion.config.settings import Settings
 from stfusion.stages.runtime import data_fingerprint
-from stfusion.stages.common import class_groups, clip_dataset, discard_stale, require_cache, save_supernet_build
+from stfusion.stages.common import class_groups, clip_dataset, require_cache, supernet_build
 
 log = logging.getLogger(__name__)
 
@@ -17,11 +16,12 @@ def train_supernet(params: dict, *, cache_dir: str | Path, out_dir: str | Path, 
     """Stage ``train_supernet``: train the template network with Variational DropPath (gate-free warm-up,
     then gates and the KL term). Resumes from ``out_dir/last.pt`` when it was written with the same settings;
     a stale ``last.pt`` (other settings) is discarded with a message. Writes ``model.pt`` (with the build
-    information later stages need), ``history.csv`` and ``drop_rates.csv``."""
+    information later stages need, :func:`~stfusion.stages.common.supernet_build`), ``history.csv`` and
+    ``drop_rates.csv``."""
     import torch
 
+    from stfusion.data.transforms import inference_clip_shape
     from stfusion.models import build_model
-    from stfusion.engine import distributed
     from stfusion.engine.evaluation import supernet_evaluator
     from stfusion.engine.train import fit, supernet_config
 
@@ -33,14 +33,12 @@ def train_supernet(params: dict, *, cache_dir: str | Path, out_dir: str | Path, 
     model = build_model(settings, train_set.num_classes)
     cfg = supernet_config(settings, len(train_set))
     cfg.extra = {**cfg.extra, "data": data_fingerprint(cache_dir)}
-    discard_stale(in_folder(LAYOUT.last, out_dir), model.arch, cfg.settings())
     evaluate = supernet_evaluator(clip_dataset(settings, cache_dir, "val", train=False), cfg.batch_size,
                                   train_set.num_classes, every=settings.solver.eval_every,
                                   total_epochs=cfg.total_epochs)
-    history = fit(model, train_set, cfg, Path(out_dir), progress=progress, evaluate=evaluate)
-    if distributed.is_main():
-        save_supernet_build(in_folder(LAYOUT.supernet, out_dir), params, train_set.num_classes, classes,
-                            train_set[0][0].shape)
+    build = supernet_build(params, train_set.num_classes, classes, inference_clip_shape(settings.data))
+    history = fit(model, train_set, cfg, Path(out_dir), progress=progress, evaluate=evaluate, record={"build": build},
+                  on_stale="restart")
     p = model.drop_rates()
     last = history.iloc[-1].to_dict() if len(history) else {}
     return {"epochs": int(cfg.total_epochs), "n_train": len(train_set), "fusion_layers": model.n_fusion_layers,
