@@ -121,7 +121,7 @@ def _fit_tiny(out, on_stale="refuse", lr=0.05, record=None):
     from conftest import motion_clips
 
     torch.manual_seed(0)
-    model = build_model(TINY_PARAMS, 2)
+    model = build_model(Settings.for_stage(TINY_PARAMS), 2)
     cfg = TrainConfig(epochs=1, warmup_epochs=0, batch_size=16, lr=lr, kl_k=5.0)
     return fit(model, motion_clips(32, seed=0), cfg, out, progress=False, on_stale=on_stale, record=record)
 

@@ -94,8 +94,8 @@ def test_eval_view_is_the_centre_crop_and_never_varies(prepared):
 def test_costs_are_counted_at_the_evaluation_clip(prepared):
     """The input size of costs is the clip evaluation feeds the network, not the training crop."""
     folder, _ = prepared
-    data = {"frames": 4, "stride": 2, "size": 32, "crop": 24, "train_short_side": [40, 48], "eval_crop": 32,
-            "eval_short_side": 40}
+    data = settings_with({"data": {"frames": 4, "stride": 2, "size": 32, "crop": 24, "train_short_side": [40, 48],
+                                   "eval_crop": 32, "eval_short_side": 40}}).data
     val = open_clips(data, folder, "val", train=False)
     assert inference_clip_shape(data) == tuple(val[0][0].shape) == (3, 4, 32, 32)
     assert open_clips(data, folder, "train", train=True)[0][0].shape == (3, 4, 24, 24)

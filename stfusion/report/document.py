@@ -388,7 +388,8 @@ def _motion_section(ranked: pd.DataFrame | None) -> list[str]:
                         for label, r in rows])
     L += [_md(tab), ""]
     if len(ranked):
-        L += [f"Test accuracies (`top1_test*`): {views_text(ranked.iloc[0])} per video, softmax averaged.", ""]
+        views = views_text(int(ranked.iloc[0]["test_clips"]), int(ranked.iloc[0]["test_crops"]))
+        L += [f"Test accuracies (`top1_test*`): {views} per video, softmax averaged.", ""]
     return L + ["All-S treats every frame on its own (a spatial stem and 1x3x3 convs, averaged over time), so it "
                 "cannot tell a motion class from its time reversal: its motion accuracy is bounded by telling the "
                 "pairs apart.", ""]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from stfusion.analysis.plots import pyplot, save_figure
+from stfusion.analysis.plots import finish, pyplot, save_figure
 from stfusion.analysis.space import network_table
 from stfusion.config.layout import RunLayout
 from stfusion.core.costs import CONVENTION
@@ -59,13 +59,7 @@ def plot_pareto(df: pd.DataFrame, acc: str, path: str | Path, title: str, ylabel
     for r in front.itertuples():
         ax.annotate(str(r.name), (r.macs / 1e6, getattr(r, acc)), fontsize=7, xytext=(3, 3),
                     textcoords="offset points")
-    ax.set_xlabel("MMACs per clip (1 MAC = multiply-accumulate)")
-    ax.set_ylabel(ylabel)
-    ax.set_title(title)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return finish(fig, ax, path, xlabel="MMACs per clip (1 MAC = multiply-accumulate)", ylabel=ylabel, title=title)
 
 
 def confusion_matrix(pred: pd.DataFrame, classes: list[str]) -> pd.DataFrame:

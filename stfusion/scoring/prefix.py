@@ -170,6 +170,10 @@ def score_strategies_prefix(
     ``bn_cache``: a dict kept between calls with the same model and calibration batches (racing scores the same
     strategies on successive clip sets): the recalibrated statistics of every tree node go into it, and a call
     whose nodes are all in it skips the calibration passes (the statistics are identical).
+
+    Longer than a screen on purpose: the tree walk (``visit``) and the one-off check against ``model(x)``
+    (``check_forward``) are closures over one call's caches, counters and metrics; split into methods they would
+    spread one algorithm's state over an object that lives for a single call.
     """
     device = torch.device(device)
     try:
