@@ -12,7 +12,7 @@ import pytest
 from stfusion.analysis import space as analysis
 from stfusion.analysis import derive
 from stfusion.report import document as report
-from stfusion.analysis import fidelity, validation
+from stfusion.analysis import fidelity, supernet_side
 from stfusion.core.strategies import BOTH, S, ST, Posterior, Strategy, families
 
 
@@ -124,7 +124,7 @@ def test_select_strategies_spans_range_deterministically():
     assert len(sel) == 6 and sel["id"].is_unique
     assert {"all-S", "all-ST", "all-S+ST"} <= set(sel["name"])
     assert list(sel.columns) == ["id", "name", "source", "strategy", "log_prob"]  # no scores: see the docstring
-    scored = validation.supernet_scores(sel, ranked)
+    scored = supernet_side.supernet_scores(sel, ranked)
     others = ranked[~ranked["name"].isin(["all-S", "all-ST", "all-S+ST"])]
     assert others["top1"].max() in set(scored["supernet_top1"])
     assert others["top1"].min() in set(scored["supernet_top1"])

@@ -36,7 +36,7 @@ from typing import Callable, Sequence
 import numpy as np
 import pandas as pd
 
-from stfusion.analysis.validation import UNIFORM
+from stfusion.analysis.supernet_side import UNIFORM
 from stfusion.errors import StfusionError
 
 N_RESAMPLES = 2000  # bootstrap resamples
@@ -50,7 +50,7 @@ def select_strategies(ranked: pd.DataFrame, n: int, setting: str = "n_strategies
 
     Returns ``id, name, source, strategy, log_prob`` only, no scores: training depends on which strategies were
     chosen, not on their scores, so a rescoring that picks the same strategies leaves the table (and the
-    stand-alone runs that depend on it) unchanged. :func:`stfusion.analysis.validation.supernet_scores` joins the
+    stand-alone runs that depend on it) unchanged. :func:`stfusion.analysis.supernet_side.supernet_scores` joins the
     scores back."""
     if n < 2:
         raise StfusionError(f"{setting} must be at least 2, got {n}")

@@ -30,7 +30,7 @@ import numpy as np
 import pandas as pd
 
 from stfusion.analysis.space import preference_summary
-from stfusion.analysis.validation import UNIFORM
+from stfusion.analysis.supernet_side import UNIFORM
 from stfusion.config.layout import RunLayout
 from stfusion.core.costs import CONVENTION
 from stfusion.data.transforms import views_text

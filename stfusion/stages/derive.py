@@ -60,7 +60,7 @@ def finetune_table(*, derived: str | Path, runs_dir: str | Path, ranking: str | 
     """Gather the finetuning runs of every derived strategy into one accuracy table (CSV + Markdown), with each
     strategy's supernet score before finetuning where it was scored."""
     from stfusion.engine.evaluation import copy_best_run
-    from stfusion.analysis.validation import supernet_scores
+    from stfusion.analysis.supernet_side import supernet_scores
 
     table = read_table(derived, "derived strategy table")
     runs = gather_runs(table["id"].astype(str), runs_dir, "stfusion finetune")

@@ -86,7 +86,7 @@ def gather(params: dict, study: FidelityStudy, *, selection: str | Path, ranking
     its training time: ``train_seconds`` (all runs, one after another) and ``wall_seconds`` (first start to last
     end, from the run files' times)."""
     import numpy as np
-    from stfusion.analysis.validation import supernet_scores
+    from stfusion.analysis.supernet_side import supernet_scores
 
     sel = supernet_scores(read_table(selection, "stand-alone selection"), read_table(ranking, "ranking"))
     ids = sel["id"].astype(str)
