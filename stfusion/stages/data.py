@@ -4,13 +4,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from stfusion.config.layout import CACHE, DATA_ROOT
-
-if TYPE_CHECKING:  # heavy imports stay inside the functions (the CLI's --help imports the stages)
-
-    pass
 
 log = logging.getLogger(__name__)
 

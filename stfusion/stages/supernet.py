@@ -4,15 +4,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from stfusion.config.layout import CACHE, SUPERNET_DIR
 from stfusion.stages.runtime import data_fingerprint
 from stfusion.stages.common import class_groups, clip_dataset, require_cache, supernet_build
-
-if TYPE_CHECKING:  # heavy imports stay inside the functions (the CLI's --help imports the stages)
-
-    pass
 
 log = logging.getLogger(__name__)
 
