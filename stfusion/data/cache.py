@@ -119,99 +119,23 @@ def preprocess(
     ``workers`` processes decode in parallel (1 = in this process).  Raises :class:`StfusionError` when the
     arguments are invalid or when no video at all is usable (then nothing is written).
     """
-    need = ["video_id", "path", "label", "split"]
-    missing = [c for c in need if c not in getattr(videos, "columns", [])]
-    if missing:
-        raise StfusionError(f"videos table needs columns {','.join(need)} (missing {','.join(missing)})")
-    if len(videos) == 0:
-        raise StfusionError("no videos to preprocess")
-    if int(cache_frames) < 1:
-        raise StfusionError(f"cache_frames must be at least 1, got {cache_frames}")
-    if int(size) < 1:
-        raise StfusionError(f"size must be at least 1, got {size}")
-    if not 0 <= val_fraction < 1:
-        raise StfusionError(f"val_fraction must be in [0, 1), got {val_fraction}")
-    if not 0 <= calib_fraction <= 1:
-        raise StfusionError(f"calib_fraction must be in [0, 1], got {calib_fraction}")
-    if int(workers) < 1:
-        raise StfusionError(f"workers must be at least 1, got {workers}")
-    if len(set(classes)) != len(classes) or not classes:
-        raise StfusionError("the class list must be non-empty and without duplicates")
+    _check_arguments(videos, classes, cache_frames, size, val_fraction, calib_fraction, workers)
     cache_frames, size, workers = int(cache_frames), int(size), int(workers)
-
-    df = videos[need].copy().reset_index(drop=True)
-    df["video_id"] = df["video_id"].astype(str)
-    df["label"] = df["label"].astype(str)
-    df["path"] = df["path"].astype(str)
-    df["split"] = df["split"].astype(str)
-    dup = df["video_id"][df["video_id"].duplicated()]
-    if len(dup):
-        raise StfusionError(f"duplicated video id {dup.iloc[0]!r} in the videos table")
-    bad_split = ~df["split"].isin(["train", "val", "test"])
-    if bad_split.any():
-        raise StfusionError(f"unknown split {df['split'][bad_split].iloc[0]!r} (use train, val or test)")
-    index_of = {c: i for i, c in enumerate(classes)}
-    df["label_idx"] = df["label"].map(index_of).fillna(-1).astype(np.int64)
-    df["status"] = np.where(df["label_idx"] >= 0, "ok", "unknown_label").astype(object)
-    df["reason"] = [
-        "" if i >= 0 else f"label {lab!r} is not in the class list" for lab, i in zip(df["label"], df["label_idx"])
-    ]
-    df["n_frames"] = 0
-
+    df = _video_table(videos, classes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     todo = np.flatnonzero(df["label_idx"].to_numpy() >= 0)
-    tasks = [(df.at[i, "path"], cache_frames, size, backend) for i in todo]
     clips_path = out_dir / "clips.npy"
     tmp_all, tmp_ok = _tmp_name(clips_path), clips_path.with_name(f".{clips_path.name}.ok-{os.getpid()}")
-    from tqdm.auto import tqdm
-
     try:
-        if tasks:
-            store = np.lib.format.open_memmap(tmp_all, mode="w+", dtype=np.uint8, shape=(len(tasks), cache_frames, size, size, 3))
-            pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) if workers > 1 and len(tasks) > 1 else None
-            try:
-                results = (
-                    pool.map(_decode_one, tasks, chunksize=max(1, min(16, len(tasks) // (4 * workers))))
-                    if pool
-                    else map(_decode_one, tasks)
-                )
-                bar = tqdm(results, total=len(tasks), desc="decoding videos", unit="video", disable=not progress)
-                for j, (status, reason, n, clip) in enumerate(bar):
-                    i = todo[j]
-                    df.at[i, "status"], df.at[i, "reason"], df.at[i, "n_frames"] = status, reason, n
-                    if clip is not None:
-                        store[j] = clip
-            finally:
-                if pool is not None:
-                    pool.shutdown()
+        if len(todo):
+            _decode_all(df, todo, tmp_all, (cache_frames, size, size, 3), backend, workers, progress)
         ok = (df["status"] == "ok").to_numpy()
         counts = Counter(df["status"])
-        for rec in df[~ok].itertuples():
-            log.warning("%s: %s (%s)", rec.video_id, rec.status, rec.reason)
-        for rec in df[ok & df["reason"].str.contains("decoded by PyAV", regex=False)].itertuples():
-            log.warning("%s: %s", rec.video_id, rec.reason)
-        if not ok.any():
-            first = df.iloc[0]
-            summary = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
-            raise StfusionError(
-                f"no usable video among {len(df)} ({summary}); first: {first.video_id}: {first.reason}"
-            )
-        ok_tasks = ok[todo]
-        if ok_tasks.all():
-            store.flush()
-            del store
-            os.replace(tmp_all, tmp_ok)
-        else:
-            final = np.lib.format.open_memmap(tmp_ok, mode="w+", dtype=np.uint8, shape=(int(ok_tasks.sum()), cache_frames, size, size, 3))
-            src = np.flatnonzero(ok_tasks)
-            for start in range(0, len(src), 256):
-                final[start : start + 256] = store[src[start : start + 256]]
-            final.flush()
-            del final, store
+        _log_failures(df, ok, counts)
+        _keep_usable(tmp_all, tmp_ok, ok[todo])
         df["cache_index"] = -1
         df.loc[ok, "cache_index"] = np.arange(int(ok.sum()))
-
         # splits and calibration subset (usable videos only; deterministic in seed and video ids)
         assign_splits(df, "video_id", ok, len(classes), seed=seed, val_fraction=val_fraction,
                       calib_fraction=calib_fraction)
@@ -232,3 +156,102 @@ def preprocess(
         f"preprocess: {n_ok}/{len(manifest)} videos cached in {clips_path} ({splits}; {short} short); skipped: {skipped}"
     )
     return manifest
+
+
+def _check_arguments(videos, classes, cache_frames, size, val_fraction, calib_fraction, workers) -> None:
+    need = ["video_id", "path", "label", "split"]
+    missing = [c for c in need if c not in getattr(videos, "columns", [])]
+    if missing:
+        raise StfusionError(f"videos table needs columns {','.join(need)} (missing {','.join(missing)})")
+    if len(videos) == 0:
+        raise StfusionError("no videos to preprocess")
+    if int(cache_frames) < 1:
+        raise StfusionError(f"cache_frames must be at least 1, got {cache_frames}")
+    if int(size) < 1:
+        raise StfusionError(f"size must be at least 1, got {size}")
+    if not 0 <= val_fraction < 1:
+        raise StfusionError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if not 0 <= calib_fraction <= 1:
+        raise StfusionError(f"calib_fraction must be in [0, 1], got {calib_fraction}")
+    if int(workers) < 1:
+        raise StfusionError(f"workers must be at least 1, got {workers}")
+    if len(set(classes)) != len(classes) or not classes:
+        raise StfusionError("the class list must be non-empty and without duplicates")
+
+
+def _video_table(videos: pd.DataFrame, classes: list[str]) -> pd.DataFrame:
+    """The manifest before decoding: the input's ids, paths, labels and splits (as text), ``label_idx`` and
+    ``status`` ``ok`` (to decode) or ``unknown_label`` with its ``reason``, ``n_frames`` 0."""
+    df = videos[["video_id", "path", "label", "split"]].copy().reset_index(drop=True)
+    for col in ("video_id", "label", "path", "split"):
+        df[col] = df[col].astype(str)
+    dup = df["video_id"][df["video_id"].duplicated()]
+    if len(dup):
+        raise StfusionError(f"duplicated video id {dup.iloc[0]!r} in the videos table")
+    bad_split = ~df["split"].isin(["train", "val", "test"])
+    if bad_split.any():
+        raise StfusionError(f"unknown split {df['split'][bad_split].iloc[0]!r} (use train, val or test)")
+    index_of = {c: i for i, c in enumerate(classes)}
+    df["label_idx"] = df["label"].map(index_of).fillna(-1).astype(np.int64)
+    df["status"] = np.where(df["label_idx"] >= 0, "ok", "unknown_label").astype(object)
+    df["reason"] = [
+        "" if i >= 0 else f"label {lab!r} is not in the class list" for lab, i in zip(df["label"], df["label_idx"])
+    ]
+    df["n_frames"] = 0
+    return df
+
+
+def _decode_all(df: pd.DataFrame, todo: np.ndarray, path: Path, clip_shape: tuple, backend: str, workers: int,
+                progress: bool) -> None:
+    """Decode the rows ``todo`` of ``df`` (``workers`` processes) into a ``uint8 (len(todo), *clip_shape)``
+    array at ``path``, row j for ``todo[j]``; each row's ``status``, ``reason`` and ``n_frames`` set."""
+    from tqdm.auto import tqdm
+
+    cache_frames, size = clip_shape[0], clip_shape[1]
+    tasks = [(df.at[i, "path"], cache_frames, size, backend) for i in todo]
+    store = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(len(tasks), *clip_shape))
+    pool = ProcessPoolExecutor(max_workers=workers, mp_context=_mp_context()) if workers > 1 and len(tasks) > 1 else None
+    try:
+        results = (
+            pool.map(_decode_one, tasks, chunksize=max(1, min(16, len(tasks) // (4 * workers))))
+            if pool
+            else map(_decode_one, tasks)
+        )
+        bar = tqdm(results, total=len(tasks), desc="decoding videos", unit="video", disable=not progress)
+        for j, (status, reason, n, clip) in enumerate(bar):
+            i = todo[j]
+            df.at[i, "status"], df.at[i, "reason"], df.at[i, "n_frames"] = status, reason, n
+            if clip is not None:
+                store[j] = clip
+    finally:
+        if pool is not None:
+            pool.shutdown()
+    store.flush()
+
+
+def _log_failures(df: pd.DataFrame, ok: np.ndarray, counts: Counter) -> None:
+    """A warning for every video not cached and every one PyAV decoded; an error when none is usable."""
+    for rec in df[~ok].itertuples():
+        log.warning("%s: %s (%s)", rec.video_id, rec.status, rec.reason)
+    for rec in df[ok & df["reason"].str.contains("decoded by PyAV", regex=False)].itertuples():
+        log.warning("%s: %s", rec.video_id, rec.reason)
+    if not ok.any():
+        first = df.iloc[0]
+        summary = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()))
+        raise StfusionError(
+            f"no usable video among {len(df)} ({summary}); first: {first.video_id}: {first.reason}"
+        )
+
+
+def _keep_usable(tmp_all: Path, tmp_ok: Path, ok_tasks: np.ndarray) -> None:
+    """The decoded clips at ``tmp_all`` with only the usable rows ``ok_tasks``, at ``tmp_ok``."""
+    if ok_tasks.all():
+        os.replace(tmp_all, tmp_ok)
+        return
+    store = np.load(tmp_all, mmap_mode="r")
+    final = np.lib.format.open_memmap(tmp_ok, mode="w+", dtype=np.uint8, shape=(int(ok_tasks.sum()), *store.shape[1:]))
+    src = np.flatnonzero(ok_tasks)
+    for start in range(0, len(src), 256):
+        final[start : start + 256] = store[src[start : start + 256]]
+    final.flush()
+    del final, store

@@ -144,6 +144,83 @@ def _chunks(loader: Iterable, size: int | None, device: torch.device) -> Iterato
         yield chunk
 
 
+class _PrefixWalk:
+    """One depth-first walk of the prefix tree per chunk of validation batches (see the module docstring): the
+    cached outputs along the path, the per-node BatchNorm statistics (``node_bn``) and MACs (``node_macs``),
+    every strategy's :class:`Metrics`, and the one check that the chain composes to ``forward``."""
+
+    def __init__(self, model: FusionNetwork, chain: _Chain, unique: list[Strategy], metrics: dict,
+                 recalibrate: bool, node_bn: dict, counter: MacCounter, bar):
+        self.model, self.chain, self.metrics, self.recalibrate = model, chain, metrics, recalibrate
+        self.node_bn, self.counter, self.bar = node_bn, counter, bar
+        self.calibrated = {(d, chain.key(d, s)) for s in unique for d in range(len(chain))} <= node_bn.keys()
+        self.node_macs: dict[tuple[int, tuple[int, ...]], int] = {}
+        self.checked, self.check_macs = False, 0
+        self.root_input: list[Tensor] = []
+
+    def visit(self, depth: int, group: list[Strategy], parent_calib: list[Tensor], parent_eval: list[Tensor],
+              ys: list[tuple[Tensor, int]], first_chunk: bool) -> None:
+        """Run the node of ``group`` (strategies sharing the prefix down to ``depth``) on its parent's outputs,
+        then its children; a leaf adds its logits to every strategy of ``group``."""
+        chain = self.chain
+        module, rep = chain.modules[depth], group[0]
+        node = (depth, chain.key(depth, rep))
+        chain.set_states(depth, rep)
+        calib_out, macs = self._calibrate(depth, node, parent_calib, first_chunk)
+        module.eval()
+        eval_out, m = _run(module, parent_eval, self.counter, depth)
+        self.node_macs[node] = self.node_macs.get(node, 0) + macs + m
+        if depth == len(chain) - 1:
+            if not self.checked:
+                self.check_forward(self.root_input[0], eval_out[0])
+            for s in dict.fromkeys(group):
+                for logits, (y, views) in zip(eval_out, ys):
+                    self.metrics[s].update(average_views(logits, views), y)
+            self.bar.update(1)
+            return
+        children: dict[tuple[int, ...], list[Strategy]] = {}
+        for s in group:
+            children.setdefault(chain.key(depth + 1, s), []).append(s)
+        for child in children.values():
+            self.visit(depth + 1, child, calib_out, eval_out, ys, first_chunk)
+
+    def _calibrate(self, depth: int, node: tuple, parent_calib: list[Tensor],
+                   first_chunk: bool) -> tuple[list[Tensor], int]:
+        """The node's BatchNorm statistics: recalibrated over the parent's train-mode calibration outputs (the
+        first time), else restored. Returns its own train-mode outputs and the MACs run."""
+        if not self.recalibrate:
+            return [], 0
+        module, bns = self.chain.modules[depth], self.chain.bns[depth]
+        if not first_chunk or self.calibrated:
+            _bn_restore(bns, self.node_bn[node])
+            return [], 0
+        momenta = [b.momentum for b in bns]
+        for b in bns:
+            b.reset_running_stats()
+            b.momentum = None
+        module.train()
+        calib_out, macs = _run(module, parent_calib, self.counter, depth)
+        for b, mom in zip(bns, momenta):
+            b.momentum = mom
+        self.node_bn[node] = _bn_snapshot(bns)
+        return calib_out, macs
+
+    def check_forward(self, x: Tensor, logits: Tensor) -> None:
+        """Once, at the first leaf (every module then holds that strategy's state and statistics): the chain
+        must give what ``model(x)`` gives, or its numbers would not be the network's."""
+        before = self.counter.total
+        self.model.eval()
+        x, logits = x[:1], logits[:1]  # eval mode treats samples independently: one clip is enough
+        ref = self.model(x)
+        self.check_macs = self.counter.total - before  # one batch through the network: counted as executed
+        self.checked = True
+        # On a GPU a batch of one and the full batch run different convolution kernels (TF32 on Ampere and
+        # later), so agreement is looser there; a chain that skips or repeats a module is off by far more.
+        tol = 1e-4 if x.device.type == "cpu" else 2e-2
+        if ref.shape != logits.shape or not torch.allclose(ref, logits, rtol=tol, atol=tol * 0.1):
+            raise _NotTheForward(f"{type(self.model).__name__}.sequence() does not compose to its forward()")
+
+
 @torch.no_grad()
 def score_strategies_prefix(
     model: FusionNetwork,
@@ -170,22 +247,17 @@ def score_strategies_prefix(
     ``bn_cache``: a dict kept between calls with the same model and calibration batches (racing scores the same
     strategies on successive clip sets): the recalibrated statistics of every tree node go into it, and a call
     whose nodes are all in it skips the calibration passes (the statistics are identical).
-
-    Longer than a screen on purpose: the tree walk (``visit``) and the one-off check against ``model(x)``
-    (``check_forward``) are closures over one call's caches, counters and metrics; split into methods they would
-    spread one algorithm's state over an object that lives for a single call.
     """
     device = torch.device(device)
+    naive = (model, strategies, val_loader, num_classes, calib_batches, recalibrate, groups, device, progress)
     try:
         chain = _Chain(model, model.sequence())
     except NotImplementedError:
         log.info("%s exposes no module chain (sequence()); scoring strategies one by one", type(model).__name__)
-        return _naive(model, strategies, val_loader, num_classes, calib_batches, recalibrate, groups, device,
-                      progress)
+        return _naive(*naive)
     except StfusionError as exc:
         log.warning("%s; scoring strategies one by one", exc)
-        return _naive(model, strategies, val_loader, num_classes, calib_batches, recalibrate, groups, device,
-                      progress)
+        return _naive(*naive)
     if recalibrate and not calib_batches:
         raise ValueError("recalibrate=True needs calibration batches")
     model.to(device)
@@ -200,91 +272,35 @@ def score_strategies_prefix(
     saved = bn_state(model)
     metrics = {s: Metrics(num_classes) for s in strategies}
     calib = [normalize(x, device) for x in calib_batches] if recalibrate else []
-    node_bn: dict[tuple[int, tuple[int, ...]], list[tuple]] = {} if bn_cache is None else bn_cache
     unique = list(dict.fromkeys(strategies))
-    calibrated = {(d, chain.key(d, s)) for s in unique for d in range(len(chain))} <= node_bn.keys()
-    node_macs: dict[tuple[int, tuple[int, ...]], int] = {}
-    last = len(chain) - 1
     bar = tqdm(desc="score (prefix)", disable=not progress, leave=False)
-
-    def visit(depth: int, group: list[Strategy], parent_calib: list[Tensor], parent_eval: list[Tensor],
-              ys: list[tuple[Tensor, int]], first_chunk: bool) -> None:
-        module, rep = chain.modules[depth], group[0]
-        node = (depth, chain.key(depth, rep))
-        chain.set_states(depth, rep)
-        macs = 0
-        calib_out: list[Tensor] = []
-        if recalibrate:
-            bns = chain.bns[depth]
-            if first_chunk and not calibrated:
-                momenta = [b.momentum for b in bns]
-                for b in bns:
-                    b.reset_running_stats()
-                    b.momentum = None
-                module.train()
-                calib_out, m = _run(module, parent_calib, counter, depth)
-                macs += m
-                for b, mom in zip(bns, momenta):
-                    b.momentum = mom
-                node_bn[node] = _bn_snapshot(bns)
-            else:
-                _bn_restore(bns, node_bn[node])
-        module.eval()
-        eval_out, m = _run(module, parent_eval, counter, depth)
-        node_macs[node] = node_macs.get(node, 0) + macs + m
-        if depth == last:
-            if not checked:
-                check_forward(root_input[0], eval_out[0])
-            for s in dict.fromkeys(group):
-                for logits, (y, views) in zip(eval_out, ys):
-                    metrics[s].update(average_views(logits, views), y)
-            bar.update(1)
-            return
-        children: dict[tuple[int, ...], list[Strategy]] = {}
-        for s in group:
-            children.setdefault(chain.key(depth + 1, s), []).append(s)
-        for child in children.values():
-            visit(depth + 1, child, calib_out, eval_out, ys, first_chunk)
-
-    checked, check_macs = False, 0
-    root_input: list[Tensor] = []
-
-    def check_forward(x: Tensor, logits: Tensor) -> None:
-        """Once, at the first leaf (every module then holds that strategy's state and statistics): the chain
-        must give what ``model(x)`` gives, or its numbers would not be the network's."""
-        nonlocal checked, check_macs
-        before = counter.total
-        model.eval()
-        x, logits = x[:1], logits[:1]  # eval mode treats samples independently: one clip is enough
-        ref = model(x)
-        check_macs = counter.total - before  # one batch through the network: counted as executed
-        checked = True
-        # On a GPU a batch of one and the full batch run different convolution kernels (TF32 on Ampere and
-        # later), so agreement is looser there; a chain that skips or repeats a module is off by far more.
-        tol = 1e-4 if x.device.type == "cpu" else 2e-2
-        if ref.shape != logits.shape or not torch.allclose(ref, logits, rtol=tol, atol=tol * 0.1):
-            raise _NotTheForward(f"{type(model).__name__}.sequence() does not compose to its forward()")
-
     try:
         with MacCounter(model) as counter:
+            walk = _PrefixWalk(model, chain, unique, metrics, recalibrate, {} if bn_cache is None else bn_cache,
+                               counter, bar)
             for ci, chunk in enumerate(_chunks(val_loader, chunk_batches, device)):
-                root_input[:] = [x for x, _, _ in chunk]
-                visit(0, unique, calib, root_input, [(y, v) for _, y, v in chunk], ci == 0)
+                walk.root_input[:] = [x for x, _, _ in chunk]
+                walk.visit(0, unique, calib, walk.root_input, [(y, v) for _, y, v in chunk], ci == 0)
     except _NotTheForward as exc:
         log.warning("%s; scoring strategies one by one", exc)
         model.load_state_dict(saved, strict=False)
         model.set_strategy(None)
-        return _naive(model, strategies, val_loader, num_classes, calib_batches, recalibrate, groups, device,
-                      progress)
+        return _naive(*naive)
     finally:
         bar.close()
         model.load_state_dict(saved, strict=False)
         model.set_strategy(None)
         model.eval()
     df = pd.DataFrame([result_row(s, metrics[s].result(), groups) for s in strategies])
-    executed = int(sum(node_macs.values())) + check_macs
+    return _with_work(df, walk, strategies, unique)
+
+
+def _with_work(df: pd.DataFrame, walk: _PrefixWalk, strategies: list[Strategy], unique: list[Strategy]):
+    """``df`` with the work done in ``attrs`` (MACs executed, one by one, of the check; nodes), logged."""
+    chain, node_macs = walk.chain, walk.node_macs
+    executed = int(sum(node_macs.values())) + walk.check_macs
     naive = int(sum(node_macs.get((d, chain.key(d, s)), 0) for s in strategies for d in range(len(chain))))
-    df.attrs.update(prefix_shared=True, macs_executed=executed, macs_naive=naive, macs_check=check_macs,
+    df.attrs.update(prefix_shared=True, macs_executed=executed, macs_naive=naive, macs_check=walk.check_macs,
                     nodes=len(node_macs), strategies=len(strategies), unique_strategies=len(unique))
     log.info("prefix scoring: %d strategies (%d distinct), %d tree nodes, conv/linear MACs %.3g executed vs "
              "%.3g one by one (ratio %.3f)", len(strategies), len(unique), len(node_macs), executed, naive,
