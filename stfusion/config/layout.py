@@ -61,9 +61,10 @@ class FidelityStudy:
         """The ``stfusion`` subcommand of one of its stages."""
         return stage.replace("_", "-")
 
-    def seeds(self, params: dict) -> list[int]:
-        """Its seed indices: ``0 .. <section>.seeds - 1`` with several seeds, else ``[0]``."""
-        return list(range(int(params[self.section]["seeds"]))) if self.several_seeds else [0]
+    def seeds(self, settings) -> list[int]:
+        """Its seed indices under :class:`~stfusion.config.settings.Settings`: ``0 .. <section>.seeds - 1`` with
+        several seeds, else ``[0]``."""
+        return list(range(getattr(settings, self.section).seeds)) if self.several_seeds else [0]
 
 
 #: the default run's check, part of every run (results/validation/, checkpoints/standalone/)
@@ -207,11 +208,11 @@ class RunLayout:
 
     @property
     def finetune_best_history(self) -> str:
-        return f"{self.results}/finetune/best_history.csv"
+        return best_run_file(f"{self.results}/finetune", "history")
 
     @property
     def finetune_best_predictions(self) -> str:
-        return f"{self.results}/finetune/best_test_predictions.csv"
+        return best_run_file(f"{self.results}/finetune", "predictions")
 
     # stand-alone validation of the default run
     @property
@@ -236,11 +237,11 @@ class RunLayout:
 
     @property
     def standalone_best_history(self) -> str:
-        return f"{self.validation}/best_history.csv"
+        return best_run_file(self.validation, "history")
 
     @property
     def standalone_best_predictions(self) -> str:
-        return f"{self.validation}/best_test_predictions.csv"
+        return best_run_file(self.validation, "predictions")
 
     @property
     def fidelity(self) -> str:
@@ -325,6 +326,22 @@ class RunLayout:
 
 #: the standard layout (what ``snakemake`` and ``dvc repro`` use)
 LAYOUT = RunLayout()
+
+
+#: the files one training run leaves in its runs folder, ``<runs>/<id>.<suffix>``: record, history, test predictions
+RUN_FILES = {"record": "json", "history": "history.csv", "predictions": "predictions.csv"}
+#: the best run's history and test predictions, copied beside the table that ranks the runs
+BEST_RUN_FILES = {"history": "best_history.csv", "predictions": "best_test_predictions.csv"}
+
+
+def run_file(runs_dir: str | Path, sid: str, kind: str) -> str:
+    """File ``kind`` (:data:`RUN_FILES`) of run ``sid`` in ``runs_dir`` (``sid`` may be a wildcard, ``{sid}``)."""
+    return f"{runs_dir}/{sid}.{RUN_FILES[kind]}"
+
+
+def best_run_file(folder: str | Path, kind: str) -> str:
+    """File ``kind`` (:data:`BEST_RUN_FILES`) of the best run, in ``folder``."""
+    return f"{folder}/{BEST_RUN_FILES[kind]}"
 
 
 def in_folder(path: str, folder: str | Path) -> Path:

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
+from stfusion.config.layout import best_run_file, run_file
 from stfusion.data.loader import clip_loader
 from stfusion.data.transforms import average_views, normalize
 from stfusion.core.strategies import KEEP_PROB_RULES
@@ -122,19 +123,17 @@ def test_predictions(net: torch.nn.Module, dataset, batch_size: int) -> pd.DataF
 
 def run_files(runs_dir: str | Path, sid: str) -> dict[str, Path]:
     """The files one training run leaves beside its record ``<id>.json``: its history and test predictions."""
-    runs_dir = Path(runs_dir)
-    return {"history": runs_dir / f"{sid}.history.csv", "predictions": runs_dir / f"{sid}.predictions.csv"}
+    return {kind: Path(run_file(runs_dir, sid, kind)) for kind in ("history", "predictions")}
 
 
 def copy_best_run(table: pd.DataFrame, score: str, runs_dir: str | Path, out_dir: str | Path) -> str:
     """Copy the history and test predictions of the run best on ``score`` (a validation column of ``table``) to
-    ``out_dir/best_history.csv`` and ``out_dir/best_test_predictions.csv``; returns its id."""
+    ``out_dir`` (:func:`stfusion.config.layout.best_run_file`); returns its id."""
     from stfusion.io.files import write_csv
 
     best = str(table.sort_values(score, ascending=False, kind="stable").iloc[0]["id"])
     for kind, path in run_files(runs_dir, best).items():
-        name = "best_history.csv" if kind == "history" else "best_test_predictions.csv"
-        write_csv(pd.read_csv(path).assign(id=best), Path(out_dir) / name)
+        write_csv(pd.read_csv(path).assign(id=best), best_run_file(out_dir, kind))
     return best
 
 

@@ -42,6 +42,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 from tqdm import tqdm
 
+from stfusion.config.layout import LAYOUT, in_folder
 from stfusion.engine import distributed
 
 from stfusion.io.files import guarded_write, write_csv, write_text
@@ -293,7 +294,7 @@ class Run:
 
     @property
     def ckpt_path(self) -> Path:
-        return self.out_dir / "last.pt"
+        return in_folder(LAYOUT.last, self.out_dir)
 
     @property
     def gated(self) -> bool:
@@ -341,9 +342,9 @@ def fit(
     if main:
         final = {"arch": run.model.arch, "model": run.model.state_dict(), "config": asdict(cfg),
                  "optimizer_steps": state.optimizer_steps, **(record or {})}
-        guarded_write(run.out_dir / "model.pt", lambda: (
-            _write_tables(run.out_dir, state.history, state.rates, state.stats),
-            save_torch(final, run.out_dir / "model.pt")))
+        model_path = in_folder(LAYOUT.supernet, run.out_dir)
+        guarded_write(model_path, lambda: (_write_tables(run.out_dir, state.history, state.rates, state.stats),
+                                           save_torch(final, model_path)))
     distributed.barrier()
     return pd.DataFrame(state.history)
 
@@ -366,7 +367,7 @@ def _start(model: FusionNetwork, train_set: Dataset, cfg: TrainConfig, out_dir: 
         optimizer, EpochSchedule(cfg.warmup_epochs, cfg.epochs, cfg.schedule, tuple(cfg.milestones))
     )
     torch.manual_seed(cfg.seed + distributed.rank())  # independent masks and augmentation per rank
-    state = _initial_state(out_dir / "last.pt", model, optimizer, scheduler, cfg, on_stale)
+    state = _initial_state(in_folder(LAYOUT.last, out_dir), model, optimizer, scheduler, cfg, on_stale)
     if distributed.world_size() > 1 and cfg.sync_bn:
         if device.type == "cuda":
             model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
@@ -402,6 +403,7 @@ def train_epoch(run: Run, train_set: Dataset, epoch: int, phase: str, stop: Stop
     t0 = time.perf_counter() - sums["seconds"]
     failures = DecodeFailures(train_set, run.n_batches * (cfg.batch_size // distributed.world_size()))
     failures.count = sums["decode_failures"]
+    kl = (n_train, cfg.kl_k, cfg.kl_form, cfg.kl_price) if phase == "gated" else None  # the epoch's KL settings
     for step, batch in enumerate(epoch_loader(train_set, cfg, epoch, state.step), start=state.step):
         x, y, failed = split_failures(batch)
         failures.add(failed)
@@ -410,8 +412,7 @@ def train_epoch(run: Run, train_set: Dataset, epoch: int, phase: str, stop: Stop
         if uniform:
             model.set_uniform_states(True)
         # a uniform step keeps the KL term in the graph at weight 0, as DDP needs every parameter to take part
-        out = train_step(run.net, model, run.optimizer, x, y, autocast=run.autocast,
-                         kl=(n_train, cfg.kl_k, cfg.kl_form, cfg.kl_price) if phase == "gated" else None,
+        out = train_step(run.net, model, run.optimizer, x, y, autocast=run.autocast, kl=kl,
                          kl_scale=0.0 if uniform else kl_factor(cfg, epoch),
                          where=f"epoch {epoch + 1}, step {step + 1}", ckpt_path=run.ckpt_path,
                          check_unused=run.check_unused)
@@ -594,11 +595,11 @@ def _wrap_ddp(model: FusionNetwork, device: torch.device) -> torch.nn.Module:
 
 def _write_tables(out_dir: Path, history: list[dict], rates: list[dict], stats: list[dict]) -> None:
     hist = pd.DataFrame(history).drop(columns=["seconds"], errors="ignore")
-    write_csv(hist, out_dir / "history.csv")
+    write_csv(hist, in_folder(LAYOUT.history, out_dir))
     if rates:
-        write_csv(pd.DataFrame(rates), out_dir / "drop_rates.csv")
+        write_csv(pd.DataFrame(rates), in_folder(LAYOUT.drop_rates, out_dir))
     if stats:
-        write_csv(pd.DataFrame(stats), out_dir / "gate_stats.csv")
+        write_csv(pd.DataFrame(stats), in_folder(LAYOUT.gate_stats, out_dir))
 
 
 def supernet_config(settings: Settings, n_train: int | None = None) -> TrainConfig:

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from stfusion.config.layout import FidelityStudy, seed_folder
+from stfusion.config.settings import Settings
 from stfusion.io.files import read_table, write_json, write_text
 from stfusion.io.tables import to_markdown, write_table
 from stfusion.stages.common import build_from_checkpoint, strategy_of
@@ -40,8 +41,8 @@ def select(params: dict, study: FidelityStudy, *, ranking: str | Path, out: str 
     (:func:`stfusion.analysis.fidelity.select_strategies`)."""
     from stfusion.analysis.fidelity import select_strategies
 
-    setting = f"{study.section}.n_strategies"
-    df = select_strategies(read_table(ranking, "ranking"), int(params[study.section]["n_strategies"]), setting)
+    n = getattr(Settings.for_stage(params), study.section).n_strategies
+    df = select_strategies(read_table(ranking, "ranking"), n, f"{study.section}.n_strategies")
     write_table(df, out)
     return df
 
@@ -64,9 +65,9 @@ def train(
 
     ckpt = load_checkpoint(checkpoint)
     table = read_table(selection, "stand-alone selection")
-    results = []
-    for j in study.seeds(params) if seeds is None else seeds:
-        seed = int(params["seed"]) + int(j)
+    results, settings = [], Settings.for_stage(params)
+    for j in study.seeds(settings) if seeds is None else seeds:
+        seed = settings.seed + int(j)
 
         def make(row, seed=seed):
             torch.manual_seed(seed)
@@ -90,7 +91,7 @@ def gather(params: dict, study: FidelityStudy, *, selection: str | Path, ranking
 
     sel = supernet_scores(read_table(selection, "stand-alone selection"), read_table(ranking, "ranking"))
     ids = sel["id"].astype(str)
-    seeds = study.seeds(params)
+    seeds = study.seeds(Settings.for_stage(params))
     folders = [_folder(runs_dir, study, j) for j in seeds]
     command = f"stfusion {study.command(study.train)}" + (" --seed-index {}" if study.several_seeds else "")
     runs = [gather_runs(ids, f, command.format(j)) for j, f in zip(seeds, folders)]
@@ -121,8 +122,9 @@ def report(params: dict, study: FidelityStudy, *, selection: str | Path, ranking
     out_dir = Path(out_dir)
     write_table(df, out_dir / study.table)
     copy_best_run(df, "standalone_top1_val", _folder(runs_dir, study, 0), out_dir)
-    result = {**statistics(df, per_seed, seed=int(params["seed"])), **timing, "runs": int(per_seed.size),
-              "budget": {k: params["standalone"][k] for k in BUDGET}, "strategies": list(df["id"].astype(str))}
+    settings = Settings.for_stage(params)
+    result = {**statistics(df, per_seed, seed=settings.seed), **timing, "runs": int(per_seed.size),
+              "budget": {k: getattr(settings.standalone, k) for k in BUDGET}, "strategies": list(df["id"].astype(str))}
     write_json(out_dir / study.result, result)
     plot_study(df, per_seed, out_dir / study.figure)
     lines = ["# Ranking fidelity", "", *summary_lines(result), "",

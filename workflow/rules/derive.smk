@@ -28,9 +28,9 @@ rule finetune:
         model=SUPERNET,
         derived=DERIVED,
     output:
-        run=f"{FINETUNE_RUNS}/{{sid}}.json",
-        history=f"{FINETUNE_RUNS}/{{sid}}.history.csv",
-        predictions=f"{FINETUNE_RUNS}/{{sid}}.predictions.csv",
+        run=layout.run_file(FINETUNE_RUNS, "{sid}", "record"),
+        history=layout.run_file(FINETUNE_RUNS, "{sid}", "history"),
+        predictions=layout.run_file(FINETUNE_RUNS, "{sid}", "predictions"),
         model=f"{FINETUNE_CKPT}/{{sid}}/model.pt",
     log:
         "logs/finetune/{sid}.log",
@@ -58,7 +58,7 @@ rule finetune_table:
     input:
         derived=DERIVED,
         ranking=RANKING,
-        runs=lambda w: expand(f"{FINETUNE_RUNS}/{{sid}}.json", sid=derived_ids(w)),
+        runs=lambda w: expand(layout.run_file(FINETUNE_RUNS, "{sid}", "record"), sid=derived_ids(w)),
         run_files=lambda w: expand(
             f"{FINETUNE_RUNS}/{{sid}}.{{kind}}.csv", sid=derived_ids(w), kind=["history", "predictions"]
         ),

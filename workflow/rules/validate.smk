@@ -47,8 +47,7 @@ def study_runs(row):
 
     def files(wildcards):
         ids = _ids(getattr(checkpoints, study.select).get().output.table)
-        kinds = ["json", "history.csv", "predictions.csv"]
-        return expand(pattern, fseed=study.seeds(config), sid=ids, kind=kinds)
+        return expand(pattern, fseed=study.seeds(SETTINGS), sid=ids, kind=layout.RUN_FILES.values())
 
     return files
 
@@ -85,9 +84,9 @@ for _row in FIDELITY_STUDIES:
             model=SUPERNET,
             selection=_row["selection"],
         output:
-            run=f"{_runs}/{{sid}}.json",
-            history=f"{_runs}/{{sid}}.history.csv",
-            predictions=f"{_runs}/{{sid}}.predictions.csv",
+            run=layout.run_file(_runs, "{sid}", "record"),
+            history=layout.run_file(_runs, "{sid}", "history"),
+            predictions=layout.run_file(_runs, "{sid}", "predictions"),
             model=f"{_ckpt}/{{sid}}/model.pt",
         log:
             f"{seed_pattern(_study, _row['logs'])}/{{sid}}.log",
@@ -130,8 +129,8 @@ for _row in FIDELITY_STUDIES:
                 category="4. Ranking fidelity",
                 labels={"kind": "figure", "name": _row["label"]},
             ),
-            best_history=f"{_out}/best_history.csv",
-            best_predictions=f"{_out}/best_test_predictions.csv",
+            best_history=layout.best_run_file(_out, "history"),
+            best_predictions=layout.best_run_file(_out, "predictions"),
             timing=_row["timing"],
         log:
             f"logs/{_study.gather}.log",
