@@ -78,7 +78,7 @@ def preference_summary(pref: pd.DataFrame) -> dict:
 
 
 NETWORK_COLUMNS = [
-    "rank", "name", "source", "strategy", "log_prob", "prob", "top1", "top1_motion", "top1_appearance",
+    "rank", "name", "also", "source", "strategy", "log_prob", "prob", "top1", "top1_motion", "top1_appearance",
     "top1_plain_bn", "top1_test", "top1_test_motion", "top1_test_appearance", "macs", "params",
     "race_status", "race_clips", "top1_partial", "top1_low", "top1_high",  # with scoring.racing only
 ]

@@ -143,6 +143,8 @@ class Model(_Section):
     stem_width: int
     width_multiplier: float
     pretrained_2d: str | None
+    temporal_stride: bool
+    pretrained_3d: str | None
 
 
 @_SECTION

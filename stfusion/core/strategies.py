@@ -224,6 +224,31 @@ def families(n_layers: int, stage_of_layer: Sequence[int] | None = None) -> dict
     return out
 
 
+#: Tran et al.'s stage numbering: stage 0 is conv1 (the stem), stage ``i`` is conv{i+1}_x
+LITERATURE_STAGES = 5
+
+
+def literature_families(stage_of_layer: Sequence[int], three_d: bool = True) -> dict[str, Strategy]:
+    """The strategies of Tran et al. (CVPR 2018) on a network whose fusion layers lie in their five stages
+    (``stage_of_layer``: 0 = conv1, the stem; ``i`` = conv{i+1}_x):
+
+    * R2D: every layer S; R3D (``three_d``) or R(2+1)D (a factorised ST unit): every layer ST;
+    * MCx (x = 2..5, ``three_d`` only): ST below stage conv{x}, S from it on (MC3: conv1 and conv2_x 3D);
+    * rMCx (x = 2..5, ``three_d`` only): S below conv{x}, ST from it on.
+    """
+    stages = list(stage_of_layer)
+    if sorted(set(stages)) != list(range(LITERATURE_STAGES)):
+        raise StfusionError(f"the literature strategies need fusion layers in stages 0-4, got {sorted(set(stages))}")
+    out = {"R2D": Strategy.uniform(S, len(stages)),
+           "R3D" if three_d else "R(2+1)D": Strategy.uniform(ST, len(stages))}
+    if three_d:
+        for x in range(2, LITERATURE_STAGES + 1):
+            out[f"MC{x}"] = Strategy(tuple(ST if s < x - 1 else S for s in stages))
+        for x in range(2, LITERATURE_STAGES + 1):
+            out[f"rMC{x}"] = Strategy(tuple(S if s < x - 1 else ST for s in stages))
+    return out
+
+
 def enumerate_all(n_layers: int, allow_none: Iterable[bool] | None = None) -> list[Strategy]:
     """Every strategy of a (small) network; for checks against exact posterior quantities."""
     allow = list(allow_none) if allow_none is not None else [True] * n_layers

@@ -11,7 +11,7 @@ from torch import Tensor, nn
 from stfusion.errors import StfusionError
 from stfusion.core.droppath import kl_sum
 from stfusion.core.fusion import FusionPaths, paths_price
-from stfusion.core.strategies import Posterior, Strategy
+from stfusion.core.strategies import Posterior, Strategy, families
 
 
 class FusionNetwork(nn.Module):
@@ -36,6 +36,10 @@ class FusionNetwork(nn.Module):
     def stage_of_layer(self) -> list[int]:
         """Stage index of each fusion layer (for per-stage families and plots)."""
         return list(self._stage_of_layer)
+
+    def families(self) -> dict[str, Strategy]:
+        """The named strategies every strategy table lists (:func:`stfusion.core.strategies.families`)."""
+        return families(self.n_fusion_layers, self.stage_of_layer)
 
     def sequence(self) -> list[nn.Module]:
         """The network as a chain of modules: ``forward(x)`` equals applying them in order, and every fusion

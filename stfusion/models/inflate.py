@@ -12,24 +12,25 @@ from torch import Tensor, nn
 from stfusion.errors import StfusionError
 
 
-def load_state_dict_2d(src, what: str) -> dict[str, Tensor]:
-    """A 2D state dict from ``src``: a mapping of tensors, or the path of a local file saved with ``torch.save``
-    (read with ``weights_only=True``). ``what`` names the expected model in error messages."""
+def load_state_dict_2d(src, what: str, setting: str = "pretrained_2d") -> dict[str, Tensor]:
+    """A state dict from ``src``: a mapping of tensors, or the path of a local file saved with ``torch.save``
+    (read with ``weights_only=True``). ``what`` names the expected model and ``setting`` the parameter that gave
+    ``src`` in error messages."""
     if isinstance(src, Mapping):
         sd = src
     else:
         path = Path(src)
         if not path.is_file():
-            raise StfusionError(f"pretrained_2d: no such file: {path} (a local torchvision {what} state dict)")
+            raise StfusionError(f"{setting}: no such file: {path} (a local torchvision {what} state dict)")
         try:
             sd = torch.load(path, map_location="cpu", weights_only=True)
         except Exception as exc:  # noqa: BLE001 - any read failure becomes one line
             msg = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise StfusionError(f"pretrained_2d: cannot read {path}: {msg}") from None
+            raise StfusionError(f"{setting}: cannot read {path}: {msg}") from None
         if isinstance(sd, Mapping) and "state_dict" in sd and isinstance(sd["state_dict"], Mapping):
             sd = sd["state_dict"]
     if not isinstance(sd, Mapping) or not all(isinstance(v, Tensor) for v in sd.values()):
-        raise StfusionError(f"pretrained_2d: expected a state dict (name -> tensor) of a torchvision {what}")
+        raise StfusionError(f"{setting}: expected a state dict (name -> tensor) of a torchvision {what}")
     return dict(sd)
 
 

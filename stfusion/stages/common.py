@@ -74,13 +74,14 @@ def supernet_build(params: dict, num_classes: int, classes: list[dict], clip_sha
 
 def build_settings(ckpt: dict, path: str | Path = "checkpoint") -> Settings:
     """The ``model`` and ``gate`` settings a supernet checkpoint was trained with (``ckpt['build']``), without 2D
-    weights to inflate (the weights are the checkpoint's)."""
+    or 3D weights to load (the weights are the checkpoint's)."""
     build = ckpt.get("build")
     if not build:
         raise StfusionError(
             f"{path} holds no build information; it was not written by 'stfusion train-supernet' (rerun it)"
         )
-    return Settings.for_stage({"model": {**build["model"], "pretrained_2d": None}, "gate": build["gate"]})
+    model = {**build["model"], "pretrained_2d": None, "pretrained_3d": None}
+    return Settings.for_stage({"model": model, "gate": build["gate"]})
 
 
 def build_from_checkpoint(ckpt: dict, path: str | Path = "checkpoint") -> FusionNetwork:

@@ -28,14 +28,14 @@ log = logging.getLogger(__name__)
 def sample_strategies(params: dict, *, checkpoint: str | Path, out: str | Path) -> pd.DataFrame:
     """Stage ``sample_strategies``: the ``scoring.top_k`` most probable strategies, ``scoring.n_samples`` drawn
     from the posterior (seed ``seed``) and the named families, one row a distinct strategy:
-    ``id, strategy, name, source, log_prob, prob, n_drawn, n_S, n_ST, n_S+ST, n_none``.
+    ``id, strategy, name, also, source, log_prob, prob, n_drawn, n_S, n_ST, n_S+ST, n_none``.
 
     ``source`` lists every way the strategy was listed (``family``, ``top_k``, ``sample``), ``;``-separated;
-    ``name`` is the family name, ``top-<rank>`` or ``sample-<first draw>``."""
+    ``name`` is the family name, ``top-<rank>`` or ``sample-<first draw>``; ``also`` the strategy's other family
+    names (``;``-separated: all-ST is also R3D on the video ResNet-18)."""
     import numpy as np
     import pandas as pd
     from stfusion.io.files import write_csv
-    from stfusion.core.strategies import families
 
     model, _ = load_supernet(checkpoint)
     settings = Settings.for_stage(params)
@@ -43,7 +43,7 @@ def sample_strategies(params: dict, *, checkpoint: str | Path, out: str | Path) 
     post = model.posterior(rule)
     s = settings.scoring
     entries: list[tuple[Strategy, str, str]] = []
-    for name, strat in families(model.n_fusion_layers, model.stage_of_layer).items():
+    for name, strat in model.families().items():
         if all(a or st != 0 for a, st in zip(model.allow_none, strat.states)):
             entries.append((strat, "family", name))
     for rank, (strat, _) in enumerate(post.top_k(s.top_k), start=1):
@@ -56,18 +56,21 @@ def sample_strategies(params: dict, *, checkpoint: str | Path, out: str | Path) 
         if row is None:
             row = rows[strat.id] = {
                 "id": strat.id, "strategy": strat.text, "name": name, "source": [], "log_prob": post.log_prob(strat),
-                "n_drawn": 0, **{f"n_{k}": v for k, v in strat.counts().items()},
+                "n_drawn": 0, "also": [], **{f"n_{k}": v for k, v in strat.counts().items()},
             }
+        elif source == "family":  # a second family name of the same strategy (all-ST = R3D)
+            row["also"].append(name)
         if source not in row["source"]:
             row["source"].append(source)
         if source == "sample":
             row["n_drawn"] += 1
     df = pd.DataFrame(list(rows.values()))
     df["source"] = df["source"].map(";".join)
+    df["also"] = df["also"].map(";".join)
     df["prob"] = np.exp(df["log_prob"])
     df["keep_prob_rule"] = rule
-    cols = ["id", "strategy", "name", "source", "log_prob", "prob", "n_drawn", "n_S", "n_ST", "n_S+ST", "n_none",
-            "keep_prob_rule"]
+    cols = ["id", "strategy", "name", "also", "source", "log_prob", "prob", "n_drawn", "n_S", "n_ST", "n_S+ST",
+            "n_none", "keep_prob_rule"]
     df = df[cols]
     write_csv(df, out)
     by_source = df["source"].str.split(";").explode().value_counts().to_dict()
