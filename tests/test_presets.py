@@ -13,7 +13,8 @@ from stfusion.engine.train import make_optimizer, supernet_config
 
 from conftest import REPO
 
-PRESETS = ["ssv1", "ssv2", "kinetics400", "ucf101", "hmdb51", "ssv1_densenet121", "kinetics400_densenet121"]
+PRESETS = ["ssv1", "ssv2", "kinetics400", "ucf101", "hmdb51", "ssv1_densenet121", "kinetics400_densenet121",
+           "ucf101_r3d18", "hmdb51_r3d18"]
 NUM_CLASSES = {"ssv1": 174, "ssv2": 174, "kinetics400": 400, "ucf101": 101, "hmdb51": 51}
 
 
