@@ -369,7 +369,8 @@ def test_inflated_all_s_network_equals_2d_net_per_frame(backbone, unit, tmp_path
     path = tmp_path / "w2d.pt"
     torch.save(net2d.state_dict(), path)
     extra = {"stem_temporal_kernel": 1} if backbone == "densenet" else {}
-    net = tiny(backbone, unit, pretrained_2d=str(path), **extra).eval()
+    net = tiny(backbone, unit, **extra).eval()
+    net.inflate_from_2d(str(path), uniform(net, S))
     net.set_strategy(uniform(net, S))
     x = clip(4, (2, 3, 3, 32, 32))
     with torch.no_grad():
@@ -383,6 +384,47 @@ def test_inflated_all_s_network_equals_2d_net_per_frame(backbone, unit, tmp_path
                        net2d.state_dict()["classifier.weight" if backbone == "densenet" else "fc.weight"])
 
 
+def replicate_time_padding(net: nn.Module) -> nn.Module:
+    """A copy of ``net`` whose convs pad time by repeating the clip's end frames instead of zeros (space is still
+    zero-padded, as in 2D): on a static clip every frame then sees the same frames, the clip's ends included."""
+    import copy
+
+    import torch.nn.functional as F
+
+    class Padded(nn.Module):
+        def __init__(self, conv: nn.Conv3d):
+            super().__init__()
+            self.pt, self.conv = conv.padding[0], conv
+            conv.padding = (0, *conv.padding[1:])
+
+        def forward(self, x):
+            return self.conv(F.pad(x, (0, 0, 0, 0, self.pt, self.pt), mode="replicate"))
+
+    net = copy.deepcopy(net)
+    for name, m in list(net.named_modules()):
+        if isinstance(m, nn.Conv3d) and m.padding[0] > 0:
+            parent, _, leaf = name.rpartition(".")
+            setattr(net.get_submodule(parent), leaf, Padded(m))
+    return net
+
+
+@pytest.mark.parametrize("state", [S, ST, BOTH])
+@pytest.mark.parametrize("unit", UNITS)
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_inflation_is_exact_for_every_uniform_strategy(backbone, unit, state):
+    """The I3D check: inflated for a uniform strategy, on a static clip (temporal padding replicating the ends),
+    the 3D network's logits are the 2D network's on that image; S + ST included (each path carries half)."""
+    net2d = reference_2d(backbone)
+    net = tiny(backbone, unit).eval()
+    strategy = uniform(net, state)
+    net.inflate_from_2d(net2d.state_dict(), strategy)
+    net.set_strategy(strategy)
+    img = clip(6, (1, 3, 1, 32, 32))
+    with torch.no_grad():
+        out = replicate_time_padding(net)(img.expand(-1, -1, 3, -1, -1))
+        torch.testing.assert_close(out, net2d(img[:, :, 0]), rtol=1e-4, atol=1e-5)
+
+
 def test_densenet_inflation_rules():
     net2d = reference_2d("densenet")
     sd = net2d.state_dict()
@@ -392,19 +434,21 @@ def test_densenet_inflation_rules():
     w = own["features.conv0.weight"]
     assert w.shape[2] == 5
     torch.testing.assert_close(w, sd["features.conv0.weight"].unsqueeze(2).expand_as(w) / 5)
-    # dense layer: S = the 1x1 kernel, ST = repeated 3x / 3 (sums to it), both BNs copy norm1
+    # dense layer: S = the 1x1 kernel, ST = repeated 3x / 3 (sums to it), both halved in the template (S + ST
+    # computes the 2D layer), both BNs copy norm1
     p, q = "features.denseblock2.denselayer2", "features.denseblock2.denselayer2"
-    assert torch.equal(own[f"{p}.paths.s.2.weight"][:, :, 0], sd[f"{q}.conv1.weight"])
+    assert torch.equal(own[f"{p}.paths.s.2.weight"][:, :, 0], sd[f"{q}.conv1.weight"] / 2)
     st = own[f"{p}.paths.st.2.weight"]
     assert st.shape[2:] == (3, 1, 1)
-    torch.testing.assert_close(st.sum(2), sd[f"{q}.conv1.weight"])
+    torch.testing.assert_close(st.sum(2), sd[f"{q}.conv1.weight"] / 2)
     torch.testing.assert_close(st[:, :, 0], st[:, :, 2])
     for path in ("s", "st"):
         for name in ("weight", "bias", "running_mean", "running_var"):
             assert torch.equal(own[f"{p}.paths.{path}.0.{name}"], sd[f"{q}.norm1.{name}"])
     assert torch.equal(own[f"{p}.conv2.weight"][:, :, 0], sd[f"{q}.conv2.weight"])
     # transition
-    torch.testing.assert_close(own["features.transition1.paths.st.2.weight"].sum(2), sd["features.transition1.conv.weight"])
+    torch.testing.assert_close(own["features.transition1.paths.st.2.weight"].sum(2),
+                               sd["features.transition1.conv.weight"] / 2)
     # stem output of a still clip equals the 2D conv output where the 5-frame window lies inside the clip
     img = clip(5, (1, 3, 1, 16, 16))
     still = img.expand(-1, -1, 5, -1, -1)
@@ -421,6 +465,8 @@ def test_resnet_inflation_rules():
     assert torch.equal(own["layer2.0.paths.s.0.weight"][:, :, 0], sd50["layer2.0.conv1.weight"])
     torch.testing.assert_close(own["layer2.0.paths.st.0.weight"].sum(2), sd50["layer2.0.conv1.weight"])
     assert torch.equal(own["layer2.0.paths.st.1.running_var"], sd50["layer2.0.bn1.running_var"])
+    assert torch.equal(own["layer2.0.paths.st.1.weight"], sd50["layer2.0.bn1.weight"] / 2)  # S + ST shares the 2D
+    assert torch.equal(own["layer2.0.paths.s.1.bias"], sd50["layer2.0.bn1.bias"] / 2)  # response half and half
     assert torch.equal(own["layer2.0.conv2.weight"][:, :, 0], sd50["layer2.0.conv2.weight"])
 
     own = tiny("resnet50", "full", pretrained_2d=sd50).state_dict()
@@ -432,9 +478,10 @@ def test_resnet_inflation_rules():
     net = tiny("resnet18", pretrained_2d=sd18)
     own = net.state_dict()
     assert torch.equal(own["layer1.0.conv1.weight"][:, :, 0], sd18["layer1.0.conv1.weight"])
-    # the gated paths of a factorised BasicBlock have no 2D counterpart: identity init, fresh BN with gamma 1
+    # the gated paths of a factorised BasicBlock have no 2D counterpart: identity init, fresh BN with gamma 1,
+    # halved in the template (S + ST is the identity)
     for f in net.fusion_layers:
-        assert bool((f.s[1].weight == 1).all()) and bool((f.st[1].weight == 1).all())
+        assert bool((f.s[1].weight == 0.5).all()) and bool((f.st[1].weight == 0.5).all())
 
 
 def test_classifier_loaded_only_when_num_classes_match():

@@ -35,7 +35,9 @@ Inflation (``pretrained_2d``: a torchvision-format ``densenet121`` state dict, a
 axis; the stem kernel is repeated over its temporal extent and divided by it (5); each dense layer's / transition's
 1x1 kernel is copied into the S conv and repeated 3x over time, divided by 3, into the ST conv (for ``unit="full"``
 the 1x1 kernel is put at the spatial centre of the 1x3x3 / 3x3x3 kernel, zeros elsewhere, which computes the same
-function on a static clip); both paths' BNs copy the 2D BN before the 1x1 conv; 3x3 convs become 1x3x3; the
+function on a static clip), and where a layer keeps both paths (the template) each carries half of it, so that
+S + ST computes the 2D layer as either path alone does (:func:`~stfusion.models.inflate.share_between_paths`);
+both paths' BNs copy the 2D BN before the 1x1 conv; 3x3 convs become 1x3x3; the
 classifier is loaded only when its shape fits (same ``num_classes``). Missing keys, mismatched shapes, an unreadable
 or missing file raise :class:`~stfusion.errors.StfusionError`. BNs of paths not loaded from weights keep gamma 1.
 """
@@ -49,9 +51,9 @@ import torch
 from torch import Tensor, nn
 
 from stfusion.core.fusion import UNITS, FusionPaths, bn_relu_conv, conv_s, conv_st
-from stfusion.core.strategies import NONE
+from stfusion.core.strategies import NONE, Strategy
 from stfusion.models.base import FusionNetwork
-from stfusion.models.inflate import Inflator, init_weights, load_state_dict_2d, scaled
+from stfusion.models.inflate import Inflator, init_weights, load_state_dict_2d, scaled, share_between_paths
 
 DENSENET121_BLOCKS = (6, 12, 24, 16)
 
@@ -215,9 +217,10 @@ class DenseNet121Template(FusionNetwork):
         x = self.relu(self.features(x))
         return self.classifier(self.pool(x).flatten(1))
 
-    def inflate_from_2d(self, src) -> bool:
-        """Load a torchvision-format 2D DenseNet state dict (module docstring); returns whether the classifier
-        was loaded too."""
+    def inflate_from_2d(self, src, strategy: Strategy | None = None) -> bool:
+        """Load a torchvision-format 2D DenseNet state dict (module docstring), each layer's response shared by the
+        paths ``strategy`` keeps (``None``: the template, both; :func:`~stfusion.models.inflate.share_between_paths`);
+        returns whether the classifier was loaded too."""
         sd = _normalise_densenet_keys(load_state_dict_2d(src, "densenet121"))
         inf = Inflator(self, sd, "densenet121")
         inf.conv("features.conv0.weight", "features.conv0.weight")
@@ -236,4 +239,6 @@ class DenseNet121Template(FusionNetwork):
                     inf.bn(f"features.{name}.paths.{path}.0", f"features.{name}.norm")
                     inf.conv(f"features.{name}.paths.{path}.2.weight", f"features.{name}.conv.weight")
         inf.bn("features.norm5", "features.norm5")
-        return inf.classifier("classifier", "classifier")
+        loaded = inf.classifier("classifier", "classifier")
+        share_between_paths(self, strategy)
+        return loaded

@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from stfusion.core.strategies import BOTH
 from stfusion.errors import StfusionError
 
 
@@ -116,6 +117,28 @@ class Inflator:
         self.copy(f"{prefix3d}.weight", f"{prefix2d}.weight")
         self.copy(f"{prefix3d}.bias", f"{prefix2d}.bias")
         return True
+
+
+def share_between_paths(net, strategy=None) -> None:
+    """Split each fusion layer's inflated 2D response between the paths ``strategy`` keeps there (``None``: the
+    template, which keeps both): where both are kept, each path's output is halved by halving its last linear
+    operation (a BN's gamma and beta, or the kernel of a path that ends in a conv), so S + ST computes on a static
+    clip what each path alone computes, the 2D layer's response.
+
+    Why halves: the paths are summed and the sum feeds a layer that keeps the 2D statistics (the residual sum and
+    the next BN of a ResNet, the shared BN of a DenseNet layer), so the sum, not each path, must equal the 2D
+    output; halving both keeps S and ST symmetric (neither is favoured when the gates start), and halving the
+    path's last operation rather than its BN statistics keeps the statistics the 2D network measured."""
+    states = [BOTH] * net.n_fusion_layers if strategy is None else list(strategy.states)
+    for f, state in zip(net.fusion_layers, states):
+        if state != BOTH:
+            continue
+        for path in (f.s, f.st):
+            last = [m for m in path.modules() if isinstance(m, (nn.Conv3d, nn.BatchNorm3d))][-1]
+            with torch.no_grad():
+                last.weight.mul_(0.5)
+                if isinstance(last, nn.BatchNorm3d):
+                    last.bias.mul_(0.5)
 
 
 def init_weights(net: nn.Module, conv_mode: str = "fan_in") -> None:

@@ -31,9 +31,11 @@ computed, and the block outputs ``ReLU(shortcut(x))`` (``x`` itself for an ident
 Inflation (``pretrained_2d``: a torchvision-format ``resnet18`` / ``resnet50`` / ... state dict or a local file):
 7x7 stem -> 1x7x7; 3x3 -> 1x3x3, and for a full-unit ST conv 3x3x3 (the 2D kernel repeated over time / 3); a 1x1
 conv that is a fusion conv -> copied into the S conv and repeated 3x over time / 3 into the ST conv; both paths' BNs
-copy the 2D BN that follows the conv; other 1x1 -> 1x1x1. The classifier is loaded only when ``num_classes`` matches.
+copy the 2D BN that follows the conv (in the template, which keeps both paths, each with half its gamma and beta,
+so S + ST computes the 2D layer as either path alone does: :func:`~stfusion.models.inflate.share_between_paths`);
+other 1x1 -> 1x1x1. The classifier is loaded only when ``num_classes`` matches.
 Missing keys or mismatched shapes raise :class:`~stfusion.errors.StfusionError`. BNs that no 2D BN maps to (the
-factorised BasicBlock's gated paths) keep gamma 1.
+factorised BasicBlock's gated paths) keep gamma 1 (1/2 each in the template).
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ from torch import Tensor, nn
 
 from stfusion.errors import StfusionError
 from stfusion.core.fusion import UNITS, FusionPaths, conv_bn, conv_s, conv_st
-from stfusion.core.strategies import NONE
+from stfusion.core.strategies import NONE, Strategy
 from stfusion.models.base import FusionNetwork
-from stfusion.models.inflate import Inflator, init_weights, load_state_dict_2d, scaled
+from stfusion.models.inflate import Inflator, init_weights, load_state_dict_2d, scaled, share_between_paths
 
 RESNET_STAGE_WIDTHS = (64, 128, 256, 512)
 
@@ -266,9 +268,10 @@ class ResNetTemplate(FusionNetwork):
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(self.avgpool(x).flatten(1))
 
-    def inflate_from_2d(self, src) -> bool:
-        """Load a torchvision-format 2D ResNet state dict (module docstring); returns whether the classifier was
-        loaded too."""
+    def inflate_from_2d(self, src, strategy: Strategy | None = None) -> bool:
+        """Load a torchvision-format 2D ResNet state dict (module docstring), each layer's response shared by the
+        paths ``strategy`` keeps (``None``: the template, both; :func:`~stfusion.models.inflate.share_between_paths`);
+        returns whether the classifier was loaded too."""
         what = f"resnet{self.depth}"
         sd = load_state_dict_2d(src, what)
         inf = Inflator(self, sd, what)
@@ -289,4 +292,6 @@ class ResNetTemplate(FusionNetwork):
                 raise StfusionError(
                     f"pretrained_2d: the state dict has more than {n} blocks in layer{si + 1} (a different depth?)"
                 )
-        return inf.classifier("fc", "fc")
+        loaded = inf.classifier("fc", "fc")
+        share_between_paths(self, strategy)
+        return loaded
