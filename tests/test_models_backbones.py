@@ -523,3 +523,37 @@ def test_resnet_inflation_refuses_a_deeper_2d_net():
     sd = ResNet2d(Basic2d, (2, 1, 1, 1), (16, 32, 64, 128), stem=16, num_classes=NUM_CLASSES).state_dict()
     with pytest.raises(StfusionError, match="more than 1 blocks in layer1"):
         tiny("resnet18", pretrained_2d=sd)
+
+
+@pytest.mark.parametrize("backbone", BACKBONES)
+def test_reference_variant(backbone):
+    """The paper's reference code's layout (variant="reference"): DenseNet pool0 3x3x3 and a 123rd gate on the
+    classifier input; ResNet stem 5x7x7 (time stride 2 on request), 3x3x3 max-pool, one BN after the gated sum,
+    average-pool shortcut. It trains, exports without gates, and takes 2D weights."""
+    extra = {} if backbone == "densenet" else {"temporal_stride": True}
+    net = tiny(backbone, "full", variant="reference", **extra)
+    n_gates = 2 * net.n_fusion_layers
+    if backbone == "densenet":
+        assert net.features.pool0.kernel_size == (3, 3, 3) and len(net.gate_parameters()) == n_gates + 1
+    else:
+        assert net.conv1.kernel_size == (5, 7, 7) and net.conv1.stride == (2, 2, 2)
+        assert net.maxpool.kernel_size == (3, 3, 3) and len(net.gate_parameters()) == n_gates
+        blk = net.layer2[0]
+        assert isinstance(blk.paths.s, nn.Conv3d) and isinstance(blk.paths_bn, nn.BatchNorm3d)
+        assert isinstance(blk.downsample[0], nn.AvgPool3d)
+    net.train()
+    x = clip(7, (2, 3, 4, 32, 32))
+    loss = net(x).square().mean() + net.kl(100, 3.0)
+    loss.backward()
+    assert all(p.grad is not None for p in net.gate_parameters())
+    plain = net.export(uniform(net, BOTH))
+    assert not [k for k in plain.state_dict() if k.endswith("p_logit")]
+    net.inflate_from_2d(reference_2d(backbone).state_dict())
+    net.eval().set_strategy(uniform(net, BOTH))
+    with torch.no_grad():
+        assert plain.eval()(x).shape == net(x).shape == (2, NUM_CLASSES)
+
+
+def test_densenet121_reference_has_the_papers_123_gates():
+    with torch.device("meta"):
+        assert len(DenseNet121Template(174, variant="reference").gate_parameters()) == 123

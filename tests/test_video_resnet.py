@@ -190,13 +190,13 @@ def test_a_file_that_does_not_fit_is_refused_in_one_line_and_nothing_is_loaded(t
         _template("r3d_18", pretrained_3d=str(tmp_path / "absent.pt"))
 
 
-def test_video_settings_are_refused_on_other_backbones():
+def test_settings_of_other_backbones_are_refused():
     from stfusion.models import build_model
 
-    with pytest.raises(StfusionError, match="model.pretrained_3d is for model.backbone r3d18"):
-        build_model(settings_with({"model": {"pretrained_3d": "k400.pt"}}), NUM_CLASSES)
-    with pytest.raises(StfusionError, match="model.temporal_stride is for model.backbone r3d18"):
-        build_model(settings_with({"model": {"temporal_stride": True}}), NUM_CLASSES)
+    for model, key in (({"pretrained_3d": "k400.pt"}, "pretrained_3d"), ({"temporal_stride": True}, "temporal_stride"),
+                       ({"backbone": "r3d18", "variant": "reference"}, "variant")):
+        with pytest.raises(StfusionError, match=f"invalid parameter model.{key}: .* is for another model.backbone"):
+            settings_with({"model": model})
     net = build_model(settings_with({"model": {"backbone": "r3d18", "width_multiplier": WM}}), NUM_CLASSES)
     assert net.arch["temporal_stride"] is False and net.n_fusion_layers == 17
 

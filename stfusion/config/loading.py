@@ -82,6 +82,9 @@ def validate(params: dict) -> None:
         where = f"{key}." if err.absolute_path else ""
         allowed = ", ".join(sorted(err.schema.get("properties", {})))
         raise StfusionError(f"unknown parameter {where}{extra[0]} (allowed here: {allowed})")
+    if err.validator == "const":  # a setting of other backbones (the schema's model.allOf)
+        raise StfusionError(f"invalid parameter {key}: {err.instance!r} is for another model.backbone; with this one "
+                            f"it must be {err.validator_value!r}")
     raise StfusionError(f"invalid parameter {key}: {err.message}")
 
 

@@ -143,6 +143,7 @@ class Model(_Section):
     stem_width: int
     width_multiplier: float
     pretrained_2d: str | None
+    variant: str
     temporal_stride: bool
     pretrained_3d: str | None
 

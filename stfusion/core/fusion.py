@@ -234,3 +234,35 @@ class FusionPaths(nn.Module):
     def extra_repr(self) -> str:
         state = "template" if self.state is None else STATE_NAMES[self.state]
         return f"state={state}, allow_none={self.allow_none}"
+
+
+class InputGate(nn.Module):
+    """One Variational DropPath on the input of a layer without an S / ST choice (the reference code's gate on the
+    classifier input): ``x * z`` with one relaxed-Bernoulli keep mask ``z`` per sample while training with the gates
+    active, ``x`` otherwise (warm-up, uniform-state steps, evaluation). Any ``(N, ...)`` shape."""
+
+    def __init__(self, gate: dict | None = None):
+        super().__init__()
+        self.gate = VariationalDropPath(**(gate or {}))
+        self.gates_active = True
+        self.uniform_states = False
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.gate is None or not (self.training and self.gates_active) or self.uniform_states:
+            return x
+        mask = sample_masks([self.gate], x.shape[0], x.device, x.dtype)[0]
+        return x * mask.view(x.shape[0], *(1,) * (x.dim() - 1))
+
+    def kl(self, layer: nn.Linear, n_train: int, k: float, form: str, price: str = "weight") -> Tensor:
+        """The gate's KL term, pricing the gated layer ``layer`` as :func:`paths_price` prices a path's convs."""
+        if price not in KL_PRICES:
+            raise ValueError(f"kl price must be one of {KL_PRICES}, got {price!r}")
+        w = layer.weight
+        priced = {"weight": lambda: w.pow(2).sum(), "gamma": lambda: w.new_zeros(()),
+                  "normalized": lambda: w.new_tensor(layer.out_features / 3.0)}[price]()
+        return kl_sum([self.gate], priced.reshape(1), n_train, k, form)
+
+    def freeze(self) -> None:
+        """Drop the gate (an exported network has no logits left)."""
+        self.gate = None
+

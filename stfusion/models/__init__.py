@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from stfusion.errors import StfusionError
 from stfusion.models.base import FusionNetwork
 from stfusion.models.plain import PlainTemplate
 
 if TYPE_CHECKING:
     from stfusion.config.settings import Gate, Settings
 
-BACKBONES = ("plain", "densenet121", "resnet18", "resnet50", "r3d18")
+RESNETS = ("resnet18", "resnet50")
+BACKBONES = ("plain", "densenet121", *RESNETS, "r3d18")
 
 
 def gate_kwargs(gate: Gate) -> dict:
@@ -20,19 +20,9 @@ def gate_kwargs(gate: Gate) -> dict:
     return {"init_p": gate.init_p, "temperature": gate.temperature, "rescale": gate.rescale}
 
 
-def _refuse_video_only(m) -> None:
-    """The video ResNet's own settings are refused on another backbone (never silently ignored)."""
-    if m.pretrained_3d is not None:
-        raise StfusionError(f"model.pretrained_3d is for model.backbone r3d18, not {m.backbone!r}")
-    if m.temporal_stride:
-        raise StfusionError(f"model.temporal_stride is for model.backbone r3d18, not {m.backbone!r}")
-
-
 def build_model(settings: Settings, num_classes: int) -> FusionNetwork:
     """Build the template network that ``settings.model`` describes, gates configured by ``settings.gate``."""
     m, gate = settings.model, gate_kwargs(settings.gate)
-    if m.backbone != "r3d18":
-        _refuse_video_only(m)
     if m.backbone == "plain":
         return PlainTemplate(num_classes, widths=m.widths, layers_per_stage=m.layers_per_stage,
                              stem_width=m.stem_width, unit=m.unit, gate=gate)
@@ -40,12 +30,13 @@ def build_model(settings: Settings, num_classes: int) -> FusionNetwork:
         from stfusion.models.densenet import DenseNet121Template
 
         return DenseNet121Template(num_classes, unit=m.unit, gate=gate, width_multiplier=m.width_multiplier,
-                                   pretrained_2d=m.pretrained_2d)
-    if m.backbone in ("resnet18", "resnet50"):
+                                   pretrained_2d=m.pretrained_2d, variant=m.variant)
+    if m.backbone in RESNETS:
         from stfusion.models.resnet import ResNetTemplate
 
         return ResNetTemplate(num_classes, depth=int(m.backbone[6:]), unit=m.unit, gate=gate,
-                              width_multiplier=m.width_multiplier, pretrained_2d=m.pretrained_2d)
+                              width_multiplier=m.width_multiplier, pretrained_2d=m.pretrained_2d, variant=m.variant,
+                              temporal_stride=m.temporal_stride)
     if m.backbone == "r3d18":
         from stfusion.models.video_resnet import VideoResNetTemplate
 

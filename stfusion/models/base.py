@@ -10,7 +10,7 @@ from torch import Tensor, nn
 
 from stfusion.errors import StfusionError
 from stfusion.core.droppath import kl_sum
-from stfusion.core.fusion import FusionPaths, paths_price
+from stfusion.core.fusion import FusionPaths, InputGate, paths_price
 from stfusion.core.strategies import Posterior, Strategy, families
 
 
@@ -23,6 +23,11 @@ class FusionNetwork(nn.Module):
     @property
     def fusion_layers(self) -> list[FusionPaths]:
         return [m for m in self.modules() if isinstance(m, FusionPaths)]
+
+    def gated_inputs(self) -> list[tuple[InputGate, nn.Module]]:
+        """Gates on the input of a layer without an S / ST choice, each with the layer it gates (whose weights its
+        KL term prices); outside the strategies. None by default."""
+        return []
 
     @property
     def n_fusion_layers(self) -> int:
@@ -70,12 +75,16 @@ class FusionNetwork(nn.Module):
         """``False`` for the gate-free warm-up: both paths on, no masks, no KL."""
         for f in self.fusion_layers:
             f.gates_active = active
+        for g, _ in self.gated_inputs():
+            g.gates_active = active
 
     def set_uniform_states(self, uniform: bool) -> None:
         """``True``: gated training draws every layer's state uniformly per sample, ignoring the gates (the
         steps of ``supernet.uniform_share``); ``False``: masks from the gates again."""
         for f in self.fusion_layers:
             f.uniform_states = uniform
+        for g, _ in self.gated_inputs():
+            g.uniform_states = uniform
 
     def gate_parameters(self) -> list[nn.Parameter]:
         return [p for n, p in self.named_parameters() if n.endswith("p_logit")]
@@ -97,7 +106,10 @@ class FusionNetwork(nn.Module):
         layers = self.fusion_layers
         gates = [g for f in layers for g in (f.gate_s, f.gate_st)]
         priced = paths_price([p for f in layers for p in (f.s, f.st)], price).to(gates[0].p_logit.device)
-        return kl_sum(gates, priced, n_train, k, form)
+        total = kl_sum(gates, priced, n_train, k, form)
+        for g, layer in self.gated_inputs():
+            total = total + g.kl(layer, n_train, k, form, price)
+        return total
 
     def export(self, strategy: Strategy) -> "FusionNetwork":
         """A plain copy for ``strategy``: only the kept convs, no gates and no trainable logits; weights are the
@@ -107,4 +119,6 @@ class FusionNetwork(nn.Module):
         net.arch = {**self.arch, "strategy": strategy.id}
         for f, s in zip(net.fusion_layers, strategy.states):
             f.freeze(s)
+        for g, _ in net.gated_inputs():
+            g.freeze()
         return net

@@ -11,8 +11,12 @@ Layout (``unit="factorised"``, the paper's template)::
 
 Paths are pre-activated (BN -> ReLU -> conv, the paper's experimental code). Spatial downsampling is by pooling
 only; time is never downsampled (temporal stride 1, temporal padding keeps T). Fusion layers, in order: the dense
-layers and the transitions of each block, 58 + 3 = 61 for DenseNet-121 (122 gate logits; the paper mentions 123
-gates, a count we cannot reproduce from the architecture it describes: there is no further 1x1 conv to gate).
+layers and the transitions of each block, 58 + 3 = 61 for DenseNet-121 (122 gate logits).
+
+Reference layout (``variant="reference"``, the paper's reference code, its Something-Something configuration):
+``pool0`` is a 3x3x3 max-pool, stride (1,2,2), so even all-S mixes neighbouring frames; and one more gate, a single
+Variational DropPath on the classifier's input (the pooled features; :class:`~stfusion.core.fusion.InputGate`,
+priced by the classifier's weights, outside the strategies, dropped by ``export``): 123 gates, the paper's count.
 
 ``unit="full"``: the gated S / ST paths of dense layers and transitions are a 1x3x3 / 3x3x3 conv (to the same
 bottleneck width C_b resp. C/2); the dense layer's shared BN-ReLU-1x3x3 conv to the growth rate stays. So every
@@ -50,12 +54,14 @@ from collections import OrderedDict
 import torch
 from torch import Tensor, nn
 
-from stfusion.core.fusion import UNITS, FusionPaths, bn_relu_conv, conv_s, conv_st
+from stfusion.core.fusion import UNITS, FusionPaths, InputGate, bn_relu_conv, conv_s, conv_st
 from stfusion.core.strategies import NONE, Strategy
 from stfusion.models.base import FusionNetwork
 from stfusion.models.inflate import Inflator, init_weights, load_state_dict_2d, scaled, share_between_paths
 
 DENSENET121_BLOCKS = (6, 12, 24, 16)
+#: ``stfusion``: the layout above; ``reference``: the paper's reference code's (module docstring)
+VARIANTS = ("stfusion", "reference")
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -151,6 +157,7 @@ class DenseNet121Template(FusionNetwork):
         block_config: dense layers per block (``(6, 12, 24, 16)`` = DenseNet-121; smaller for tests).
         growth_rate, bn_size, stem_width: DenseNet hyper-parameters before ``width_multiplier``.
         stem_temporal_kernel: temporal extent of the stem conv (odd; 5 in the paper, 1 = spatial-only stem).
+        variant: ``"stfusion"`` or ``"reference"`` (the paper's reference code: module docstring).
     """
 
     def __init__(
@@ -166,8 +173,11 @@ class DenseNet121Template(FusionNetwork):
         bn_size: int = 4,
         stem_width: int = 64,
         stem_temporal_kernel: int = 5,
+        variant: str = "stfusion",
     ):
         super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if unit not in UNITS:
             raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
         if stem_temporal_kernel < 1 or stem_temporal_kernel % 2 == 0:
@@ -178,8 +188,9 @@ class DenseNet121Template(FusionNetwork):
         self.arch = dict(
             backbone="densenet121", num_classes=num_classes, unit=unit, width_multiplier=float(width_multiplier),
             block_config=block_config, growth_rate=growth_rate, bn_size=bn_size, stem_width=stem_width,
-            stem_temporal_kernel=stem_temporal_kernel,
+            stem_temporal_kernel=stem_temporal_kernel, variant=variant,
         )
+        kp = 3 if variant == "reference" else 1
         gate = gate or {}
         growth = scaled(growth_rate, width_multiplier)
         bottleneck = bn_size * growth
@@ -190,7 +201,7 @@ class DenseNet121Template(FusionNetwork):
             conv0=nn.Conv3d(3, c, (kt, 7, 7), stride=(1, 2, 2), padding=(kt // 2, 3, 3), bias=False),
             norm0=nn.BatchNorm3d(c),
             relu0=nn.ReLU(inplace=True),
-            pool0=nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
+            pool0=nn.MaxPool3d((kp, 3, 3), stride=(1, 2, 2), padding=(kp // 2, 1, 1)),
         )
         stage_of_layer: list[int] = []
         for bi, n in enumerate(block_config):
@@ -205,6 +216,7 @@ class DenseNet121Template(FusionNetwork):
         self.features = nn.Sequential(layers)
         self.relu = nn.ReLU(inplace=True)
         self.pool = nn.AdaptiveAvgPool3d(1)
+        self.classifier_gate = InputGate(gate) if variant == "reference" else None
         self.classifier = nn.Linear(c, num_classes)
         self._stage_of_layer = stage_of_layer
         self.num_features = c
@@ -214,8 +226,11 @@ class DenseNet121Template(FusionNetwork):
             self.inflate_from_2d(pretrained_2d)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.relu(self.features(x))
-        return self.classifier(self.pool(x).flatten(1))
+        x = self.pool(self.relu(self.features(x))).flatten(1)
+        return self.classifier(x if self.classifier_gate is None else self.classifier_gate(x))
+
+    def gated_inputs(self) -> list:
+        return [] if self.classifier_gate is None else [(self.classifier_gate, self.classifier)]
 
     def inflate_from_2d(self, src, strategy: Strategy | None = None) -> bool:
         """Load a torchvision-format 2D DenseNet state dict (module docstring), each layer's response shared by the

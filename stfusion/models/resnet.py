@@ -28,6 +28,12 @@ computed in 2D. Time is never downsampled.
 State ``none`` (``allow_none=True`` for every block): the residual branch is skipped entirely, nothing of it is
 computed, and the block outputs ``ReLU(shortcut(x))`` (``x`` itself for an identity shortcut, since ``x >= 0``).
 
+Reference layout (``variant="reference"``, the paper's reference code ``resnet_3d``): stem 5x7x7 (time stride 2
+with ``temporal_stride``, as the reference on Kinetics and UCF101), max-pool 3x3x3 / (1,2,2); the gated paths are
+bare convs and one BN follows their sum (one BN per path in the stfusion layout); the projection shortcut averages
+2x2 then applies a 1x1x1 conv (a strided 1x1x1 conv in the stfusion layout). The 2D network's strided 1x1 shortcut
+and per-frame stem are then approximated, not reproduced: inflation into this layout is a start, not an exact copy.
+
 Inflation (``pretrained_2d``: a torchvision-format ``resnet18`` / ``resnet50`` / ... state dict or a local file):
 7x7 stem -> 1x7x7; 3x3 -> 1x3x3, and for a full-unit ST conv 3x3x3 (the 2D kernel repeated over time / 3); a 1x1
 conv that is a fusion conv -> copied into the S conv and repeated 3x over time / 3 into the ST conv; both paths' BNs
@@ -50,6 +56,8 @@ from stfusion.models.base import FusionNetwork
 from stfusion.models.inflate import Inflator, init_weights, load_state_dict_2d, scaled, share_between_paths
 
 RESNET_STAGE_WIDTHS = (64, 128, 256, 512)
+#: ``stfusion``: the layout above; ``reference``: the paper's reference code's (module docstring)
+VARIANTS = ("stfusion", "reference")
 
 
 def _conv1x3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv3d:
@@ -66,19 +74,37 @@ def _spatial_stride(conv: nn.Conv3d, stride: int) -> nn.Conv3d:
     return conv
 
 
-def _fusion_paths(cin: int, cout: int, unit: str, gate: dict, stride: int = 1) -> FusionPaths:
-    return FusionPaths(
-        conv_bn(_spatial_stride(conv_s(cin, cout, unit), stride)),
-        conv_bn(_spatial_stride(conv_st(cin, cout, unit), stride)),
-        gate=gate,
-        allow_none=True,
-    )
+def _fusion_paths(cin: int, cout: int, unit: str, gate: dict, stride: int = 1, reference: bool = False):
+    """The gated pair and the BN after their sum: conv -> BN per path (``None`` after the sum), or, in the
+    reference layout, bare convs and one BN after the sum."""
+    s = _spatial_stride(conv_s(cin, cout, unit), stride)
+    st = _spatial_stride(conv_st(cin, cout, unit), stride)
+    if reference:
+        return FusionPaths(s, st, gate=gate, allow_none=True), nn.BatchNorm3d(cout)
+    return FusionPaths(conv_bn(s), conv_bn(st), gate=gate, allow_none=True), None
 
 
-def _downsample(cin: int, cout: int, stride: int) -> nn.Sequential | None:
+def _downsample(cin: int, cout: int, stride: int, reference: bool = False) -> nn.Sequential | None:
+    """The projection shortcut: a strided 1x1x1 conv -> BN, or (reference) average pool -> 1x1x1 conv -> BN."""
     if stride == 1 and cin == cout:
         return None
+    if reference and stride > 1:
+        pool = nn.AvgPool3d((1, stride, stride), ceil_mode=True)  # odd sizes: as the strided convs, ceil
+        return nn.Sequential(pool, _conv1x1x1(cin, cout), nn.BatchNorm3d(cout))
     return nn.Sequential(_conv1x1x1(cin, cout, stride), nn.BatchNorm3d(cout))
+
+
+def _inflate_paths(block, inf: Inflator, p3: str, conv2d: str, bn2d: str) -> None:
+    """Both paths' convs from the 2D conv ``conv2d``; the 2D BN ``bn2d`` into each path's BN, or into the BN after
+    the sum (reference layout)."""
+    if block.paths_bn is not None:
+        for path in ("s", "st"):
+            inf.conv(f"{p3}.paths.{path}.weight", conv2d)
+        inf.bn(f"{p3}.paths_bn", bn2d)
+        return
+    for path in ("s", "st"):
+        inf.conv(f"{p3}.paths.{path}.0.weight", conv2d)
+        inf.bn(f"{p3}.paths.{path}.1", bn2d)
 
 
 class _Block(nn.Module):
@@ -103,26 +129,26 @@ class BasicBlock3d(_Block):
 
     expansion = 1
 
-    def __init__(self, cin: int, planes: int, stride: int, unit: str, gate: dict):
+    def __init__(self, cin: int, planes: int, stride: int, unit: str, gate: dict, reference: bool = False):
         super().__init__()
         self.unit = unit
         if unit == "factorised":
-            self.paths = _fusion_paths(cin, cin, unit, gate)
+            self.paths, self.paths_bn = _fusion_paths(cin, cin, unit, gate, reference=reference)
             self.conv1 = _conv1x3x3(cin, planes, stride)
             self.bn1 = nn.BatchNorm3d(planes)
         else:
-            self.paths = _fusion_paths(cin, planes, unit, gate, stride)
+            self.paths, self.paths_bn = _fusion_paths(cin, planes, unit, gate, stride, reference)
             self.conv1 = self.bn1 = None
         self.conv2 = _conv1x3x3(planes, planes)
         self.bn2 = nn.BatchNorm3d(planes)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = _downsample(cin, planes, stride)
+        self.downsample = _downsample(cin, planes, stride, reference)
 
     def _branch(self, x: Tensor) -> Tensor | None:
         h = self.paths(x)
         if h is None:
             return None
-        h = self.relu(h)
+        h = self.relu(h if self.paths_bn is None else self.paths_bn(h))
         if self.conv1 is not None:
             h = self.relu(self.bn1(self.conv1(h)))
         return self.bn2(self.conv2(h))
@@ -130,13 +156,11 @@ class BasicBlock3d(_Block):
     def inflate(self, inf: Inflator, p3: str, p2: str) -> None:
         if self.unit == "factorised":
             for path in ("s", "st"):
-                inf.identity(f"{p3}.paths.{path}.0.weight")
+                inf.identity(f"{p3}.paths.{path}{'' if self.paths_bn is not None else '.0'}.weight")
             inf.conv(f"{p3}.conv1.weight", f"{p2}.conv1.weight")
             inf.bn(f"{p3}.bn1", f"{p2}.bn1")
         else:
-            for path in ("s", "st"):
-                inf.conv(f"{p3}.paths.{path}.0.weight", f"{p2}.conv1.weight")
-                inf.bn(f"{p3}.paths.{path}.1", f"{p2}.bn1")
+            _inflate_paths(self, inf, p3, f"{p2}.conv1.weight", f"{p2}.bn1")
         inf.conv(f"{p3}.conv2.weight", f"{p2}.conv2.weight")
         inf.bn(f"{p3}.bn2", f"{p2}.bn2")
 
@@ -147,47 +171,44 @@ class Bottleneck3d(_Block):
 
     expansion = 4
 
-    def __init__(self, cin: int, planes: int, stride: int, unit: str, gate: dict):
+    def __init__(self, cin: int, planes: int, stride: int, unit: str, gate: dict, reference: bool = False):
         super().__init__()
         self.unit = unit
         if unit == "factorised":
-            self.paths = _fusion_paths(cin, planes, unit, gate)
+            self.paths, self.paths_bn = _fusion_paths(cin, planes, unit, gate, reference=reference)
             self.conv1 = self.bn1 = None
             self.conv2 = _conv1x3x3(planes, planes, stride)
             self.bn2 = nn.BatchNorm3d(planes)
         else:
             self.conv1 = _conv1x1x1(cin, planes)
             self.bn1 = nn.BatchNorm3d(planes)
-            self.paths = _fusion_paths(planes, planes, unit, gate, stride)
+            self.paths, self.paths_bn = _fusion_paths(planes, planes, unit, gate, stride, reference)
             self.conv2 = self.bn2 = None
         self.conv3 = _conv1x1x1(planes, planes * self.expansion)
         self.bn3 = nn.BatchNorm3d(planes * self.expansion)
         self.relu = nn.ReLU(inplace=True)
-        self.downsample = _downsample(cin, planes * self.expansion, stride)
+        self.downsample = _downsample(cin, planes * self.expansion, stride, reference)
 
     def _branch(self, x: Tensor) -> Tensor | None:
         if self.paths.state == NONE:  # none: do not even run conv1 of the full unit
             return None
         if self.conv1 is not None:
             x = self.relu(self.bn1(self.conv1(x)))
-        h = self.relu(self.paths(x))
+        h = self.paths(x)
+        h = self.relu(h if self.paths_bn is None else self.paths_bn(h))
         if self.conv2 is not None:
             h = self.relu(self.bn2(self.conv2(h)))
         return self.bn3(self.conv3(h))
 
     def inflate(self, inf: Inflator, p3: str, p2: str) -> None:
         if self.unit == "factorised":
-            for path in ("s", "st"):
-                inf.conv(f"{p3}.paths.{path}.0.weight", f"{p2}.conv1.weight")
-                inf.bn(f"{p3}.paths.{path}.1", f"{p2}.bn1")
+            _inflate_paths(self, inf, p3, f"{p2}.conv1.weight", f"{p2}.bn1")
             inf.conv(f"{p3}.conv2.weight", f"{p2}.conv2.weight")
             inf.bn(f"{p3}.bn2", f"{p2}.bn2")
         else:
             inf.conv(f"{p3}.conv1.weight", f"{p2}.conv1.weight")
             inf.bn(f"{p3}.bn1", f"{p2}.bn1")
-            for path in ("s", "st"):
-                inf.conv(f"{p3}.paths.{path}.0.weight", f"{p2}.conv2.weight")
-                inf.bn(f"{p3}.paths.{path}.1", f"{p2}.bn2")
+            _inflate_paths(self, inf, p3, f"{p2}.conv2.weight", f"{p2}.bn2")
         inf.conv(f"{p3}.conv3.weight", f"{p2}.conv3.weight")
         inf.bn(f"{p3}.bn3", f"{p2}.bn3")
 
@@ -212,6 +233,8 @@ class ResNetTemplate(FusionNetwork):
         width_multiplier: scales the stem and stage widths (64, 128, 256, 512).
         pretrained_2d: a torchvision-format 2D ResNet state dict of the same depth, or a local file holding one.
         layers: blocks per stage (default: the depth's, e.g. ``(3, 4, 6, 3)``; ``(1, 1, 1, 1)`` for tests).
+        variant: ``"stfusion"`` or ``"reference"`` (the paper's reference code: module docstring).
+        temporal_stride: the stem halves time (the reference's Kinetics and UCF101 networks).
     """
 
     def __init__(
@@ -224,8 +247,12 @@ class ResNetTemplate(FusionNetwork):
         width_multiplier: float = 1.0,
         pretrained_2d=None,
         layers=None,
+        variant: str = "stfusion",
+        temporal_stride: bool = False,
     ):
         super().__init__()
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
         if depth not in RESNET_SPECS:
             raise ValueError(f"depth must be one of {sorted(RESNET_SPECS)}, got {depth}")
         if unit not in UNITS:
@@ -236,21 +263,25 @@ class ResNetTemplate(FusionNetwork):
             raise ValueError(f"layers must give 4 stages of at least one block, got {layers}")
         self.arch = dict(
             backbone=f"resnet{depth}", num_classes=num_classes, depth=depth, unit=unit,
-            width_multiplier=float(width_multiplier), layers=layers,
+            width_multiplier=float(width_multiplier), layers=layers, variant=variant,
+            temporal_stride=bool(temporal_stride),
         )
+        ref, ts = variant == "reference", 2 if temporal_stride else 1
         gate = gate or {}
         self.depth = depth
         c = scaled(64, width_multiplier)
-        self.conv1 = nn.Conv3d(3, c, (1, 7, 7), stride=(1, 2, 2), padding=(0, 3, 3), bias=False)
+        kt = 5 if ref else 1
+        self.conv1 = nn.Conv3d(3, c, (kt, 7, 7), stride=(ts, 2, 2), padding=(kt // 2, 3, 3), bias=False)
         self.bn1 = nn.BatchNorm3d(c)
         self.relu = nn.ReLU(inplace=True)
-        self.maxpool = nn.MaxPool3d((1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1))
+        kp = 3 if ref else 1
+        self.maxpool = nn.MaxPool3d((kp, 3, 3), stride=(1, 2, 2), padding=(kp // 2, 1, 1))
         stage_of_layer: list[int] = []
         for si, (w, n) in enumerate(zip(RESNET_STAGE_WIDTHS, layers)):
             planes = scaled(w, width_multiplier)
             blocks = []
             for bi in range(n):
-                blocks.append(block(c, planes, 2 if (si > 0 and bi == 0) else 1, unit, gate))
+                blocks.append(block(c, planes, 2 if (si > 0 and bi == 0) else 1, unit, gate, ref))
                 c = planes * block.expansion
             setattr(self, f"layer{si + 1}", nn.Sequential(*blocks))
             stage_of_layer += [si] * n
@@ -282,9 +313,10 @@ class ResNetTemplate(FusionNetwork):
             for bi, blk in enumerate(stage):
                 p = f"layer{si + 1}.{bi}"
                 blk.inflate(inf, p, p)
-                if blk.downsample is not None:
-                    inf.conv(f"{p}.downsample.0.weight", f"{p}.downsample.0.weight")
-                    inf.bn(f"{p}.downsample.1", f"{p}.downsample.1")
+                if blk.downsample is not None:  # after the average pool of the reference layout
+                    i = 1 if isinstance(blk.downsample[0], nn.AvgPool3d) else 0
+                    inf.conv(f"{p}.downsample.{i}.weight", f"{p}.downsample.0.weight")
+                    inf.bn(f"{p}.downsample.{i + 1}", f"{p}.downsample.1")
         # a 2D net with more blocks than this one (e.g. a resnet50 dict for a 'layers=(1,1,1,1)' net) is a mismatch
         for si in range(4):
             n = len(getattr(self, f"layer{si + 1}"))
