@@ -557,3 +557,27 @@ def test_reference_variant(backbone):
 def test_densenet121_reference_has_the_papers_123_gates():
     with torch.device("meta"):
         assert len(DenseNet121Template(174, variant="reference").gate_parameters()) == 123
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_densenet_export_drops_the_channels_of_none_layers(unit):
+    """An exported `none` layer adds no channels: later convs read fewer inputs (one channel of ones stands for the
+    constant the dead channels became after BN -> ReLU), the classifier's bias absorbs the rest; same logits."""
+    from stfusion.core.costs import network_costs
+    from stfusion.models.base import FusionNetwork
+
+    torch.manual_seed(0)
+    net = tiny("densenet", unit).eval()
+    randomise_bn(net, seed=3)
+    # none in every block, the last block's first layer included (its channels reach the classifier)
+    strategy = Strategy(tuple(NONE if a and i % 3 != 1 else (BOTH if i % 2 else ST)
+                              for i, a in enumerate(net.allow_none)))
+    unpruned = FusionNetwork.export(net, strategy)
+    pruned = net.export(strategy)  # in the template's mode (eval), new modules included
+    x = clip(1, (2, 3, 4, 32, 32))
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(x), unpruned(x), rtol=1e-5, atol=1e-5)
+    before, after = network_costs(unpruned, x.shape[1:]), network_costs(pruned, x.shape[1:])
+    assert after["macs"] < before["macs"] and after["params"] < before["params"]
+    full = uniform(net, BOTH)  # nothing to drop: the same network
+    assert network_costs(net.export(full), x.shape[1:]) == network_costs(FusionNetwork.export(net, full), x.shape[1:])

@@ -26,7 +26,8 @@ The state ``none``:
 
 * dense layer (``allow_none=True``): the layer computes nothing (no concatenation, no BN, no conv) and contributes
   zeros for its new channels; its input still passes on through the dense concatenation. Later layers keep their
-  input widths, so the weights of the template still fit.
+  input widths, so the weights of the template still fit. An exported network drops those channels altogether
+  (:mod:`stfusion.models.densenet_prune`: same output, fewer MACs).
 * transition (``allow_none=False``): there is no bypass around a transition (it halves the channels), so ``none``
   is refused.
 
@@ -106,6 +107,13 @@ class DenseLayer3d(nn.Module):
         self.relu2 = nn.ReLU(inplace=True)
         self.conv2 = nn.Conv3d(bottleneck, growth, (1, 3, 3), padding=(0, 1, 1), bias=False)
         self.growth = growth
+        self.conv_in_channels = cin
+        self.dropped = False  # a pruned ``none`` layer of an exported network: adds no channels at all
+
+    def drop(self) -> None:
+        """Turn an exported ``none`` layer into nothing: no modules left, the block skips it."""
+        self.norm2 = self.relu2 = self.conv2 = None
+        self.dropped = True
 
     def forward(self, features: list[Tensor]) -> Tensor:
         if self.paths.state == NONE:
@@ -127,7 +135,8 @@ class DenseBlock3d(nn.ModuleDict):
     def forward(self, x: Tensor) -> Tensor:
         features = [x]
         for layer in self.values():
-            features.append(layer(features))
+            if not layer.dropped:
+                features.append(layer(features))
         return torch.cat(features, 1)
 
 
@@ -228,6 +237,15 @@ class DenseNet121Template(FusionNetwork):
     def forward(self, x: Tensor) -> Tensor:
         x = self.pool(self.relu(self.features(x))).flatten(1)
         return self.classifier(x if self.classifier_gate is None else self.classifier_gate(x))
+
+    def export(self, strategy: Strategy) -> FusionNetwork:
+        """A plain copy for ``strategy`` (:meth:`FusionNetwork.export`) without the channels of its ``none``
+        layers (:func:`~stfusion.models.densenet_prune.prune_dead_channels`): the same output, fewer MACs."""
+        from stfusion.models.densenet_prune import prune_dead_channels
+
+        net = super().export(strategy)
+        prune_dead_channels(net)
+        return net
 
     def gated_inputs(self) -> list:
         return [] if self.classifier_gate is None else [(self.classifier_gate, self.classifier)]
