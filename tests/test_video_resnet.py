@@ -214,3 +214,16 @@ def test_exports_match_torchvision_module_by_module(name):
     exported = net.export(net.families()[family]).state_dict()
     mapped = {torchvision_key(k): tuple(v.shape) for k, v in exported.items()}
     assert mapped == {k: tuple(v.shape) for k, v in tv.state_dict().items()}
+
+
+def test_sequence_composes_to_the_forward_for_prefix_scoring():
+    net = _template("r2plus1d_18").eval()
+    net.set_strategy(net.families()["R2D"])
+    x = torch.randn(1, 3, 4, 32, 32)
+    with torch.no_grad():
+        y = x
+        for module in net.sequence():
+            y = module(y)
+        torch.testing.assert_close(y, net(x))
+    chain = [m for part in net.sequence() for m in part.modules()]
+    assert all(any(f is m for m in chain) for f in net.fusion_layers)
