@@ -227,3 +227,23 @@ def test_sequence_composes_to_the_forward_for_prefix_scoring():
         torch.testing.assert_close(y, net(x))
     chain = [m for part in net.sequence() for m in part.modules()]
     assert all(any(f is m for m in chain) for f in net.fusion_layers)
+
+
+def test_strategy_list_carries_the_literature_families(tmp_path):
+    """sample_strategies lists R2D ... rMC5 as families; a strategy with two family names keeps both (also)."""
+    import pandas as pd
+
+    from stfusion.config.loading import resolve_params
+    from stfusion.stages.strategies import sample_strategies
+
+    params = resolve_params({"model": {"backbone": "r3d18", "width_multiplier": WM},
+                             "scoring": {"top_k": 2, "n_samples": 2}})
+    build = {"model": params["model"], "gate": params["gate"], "num_classes": NUM_CLASSES, "classes": [],
+             "clip_shape": [3, 4, 32, 32]}
+    net = VideoResNetTemplate(NUM_CLASSES, width_multiplier=WM, temporal_stride=False)
+    torch.save({"build": build, "arch": net.arch, "model": net.state_dict()}, tmp_path / "model.pt")
+    sample_strategies(params, checkpoint=tmp_path / "model.pt", out=tmp_path / "candidates.csv")
+    df = pd.read_csv(tmp_path / "candidates.csv", keep_default_na=False).set_index("name")
+    assert {"MC2", "MC3", "MC4", "MC5", "rMC2", "rMC3", "rMC4", "rMC5"} <= set(df.index)
+    assert df.loc["all-ST", "also"] == "R3D" and df.loc["all-S", "also"] == "R2D"
+    assert df.loc["MC3", "id"] == "t" * 5 + "s" * 12
