@@ -34,8 +34,8 @@ What the strategies equal (same modules, parameters, MACs and shapes layer by la
 State dict names: a path's tensors are named as torchvision names the conv -> BN it stands for, with ``s.`` or
 ``st.`` inserted (``layer1.0.conv1.st.0.weight`` for torchvision's ``layer1.0.conv1.0.weight``). An exported
 strategy (:meth:`FusionNetwork.export`, ``stfusion export``) therefore loads into torchvision after one mapping,
-``{re.sub(r"\\.(s|st)\\.", ".", k): v ...}`` (docs/templates.md), and :func:`~stfusion.models.video_weights.load_video_weights`
-reads torchvision's files the other way round.
+``{re.sub(r"\\.(s|st)\\.", ".", k): v ...}`` (docs/templates.md), and
+:func:`~stfusion.models.video_weights.load_video_weights` reads torchvision's files the other way round.
 """
 
 from __future__ import annotations
