@@ -216,6 +216,7 @@ class Scoring(_Section):
     race_first_clips: int
     race_growth: float
     race_confidence: float
+    min_exposure: float
 
 
 @_SECTION
