@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -39,3 +40,45 @@ def test_a_history_without_gated_epochs_or_with_a_missing_layer_is_refused():
         rate_history(HISTORY, warmup_epochs=3, n_layers=2)
     with pytest.raises(StfusionError, match="layers 0..1"):
         rate_history(HISTORY.drop(index=5), warmup_epochs=1, n_layers=2)
+
+
+def _flagged_ranking():
+    """test_analysis's hand-made ranking with exposures: the uniform families and every third other strategy
+    extrapolated."""
+    from tests.test_analysis import make_posterior, make_ranking
+
+    post, p = make_posterior()
+    ranked = make_ranking(post, n_samples=20)
+    flag = ranked["name"].isin(["all-S", "all-ST", "all-S+ST"]) | (ranked.index % 3 == 1)
+    ranked["exposure"] = np.where(flag, 0.01, 0.3)
+    return post, p, ranked.assign(extrapolated=flag, min_exposure=0.05)
+
+
+def test_the_report_says_which_quoted_scores_are_extrapolations():
+    from stfusion.analysis import space
+    from stfusion.report import document
+
+    post, p, ranked = _flagged_ranking()
+    pref = space.preference_table(post, p, [0, 1, 1])
+    checks = {c["check"][:2]: c for c in document.compute_checks(pref, ranked, None)}
+    for key in ("3a", "3c"):
+        assert "extrapolated scores (exposure below 0.05" in checks[key]["numbers"]
+        assert "all-S 0.010" in checks[key]["numbers"]
+    clean = {c["check"][:2]: c for c in document.compute_checks(pref, ranked.assign(extrapolated=False), None)}
+    assert "extrapolated" not in clean["3a"]["numbers"]
+
+
+def test_the_study_selects_extrapolated_strategies_and_reports_their_rank_error():
+    from stfusion.analysis import fidelity, supernet_side
+
+    _, _, ranked = _flagged_ranking()
+    few = ranked.assign(extrapolated=(ranked.index % 4 == 1) & ~ranked["name"].str.startswith("all-"))
+    assert fidelity.select_strategies(few, 6)["id"].isin(few.loc[few["extrapolated"], "id"]).sum() >= 2
+    sel = supernet_side.supernet_scores(fidelity.select_strategies(ranked, 12), ranked)
+    # a predictor exact on the exposed strategies and reversed on the extrapolated ones
+    truth = sel["supernet_top1"].to_numpy() + np.where(sel["extrapolated"], -sel["supernet_top1"] * 2, 0)
+    effect = fidelity.exposure_effect(sel, sel["supernet_top1"].to_numpy(), truth)
+    assert effect["n_extrapolated"] == int(sel["extrapolated"].sum())
+    assert effect["kendall_tau_exposed"] == pytest.approx(1.0)
+    assert effect["rank_error_extrapolated"] > effect["rank_error_exposed"]
+    assert fidelity.spearman_brown(0.28, 3) == pytest.approx(3 * 0.28 / 1.56)

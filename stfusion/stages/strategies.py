@@ -161,8 +161,8 @@ def score_strategies(
 
 def add_exposure(df: pd.DataFrame, model, ckpt: dict, checkpoint: str | Path, min_exposure: float) -> pd.DataFrame:
     """``df`` (a ``strategy`` column) with ``exposure``, ``exposure_layer``, ``exposure_joint``
-    (:mod:`stfusion.analysis.exposure`, from the drop-rate history ``ckpt`` carries) and ``extrapolated``
-    (``exposure`` below ``min_exposure``: the score is an extrapolation)."""
+    (:mod:`stfusion.analysis.exposure`, from the drop-rate history ``ckpt`` carries), ``extrapolated``
+    (``exposure`` below ``min_exposure``: the score is an extrapolation) and ``min_exposure`` itself."""
     import numpy as np
     import pandas as pd
     from stfusion.analysis.exposure import COLUMNS, exposure_table, rate_history
@@ -175,7 +175,7 @@ def add_exposure(df: pd.DataFrame, model, ckpt: dict, checkpoint: str | Path, mi
     states = np.array([strategy_of(t, model.n_fusion_layers).states for t in df["strategy"]], int)
     exposure = exposure_table(rates, states, model.allow_none, cfg["uniform_share"])
     df = df.assign(**{c: exposure[c].to_numpy() for c in COLUMNS})
-    return df.assign(extrapolated=df["exposure"] < min_exposure)
+    return df.assign(extrapolated=df["exposure"] < min_exposure, min_exposure=min_exposure)
 
 
 def _indexed(scores: pd.DataFrame) -> pd.DataFrame:
