@@ -123,8 +123,9 @@ def _standalone_appearance(standalone: pd.DataFrame | None) -> str:
 
 
 def extrapolations(rows: dict[str, pd.Series]) -> str:
-    """``" (extrapolated, exposure below 0.05: all-S 0.012, ...)"`` for the rows whose supernet score is an
-    extrapolation (:mod:`stfusion.analysis.exposure`); ``""`` where none is, or exposure was not recorded."""
+    """``" — extrapolated scores (exposure below 0.05, ...): all-S 0.012, ..."`` for the rows (by the name the
+    check quotes them under) whose supernet score is an extrapolation (:mod:`stfusion.analysis.exposure`); ``""``
+    where none is, or where exposure was not recorded."""
     bad = {k: r for k, r in rows.items() if r is not None and bool(r.get("extrapolated", False))}
     if not bad:
         return ""
