@@ -92,6 +92,7 @@ class Builtin(_Section):
 
     KEY: ClassVar[str] = "data.builtin"
     clips_per_class: int
+    extra_test_clips: int
     frames: int
     size: int
     texture: str
