@@ -45,7 +45,7 @@ def test_a_history_without_gated_epochs_or_with_a_missing_layer_is_refused():
 def _flagged_ranking():
     """test_analysis's hand-made ranking with exposures: the uniform families and every third other strategy
     extrapolated."""
-    from tests.test_analysis import make_posterior, make_ranking
+    from test_analysis import make_posterior, make_ranking
 
     post, p = make_posterior()
     ranked = make_ranking(post, n_samples=20)
