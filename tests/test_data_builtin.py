@@ -243,3 +243,9 @@ def test_class_subsets_hold_the_same_clips(tmp_path):
     full = generate(tmp_path / "full", classes=["disk", "move_right"], **kw)
     same = sub[sub["label"] == "disk"].reset_index(drop=True)
     assert _digest(tmp_path / "sub", same) == _digest(tmp_path / "full", full[full["label"] == "disk"])
+    # extra test clips enlarge the test split and leave every other clip and its split as they were
+    more = generate(tmp_path / "more", classes=["disk", "move_right"], extra_test_clips=2, **kw)
+    kept = more["path"].isin(full["path"])
+    assert more[kept].reset_index(drop=True).equals(full) and (more[~kept]["split"] == "test").all()
+    assert (more.groupby("label")["split"].apply(lambda s: (s == "test").sum()) == 3).all()
+    assert _digest(tmp_path / "more", more[kept].reset_index(drop=True)) == _digest(tmp_path / "full", full)

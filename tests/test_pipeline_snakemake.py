@@ -168,6 +168,8 @@ def test_tiny_pipeline_outputs(tiny_run):
     assert list(ranking["rank"]) == list(range(1, len(ranking) + 1))
     assert ranking["top1"].is_monotonic_decreasing
     assert {"all-S", "all-ST", "all-S+ST"} <= set(ranking["name"])
+    assert ranking["exposure"].between(0, 1).all() and (ranking["exposure_joint"] <= ranking["exposure"]).all()
+    assert (ranking["extrapolated"] == (ranking["exposure"] < 0.05)).all()
     pref = pd.read_csv(res / "analysis" / "preference.csv")
     assert {"P(S)", "P(ST)", "P(S+ST)", "P(none)", "p_S", "p_ST", "keep_prob_rule"} <= set(pref.columns)
     assert len(pref) == 3  # tiny template: 1 + 2 fusion layers

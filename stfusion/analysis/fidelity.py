@@ -3,8 +3,11 @@ the strategies to train stand-alone and every statistic of the default run's che
 
 :func:`select_strategies` picks them deterministically, spanning the range of supernet scores: the three uniform
 families first (all-S, all-ST, all-S+ST: the hand-designed baselines; all-S is the expected loser on motion),
-then strategies evenly spaced in score rank over all other fully scored strategies (best and worst included), so
-that the chosen ones are spread as the scored population is.
+then, where the ranking marks extrapolated scores (:mod:`stfusion.analysis.exposure`), extrapolated strategies
+evenly spaced in score rank until at least a quarter of the selection is extrapolated (as far as there are), then
+strategies evenly spaced in score rank over all other fully scored strategies (best and worst included), so that
+the chosen ones are spread as the scored population is and the study can show whether extrapolated scores rank
+worse (:func:`exposure_effect`).
 
 :func:`study` takes one row per strategy, the supernet-side predictors (the score in the configured BN mode, with
 and without BN recalibration, the log-probability), and the stand-alone test accuracy of every seed, an
@@ -20,7 +23,11 @@ over strategies; intervals resample **strategies** (rows), keeping each row's va
   A resample in which one side is constant has no ordering; its tau counts as 0.
 * :func:`seed_ceiling` — tau between two seeds of the same strategies (mean over seed pairs): how well any
   predictor can rank one seed's accuracies. The supernet's per-seed tau (mean over seeds) is reported relative
-  to it, so both sides rank single-seed accuracies.
+  to it, so both sides rank single-seed accuracies. Its ``mean_reliability`` is the Spearman-Brown projection
+  (:func:`spearman_brown`) of that tau to the mean over all the study's seeds: the reliability of the ground
+  truth the predictors are judged against.
+* :func:`exposure_effect` — whether extrapolated supernet scores (:mod:`stfusion.analysis.exposure`) rank worse:
+  the mean rank error of the extrapolated and the other strategies, and tau over the others alone.
 * :func:`topk_overlap` — share of the supernet's top k among the stand-alone top k.
 * :func:`regret` — best stand-alone mean accuracy minus that of the supernet's pick.
 * :func:`paired_difference` — tau(predictor a) - tau(predictor b) against the same stand-alone means, with a
@@ -67,16 +74,23 @@ def select_strategies(ranked: pd.DataFrame, n: int, setting: str = "n_strategies
         hit = ranked.index[names == fam]
         if len(hit) and len(chosen) < n:
             chosen.append(int(hit[0]))
+    if "extrapolated" in ranked:
+        flagged = ranked["extrapolated"].astype(bool)
+        chosen += _evenly_spaced([i for i in ranked.index[flagged] if i not in chosen],
+                                 min(-(-n // 4) - int(flagged[chosen].sum()), n - len(chosen)))
     rest = [i for i in ranked.index if i not in chosen]
-    m = n - len(chosen)
-    if m > 0:
-        picks = np.unique(np.round(np.linspace(0, len(rest) - 1, m)).astype(int))
-        chosen += [rest[i] for i in picks]
-        extra = [i for i in rest if i not in chosen]
-        chosen += extra[: n - len(chosen)]
+    chosen += _evenly_spaced(rest, n - len(chosen))
     sel = ranked.loc[sorted(chosen), ["id", "name", "source", "strategy", "log_prob"]]
     sel["id"] = sel["id"].astype(str)
     return sel.reset_index(drop=True)
+
+
+def _evenly_spaced(indices: list[int], m: int) -> list[int]:
+    """``min(m, len(indices))`` of ``indices`` evenly spaced over the list (first and last included)."""
+    m = min(m, len(indices))
+    if m <= 0:
+        return []
+    return [indices[i] for i in np.round(np.linspace(0, len(indices) - 1, m)).astype(int)]
 
 
 def _tau(a, b, axis: int = -1) -> np.ndarray | float:
@@ -163,14 +177,39 @@ def seed_ceiling(per_seed: np.ndarray, seed: int = 0, n_resamples: int = N_RESAM
     all seed pairs, with a bootstrap interval over strategies (``None`` with fewer than 2 seeds)."""
     per_seed = np.asarray(per_seed, float)
     if per_seed.ndim != 2 or per_seed.shape[1] < 2:
-        return {"tau": None, "ci": None, "pairs": 0}
+        return {"tau": None, "ci": None, "pairs": 0, "mean_reliability": None}
     pairs = list(itertools.combinations(range(per_seed.shape[1]), 2))
 
     def mean_tau(*cols, axis=-1):
         return np.mean([_tau(cols[i], cols[j], axis=axis) for i, j in pairs], axis=0)
 
     cols = [per_seed[:, j] for j in range(per_seed.shape[1])]
-    return {"tau": float(mean_tau(*cols)), "ci": list(bootstrap_interval(mean_tau, cols, seed, n_resamples)), "pairs": len(pairs)}
+    tau = float(mean_tau(*cols))
+    return {"tau": tau, "ci": list(bootstrap_interval(mean_tau, cols, seed, n_resamples)), "pairs": len(pairs),
+            "mean_reliability": spearman_brown(tau, per_seed.shape[1])}
+
+
+def spearman_brown(r: float, m: int) -> float | None:
+    """Reliability of the mean of ``m`` measurements whose pairwise agreement is ``r``: ``m r / (1 + (m - 1) r)``
+    (applied to a rank correlation as an approximation; docs/method.md §7); ``None`` where ``r <= -1/(m-1)``."""
+    den = 1 + (m - 1) * r
+    return m * r / den if den > 0 else None
+
+
+def exposure_effect(df: pd.DataFrame, pred, truth) -> dict | None:
+    """Do extrapolated scores (``df["extrapolated"]``) rank worse? ``n_extrapolated``, the mean absolute rank
+    error (supernet rank vs stand-alone rank among all strategies, 1 = best) of the extrapolated strategies and of
+    the others, and Kendall tau over the others alone (``None`` with fewer than 3 of them). ``None`` where the
+    table has no exposure."""
+    if "extrapolated" not in df:
+        return None
+    flag = df["extrapolated"].fillna(False).astype(bool).to_numpy()
+    gap = np.abs(pd.Series(pred).rank(ascending=False).to_numpy() - pd.Series(truth).rank(ascending=False).to_numpy())
+    pred, truth = np.asarray(pred, float), np.asarray(truth, float)
+    return {"n_extrapolated": int(flag.sum()),
+            "rank_error_extrapolated": float(gap[flag].mean()) if flag.any() else None,
+            "rank_error_exposed": float(gap[~flag].mean()) if (~flag).any() else None,
+            "kendall_tau_exposed": float(_tau(truth[~flag], pred[~flag])) if (~flag).sum() >= 3 else None}
 
 
 def per_seed_tau(predictor, per_seed: np.ndarray) -> float:
@@ -259,6 +298,7 @@ def study(df: pd.DataFrame, per_seed: np.ndarray, main: str = MAIN, seed: int = 
         for (a, ca), (b, cb) in itertools.combinations(PREDICTORS, 2) if ca in df and cb in df
     }
     out["misranked"] = misranked(df, pred, truth)
+    out["exposure"] = exposure_effect(df, pred, truth)
     return {**headline(out), **out}
 
 
@@ -322,6 +362,14 @@ def summary_lines(res: dict) -> list[str]:
     L.append(f"* seed-to-seed ceiling: tau {_fmt(c['tau'])} (95% CI {_ci(c['ci'])}, {c['pairs']} seed pair(s)); "
              f"the supernet's per-seed tau {_fmt(res['supernet_per_seed_tau'])} is "
              f"{_fmt(res['relative_to_ceiling'])} of it")
+    if c.get("mean_reliability") is not None:
+        L.append(f"* reliability of the ground truth (the mean over {res['n_seeds']} seeds, Spearman-Brown from the "
+                 f"seed-to-seed tau): {_fmt(c['mean_reliability'])}")
+    e = res.get("exposure")
+    if e:
+        L.append(f"* extrapolated supernet scores: {e['n_extrapolated']} of {res['n_strategies']}; mean rank error "
+                 f"{_fmt(e['rank_error_extrapolated'], 1)} for them vs {_fmt(e['rank_error_exposed'], 1)} for the "
+                 f"others; tau over the others alone {_fmt(e['kendall_tau_exposed'])}")
     L.append("* top-k overlap: " + ", ".join(f"k={k}: {_fmt(v)}" for k, v in res["topk_overlap"].items()))
     r = res["regret"]
     L.append(f"* regret of the supernet's pick `{r['pick']}`: {_fmt(r['regret'], 3)} (its stand-alone "

@@ -385,7 +385,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
     "score_strategies": [
         "seed", *_DATA_LOADING, *_TEST_VIEW, "compute.device", "compute.loader_workers", "scoring.recalibrate_bn",
         "scoring.calib_batches", "scoring.batch_size", "scoring.racing", "scoring.keep_top",
-        "scoring.race_first_clips", "scoring.race_growth", "scoring.race_confidence",
+        "scoring.race_first_clips", "scoring.race_growth", "scoring.race_confidence", "scoring.min_exposure",
     ],
     "analyze": ["preset", "gate.keep_prob"],
     "derive": ["preset", "derive.top_k", "derive.st_threshold"],

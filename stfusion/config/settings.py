@@ -92,6 +92,7 @@ class Builtin(_Section):
 
     KEY: ClassVar[str] = "data.builtin"
     clips_per_class: int
+    extra_test_clips: int
     frames: int
     size: int
     texture: str
@@ -219,6 +220,7 @@ class Scoring(_Section):
     race_first_clips: int
     race_growth: float
     race_confidence: float
+    min_exposure: float
 
 
 @_SECTION

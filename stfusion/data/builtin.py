@@ -394,6 +394,7 @@ def generate(
     root,
     *,
     clips_per_class: int = 36,
+    extra_test_clips: int = 0,
     frames: int = 12,
     size: int = 64,
     texture: str = "synthetic",
@@ -406,7 +407,8 @@ def generate(
 
     Layout: ``root/videos/<class>/<class>_<nnnn>.mp4``, ``root/annotations.csv`` (path relative to ``root``,
     label, split in {train, test}: ``round(clips_per_class * test_fraction)`` random clips of each class are
-    test), ``root/classes.csv`` (name, kind).  The same arguments give the same decoded frames: every clip has
+    test, and ``extra_test_clips`` more of each class, numbered after them, are test too: they enlarge the test
+    split and leave the other clips and their split as they are), ``root/classes.csv`` (name, kind).  The same arguments give the same decoded frames: every clip has
     its own random stream seeded by ``(seed, class index, clip index)``, so a class subset (``classes``, see
     :func:`select_classes`) holds exactly the clips the full benchmark has of those classes.
     """
@@ -414,6 +416,8 @@ def generate(
         raise StfusionError(f"unknown texture {texture!r} (choose one of: {', '.join(TEXTURES)})")
     if clips_per_class < 2:
         raise StfusionError(f"clips_per_class must be at least 2, got {clips_per_class}")
+    if extra_test_clips < 0:
+        raise StfusionError(f"extra_test_clips must be at least 0, got {extra_test_clips}")
     if frames < 2:
         raise StfusionError(f"frames must be at least 2, got {frames}")
     if size < 16 or size % 2:
@@ -428,12 +432,14 @@ def generate(
 
     n_test = min(max(int(round(clips_per_class * test_fraction)), 1), clips_per_class - 1)
     rows = []
-    bar = tqdm(total=len(subset) * clips_per_class, desc="generating clips", unit="clip", disable=not progress)
+    bar = tqdm(total=len(subset) * (clips_per_class + extra_test_clips), desc="generating clips", unit="clip",
+               disable=not progress)
     for ci, (name, _) in enumerate(CLASSES):
         if name not in subset:
             continue
         test_ids = set(np.random.default_rng([seed, ci, 1 << 20]).permutation(clips_per_class)[:n_test].tolist())
-        for k in range(clips_per_class):
+        test_ids |= set(range(clips_per_class, clips_per_class + extra_test_clips))
+        for k in range(clips_per_class + extra_test_clips):
             rng = np.random.default_rng([seed, ci, k])
             video = render_clip(name, rng, frames=frames, size=size, texture=texture, stills=stills)
             rel = Path("videos") / name / f"{name}_{k:04d}.mp4"

@@ -4,7 +4,9 @@ networks (derived or stand-alone strategies). Both resume from the last atomic c
 Files in ``out_dir``:
   ``last.pt``          the last checkpoint: model, optimizer, scheduler, finished epochs, the step reached in the
                        next epoch with its partial sums, every rank's RNG states, the optimizer step count, history
-  ``model.pt``         the final weights and ``fit``'s ``record`` (written once, when training is complete)
+  ``model.pt``         the final weights, the training config, the drop-rate rows of ``drop_rates.csv`` (empty for
+                       plain networks; exposure reads them, :mod:`stfusion.analysis.exposure`) and ``fit``'s
+                       ``record`` (written once, when training is complete)
   ``history.csv``      one row an epoch: phase, lr, loss, cross-entropy, KL, train accuracy (over the global
                        batches of every rank), optimizer steps, decode failures, and the validation columns of
                        ``fit``'s ``evaluate`` hook (:mod:`stfusion.engine.evaluation`)
@@ -341,7 +343,7 @@ def fit(
                 _stopped(stop.signal, run.ckpt_path, state.epoch, 0)
     if main:
         final = {"arch": run.model.arch, "model": run.model.state_dict(), "config": asdict(cfg),
-                 "optimizer_steps": state.optimizer_steps, **(record or {})}
+                 "optimizer_steps": state.optimizer_steps, "drop_rates": state.rates, **(record or {})}
         model_path = in_folder(LAYOUT.supernet, run.out_dir)
         guarded_write(model_path, lambda: (_write_tables(run.out_dir, state.history, state.rates, state.stats),
                                            save_torch(final, model_path)))

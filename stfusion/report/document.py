@@ -122,6 +122,28 @@ def _standalone_appearance(standalone: pd.DataFrame | None) -> str:
     return "; trained stand-alone (test): " + ", ".join(f"{n} {_fmt(r[col])}" for n, r in found.items())
 
 
+def extrapolations(rows: dict[str, pd.Series]) -> str:
+    """``" — extrapolated scores (exposure below 0.05, ...): all-S 0.012, ..."`` for the rows (by the name the
+    check quotes them under) whose supernet score is an extrapolation (:mod:`stfusion.analysis.exposure`); ``""``
+    where none is, or where exposure was not recorded."""
+    bad = {k: r for k, r in rows.items() if r is not None and bool(r.get("extrapolated", False))}
+    if not bad:
+        return ""
+    first = next(iter(bad.values()))
+    return (f" — extrapolated scores (exposure below {_fmt(first.get('min_exposure'), 2)}, so not evidence about "
+            "these configurations): " + ", ".join(f"{k} {_fmt(r['exposure'])}" for k, r in bad.items()))
+
+
+def _fidelity_exposure(fidelity: dict) -> str:
+    """What check 4 owes to extrapolated scores: how many of its strategies have one, and tau without them."""
+    e = fidelity.get("exposure")
+    if not e or not e["n_extrapolated"]:
+        return ""
+    return (f" — {e['n_extrapolated']} of the {fidelity.get('n')} supernet scores are extrapolations (mean rank "
+            f"error {_fmt(e['rank_error_extrapolated'], 1)} vs {_fmt(e['rank_error_exposed'], 1)} for the others; "
+            f"tau without them {_fmt(e['kendall_tau_exposed'])})")
+
+
 def best_sampled(ranked: pd.DataFrame | None) -> pd.Series | None:
     if ranked is None:
         return None
@@ -172,16 +194,20 @@ def compute_checks(pref, ranked, fidelity, initial: dict | None = None,
         if best is not None and uni:
             ok_a = all(best["top1"] >= r["top1"] for r in uni.values())
             txt = ", ".join(f"{k} {_fmt(r['top1'])}" for k, r in uni.items())
+            quoted = {"best sampled": best, **uni}
             checks.append({"check": "3a. best sampled >= uniform strategies (validation)", "ok": ok_a,
-                           "numbers": f"best sampled {_fmt(best['top1'])} (test {_fmt(best.get('top1_test'))}); {txt}"})
+                           "numbers": f"best sampled {_fmt(best['top1'])} (test {_fmt(best.get('top1_test'))}); {txt}"
+                           + extrapolations(quoted)})
             if "top1_motion" in ranked and "all-S" in uni:
-                top_motion = float(ranked["top1_motion"].max())
+                top_motion_row = ranked.loc[ranked["top1_motion"].idxmax()]
+                top_motion = float(top_motion_row["top1_motion"])
                 gap = top_motion - float(uni["all-S"]["top1_motion"])
                 checks.append({"check": f"3b. all-S clearly below on motion classes (gap >= {MOTION_GAP:.2f})",
                                "ok": gap >= MOTION_GAP, "numbers":
                                f"all-S motion top-1 {_fmt(uni['all-S']['top1_motion'])} vs best "
                                f"{_fmt(top_motion)} (gap {_fmt(gap)}; best sampled "
-                               f"{_fmt(best.get('top1_motion'))})"})
+                               f"{_fmt(best.get('top1_motion'))})"
+                               + extrapolations({"all-S": uni["all-S"], "best on motion": top_motion_row})})
             if "top1_appearance" in ranked:
                 vals = [float(r["top1_appearance"]) for r in uni.values()] + [float(best["top1_appearance"])]
                 spread = max(vals) - min(vals)
@@ -190,7 +216,7 @@ def compute_checks(pref, ranked, fidelity, initial: dict | None = None,
                                "appearance top-1: "
                                + ", ".join(f"{k} {_fmt(r['top1_appearance'])}" for k, r in uni.items())
                                + f", best sampled {_fmt(best['top1_appearance'])} (spread {_fmt(spread)})"
-                               + _standalone_appearance(standalone)})
+                               + extrapolations(quoted) + _standalone_appearance(standalone)})
     else:
         checks.append({"check": "3. network-level comparison", "ok": None, "numbers": "ranking missing"})
 
@@ -203,7 +229,7 @@ def compute_checks(pref, ranked, fidelity, initial: dict | None = None,
                        f"{_fmt(fidelity.get('spearman_rho'))}; with BN recalibration tau "
                        f"{_fmt(fidelity.get('kendall_tau_recal'))}, plain BN tau "
                        f"{_fmt(fidelity.get('kendall_tau_plain_bn'))}; log-probability tau "
-                       f"{_fmt(fidelity.get('kendall_tau_log_prob'))}"})
+                       f"{_fmt(fidelity.get('kendall_tau_log_prob'))}" + _fidelity_exposure(fidelity)})
     else:
         checks.append({"check": "4. ranking fidelity", "ok": None, "numbers": "stand-alone runs missing"})
 
@@ -383,7 +409,8 @@ def _motion_section(ranked: pd.DataFrame | None) -> list[str]:
     mp = _row(ranked, "top-1")
     if mp is not None:
         rows.append(("most probable", mp))
-    cols = ["top1", "top1_motion", "top1_appearance", "top1_test", "top1_test_motion", "top1_test_appearance"]
+    cols = ["top1", "top1_motion", "top1_appearance", "top1_test", "top1_test_motion", "top1_test_appearance",
+            *(c for c in ("exposure", "extrapolated") if c in ranked)]
     tab = pd.DataFrame([{"strategy": label, "units": r["strategy"], **{c: r.get(c, np.nan) for c in cols}}
                         for label, r in rows])
     L += [_md(tab), ""]
@@ -418,19 +445,31 @@ def _network_section(ranked: pd.DataFrame | None, link: Link, layout: RunLayout)
     fam = net[net["source"].str.contains("family")]
     top = net[~net["source"].str.contains("family")].head(10)
     cols = [c for c in ["rank", "name", "source", "strategy", "log_prob", "prob", "top1", "top1_motion",
-                        "top1_appearance", "top1_plain_bn", "top1_test", "macs", "params", "race_status",
-                        "race_clips"] if c in net]
+                        "top1_appearance", "top1_plain_bn", "top1_test", "exposure", "extrapolated", "macs",
+                        "params", "race_status", "race_clips"] if c in net]
     if "race_status" in ranked:
         full = int((ranked["race_status"] == "full").sum())
         L += [f"Racing: {full} of {len(ranked)} strategies were scored on the whole validation split; the "
               "others were dropped after `race_clips` clips (partial top-1 and interval in `top1_partial`, "
               "`top1_low`, `top1_high`; no full-split score).", ""]
-    return L + [f"{len(ranked)} strategies scored (rank 1 = best validation top-1 of all). Families:", "",
+    return L + [f"{len(ranked)} strategies scored (rank 1 = best validation top-1 of all). "
+                + _exposure_text(ranked) + "Families:", "",
                 _md(fam[cols], ".4g"), "", "Best ten of the others (most probable and sampled):", "",
                 _md(top[cols], ".4g"), "", f"Full table: `{link(layout.network)}`. Scatter of log-probability "
                 "vs score:", "", f"![log-probability vs score]({link(layout.scatter_plot)})", "",
                 f"Supernet score against MACs per clip ({CONVENTION}):", "",
                 f"![network level: accuracy vs MACs]({link(f'{layout.report_dir}/{PARETO_NETWORK}')})", ""]
+
+
+def _exposure_text(ranked: pd.DataFrame) -> str:
+    """What the ``exposure`` column means and how many scores are extrapolations ("" where it was not recorded)."""
+    if "exposure" not in ranked:
+        return ""
+    n = int(ranked["extrapolated"].astype(bool).sum())
+    return (f"`exposure`: the share of the supernet's gated training clips that ran the strategy's least-trained "
+            f"layer in the state it uses (docs/method.md §5); {n} of {len(ranked)} scores are extrapolations "
+            f"(exposure below `scoring.min_exposure` = {_fmt(ranked['min_exposure'].iloc[0], 2)}): the shared "
+            "weights were barely trained in those configurations, so their scores are not evidence about them. ")
 
 
 def _layer_section(pref: pd.DataFrame | None, summary: dict, link: Link, layout: RunLayout) -> list[str]:

@@ -16,8 +16,8 @@ def generate(params: dict, *, root: str | Path, progress: bool = True) -> dict:
 
     settings = Settings.for_stage(params)
     b = settings.data.builtin
-    ann = generate_builtin(root, clips_per_class=b.clips_per_class, frames=b.frames, size=b.size, texture=b.texture,
-                           seed=settings.seed, classes=b.classes, progress=progress)
+    ann = generate_builtin(root, clips_per_class=b.clips_per_class, extra_test_clips=b.extra_test_clips, frames=b.frames,
+                           size=b.size, texture=b.texture, seed=settings.seed, classes=b.classes, progress=progress)
     summary = {"root": str(root), "videos": int(len(ann)), "classes": int(ann["label"].nunique()),
                "train": int((ann["split"] == "train").sum()), "test": int((ann["split"] == "test").sum())}
     log.info("built-in benchmark: %d videos of %d classes in %s", summary["videos"], summary["classes"], root)

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from stfusion.config.layout import LAYOUT, in_folder
 from stfusion.config.settings import Settings
+from stfusion.errors import StfusionError
 from stfusion.stages.runtime import data_fingerprint
 from stfusion.io.files import file_digest, read_table, write_json
 from stfusion.io.tables import write_table
@@ -87,8 +88,9 @@ def score_strategies(
     Columns added to the candidates: ``top1`` (validation split, the configured BN mode: recalibrated unless
     ``scoring.recalibrate_bn`` is false), ``top5``, ``top1_motion``, ``top1_appearance`` (validation, per class
     kind), ``top1_test`` (+ per kind: the test split, same mode, for reporting only), ``top1_recal`` and
-    ``top1_plain_bn`` (validation with and without BN recalibration, both always measured), ``rank`` (1 = best
-    ``top1``; ties broken by log-probability). With ``scoring.racing`` (:mod:`stfusion.scoring.racing`) also
+    ``top1_plain_bn`` (validation with and without BN recalibration, both always measured), the exposure of each
+    strategy's configuration in the supernet's training (:func:`add_exposure`), ``rank`` (1 = best ``top1``; ties
+    broken by log-probability). With ``scoring.racing`` (:mod:`stfusion.scoring.racing`) also
     ``race_status``, ``race_clips``, ``top1_partial``, ``top1_low``, ``top1_high``; the dropped strategies' score
     columns are empty (NaN) and they rank last."""
     import hashlib
@@ -103,7 +105,7 @@ def score_strategies(
 
     require_cache(cache_dir)
     cand = read_table(candidates, "strategy list")
-    model, _ = load_supernet(checkpoint)
+    model, ckpt = load_supernet(checkpoint)
     settings = Settings.for_stage(params)
     s = settings.scoring
     device = resolve_device(settings.compute.device)
@@ -149,7 +151,8 @@ def score_strategies(
     out_df["bn_mode"] = "recalibrated" if recal else "plain"
     for col, value in reported_views(settings.data).items():
         out_df[col] = value
-    out_df = add_costs(add_rank(out_df.reset_index()), model, inference_clip_shape(settings.data))
+    out_df = add_exposure(out_df.reset_index(), model, ckpt, checkpoint, s.min_exposure)
+    out_df = add_costs(add_rank(out_df), model, inference_clip_shape(settings.data))
     write_csv(out_df, out)
     shutil.rmtree(partial, ignore_errors=True)
     if partial.parent.is_dir() and not any(partial.parent.iterdir()):
@@ -157,6 +160,25 @@ def score_strategies(
     best = out_df.iloc[0]
     log.info("best on validation: %s (top1 %.3f, test %.3f)", best["strategy"], best["top1"], best["top1_test"])
     return out_df
+
+
+def add_exposure(df: pd.DataFrame, model, ckpt: dict, checkpoint: str | Path, min_exposure: float) -> pd.DataFrame:
+    """``df`` (a ``strategy`` column) with ``exposure``, ``exposure_layer``, ``exposure_joint``
+    (:mod:`stfusion.analysis.exposure`, from the drop-rate history ``ckpt`` carries), ``extrapolated``
+    (``exposure`` below ``min_exposure``: the score is an extrapolation) and ``min_exposure`` itself."""
+    import numpy as np
+    import pandas as pd
+    from stfusion.analysis.exposure import COLUMNS, exposure_table, rate_history
+
+    if not ckpt.get("drop_rates"):
+        raise StfusionError(f"{checkpoint} holds no drop-rate history (it predates exposure): rerun "
+                            "'stfusion train-supernet'")
+    cfg = ckpt["config"]
+    rates = rate_history(pd.DataFrame(ckpt["drop_rates"]), cfg["warmup_epochs"], model.n_fusion_layers)
+    states = np.array([strategy_of(t, model.n_fusion_layers).states for t in df["strategy"]], int)
+    exposure = exposure_table(rates, states, model.allow_none, cfg["uniform_share"])
+    df = df.assign(**{c: exposure[c].to_numpy() for c in COLUMNS})
+    return df.assign(extrapolated=df["exposure"] < min_exposure, min_exposure=min_exposure)
 
 
 def _indexed(scores: pd.DataFrame) -> pd.DataFrame:
