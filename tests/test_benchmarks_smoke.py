@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 
 RATIO = re.compile(r"^(?P<name>[a-z0-9_]+): ratio (?P<value>\d+\.\d+) \(goal (?P<op><=|>=) (?P<goal>\d+\.\d+)\)$")
@@ -102,3 +104,30 @@ def test_batched_mask_sampling_matches_one_gate_at_a_time():
     rescaled = VariationalDropPath(init_p=0.5, rescale=True)
     mixed = sample_masks([a, rescaled], 8, torch.device("cpu"), torch.float32)  # settings differ: one by one
     assert mixed.shape == (2, 8)
+
+
+# ------------------------------------------------------------------ the memory benchmarks can fail
+def _benchmarks_module(name: str):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+@pytest.mark.slow  # two fresh training processes over prepared 256p files (about 20 s of CPU)
+def test_train_epoch_memory_benchmark_catches_a_leak(tmp_path):
+    """A dataset that keeps every decoded clip misses the ``train_epoch_memory_4x`` goal (the benchmark measures
+    each child's own peak, not the runner's: with ``ru_maxrss`` both sizes read the same and the ratio was 1)."""
+    bench = _benchmarks_module("bench_videos")
+    res = bench.epoch_memory_ratio(tmp_path, 16, 2, leak=True)
+    assert res["ratio"] > 1.3 > GOALS["train_epoch_memory_4x"][1], res  # healthy: 1.01 at these sizes
+    assert res["peak_4x"] > res["peak_1x"], res
+
+
+@pytest.mark.slow  # two fresh preparing processes over 10 generated videos (about 10 s of CPU)
+def test_prepare_memory_benchmark_catches_a_leak(tmp_path):
+    """Preparation that keeps every prepared video decoded misses the ``prepare_peak_memory`` goal."""
+    bench = _benchmarks_module("bench_prepare")
+    res = bench.prepare_memory(tmp_path, videos=2, frames=50, leak=True)
+    assert res["ratio"] > 1.3 > GOALS["prepare_peak_memory"][1], res  # healthy: 1.16 at these sizes
