@@ -219,11 +219,14 @@ def gpu_loader_check(workers=(8, 16), *, device: str = "cuda", batch: int = 32, 
     return lines
 
 
-def run(quick: bool, note=print) -> dict[str, float]:
-    """Every figure of this file: ``{name: value}`` for the goals of ``benchmarks/run.py``."""
+def run(quick: bool, note=print, names=None) -> dict[str, float]:
+    """The figures of this file named in ``names`` (default all): ``{name: value}`` for the goals of
+    ``benchmarks/run.py``."""
     results = {}
     with tempfile.TemporaryDirectory(prefix="stfusion-videos-") as tmp:
         for name, short, source, frames, crop, jitter in LOADER_CASES:
+            if names is not None and name not in names:
+                continue
             n_frames = 2 * frames + 32 if not quick else 2 * frames
             folder = prepared_folder(Path(tmp) / name, short, source, 1 if quick else 4, n_frames)
             rate = loader_rate(folder, frames, crop, jitter, 2 if quick else (24 if frames == 16 else 12))
@@ -231,6 +234,8 @@ def run(quick: bool, note=print) -> dict[str, float]:
             note(f"{name}: {rate['clips_per_cpu_s']:.1f} clips per CPU second, {rate['clips_per_s']:.1f} per wall "
                  f"second (short side {short} files from {source[0]}x{source[1]}, {n_frames} frames, key frame "
                  f"every 16; short side drawn from {jitter[0]}-{jitter[1]}, random {crop} crop, flip)")
+        if names is not None and "train_epoch_memory_4x" not in names:
+            return results
         n, files = (4, 2) if quick else (32, 4)
         res = epoch_memory_ratio(Path(tmp), n, files)
         results["train_epoch_memory_4x"] = res["ratio"]

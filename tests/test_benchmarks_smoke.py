@@ -22,7 +22,6 @@ GOALS = {
     "racing_time": ("<=", 0.35),
     "racing_flops": ("<=", 0.25),
     "data_loader": (">=", 5.0),
-    "prepared_seek_speedup": (">=", 3.0),
     "prepared_bytes": ("<=", 1.0),
     "prepare_peak_memory": ("<=", 1.15),
     "video_loader_16x112": (">=", 15.0),
@@ -55,7 +54,7 @@ def test_quick_run_prints_one_line_per_goal():
             assert ratios[name]["op"] == op and float(ratios[name]["goal"]) == goal
             assert float(ratios[name]["value"]) > 0
     for name in ("supernet_overhead", "hard_gate_subnet", "prefix_scoring", "prefix_scoring_flops",
-                 "prepared_seek_speedup", "prepared_bytes", "prepare_peak_memory",
+                 "prepared_bytes", "prepare_peak_memory",
                  "video_loader_16x112", "video_loader_32x224", "train_epoch_memory_4x"):
         assert name in ratios, f"{name} must always run"
     gpu = GPU & set(names)
