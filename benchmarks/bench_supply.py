@@ -45,22 +45,23 @@ def presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def preset_settings(name: str):
+def preset_settings(name: str, backend: str | None = None):
+    """``(params, Settings)`` of the preset ``name``, with ``data.backend`` replaced by ``backend`` if given."""
     from stfusion.config.loading import resolve_params
     from stfusion.config.settings import Settings
 
-    params = resolve_params(None, {"preset": name})
+    params = resolve_params(None, {"preset": name, **({"data": {"backend": backend}} if backend else {})})
     return params, Settings.for_stage(params)
 
 
-def supply(name: str, tmp: Path, items: int, videos: int = 2) -> dict:
+def supply(name: str, tmp: Path, items: int, videos: int = 2, backend: str | None = None) -> dict:
     """Training clips per CPU second (and per wall second) of one process at the preset's training clip."""
     import torch
     from bench_videos import prepared_folder
 
     from stfusion.data.video_dataset import open_clips
 
-    params, settings = preset_settings(name)
+    params, settings = preset_settings(name, backend)
     data = settings.data
     frames_total, source = FOOTAGE[data.dataset]
     folder = tmp / f"{data.dataset}-{data.short_side}"
@@ -77,7 +78,7 @@ def supply(name: str, tmp: Path, items: int, videos: int = 2) -> dict:
     assert tuple(clip.shape) == (3, data.frames, crop, crop), clip.shape
     return {"clips_per_cpu_s": items / cpu, "clips_per_s": items / wall, "frames": data.frames, "crop": crop,
             "short_side": data.short_side, "train_short_side": data.train_short_side, "sampling": data.sampling,
-            "backend": data.backend, "backbone": settings.model.backbone, "batch": settings.supernet.batch_size}
+            "backend": ds.backend, "backbone": settings.model.backbone, "batch": settings.supernet.batch_size}
 
 
 def demand_gpu(name: str, steps: int = 10) -> float:
@@ -106,12 +107,12 @@ def demand_estimate(frames: int, crop: int) -> float:
     return rate * voxels / (frames * crop * crop)
 
 
-def run(quick: bool, device: str = "cpu", names=None, note=print) -> dict[str, float]:
+def run(quick: bool, device: str = "cpu", names=None, note=print, backend: str | None = None) -> dict[str, float]:
     """``{"supply_<preset>": workers needed a GPU}`` for each preset in ``names`` (default every preset)."""
     results = {}
     with tempfile.TemporaryDirectory(prefix="stfusion-supply-") as tmp:
         for name in names or presets():
-            res = supply(name, Path(tmp), 2 if quick else 12, videos=1 if quick else 2)
+            res = supply(name, Path(tmp), 2 if quick else 12, videos=1 if quick else 2, backend=backend)
             if device == "cuda":
                 rate, source = demand_gpu(name), f"measured on {device}"
             else:
@@ -121,7 +122,7 @@ def run(quick: bool, device: str = "cpu", names=None, note=print) -> dict[str, f
             note(f"supply_{name}: one worker supplies {res['clips_per_cpu_s']:.1f} clips per CPU second "
                  f"({res['clips_per_s']:.1f} per wall second; {res['frames']} frames, {res['sampling']} sampling, "
                  f"short side {res['train_short_side']} from files at {res['short_side']}, {res['crop']} crop, "
-                 f"{res['backend']}); the {res['backbone']} supernet step (batch {res['batch']}) consumes "
+                 f"{res['backend']} decoding); the {res['backbone']} supernet step (batch {res['batch']}) consumes "
                  f"{rate:.0f} clips/s, {source}")
     return results
 
@@ -131,8 +132,9 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="tiny sizes (a smoke run)")
     ap.add_argument("--device", default="cpu", help="cuda: measure each preset's supernet step on the GPU")
     ap.add_argument("--preset", action="append", help="only this preset (repeatable)")
+    ap.add_argument("--backend", help="decode with this data.backend instead of the preset's (e.g. torchcodec)")
     args = ap.parse_args(argv)
-    for key, value in run(args.quick, args.device, args.preset,
+    for key, value in run(args.quick, args.device, args.preset, backend=args.backend,
                           note=lambda text: print(f"  [{text}]", file=sys.stderr, flush=True)).items():
         print(f"{key}: ratio {value:.3f} (goal <= {GOAL_WORKERS:.2f})", flush=True)
     return 0

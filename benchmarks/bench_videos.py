@@ -201,8 +201,9 @@ def gpu_loader_check(workers=(8, 16), *, device: str = "cuda", batch: int = 32, 
     sync()
     step_s = (time.perf_counter() - t) / steps
     precision = "bf16" if device == "cuda" else "fp32"
+    memory = (f", peak GPU memory {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device == "cuda" else "")
     lines = [f"{backbone} {frames}x{crop}x{crop} batch {batch} {precision} channels_last_3d on {device}: "
-             f"{step_s:.3f} s a step"]
+             f"{step_s:.3f} s a step ({batch / step_s:.0f} clips/s){memory}"]
     with tempfile.TemporaryDirectory(prefix="stfusion-gpu-loader-") as tmp:
         folder = prepared_folder(Path(tmp), 256, (480, 360), n_videos, 2 * 2 * frames + 32, rows=batch * (steps + 2))
         ds = VideoDataset(folder, "train", frames=frames, stride=2, view=ViewSpec("train", crop, (256, 320), True))

@@ -30,6 +30,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from bench_supply import GOAL_WORKERS, presets  # noqa: E402
+
 GOALS = {  # name: (comparison, goal)
     "supernet_overhead": ("<=", 1.10),
     "hard_gate_subnet": ("<=", 1.05),
@@ -47,6 +49,7 @@ GOALS = {  # name: (comparison, goal)
     "video_loader_16x112": (">=", 15.0),
     "video_loader_32x224": (">=", 4.0),
     "train_epoch_memory_4x": ("<=", 1.15),
+    **{f"supply_{name}": ("<=", GOAL_WORKERS) for name in presets()},  # loader workers one GPU needs
 }
 
 
@@ -211,6 +214,13 @@ def main(argv=None) -> int:
     import bench_videos
 
     for name, value in bench_videos.run(quick, note=note, names=set(args.only or GOALS)).items():
+        emit(line(name, value))
+
+    # (5b) supply and demand of clips per paper preset
+    import bench_supply
+
+    wanted = [name for name in presets() if want(f"supply_{name}")]
+    for name, value in (bench_supply.run(quick, dev, wanted, note=note) if wanted else {}).items():
         emit(line(name, value))
 
     # (6) GPU paths

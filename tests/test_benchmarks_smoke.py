@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from stfusion.config.loading import PRESET_DIR
+
 REPO = Path(__file__).resolve().parents[1]
 
 RATIO = re.compile(r"^(?P<name>[a-z0-9_]+): ratio (?P<value>\d+\.\d+) \(goal (?P<op><=|>=) (?P<goal>\d+\.\d+)\)$")
@@ -27,6 +29,7 @@ GOALS = {
     "video_loader_16x112": (">=", 15.0),
     "video_loader_32x224": (">=", 4.0),
     "train_epoch_memory_4x": ("<=", 1.15),
+    **{f"supply_{p.stem}": ("<=", 8.0) for p in PRESET_DIR.glob("*.yaml")},  # loader workers a GPU needs
 }
 GPU = {"gpu_bf16_autocast", "gpu_channels_last_3d", "gpu_pinned_memory"}
 
@@ -55,7 +58,8 @@ def test_quick_run_prints_one_line_per_goal():
             assert float(ratios[name]["value"]) > 0
     for name in ("supernet_overhead", "hard_gate_subnet", "prefix_scoring", "prefix_scoring_flops",
                  "prepared_bytes", "prepare_peak_memory",
-                 "video_loader_16x112", "video_loader_32x224", "train_epoch_memory_4x"):
+                 "video_loader_16x112", "video_loader_32x224", "train_epoch_memory_4x",
+                 *(name for name in GOALS if name.startswith("supply_"))):
         assert name in ratios, f"{name} must always run"
     gpu = GPU & set(names)
     assert gpu == GPU or (not gpu and "gpu" in skipped)  # all three GPU lines, or the one skipped line
