@@ -14,8 +14,6 @@ Details (times, sizes, data source) go to stderr, so stdout holds only the goal 
 from __future__ import annotations
 
 import argparse
-import importlib
-import inspect
 import os
 import sys
 import tempfile
@@ -64,29 +62,6 @@ def emit(text: str) -> None:
 
 def note(text: str) -> None:
     print(f"  [{text}]", file=sys.stderr, flush=True)
-
-
-def _bench_loader(cache: Path, frames: int, batch_size: int, epochs: int):
-    """A call of ``benchmarks/bench_data.py``'s ``bench_loader`` (written by the data layer) on ``cache``, or None
-    where it does not exist."""
-    if not (HERE / "bench_data.py").is_file():
-        return None
-    fn = getattr(importlib.import_module("bench_data"), "bench_loader", None)
-    if fn is None:
-        return None
-    offered = {"frames": frames, "batch_size": batch_size, "epochs": epochs, "num_workers": 0}
-    accepted = inspect.signature(fn).parameters
-    return lambda: fn(cache, **{k: v for k, v in offered.items() if k in accepted})
-
-
-def _clips_per_s(result) -> float:
-    """A loader rate from whatever ``bench_loader`` returns: a number or a dict holding one."""
-    if isinstance(result, dict):
-        for key in ("clips_per_s", "clips_per_sec", "clips/s", "rate"):
-            if key in result:
-                return float(result[key])
-        raise ValueError(f"bench_loader returned no clips/s field: {sorted(result)}")
-    return float(result)
 
 
 def main(argv=None) -> int:
@@ -161,7 +136,7 @@ def main(argv=None) -> int:
 
     tmp = tempfile.TemporaryDirectory(prefix="stfusion-bench-")
     if want("prefix_scoring", "prefix_scoring_flops", "data_loader"):
-        # a small built-in benchmark cache for the scoring and loader benchmarks (tensors where the data layer fails)
+        # a small built-in benchmark cache for the scoring and loader benchmarks
         cache, why = bench_scoring.builtin_cache(tmp.name, clips_per_class=4 if quick else 16,
                                                  size=params["data"]["size"], frames=params["data"]["frames"])
         note(why)
@@ -195,20 +170,11 @@ def main(argv=None) -> int:
 
     if want("data_loader"):
         # (4) data loader vs supernet consumption
-        loader = None if cache is None else _bench_loader(cache, params["data"]["frames"], batch, 2 if quick else 10)
-        if cache is None:
-            emit("data_loader: skipped (no built-in clip cache could be made)")
-        elif loader is None:
-            emit("data_loader: skipped (benchmarks/bench_data.py with bench_loader not found)")
-        else:
-            try:
-                rate = _clips_per_s(loader())
-            except Exception as exc:  # noqa: BLE001 - report, do not hide the other lines
-                emit(f"data_loader: skipped (bench_loader failed: {type(exc).__name__})")
-                note(f"bench_loader: {exc}")
-            else:
-                emit(line("data_loader", rate / supernet_rate))
-                note(f"loader {rate:.0f} clips/s vs supernet training {supernet_rate:.0f} clips/s")
+        from bench_data import bench_loader
+
+        rate = bench_loader(cache, frames=params["data"]["frames"], batch_size=batch, epochs=2 if quick else 10)
+        emit(line("data_loader", rate / supernet_rate))
+        note(f"loader {rate:.0f} clips/s vs supernet training {supernet_rate:.0f} clips/s")
 
     # (5) videos storage: loader clips/s per worker process, training-epoch memory over 4x the videos
     import bench_videos

@@ -31,7 +31,7 @@ GOALS = {
     "train_epoch_memory_4x": ("<=", 1.15),
     **{f"supply_{p.stem}": ("<=", 8.0) for p in PRESET_DIR.glob("*.yaml")},  # loader workers a GPU needs
 }
-GPU = {"gpu_bf16_autocast", "gpu_channels_last_3d", "gpu_pinned_memory"}
+GPU = {"gpu_bf16_autocast", "gpu_channels_last_3d", "gpu_bf16_channels_last_3d", "gpu_pinned_memory"}
 
 
 def test_quick_run_prints_one_line_per_goal():
@@ -56,7 +56,8 @@ def test_quick_run_prints_one_line_per_goal():
         if name in ratios:
             assert ratios[name]["op"] == op and float(ratios[name]["goal"]) == goal
             assert float(ratios[name]["value"]) > 0
-    for name in ("supernet_overhead", "hard_gate_subnet", "prefix_scoring", "prefix_scoring_flops",
+    for name in ("supernet_overhead", "hard_gate_subnet", "prefix_scoring", "prefix_scoring_flops", "racing_time",
+                 "racing_flops", "data_loader",
                  "prepared_bytes", "prepare_peak_memory",
                  "video_loader_16x112", "video_loader_32x224", "train_epoch_memory_4x",
                  *(name for name in GOALS if name.startswith("supply_"))):
