@@ -54,8 +54,10 @@ def preset_settings(name: str, backend: str | None = None):
     return params, Settings.for_stage(params)
 
 
-def supply(name: str, tmp: Path, items: int, videos: int = 2, backend: str | None = None) -> dict:
-    """Training clips per CPU second (and per wall second) of one process at the preset's training clip."""
+def supply(name: str, tmp: Path, items: int, videos: int = 2, backend: str | None = None,
+           quick: bool = False) -> dict:
+    """Training clips per CPU second (and per wall second) of one process at the preset's training clip (with
+    ``quick``, from videos just long enough for one clip: a smoke run)."""
     import torch
     from bench_videos import prepared_folder
 
@@ -64,7 +66,9 @@ def supply(name: str, tmp: Path, items: int, videos: int = 2, backend: str | Non
     params, settings = preset_settings(name, backend)
     data = settings.data
     frames_total, source = FOOTAGE[data.dataset]
-    folder = tmp / f"{data.dataset}-{data.short_side}"
+    if quick:
+        frames_total = data.frames * (data.stride if data.sampling == "dense" else 1) + 2
+    folder = tmp / f"{name}-{frames_total}" if quick else tmp / f"{data.dataset}-{data.short_side}"
     if not (folder / "manifest.csv").is_file():
         prepared_folder(folder, data.short_side, source, videos, frames_total)
     torch.set_num_threads(1)  # as in a DataLoader worker
@@ -112,7 +116,7 @@ def run(quick: bool, device: str = "cpu", names=None, note=print, backend: str |
     results = {}
     with tempfile.TemporaryDirectory(prefix="stfusion-supply-") as tmp:
         for name in names or presets():
-            res = supply(name, Path(tmp), 2 if quick else 12, videos=1 if quick else 2, backend=backend)
+            res = supply(name, Path(tmp), 2 if quick else 12, videos=1 if quick else 2, backend=backend, quick=quick)
             if device == "cuda":
                 rate, source = demand_gpu(name), f"measured on {device}"
             else:
