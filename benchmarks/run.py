@@ -209,7 +209,8 @@ def main(argv=None) -> int:
     # (7) videos storage: seeking in prepared files, their size, the memory of preparing them
     import bench_prepare
 
-    prep = bench_prepare.run(quick, names=set(args.only or GOALS) | ({"prepared_seek_speedup"} if not args.only else set()))
+    seek = set() if args.only else {"prepared_seek_speedup"}  # information only, so in full runs only
+    prep = bench_prepare.run(quick, names=set(args.only or GOALS) | seek)
     for name in ("prepared_bytes", "prepare_peak_memory"):
         if name in prep:
             emit(line(name, prep[name]["ratio"]))

@@ -350,7 +350,8 @@ def read_frames(path, indices=None, backend: str = "decord", *, threads: int = 1
     ``indices``: frame numbers to return, in the order given (repeats allowed); None = every frame.
     ``backend``: ``decord`` (falls back to PyAV with a :class:`DecoderFallbackWarning` when decord fails),
     ``pyav`` or ``torchcodec`` (NVDEC on the GPU, see :func:`_torchcodec_device`; decord where torchcodec cannot
-    be loaded, :func:`usable_backend`; PyAV where it fails on a file).  A directory is read as sorted ``.jpg``/``.jpeg``/``.png`` frames, a ``.jpgpack`` file
+    be loaded, :func:`usable_backend`; PyAV where it fails on a file).  A directory is read as sorted
+    ``.jpg``/``.jpeg``/``.png`` frames, a ``.jpgpack`` file
     (:mod:`stfusion.data.packed`) as the frames it packs.  ``threads``: decoder
     threads (0 = FFmpeg's choice).  Raises :class:`VideoReadError` (a :class:`StfusionError`) for missing,
     empty, corrupt, truncated or non-video files and :class:`StfusionError` for out-of-range indices.
