@@ -31,7 +31,7 @@ sys.path.insert(0, str(HERE))
 from bench_supply import GOAL_WORKERS, presets  # noqa: E402
 
 GOALS = {  # name: (comparison, goal)
-    "supernet_overhead": ("<=", 1.10),
+    "supernet_overhead": ("<=", 1.05),  # and the upper quartile <= 1.10 (stderr)
     "hard_gate_subnet": ("<=", 1.05),
     "prefix_scoring": ("<=", 0.33),
     "prefix_scoring_flops": ("<=", 0.33),
@@ -124,7 +124,7 @@ def main(argv=None) -> int:
         emit_wanted("supernet_overhead", res["ratio"])
         note(f"supernet step {res['candidate_s'] * 1e3:.1f} ms vs plain {res['baseline_s'] * 1e3:.1f} ms "
              f"(batch {res['batch']}, median of {res['repeats']} interleaved pairs, quartiles {res['ratio_q1']:.3f}-"
-             f"{res['ratio_q3']:.3f}; CPU-time ratio {res['cpu_ratio']:.3f})")
+             f"{res['ratio_q3']:.3f} (goal <= 1.10); CPU-time ratio {res['cpu_ratio']:.3f})")
         supernet_rate, batch = res["supernet_clips_per_s"], res["batch"]
 
     # (2) hard-gate mode vs the exported plain subnet

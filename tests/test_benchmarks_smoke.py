@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[1]
 RATIO = re.compile(r"^(?P<name>[a-z0-9_]+): ratio (?P<value>\d+\.\d+) \(goal (?P<op><=|>=) (?P<goal>\d+\.\d+)\)$")
 SKIPPED = re.compile(r"^(?P<name>[a-z0-9_]+): skipped \((?P<why>.+)\)$")
 GOALS = {
-    "supernet_overhead": ("<=", 1.10),
+    "supernet_overhead": ("<=", 1.05),  # and the upper quartile <= 1.10 (stderr)
     "hard_gate_subnet": ("<=", 1.05),
     "prefix_scoring": ("<=", 0.33),
     "prefix_scoring_flops": ("<=", 0.33),
