@@ -6,7 +6,6 @@ the median of the per-pair time ratios (robust to the slow load drift of a share
 
 from __future__ import annotations
 
-import copy
 import statistics
 import time
 import warnings
@@ -22,32 +21,17 @@ from stfusion.core.strategies import Strategy, families
 
 REPO = Path(__file__).resolve().parents[1]
 
-#: the default small preset (params.yaml), used when the file cannot be read
-DEFAULT_PARAMS = {
-    "seed": 0,
-    "data": {"frames": 8, "size": 32},
-    "model": {"backbone": "plain", "unit": "full", "widths": [16, 32, 64], "layers_per_stage": [2, 2, 2],
-              "stem_width": 16},
-    "gate": {"init_p": 0.1, "temperature": 0.2, "rescale": False, "kl_k": 50.0, "kl_form": "linear"},
-    "supernet": {"batch_size": 16, "lr": 0.05},
-    "solver": {"momentum": 0.9},
-}
 NUM_CLASSES = 14
 
 
 def load_params() -> dict:
-    """``params.yaml`` of the repository (the small preset), or :data:`DEFAULT_PARAMS`."""
-    try:
-        import yaml
+    """The packaged parameters (the small preset, ``params.yaml``) with the plain backbone; an unreadable or invalid
+    file fails the benchmark (no stand-in copy)."""
+    from stfusion.config.loading import load_params as load
 
-        params = yaml.safe_load((REPO / "params.yaml").read_text())
-        for key, section in DEFAULT_PARAMS.items():
-            if isinstance(section, dict):
-                params[key] = {**section, **(params.get(key) or {})}
-        params["model"]["backbone"] = "plain"
-        return params
-    except Exception:  # noqa: BLE001 - any unreadable file: the built-in copy
-        return copy.deepcopy(DEFAULT_PARAMS)
+    params = load(REPO / "params.yaml")
+    params["model"]["backbone"] = "plain"
+    return params
 
 
 def paired_ratio(candidate: Callable[[], object], baseline: Callable[[], object], repeats: int,
@@ -123,8 +107,8 @@ def supernet_step(params: dict, x: torch.Tensor, y: torch.Tensor, *, gated: bool
     dev = x.device
     layout = torch.channels_last_3d if channels_last else torch.contiguous_format
     g = params["gate"]
-    kl = {"n_train": 1000, "k": float(g.get("kl_k", 50.0)), "form": g.get("kl_form", "linear")} if gated else None
-    torch.manual_seed(params.get("seed", 0))
+    kl = {"n_train": 1000, "k": float(g["kl_k"]), "form": g["kl_form"]} if gated else None
+    torch.manual_seed(params["seed"])
     model = build_model(Settings.for_stage(params), NUM_CLASSES).to(dev, memory_format=layout)
     model.set_gates_active(gated)
     model.train()
@@ -175,7 +159,7 @@ def hard_gate_subnet(params: dict | None = None, *, repeats: int = 20, batch: in
     dev = torch.device(device)
     batch = batch or int(params["supernet"]["batch_size"])
     x = _clip_batch(params, batch, seed=1)[0].to(dev)
-    torch.manual_seed(params.get("seed", 0))
+    torch.manual_seed(params["seed"])
     model = build_model(Settings.for_stage(params), NUM_CLASSES).to(dev)
     strategy = benchmark_strategy(model.n_fusion_layers, model.stage_of_layer)
     exported = model.export(strategy).eval()
@@ -290,8 +274,8 @@ model = bench_model.build_model(bench_model.Settings.for_stage(params), bench_mo
 model.train()
 opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
 g = params["gate"]
-step = bench_model._train_step(model, opt, x, y, {{"n_train": 1000, "k": float(g.get("kl_k", 50.0)),
-                                                 "form": g.get("kl_form", "linear")}})
+step = bench_model._train_step(model, opt, x, y, {{"n_train": 1000, "k": float(g["kl_k"]),
+                                                 "form": g["kl_form"]}})
 for _ in range(2):
     step()
 ts = []

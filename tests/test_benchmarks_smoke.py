@@ -8,31 +8,35 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from stfusion.config.loading import PRESET_DIR
+
 REPO = Path(__file__).resolve().parents[1]
 
 RATIO = re.compile(r"^(?P<name>[a-z0-9_]+): ratio (?P<value>\d+\.\d+) \(goal (?P<op><=|>=) (?P<goal>\d+\.\d+)\)$")
 SKIPPED = re.compile(r"^(?P<name>[a-z0-9_]+): skipped \((?P<why>.+)\)$")
 GOALS = {
-    "supernet_overhead": ("<=", 1.10),
+    "supernet_overhead": ("<=", 1.05),  # and the upper quartile <= 1.10 (stderr)
     "hard_gate_subnet": ("<=", 1.05),
     "prefix_scoring": ("<=", 0.33),
     "prefix_scoring_flops": ("<=", 0.33),
     "racing_time": ("<=", 0.35),
     "racing_flops": ("<=", 0.25),
     "data_loader": (">=", 5.0),
-    "prepared_seek_speedup": (">=", 3.0),
     "prepared_bytes": ("<=", 1.0),
     "prepare_peak_memory": ("<=", 1.15),
     "video_loader_16x112": (">=", 15.0),
     "video_loader_32x224": (">=", 4.0),
     "train_epoch_memory_4x": ("<=", 1.15),
+    **{f"supply_{p.stem}": ("<=", 8.0) for p in PRESET_DIR.glob("*.yaml")},  # loader workers a GPU needs
 }
-GPU = {"gpu_bf16_autocast", "gpu_channels_last_3d", "gpu_pinned_memory"}
+GPU = {"gpu_bf16_autocast", "gpu_channels_last_3d", "gpu_bf16_channels_last_3d", "gpu_pinned_memory"}
 
 
 def test_quick_run_prints_one_line_per_goal():
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run.py"), "--quick"], cwd=REPO,
-                          capture_output=True, text=True, timeout=240)
+                          capture_output=True, text=True, timeout=420)  # a shared machine: 4x wall
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert lines, proc.stderr[-3000:]
@@ -52,9 +56,11 @@ def test_quick_run_prints_one_line_per_goal():
         if name in ratios:
             assert ratios[name]["op"] == op and float(ratios[name]["goal"]) == goal
             assert float(ratios[name]["value"]) > 0
-    for name in ("supernet_overhead", "hard_gate_subnet", "prefix_scoring", "prefix_scoring_flops",
-                 "prepared_seek_speedup", "prepared_bytes", "prepare_peak_memory",
-                 "video_loader_16x112", "video_loader_32x224", "train_epoch_memory_4x"):
+    for name in ("supernet_overhead", "hard_gate_subnet", "prefix_scoring", "prefix_scoring_flops", "racing_time",
+                 "racing_flops", "data_loader",
+                 "prepared_bytes", "prepare_peak_memory",
+                 "video_loader_16x112", "video_loader_32x224", "train_epoch_memory_4x",
+                 *(name for name in GOALS if name.startswith("supply_"))):
         assert name in ratios, f"{name} must always run"
     gpu = GPU & set(names)
     assert gpu == GPU or (not gpu and "gpu" in skipped)  # all three GPU lines, or the one skipped line
@@ -102,3 +108,30 @@ def test_batched_mask_sampling_matches_one_gate_at_a_time():
     rescaled = VariationalDropPath(init_p=0.5, rescale=True)
     mixed = sample_masks([a, rescaled], 8, torch.device("cpu"), torch.float32)  # settings differ: one by one
     assert mixed.shape == (2, 8)
+
+
+# ------------------------------------------------------------------ the memory benchmarks can fail
+def _benchmarks_module(name: str):
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        return __import__(name)
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+
+
+@pytest.mark.slow  # two fresh training processes over prepared 256p files (about 20 s of CPU)
+def test_train_epoch_memory_benchmark_catches_a_leak(tmp_path):
+    """A dataset that keeps every decoded clip misses the ``train_epoch_memory_4x`` goal (the benchmark measures
+    each child's own peak, not the runner's: with ``ru_maxrss`` both sizes read the same and the ratio was 1)."""
+    bench = _benchmarks_module("bench_videos")
+    res = bench.epoch_memory_ratio(tmp_path, 16, 2, leak=True)
+    assert res["ratio"] > 1.3 > GOALS["train_epoch_memory_4x"][1], res  # healthy: 1.01 at these sizes
+    assert res["peak_4x"] > res["peak_1x"], res
+
+
+@pytest.mark.slow  # two fresh preparing processes over 10 generated videos (about 10 s of CPU)
+def test_prepare_memory_benchmark_catches_a_leak(tmp_path):
+    """Preparation that keeps every prepared video decoded misses the ``prepare_peak_memory`` goal."""
+    bench = _benchmarks_module("bench_prepare")
+    res = bench.prepare_memory(tmp_path, videos=2, frames=50, leak=True)
+    assert res["ratio"] > 1.3 > GOALS["prepare_peak_memory"][1], res  # healthy: 1.16 at these sizes

@@ -38,6 +38,26 @@ def test_both_backends_decode_lossless_mp4_exactly(clip_dir):
         np.testing.assert_array_equal(read_frames(clip_dir / "a.mp4", idx, backend=backend), frames[idx])
 
 
+def test_torchcodec_backend_decodes_the_same_frames_or_says_it_falls_back_to_decord(clip_dir, caplog):
+    """``backend="torchcodec"``: exact frames where torchcodec loads (on the CPU here; NVDEC on a GPU); where it
+    cannot load (not installed, no FFmpeg shared libraries, a CUDA build without CUDA), one log line and decord."""
+    from stfusion.data import video
+
+    frames = write_clip(clip_dir / "tc.mp4", n=12, h=48, w=64, seed=4)
+    video._torchcodec_decoder.cache_clear()
+    with caplog.at_level("WARNING", logger="stfusion.data.video"):
+        used = video.usable_backend("torchcodec")
+        idx = [5, 1, 1, 11]
+        np.testing.assert_array_equal(read_frames(clip_dir / "tc.mp4", idx, backend="torchcodec"), frames[idx])
+        assert count_frames(clip_dir / "tc.mp4", "torchcodec") == 12
+    said = [r.getMessage() for r in caplog.records if "torchcodec" in r.getMessage()]
+    if used == "torchcodec":
+        assert not said
+    else:
+        assert used == "decord" and len(said) == 1 and "decoding with decord instead" in said[0], said
+    video._torchcodec_decoder.cache_clear()
+
+
 def test_webm_vp9_both_backends(clip_dir):
     if not webm_encoder_works(clip_dir):
         pytest.skip("this PyAV cannot encode VP9 (decord imported before av?)")

@@ -1,4 +1,5 @@
-"""Reading (and writing) videos: decord first, PyAV as the fallback, JPEG frame folders for Something-Something V1.
+"""Reading (and writing) videos: decord first, PyAV as the fallback, JPEG frame folders for Something-Something V1;
+optionally torchcodec (``data.backend: torchcodec``: NVDEC decoding on the GPU, decord where it cannot be loaded).
 
 Every call opens its own reader and closes it before returning: nothing holds a decoder between calls, so the
 functions are safe in DataLoader workers and in the processes of :func:`stfusion.data.cache.preprocess`.
@@ -14,6 +15,7 @@ fail ("DECORDArrayCopyFromTo: The size must exactly match").  Such reads are det
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -42,13 +44,14 @@ __all__ = [
     "count_frames",
     "read_frames",
     "read_uniform",
+    "usable_backend",
     "write_video",
     "DECORD_BAD_WIDTHS",
 ]
 
 log = logging.getLogger(__name__)
 
-BACKENDS = ("decord", "pyav")
+BACKENDS = ("decord", "pyav", "torchcodec")
 #: widths at which decord 0.6.0 returns 4-channel frames / fails on batched reads (found by a width sweep)
 DECORD_BAD_WIDTHS = (8, 12, 16, 24, 48, 72)
 FRAME_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -72,9 +75,30 @@ def _check_backend(backend: str) -> str:
         backend = "pyav"
     if backend not in BACKENDS:
         raise StfusionError(f"unknown video backend {backend!r} (choose one of: {', '.join(BACKENDS)})")
+    if backend == "torchcodec" and _torchcodec_decoder() is None:
+        backend = "decord"
     if backend == "decord" and decord is None:
         return "pyav"
     return backend
+
+
+def usable_backend(backend: str) -> str:
+    """The backend reads will use for ``backend``: torchcodec becomes decord where it cannot be loaded (said in
+    one log line per process; call this before DataLoader workers start, so that they inherit the answer)."""
+    return _check_backend(backend)
+
+
+@functools.cache
+def _torchcodec_decoder():
+    """torchcodec's ``VideoDecoder`` class, or None (with one log line) where torchcodec, its FFmpeg shared
+    libraries or the libraries of its build (a CUDA build needs CUDA's) cannot be loaded."""
+    try:
+        from torchcodec.decoders import VideoDecoder
+    except (ImportError, OSError, RuntimeError) as exc:
+        log.warning("data.backend torchcodec is not usable here (%s); decoding with decord instead",
+                    _one_line(exc.__cause__ or exc))
+        return None
+    return VideoDecoder
 
 
 def _check_path(path) -> Path:
@@ -198,6 +222,26 @@ def _uniform_decord(path: Path, num: int, threads: int) -> tuple[np.ndarray, int
         del vr
 
 
+# ------------------------------------------------------------------------------------------ torchcodec
+def _torchcodec_device() -> str:
+    """NVDEC on the GPU in the training process; the CPU inside DataLoader workers (CUDA cannot start in a
+    forked worker)."""
+    in_worker = torch.utils.data.get_worker_info() is not None
+    return "cuda" if torch.cuda.is_available() and not in_worker else "cpu"
+
+
+def _read_torchcodec(path: Path, indices, threads: int) -> tuple[np.ndarray, int]:
+    decoder = _torchcodec_decoder()(str(path), device=_torchcodec_device(), dimension_order="NHWC",
+                                    num_ffmpeg_threads=threads)
+    n = len(decoder)
+    if n < 1:
+        raise VideoReadError(f"video has no frames: {path}", "empty")
+    idx = np.arange(n) if indices is None else _as_indices(indices, n)
+    uniq, inverse = np.unique(idx, return_inverse=True)
+    frames = decoder.get_frames_at(uniq.tolist()).data.cpu().numpy()
+    return np.ascontiguousarray(frames[inverse], dtype=np.uint8), n
+
+
 # ------------------------------------------------------------------------------------------------ PyAV
 def _pyav_decode(
     path: Path, wanted: np.ndarray | None, threads: int, keep: bool = True
@@ -274,14 +318,16 @@ def _uniform_pyav(path: Path, num: int, threads: int) -> tuple[np.ndarray, int]:
 
 
 # ---------------------------------------------------------------------------------------------- public
-def _dispatch(path, backend: str, threads: int, folder_fn, decord_fn, pyav_fn):
+def _dispatch(path, backend: str, threads: int, folder_fn, decord_fn, pyav_fn, torchcodec_fn=None):
     backend = _check_backend(backend)
+    if backend == "torchcodec" and torchcodec_fn is None:  # frame counts and uniform reads: decord's index
+        backend = _check_backend("decord")
     p = _check_path(path)
     if _is_images(p):
         return folder_fn(p)
-    if backend == "decord":
+    if backend in ("decord", "torchcodec"):
         try:
-            return decord_fn(p)
+            return (torchcodec_fn if backend == "torchcodec" else decord_fn)(p)
         except StfusionError as exc:
             if getattr(exc, "status", None) is None:  # a caller mistake (bad index): no point retrying
                 raise
@@ -302,8 +348,10 @@ def read_frames(path, indices=None, backend: str = "decord", *, threads: int = 1
     """Decode frames of a video file or JPEG frame folder as ``uint8 (T, H, W, 3)`` RGB.
 
     ``indices``: frame numbers to return, in the order given (repeats allowed); None = every frame.
-    ``backend``: ``decord`` (falls back to PyAV with a :class:`DecoderFallbackWarning` when decord fails) or
-    ``pyav``.  A directory is read as sorted ``.jpg``/``.jpeg``/``.png`` frames, a ``.jpgpack`` file
+    ``backend``: ``decord`` (falls back to PyAV with a :class:`DecoderFallbackWarning` when decord fails),
+    ``pyav`` or ``torchcodec`` (NVDEC on the GPU, see :func:`_torchcodec_device`; decord where torchcodec cannot
+    be loaded, :func:`usable_backend`; PyAV where it fails on a file).  A directory is read as sorted
+    ``.jpg``/``.jpeg``/``.png`` frames, a ``.jpgpack`` file
     (:mod:`stfusion.data.packed`) as the frames it packs.  ``threads``: decoder
     threads (0 = FFmpeg's choice).  Raises :class:`VideoReadError` (a :class:`StfusionError`) for missing,
     empty, corrupt, truncated or non-video files and :class:`StfusionError` for out-of-range indices.
@@ -315,6 +363,7 @@ def read_frames(path, indices=None, backend: str = "decord", *, threads: int = 1
         lambda p: _read_images(p, indices),
         lambda p: _read_decord(p, indices, threads),
         lambda p: _read_pyav(p, indices, threads),
+        lambda p: _read_torchcodec(p, indices, threads),
     )
     return frames
 

@@ -33,7 +33,7 @@ from stfusion.errors import StfusionError
 from stfusion.data.storage import read_storage
 from stfusion.data.dataset import ClipDataset, SplitClips, default_view, load_classes, split_rows
 from stfusion.data.transforms import ViewSpec, view_from_params
-from stfusion.data.video import read_frames
+from stfusion.data.video import read_frames, usable_backend
 
 if TYPE_CHECKING:
     from stfusion.config.settings import Data
@@ -75,7 +75,7 @@ class VideoDataset(SplitClips):
     """Clips of one split of a ``videos`` folder, decoded on the fly (see the module docstring).
 
     Arguments as :class:`~stfusion.data.dataset.ClipDataset`, frame indices counting the prepared file's
-    frames, plus ``backend`` (decord | pyav), ``replace_failures`` (None: when ``train``) and
+    frames, plus ``backend`` (decord | pyav | torchcodec), ``replace_failures`` (None: when ``train``) and
     ``max_decode_failures`` (the share of an epoch's items that may be replaced before training stops; read by
     :class:`DecodeFailures`). Items: ``(uint8 clip, label)``, and ``(clip, label, failure)`` when replacing.
     """
@@ -93,7 +93,7 @@ class VideoDataset(SplitClips):
         if len(rows) and self._frame_counts.min() < 1:
             bad = rows["path"].iloc[int(self._frame_counts.argmin())]
             raise StfusionError(f"{self.cache_dir / 'manifest.csv'}: video {bad} has no frames (prepare again)")
-        self.backend = backend
+        self.backend = usable_backend(backend)  # here, before DataLoader workers fork
         self.replace_failures = self.train if replace_failures is None else bool(replace_failures)
         self.max_decode_failures = float(max_decode_failures)
 
