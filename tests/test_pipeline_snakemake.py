@@ -65,6 +65,21 @@ def test_lint_is_clean():
     assert "Congratulations" in text or "Lints for" not in text, text
 
 
+@pytest.mark.parametrize("config, line", [
+    ("gate:\n  kl_kk: 3\n", "stfusion: error: unknown parameter gate.kl_kk (allowed here: init_p, keep_prob, "),
+    ("data:\n  dataset: ucf101\n  root: no/such/folder\n",
+     "stfusion: error: dataset folder not found: no/such/folder (set data.root to the folder that holds the videos)"),
+])
+def test_a_bad_configfile_under_snakemake_is_one_line(tmp_path, config, line):
+    """`snakemake --cores all --configfile my.yaml` with a typo or a missing dataset folder: the commands' one
+    line, no traceback."""
+    (tmp_path / "my.yaml").write_text(config)
+    out = snakemake("-n", "--cores", "1", "--configfile", "my.yaml", cwd=tmp_path, check=False)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1].startswith(line), out.stderr
+    assert "File " not in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
 #: one job of each training rule: their runs wait for a selection (a checkpoint), so they are asked for by name
 TRAINING_TARGETS = ("all", "results/validation/runs/stb.json", "results/fidelity/runs/seed1/sst.json")
 TRAINING_RULES = ("train_supernet", "train_standalone", "train_fidelity")
