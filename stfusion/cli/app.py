@@ -5,7 +5,7 @@ these commands, and so can a person.
 :mod:`stfusion.cli.commands`. Every subcommand takes ``--params`` (default ``params.yaml``), ``--set KEY=VALUE``
 overrides, explicit input and output paths (defaults: the standard layout), ``--log FILE`` and ``--threads N``.
 Errors with a plain explanation end the command with one line ``stfusion: error: ...`` and exit status 2. A
-training command stopped by SIGTERM or SIGUSR1 writes its checkpoint and exits with status 75
+training command stopped by SIGTERM, SIGUSR1 or Ctrl-C writes its checkpoint and exits with status 75
 (``EXIT_RESUME``); running it again resumes.
 """
 
@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stfusion: {exc}", file=sys.stderr)
         return EXIT_RESUME
     except KeyboardInterrupt:
-        print("stfusion: interrupted", file=sys.stderr)
+        print("stfusion: interrupted; run the same command again: training resumes from last.pt, scoring keeps its "
+              "finished chunks", file=sys.stderr)
         return 130
     return 0
 
