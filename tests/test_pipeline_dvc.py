@@ -161,6 +161,7 @@ def dvc_repo(tmp_path_factory):
     repo.mkdir()
     remote.mkdir()
     shutil.copytree(REPO / "stfusion", repo / "stfusion", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "studies", repo / "studies")  # a pipeline of its own that `dvc repro` leaves out
     for name in ("dvc.yaml", ".gitignore", "pyproject.toml"):
         shutil.copy(REPO / name, repo / name)
     if (REPO / ".dvcignore").exists():
@@ -225,7 +226,9 @@ def test_dvc_push_pull_restores_outputs(dvc_repo):
 
 
 @pytest.mark.slow
-def test_dvc_exp_run_scoring_parameter_does_not_retrain(dvc_repo):
+def test_dvc_exp_run_scoring_parameter_does_not_retrain_and_applies(dvc_repo):
+    """`dvc exp run -S scoring.calib_batches=2`, then `dvc exp apply <exp>`: the study's outputs, which never ran,
+    are not asked for."""
     repo, _, _ = dvc_repo
     run(["git", "add", "-A"], repo)
     if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=repo).returncode:
@@ -237,6 +240,10 @@ def test_dvc_exp_run_scoring_parameter_does_not_retrain(dvc_repo):
     assert "score_strategies" in ran and "report" in ran
     assert not ran & {"generate", "prepare", "train_supernet", "sample_strategies"}, ran
     assert (md5(model), model.stat().st_mtime_ns) == before
+    assert yaml.safe_load((repo / "params.yaml").read_text())["scoring"]["calib_batches"] == 2
+    assert "No file hash info found" not in out, out
+    name = re.search(r"Ran experiment\(s\): (\S+)", out).group(1)
+    run(["dvc", "exp", "apply", name], repo)
     assert yaml.safe_load((repo / "params.yaml").read_text())["scoring"]["calib_batches"] == 2
 
 

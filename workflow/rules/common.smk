@@ -6,9 +6,9 @@ from pathlib import Path
 
 import yaml
 
-# The commands import stfusion from the project folder when it holds the package (a checkout; also inside a
-# --use-conda environment, which holds only the dependencies), else the installed one: the layout and the
-# per-stage parameter lists have one definition, in stfusion/config/layout.py.
+# The commands import stfusion from the project folder when it holds the package (a checkout, also inside a
+# --use-conda environment), else the installed one (a folder written by `stfusion init`; under --use-conda the
+# environment's): the layout and the per-stage parameter lists have one definition, in stfusion/config/layout.py.
 os.environ.update(
     PYTHONPATH=os.pathsep.join(
         [str(PROJECT_DIR)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
