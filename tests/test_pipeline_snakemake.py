@@ -148,6 +148,15 @@ def test_default_profile_parses():
     assert profile["cores"] == "all"
 
 
+def test_plain_snakemake_resumes_an_interrupted_run(tmp_path):
+    """`snakemake --cores all` after Ctrl-C: the same command reruns the incomplete job (rerun-incomplete from the
+    profile Snakemake finds by itself) rather than stopping with IncompleteFilesException. A dry run checks that
+    the profile is found and sets it; the resume itself is the training command's (tests/test_fault_tolerance)."""
+    out = snakemake("-n", "--cores", "1", cwd=tmp_path)
+    assert f"workflow specific profile {REPO / 'profiles' / 'default'}" in out.stdout + out.stderr
+    assert yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())["rerun-incomplete"] is True
+
+
 def test_conda_env_installs_this_version_of_stfusion():
     """`snakemake --use-conda` in a folder written by `stfusion init` (no package there): the environment holds
     stfusion itself, at the version of the workflow (its dependencies come with it)."""

@@ -42,7 +42,8 @@ def test_params_yaml_overrides_the_defaults(tmp_path, monkeypatch):
 def test_init_writes_the_project_and_refuses_to_overwrite(tmp_path):
     written = init_project(tmp_path / "p", workflow=True)
     names = {p.relative_to(tmp_path / "p").as_posix() for p in written}
-    assert {"params.yaml", "Snakefile", "dvc.yaml", ".gitignore", ".dvcignore", "workflow/Snakefile",
+    assert {"params.yaml", "Snakefile", "dvc.yaml", ".gitignore", ".dvcignore", "profiles/default/config.yaml",
+            "workflow/Snakefile",
             "workflow/rules/common.smk",
             "workflow/profiles/slurm/config.yaml", "workflow/envs/stfusion.yaml",
             "workflow/report/workflow.rst"} <= names

@@ -18,7 +18,7 @@ from stfusion.errors import StfusionError
 
 PACKAGE_DIR = Path(__file__).parents[1]  # the stfusion package
 #: files of the project folder copied as they are (besides ``Snakefile`` and ``workflow/``)
-PROJECT_FILES = (".gitignore", ".dvcignore")
+PROJECT_FILES = (".gitignore", ".dvcignore", "profiles/default/config.yaml")
 DVC_FILE = "dvc.yaml"
 #: a dependency of a DVC stage on the package's own code: a checkout's, absent from a project folder
 _CODE_DEP = re.compile(r"^\s+- stfusion(/\S*)?\n", re.MULTILINE)
