@@ -165,7 +165,9 @@ def _initialised(written: list, args) -> None:
 
 
 def _compared(table, args) -> None:
-    log.info("compared %d runs: %s", len(table), args.out_dir)
+    from stfusion.analysis.compare import ORDER
+
+    log.info("compared %d runs: %s (%s)", len(table), args.out_dir, ORDER)
 
 
 # ------------------------------------------------------------------------------------------- the commands
