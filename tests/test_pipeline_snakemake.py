@@ -370,19 +370,23 @@ def test_tiny_run_snakemake_report_zip(tiny_run):
 
 
 @pytest.mark.slow
-def test_tiny_run_exports_a_finetuned_network(tiny_run):
-    """pt2 through torch.export, loaded back; ONNX through onnxruntime where the onnx extra is installed; both
-    against the PyTorch network on real clips of the test split, within stfusion.stages.export.TOLERANCE."""
+def test_tiny_run_exports_a_finetuned_network(tiny_run, monkeypatch, capfd):
+    """`stfusion export --strategy best [--format onnx]`: the best derived strategy's finetuned network, named in
+    the log, and nothing else on the console (no exporter noise). pt2 through torch.export, loaded back; ONNX
+    through onnxruntime where the onnx extra is installed; both against the PyTorch network on real clips of the
+    test split, within stfusion.stages.export.TOLERANCE."""
     import torch
 
+    from stfusion.analysis.derive import best_finetuned
+    from stfusion.cli import app as cli
     from stfusion.config.loading import load_params
     from stfusion.config.settings import Settings
     from stfusion.data.transforms import normalize
-    from stfusion.stages.export import TOLERANCE, export, load_network, run_exported
+    from stfusion.stages.export import TOLERANCE, load_network, run_exported
     from stfusion.stages.common import clip_dataset
 
     work, _ = tiny_run
-    best = pd.read_csv(work / "results" / "finetune" / "accuracy.csv").iloc[0]
+    best = best_finetuned(pd.read_csv(work / "results" / "finetune" / "accuracy.csv"))
     kw = dict(checkpoint=work / "checkpoints" / "supernet" / "model.pt", finetuned_dir=work / "checkpoints" / "finetune")
     net, info = load_network(str(best["id"]), **kw)
     assert info["weights"].endswith(f"{best['id']}/model.pt")  # the finetuned weights, not the supernet's
@@ -392,12 +396,18 @@ def test_tiny_run_exports_a_finetuned_network(tiny_run):
     with torch.no_grad():
         expected = net(clips)
     formats = ["pt2"] + (["onnx"] if _has("onnxruntime") and _has("onnxscript") else [])
+    monkeypatch.chdir(work)
     for fmt in formats:
+        capfd.readouterr()
+        assert cli.main(["export", "--strategy", "best", "--format", fmt, "--no-progress"]) == 0
+        lines = capfd.readouterr().err.strip().splitlines()
+        assert lines[0].startswith(f"INFO: best derived strategy: {best['id']} ({best['strategy']})"), lines
+        assert len(lines) == 2 and lines[1].startswith(f"INFO: exported {best['id']} "), lines  # nothing else
         out = work / "results" / "export" / f"{best['id']}.{fmt}"
-        record = export(best["strategy"], fmt, out, **kw)  # the text form names the same network as the id
+        record = json.loads(out.with_name(out.name + ".json").read_text())
         assert record["id"] == best["id"] and record["macs"] == best["macs"] and record["params"] == best["params"]
         assert (run_exported(out, fmt, clips) - expected).abs().max() <= TOLERANCE, fmt
-        assert json.loads(out.with_name(out.name + ".json").read_text())["classes"][0]
+        assert record["classes"][0]
     assert (work / "results" / "export" / f"{best['id']}.pt2").stat().st_size > 0
 
 

@@ -328,13 +328,16 @@ COMMANDS: tuple[Command, ...] = (
         "training; output: logits (N, classes). The file is checked against PyTorch on a random batch; a "
         "JSON file beside it records strategy, weights, input normalisation, classes, MACs and parameters.",
         "stfusion.stages.export:export",
-        (Arg("--strategy", {"required": True, "metavar": "ID|TEXT",
-                            "help": "strategy id (e.g. stb) or text (e.g. 'S|ST|S+ST')"}, to="strategy"),
+        (Arg("--strategy", {"required": True, "metavar": "ID|TEXT|best",
+                            "help": "strategy id (e.g. stb), text (e.g. 'S|ST|S+ST') or 'best': the derived "
+                                    "strategy with the best validation top-1 after finetuning"}, to="strategy"),
          Arg("--format", {"default": "pt2", "choices": ["pt2", "onnx"], "help": "file format (default: %(default)s)"},
              to="fmt"),
          CHECKPOINT,
          path("--finetuned", LAYOUT.finetune_ckpt, "CKPT", "finetuned networks, CKPT/<id>/model.pt",
               to="finetuned_dir"),
+         path("--finetune-table", LAYOUT.finetune_table, "CSV", "finetuned accuracies, read by --strategy best",
+              to="finetune_table"),
          Arg("--out", {"default": None, "metavar": "FILE",
                        "help": f"output file (default: {LAYOUT.export_dir}/<id>.<format>)"}, to="out", path="out")),
         params=False,

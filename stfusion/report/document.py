@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stfusion.analysis.derive import best_finetuned
 from stfusion.analysis.space import preference_summary
 from stfusion.analysis.supernet_side import UNIFORM
 from stfusion.config.layout import RunLayout
@@ -398,11 +399,15 @@ def _motion_section(ranked: pd.DataFrame | None) -> list[str]:
 def _finetune_section(finetuned: pd.DataFrame | None, link: Link, layout: RunLayout) -> list[str]:
     if finetuned is None:
         return []
-    cols = [c for c in ["name", "rule", "strategy", "top1_val", "top1_val_motion", "top1_val_appearance",
+    cols = [c for c in ["id", "name", "rule", "strategy", "top1_val", "top1_val_motion", "top1_val_appearance",
                         "top1_test", "top1_test_motion", "top1_test_appearance", "macs", "params"] if c in finetuned]
     figure = f"{layout.report_dir}/{{}}"
+    best = best_finetuned(finetuned) if "top1_val" in finetuned and finetuned["top1_val"].notna().any() else None
+    export = ([f"The best on validation is `{best['id']}` ({best['strategy']}, top-1 {_fmt(best['top1_val'])}): "
+               f"`stfusion export --strategy best` writes it as a deployable file (`--strategy ID` another row).",
+               ""] if best is not None else [])
     return ["Derived networks after finetuning (plain networks holding only their kept convs):", "",
-            _md(finetuned[cols]), "", f"Costs: {CONVENTION}. Test accuracy against MACs:", "",
+            _md(finetuned[cols]), "", *export, f"Costs: {CONVENTION}. Test accuracy against MACs:", "",
             f"![derived networks: accuracy vs MACs]({link(figure.format(PARETO_DERIVED))})", "",
             f"![confusion matrix of the best derived network]({link(figure.format(CONFUSION))})", ""]
 
