@@ -62,7 +62,9 @@ def test_report_reads_the_layout_and_carries_test_views_as_numbers(tmp_path):
                             "rank": [1, 2], "test_views": ["1 clip x 1 crop"] * 2, "test_clips": [2, 2], "test_crops": [3, 3]})
     history = pd.DataFrame({"epoch": [1, 2], "phase": ["warmup", "gated"], "train_top1": [0.5, 0.6]})
     finetuned = pd.DataFrame({"id": ["a", "b"], "strategy": ["S|ST", "S|S"], "top1_val": [0.7, 0.8]})
-    for df, path in ((ranking, layout.ranking), (history, layout.history), (finetuned, layout.finetune_table)):
+    manifest = pd.DataFrame({"split": ["train", "train", "test"], "status": ["ok", "unreadable", "ok"]})
+    for df, path in ((ranking, layout.ranking), (history, layout.history), (finetuned, layout.finetune_table),
+                     (manifest, layout.manifest)):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(path, index=False)
     text, metrics = build_report(layout, seed=3, versions={}, page=tmp_path / "r" / "page" / "report.md")
@@ -71,4 +73,5 @@ def test_report_reads_the_layout_and_carries_test_views_as_numbers(tmp_path):
     assert "History: `../../ck/supernet/history.csv`" in text
     assert ("The best on validation is `b` (S|S, top-1 0.800): `stfusion export --strategy best` writes it" in
             text)  # the report names the id the export takes
+    assert "clips: test 1, train 1; skipped by prepare (not used): 1 unreadable (reasons in manifest.csv)." in text
     assert "- `../strategies/candidates.csv`, `../strategies/ranking.csv`: listed and scored strategies" in text

@@ -244,9 +244,20 @@ class ReportInputs:
 
     @property
     def split_sizes(self) -> dict[str, int]:
-        """Clips per split, most first (``{}`` without a manifest)."""
+        """Usable clips per split, most first (``{}`` without a manifest)."""
         m = self.manifest
+        if m is not None and "status" in m:
+            m = m[m["status"] == "ok"]
         return m["split"].value_counts().to_dict() if m is not None and "split" in m else {}
+
+    @property
+    def skipped(self) -> str:
+        """The videos ``prepare`` skipped, counted by status (``""`` when none or without a manifest)."""
+        m = self.manifest
+        if m is None or "status" not in m:
+            return ""
+        bad = m.loc[m["status"] != "ok", "status"].value_counts()
+        return ", ".join(f"{v} {k}" for k, v in sorted(bad.items()))
 
     @property
     def class_kinds(self) -> dict[str, int]:
@@ -357,7 +368,9 @@ def _intro(inp: ReportInputs, seed: int) -> list[str]:
             "template network trained with Variational DropPath, strategies scored with its shared weights, "
             "layer-level preferences, derived networks, and a check of the ranking against networks trained on "
             "their own.", "",
-            f"**Data**: {inp.n_classes} classes ({kinds}); clips: {clips}. **Seed**: {seed}. "
+            f"**Data**: {inp.n_classes} classes ({kinds}); clips: {clips}"
+            f"{f'; skipped by prepare (not used): {inp.skipped} (reasons in manifest.csv)' if inp.skipped else ''}. "
+            f"**Seed**: {seed}. "
             f"**Keep-probability rule**: {inp.summary.get('keep_prob_rule', 'n/a')} "
             "(`paper`: keep = 1 - sqrt(p), Eq. 7; `plain`: keep = 1 - p). Scores are top-1 on the **validation** "
             "split (selection) unless marked *test* (reporting only).", ""]
