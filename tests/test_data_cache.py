@@ -208,6 +208,8 @@ def test_bad_input_is_logged_and_counted(inputs, tmp_path, caplog, capsys):
     text = caplog.text
     for vid in ("bad/truncated", "bad/text", "bad/empty", "bad/absent", "bad/label", "bad/w48"):
         assert vid in text, vid
+    fallbacks = [r.getMessage() for r in caplog.records if "used PyAV instead" in r.getMessage()]
+    assert len(fallbacks) == 1 and "bad/w48" in fallbacks[0], fallbacks  # each decoder fallback logged once
     summary = capsys.readouterr().out
     assert "preprocess: 9/14 videos cached" in summary
     assert "empty=1, missing=1, unknown_label=1, unreadable=2" in summary

@@ -16,6 +16,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -137,6 +138,12 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as one log line: stfusion's own by its message, another with its category and origin."""
+    text = " ".join(str(message).split())
+    return text if category.__module__.startswith("stfusion") else f"{category.__name__}: {text} ({filename}:{lineno})"
+
+
 def setup_logging(log_file: str | None, quiet: bool = False) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
@@ -152,6 +159,7 @@ def setup_logging(log_file: str | None, quiet: bool = False) -> None:
         fh = logging.FileHandler(log_file, mode="a")
         fh.setFormatter(fmt)
         root.addHandler(fh)
+    warnings.formatwarning = _one_line_warning
     logging.captureWarnings(True)
 
 
