@@ -245,6 +245,11 @@ def test_dvc_exp_run_scoring_parameter_does_not_retrain_and_applies(dvc_repo):
     name = re.search(r"Ran experiment\(s\): (\S+)", out).group(1)
     run(["dvc", "exp", "apply", name], repo)
     assert yaml.safe_load((repo / "params.yaml").read_text())["scoring"]["calib_batches"] == 2
+    # README, first hour: the columns that matter of `dvc exp show`
+    drop, keep = re.search(r"dvc exp show --drop '([^']+)' --keep '([^']+)'", (REPO / "README.md").read_text()).groups()
+    shown = run(["env", "COLUMNS=200", "dvc", "exp", "show", "--no-pager", "--drop", drop, "--keep", keep], repo)
+    header = shown.splitlines()[1]
+    assert header.split() == ["Experiment", "best_sampled_top1", "all_S_motion_gap", "checks_passed", "gate.kl_k"]
 
 
 @pytest.mark.slow

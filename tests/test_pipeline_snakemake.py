@@ -80,6 +80,25 @@ def test_a_bad_configfile_under_snakemake_is_one_line(tmp_path, config, line):
     assert "File " not in out.stderr and "Traceback" not in out.stderr, out.stderr
 
 
+def test_your_ucf101_folder_plans_the_pipeline(tmp_path):
+    """README, first hour: `snakemake --cores all --config preset=ucf101 data='{dataset: ucf101, root: ...}'` on a
+    UCF101 folder (videos and ucfTrainTestlist/ inside it) plans every stage from `prepare` on (a dry run: the
+    preparation itself is tests/test_data_formats.py's and tests/test_videos_end_to_end.py's)."""
+    root = tmp_path / "UCF-101"
+    (root / "ucfTrainTestlist").mkdir(parents=True)
+    (root / "ucfTrainTestlist" / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 YoYo\n")
+    (root / "ucfTrainTestlist" / "trainlist01.txt").write_text(
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\nYoYo/v_YoYo_g08_c01.avi 2\n")
+    (root / "ucfTrainTestlist" / "testlist01.txt").write_text("YoYo/v_YoYo_g01_c01.avi\n")
+    for rel in ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "YoYo/v_YoYo_g08_c01.avi", "YoYo/v_YoYo_g01_c01.avi"):
+        (root / rel).parent.mkdir(exist_ok=True)
+        (root / rel).write_bytes(b"")
+    out = snakemake("-n", "--cores", "all", "--config", "preset=ucf101", f"data={{dataset: ucf101, root: {root}}}",
+                    cwd=tmp_path)
+    jobs = planned_jobs(out.stdout + out.stderr)
+    assert "generate_builtin" not in jobs and all(jobs.get(r) == 1 for r in ("prepare", "train_supernet", "report"))
+
+
 #: one job of each training rule: their runs wait for a selection (a checkpoint), so they are asked for by name
 TRAINING_TARGETS = ("all", "results/validation/runs/stb.json", "results/fidelity/runs/seed1/sst.json")
 TRAINING_RULES = ("train_supernet", "train_standalone", "train_fidelity")
