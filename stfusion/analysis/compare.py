@@ -12,6 +12,7 @@ figures side by side).
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Sequence
 
@@ -21,6 +22,8 @@ import yaml
 from stfusion.config.layout import LAYOUT, RunLayout
 from stfusion.config.loading import PARAMS_FILE
 from stfusion.errors import StfusionError
+
+log = logging.getLogger(__name__)
 
 #: (column, key in metrics.json) — what the table shows of every experiment
 COLUMNS = (
@@ -174,5 +177,6 @@ def compare(folders: Sequence[str | Path] = (), *, dvc_json: str | Path | None =
     out_dir = Path(out_dir)
     write_csv(df, out_dir / "compare.csv")
     write_text(out_dir / "compare.md", f"{ORDER}.\n\n{to_markdown(df)}\n")
+    log.info("compare: %s", ORDER)
     plot_compare(df, out_dir / "compare.png")
     return df

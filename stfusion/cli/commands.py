@@ -165,9 +165,7 @@ def _initialised(written: list, args) -> None:
 
 
 def _compared(table, args) -> None:
-    from stfusion.analysis.compare import ORDER
-
-    log.info("compared %d runs: %s (%s)", len(table), args.out_dir, ORDER)
+    log.info("compared %d runs: %s", len(table), args.out_dir)
 
 
 # ------------------------------------------------------------------------------------------- the commands
