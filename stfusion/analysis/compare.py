@@ -20,7 +20,7 @@ import pandas as pd
 import yaml
 
 from stfusion.config.layout import LAYOUT, RunLayout
-from stfusion.config.loading import PARAMS_FILE
+from stfusion.config.loading import PARAMS_FILE, leaves
 from stfusion.errors import StfusionError
 
 log = logging.getLogger(__name__)
@@ -45,14 +45,6 @@ ORDER = ("ranked by best_sampled (validation top-1), then tau, then experiment n
          "figure comes after those with one")
 
 
-def _leaves(node: dict, prefix: str = "") -> dict:
-    """``{dotted key: value}`` of every leaf of a parameter mapping."""
-    out = {}
-    for key, value in node.items():
-        out.update(_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
-    return out
-
-
 def _why_missing(row: dict) -> str:
     """Why the row's empty figures are empty, ``; ``-joined (empty when none is)."""
     absent = [col for col, _ in COLUMNS if row.get(col) is None and col != "tau"]
@@ -66,7 +58,7 @@ def _why_missing(row: dict) -> str:
 def row_from_metrics(name: str, metrics: dict, study: dict | None = None, params: dict | None = None) -> dict:
     """One table row from a run's ``metrics.json`` (and its fidelity study, whose tau then wins); ``params`` (the
     run's parameters) are kept for the swept-key columns."""
-    row = {"experiment": name, "_params": _leaves(params or {})}
+    row = {"experiment": name, "_params": leaves(params or {})}
     for col, key in COLUMNS:
         value = metrics.get(key)
         row[col] = float(value) if isinstance(value, (int, float)) else None
