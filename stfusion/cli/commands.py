@@ -161,7 +161,8 @@ def _study_runs(result: dict, args) -> dict:
 
 def _initialised(written: list, args) -> None:
     log.info("wrote %d file(s) to %s%s", len(written), args.dir,
-             "; run the pipeline there with 'snakemake --cores all'" if args.workflow else "")
+             "; run the pipeline there with 'snakemake --cores all' (or, in a git repository, 'dvc init && dvc "
+             "repro')" if args.workflow else "")
 
 
 def _compared(table, args) -> None:
@@ -341,11 +342,12 @@ COMMANDS: tuple[Command, ...] = (
         params=False,
     ),
     Command(
-        "init", "a new project folder: params.yaml (and the Snakemake workflow)",
+        "init", "a new project folder: params.yaml (and the pipeline for Snakemake and DVC)",
         "Write DIR/params.yaml, the commented defaults every command reads (edit the keys you change; "
-        "the others keep their packaged defaults). With --workflow also the Snakemake workflow: "
-        "DIR/Snakefile and DIR/workflow/ (rules, profiles, conda environment, report captions), so "
-        "'snakemake --cores all' runs the pipeline there.",
+        "the others keep their packaged defaults). With --workflow also the pipeline: DIR/Snakefile and "
+        "DIR/workflow/ (rules, profiles, conda environment, report captions), DIR/profiles/default, DIR/dvc.yaml, "
+        "DIR/.gitignore and DIR/.dvcignore, so 'snakemake --cores all' (also with --use-conda) or 'dvc repro' "
+        "runs the pipeline there.",
         "stfusion.stages.project:init_project",
         (Arg("dir", {"nargs": "?", "default": ".", "metavar": "DIR",
                      "help": "project folder (default: the working folder)"}, to="folder", path="out"),
