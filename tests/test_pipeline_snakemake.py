@@ -83,7 +83,8 @@ def test_a_bad_configfile_under_snakemake_is_one_line(tmp_path, config, line):
 def test_your_ucf101_folder_plans_the_pipeline(tmp_path):
     """README, first hour: `snakemake --cores all --config preset=ucf101 data='{dataset: ucf101, root: ...}'` on a
     UCF101 folder (videos and ucfTrainTestlist/ inside it) plans every stage from `prepare` on (a dry run: the
-    preparation itself is tests/test_data_formats.py's and tests/test_videos_end_to_end.py's)."""
+    preparation itself is tests/test_data_formats.py's and tests/test_videos_end_to_end.py's), with the profile
+    that makes a rerun after Ctrl-C resume."""
     root = tmp_path / "UCF-101"
     (root / "ucfTrainTestlist").mkdir(parents=True)
     (root / "ucfTrainTestlist" / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 YoYo\n")
@@ -97,6 +98,11 @@ def test_your_ucf101_folder_plans_the_pipeline(tmp_path):
                     cwd=tmp_path)
     jobs = planned_jobs(out.stdout + out.stderr)
     assert "generate_builtin" not in jobs and all(jobs.get(r) == 1 for r in ("prepare", "train_supernet", "report"))
+    # after Ctrl-C the same command resumes: Snakemake finds profiles/default by itself, and it reruns the
+    # interrupted job (rerun-incomplete) instead of stopping with IncompleteFilesException; the training command
+    # resumes from last.pt (tests/test_fault_tolerance.py)
+    assert f"workflow specific profile {REPO / 'profiles' / 'default'}" in out.stdout + out.stderr
+    assert yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())["rerun-incomplete"] is True
 
 
 #: one job of each training rule: their runs wait for a selection (a checkpoint), so they are asked for by name
@@ -165,15 +171,6 @@ def test_slurm_dry_run_requests_nodes_and_gpus_and_launches_torchrun(tmp_path):
 def test_default_profile_parses():
     profile = yaml.safe_load((REPO / "workflow/profiles/default/config.yaml").read_text())
     assert profile["cores"] == "all"
-
-
-def test_plain_snakemake_resumes_an_interrupted_run(tmp_path):
-    """`snakemake --cores all` after Ctrl-C: the same command reruns the incomplete job (rerun-incomplete from the
-    profile Snakemake finds by itself) rather than stopping with IncompleteFilesException. A dry run checks that
-    the profile is found and sets it; the resume itself is the training command's (tests/test_fault_tolerance)."""
-    out = snakemake("-n", "--cores", "1", cwd=tmp_path)
-    assert f"workflow specific profile {REPO / 'profiles' / 'default'}" in out.stdout + out.stderr
-    assert yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())["rerun-incomplete"] is True
 
 
 def test_conda_env_installs_this_version_of_stfusion():
