@@ -51,6 +51,9 @@ def test_summary_lines(tmp_path):
     assert lines[1] == "stfusion: HTML report: snakemake --report results/report.zip"
     assert lines[2] == ("stfusion: best strategy S|ST (validation top-1 0.900); all-S gap on motion 0.250; "
                         "Kendall tau 0.600")
+    (tmp_path / "metrics.json").write_text(json.dumps({"all_S_motion_gap": 0.0, "n_standalone": 6}))
+    assert summary_lines(tmp_path, tmp_path / "report.md")[2].endswith(
+        "Kendall tau n/a (undefined, the stand-alone accuracies (or the supernet scores) all tie)")  # why it is blank
 
 
 def test_report_reads_the_layout_and_carries_test_views_as_numbers(tmp_path):

@@ -50,9 +50,16 @@ def _why_missing(row: dict) -> str:
     absent = [col for col, _ in COLUMNS if row.get(col) is None and col != "tau"]
     reasons = [f"not in the run's metrics: {', '.join(absent)}"] if absent else []
     if row.get("tau") is None:
-        reasons.append("tau: undefined, the stand-alone accuracies (or the supernet scores) all tie"
-                       if (row.get("tau_n") or 0) >= 2 else "tau: fewer than 2 stand-alone runs")
+        reasons.append(f"tau: {why_no_tau(row.get('tau_n'))}")
     return "; ".join(reasons)
+
+
+def why_no_tau(n_standalone: int | None) -> str:
+    """Why Kendall tau is empty over ``n_standalone`` stand-alone runs: too few runs, or a ranking of ties (tau
+    is undefined when one side is constant, e.g. every network at chance on a tiny configuration)."""
+    if (n_standalone or 0) < 2:
+        return "fewer than 2 stand-alone runs"
+    return "undefined, the stand-alone accuracies (or the supernet scores) all tie"
 
 
 def row_from_metrics(name: str, metrics: dict, study: dict | None = None, params: dict | None = None) -> dict:

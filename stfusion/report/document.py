@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stfusion.analysis.compare import why_no_tau
 from stfusion.analysis.derive import best_finetuned
 from stfusion.analysis.space import preference_summary
 from stfusion.analysis.supernet_side import UNIFORM
@@ -198,9 +199,10 @@ def compute_checks(pref, ranked, fidelity, initial: dict | None = None,
     # 4. ranking fidelity
     if fidelity:
         tau = fidelity.get("kendall_tau")
+        p_value = "" if tau is None else f" (p {_fmt(fidelity.get('kendall_p'))})"
         checks.append({"check": "4. supernet scores predict stand-alone accuracy (Kendall tau > 0)",
                        "ok": None if tau is None else tau > 0, "numbers":
-                       f"n = {fidelity.get('n')}: tau {_fmt(tau)} (p {_fmt(fidelity.get('kendall_p'))}), rho "
+                       f"n = {fidelity.get('n')}: tau {_tau_text(tau, fidelity.get('n'))}{p_value}, rho "
                        f"{_fmt(fidelity.get('spearman_rho'))}; with BN recalibration tau "
                        f"{_fmt(fidelity.get('kendall_tau_recal'))}, plain BN tau "
                        f"{_fmt(fidelity.get('kendall_tau_plain_bn'))}; log-probability tau "
@@ -589,6 +591,11 @@ def build_report(layout: RunLayout, *, seed: int, versions: dict,
 
 
 # ------------------------------------------------------------------------------------------------ summary
+def _tau_text(tau, n_standalone) -> str:
+    """Kendall tau as the report writes it; an empty one with its reason."""
+    return _fmt(tau) if tau is not None else f"n/a ({why_no_tau(n_standalone)})"
+
+
 def summary_lines(results: Path, report: Path) -> list[str]:
     """The last lines of a run: where the report is, the HTML report command and the three numbers that matter
     (the best sampled strategy, the all-S gap on the motion classes, Kendall tau)."""
@@ -599,4 +606,4 @@ def summary_lines(results: Path, report: Path) -> list[str]:
     return [f"stfusion: read {report} first (checks, tables, figures)",
             f"stfusion: HTML report: {HTML_COMMAND}",
             f"stfusion: best strategy {where}; all-S gap on motion {_fmt(m.get('all_S_motion_gap'))}; "
-            f"Kendall tau {_fmt(m.get('kendall_tau'))}"]
+            f"Kendall tau {_tau_text(m.get('kendall_tau'), m.get('n_standalone'))}"]
