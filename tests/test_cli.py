@@ -136,3 +136,24 @@ def test_training_commands_set_up_the_process_group(name, monkeypatch, tmp_path)
     monkeypatch.chdir(tmp_path)
     assert cli.main([name, "--params", str(REPO / "params.yaml"), "--no-progress"]) == 0
     assert calls == ["init", "stage", "cleanup"]
+
+
+def test_a_warning_under_a_command_is_one_line(capsys):
+    """A decoder fallback while a command runs: one line, stfusion's own message (another library's warning:
+    its category and origin), not Python's two-line warning with the source line."""
+    import warnings
+
+    from stfusion.data.video import DecoderFallbackWarning
+
+    import logging
+
+    with warnings.catch_warnings():  # pytest records warnings itself: route them to the command's logging
+        warnings.simplefilter("always")
+        logging.captureWarnings(False)
+        cli.setup_logging(None)
+        warnings.warn("decord could not read a.mp4 (bad)\n; used PyAV instead", DecoderFallbackWarning)
+        warnings.warn("old API", FutureWarning)
+        logging.captureWarnings(False)
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "WARNING: decord could not read a.mp4 (bad) ; used PyAV instead"
+    assert err[1].startswith("WARNING: FutureWarning: old API (") and len(err) == 2, err

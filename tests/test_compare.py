@@ -67,3 +67,29 @@ def test_compare_refuses_a_folder_without_metrics(tmp_path, capsys):
     assert cli.main(["compare", str(tmp_path), "--out-dir", str(tmp_path / "o"),
                      "--params", str(cli_params(tmp_path))]) == 2
     assert "stfusion: error: no metrics.json" in capsys.readouterr().err
+
+
+def test_compare_shows_the_swept_key_why_tau_is_missing_and_its_order(tmp_path):
+    """`dvc exp show --json > exps.json && stfusion compare --dvc-json exps.json`: the swept key is a column, a
+    blank tau says why, ties go by name, and compare.md states the order."""
+    def entry(name, k, tau):
+        return {"rev": name, "name": name, "data": {
+            "params": {"params.yaml": {"data": {"seed": 0, "gate": {"kl_k": k, "kl_form": "paper"}}}},
+            "metrics": {"results/metrics.json": {"data": {"best_sampled_top1": 0.0714, "kendall_tau": tau,
+                                                          "n_standalone": 6}}}}}
+
+    data = [{**entry("workspace", 3, None), "experiments": [
+        {"name": "exp-k10", "revs": [entry("r2", 10, None)]}, {"name": "exp-k1", "revs": [entry("r1", 1, 0.2)]}]}]
+    path = tmp_path / "exps.json"
+    path.write_text(json.dumps(data))
+    out = tmp_path / "out"
+    assert cli.main(["compare", "--dvc-json", str(path), "--out-dir", str(out), "--params",
+                     str(cli_params(tmp_path))]) == 0
+    df = pd.read_csv(out / "compare.csv")
+    assert list(df.columns[:3]) == ["rank", "experiment", "gate.kl_k"] and "seed" not in df.columns
+    assert list(df["experiment"]) == ["exp-k1", "exp-k10", "workspace"]  # a tie on best_sampled: tau, then name
+    assert df.iloc[1]["missing"].endswith("; tau: undefined, the stand-alone accuracies (or the supernet scores) "
+                                          "all tie")
+    md = (out / "compare.md").read_text()
+    assert md.startswith("ranked by best_sampled (validation top-1), then tau, then experiment name")
+    assert "nan" not in md and "n/a" in md

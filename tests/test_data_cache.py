@@ -120,6 +120,15 @@ def cache(inputs, tmp_path_factory):
     return out, manifest
 
 
+def test_more_frames_than_cached_names_the_keys(cache):
+    """`stfusion train-supernet --set data.frames=13` over a cache of 12 frames: the line names data.frames and
+    the key that sets the cache (data.builtin.frames), and the next step."""
+    out, _ = cache
+    with pytest.raises(StfusionError, match=r"data.frames=13 is more than the 12 frames per video in the cache "
+                                            r".*: prepare it again .*data.builtin.frames >= 13"):
+        ClipDataset(out, "train", frames=13)
+
+
 def test_manifest_statuses_and_reasons(cache, inputs):
     out, manifest = cache
     videos, classes, _ = inputs
@@ -199,10 +208,12 @@ def test_bad_input_is_logged_and_counted(inputs, tmp_path, caplog, capsys):
     text = caplog.text
     for vid in ("bad/truncated", "bad/text", "bad/empty", "bad/absent", "bad/label", "bad/w48"):
         assert vid in text, vid
+    fallbacks = [r.getMessage() for r in caplog.records if "used PyAV instead" in r.getMessage()]
+    assert len(fallbacks) == 1 and "bad/w48" in fallbacks[0], fallbacks  # each decoder fallback logged once
     summary = capsys.readouterr().out
     assert "preprocess: 9/14 videos cached" in summary
     assert "empty=1, missing=1, unknown_label=1, unreadable=2" in summary
-    assert "1 short" in summary
+    assert "1 short: fewer than 8 frames, repeated in order to fill the cache, and used); skipped: " in summary
 
 
 def test_all_bad_raises_and_keeps_previous_outputs(inputs, cache, tmp_path):

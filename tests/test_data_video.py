@@ -227,3 +227,17 @@ def test_jpeg_frame_folder(clip_dir):
     (folder / "00008.jpg").write_bytes(b"broken jpeg")
     with pytest.raises(VideoReadError, match="unreadable frame 00008.jpg"):
         read_frames(folder)
+
+
+def test_decord_prints_nothing_of_its_own(broken, capfd):
+    """`stfusion prepare` over a damaged file: decord's raw `ERROR opening` line does not reach the console ahead
+    of stfusion's line, which carries decord's reason."""
+    _, d = broken
+    messages = {}
+    for name in ("text.mp4", "corrupt.mp4"):  # decord cannot open the first, fails to decode the second
+        with pytest.raises(VideoReadError) as info:
+            read_frames(d / name, backend="decord")
+        assert capfd.readouterr().err == "", name
+        messages[name] = str(info.value)
+        assert "[decord: " in messages[name] and "\n" not in messages[name], messages[name]
+    assert "[decord: ERROR opening: " in messages["text.mp4"]  # decord's reason, in stfusion's line

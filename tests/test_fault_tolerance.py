@@ -147,6 +147,26 @@ def test_sigterm_mid_epoch_checkpoints_the_step_and_resumes_exactly(workdir):
     _same_training(ref, run)
 
 
+def test_ctrl_c_writes_the_checkpoint_and_says_how_to_resume(workdir):
+    """`stfusion train-supernet`, Ctrl-C: the step finishes, last.pt is written and the line says so (the resume
+    itself is the SIGTERM test's: the same code path)."""
+    run = _fresh_copy(workdir, "ctrl_c")
+    cmd = [sys.executable, "-m", "stfusion.cli", "train-supernet", "--no-progress", "--params", "params.yaml",
+           "--threads", "1", "--set", "compute.checkpoint_minutes=0.00001"]
+    proc = subprocess.Popen(cmd, cwd=run, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    last = run / "checkpoints" / "supernet" / "last.pt"
+    deadline = time.time() + 120
+    while proc.poll() is None and not last.exists() and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == EXIT_RESUME, err[-2000:]
+    line = err.strip().splitlines()[-1]
+    assert line.startswith("stfusion: stopped by SIGINT at epoch ") and line.endswith(
+        "checkpoint checkpoints/supernet/last.pt written; run the same command again to resume"), line
+
+
 def test_failed_checkpoint_write_keeps_the_last_good_one(tmp_path, monkeypatch):
     """torch.save refuses (ENOSPC) from the second checkpoint on: last.pt still holds epoch 1 and loads; no
     temporary file is left; the error is one line with the path and the free space."""

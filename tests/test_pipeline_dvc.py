@@ -161,6 +161,7 @@ def dvc_repo(tmp_path_factory):
     repo.mkdir()
     remote.mkdir()
     shutil.copytree(REPO / "stfusion", repo / "stfusion", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "studies", repo / "studies")  # a pipeline of its own that `dvc repro` leaves out
     for name in ("dvc.yaml", ".gitignore", "pyproject.toml"):
         shutil.copy(REPO / name, repo / name)
     if (REPO / ".dvcignore").exists():
@@ -187,7 +188,8 @@ def test_dvc_repro_end_to_end(dvc_repo):
         assert (repo / path).is_file(), path
     shown = run(["dvc", "metrics", "show"], repo)
     assert "seed" in shown and "checks_passed" in shown and "torch" not in shown  # numbers only
-    assert "Data and pipelines are up to date" in run(["dvc", "status"], repo)
+    # the default pipeline (the study, studies/fidelity/dvc.yaml, is its own and has not run)
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "dvc.yaml"], repo)
 
 
 @pytest.mark.slow
@@ -221,11 +223,13 @@ def test_dvc_push_pull_restores_outputs(dvc_repo):
                  "results/validation/ranking_fidelity.json", "results/report.md"):
         assert md5(clone / path) == md5(repo / path), path
     assert any((clone / "checkpoints" / "finetune").iterdir())
-    assert "Data and pipelines are up to date" in run(["dvc", "status"], clone)
+    assert "Data and pipelines are up to date" in run(["dvc", "status", "dvc.yaml"], clone)
 
 
 @pytest.mark.slow
-def test_dvc_exp_run_scoring_parameter_does_not_retrain(dvc_repo):
+def test_dvc_exp_run_scoring_parameter_does_not_retrain_and_applies(dvc_repo):
+    """`dvc exp run -S scoring.calib_batches=2`, then `dvc exp apply <exp>`: the study's outputs, which never ran,
+    are not asked for."""
     repo, _, _ = dvc_repo
     run(["git", "add", "-A"], repo)
     if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=repo).returncode:
@@ -238,6 +242,15 @@ def test_dvc_exp_run_scoring_parameter_does_not_retrain(dvc_repo):
     assert not ran & {"generate", "prepare", "train_supernet", "sample_strategies"}, ran
     assert (md5(model), model.stat().st_mtime_ns) == before
     assert yaml.safe_load((repo / "params.yaml").read_text())["scoring"]["calib_batches"] == 2
+    assert "No file hash info found" not in out, out
+    name = re.search(r"Ran experiment\(s\): (\S+)", out).group(1)
+    run(["dvc", "exp", "apply", name], repo)
+    assert yaml.safe_load((repo / "params.yaml").read_text())["scoring"]["calib_batches"] == 2
+    # README, first hour: the columns that matter of `dvc exp show`
+    drop, keep = re.search(r"dvc exp show --drop '([^']+)' --keep '([^']+)'", (REPO / "README.md").read_text()).groups()
+    shown = run(["env", "COLUMNS=200", "dvc", "exp", "show", "--no-pager", "--drop", drop, "--keep", keep], repo)
+    header = shown.splitlines()[1]
+    assert header.split() == ["Experiment", "best_sampled_top1", "all_S_motion_gap", "checks_passed", "gate.kl_k"]
 
 
 @pytest.mark.slow

@@ -65,6 +65,46 @@ def test_lint_is_clean():
     assert "Congratulations" in text or "Lints for" not in text, text
 
 
+@pytest.mark.parametrize("config, line", [
+    ("gate:\n  kl_kk: 3\n", "stfusion: error: unknown parameter gate.kl_kk (allowed here: init_p, keep_prob, "),
+    ("data:\n  dataset: ucf101\n  root: no/such/folder\n",
+     "stfusion: error: dataset folder not found: no/such/folder (set data.root to the folder that holds the videos)"),
+])
+def test_a_bad_configfile_under_snakemake_is_one_line(tmp_path, config, line):
+    """`snakemake --cores all --configfile my.yaml` with a typo or a missing dataset folder: the commands' one
+    line, no traceback."""
+    (tmp_path / "my.yaml").write_text(config)
+    out = snakemake("-n", "--cores", "1", "--configfile", "my.yaml", cwd=tmp_path, check=False)
+    assert out.returncode != 0
+    assert out.stderr.strip().splitlines()[-1].startswith(line), out.stderr
+    assert "File " not in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_your_ucf101_folder_plans_the_pipeline(tmp_path):
+    """README, first hour: `snakemake --cores all --config preset=ucf101 data='{dataset: ucf101, root: ...}'` on a
+    UCF101 folder (videos and ucfTrainTestlist/ inside it) plans every stage from `prepare` on (a dry run: the
+    preparation itself is tests/test_data_formats.py's and tests/test_videos_end_to_end.py's), with the profile
+    that makes a rerun after Ctrl-C resume."""
+    root = tmp_path / "UCF-101"
+    (root / "ucfTrainTestlist").mkdir(parents=True)
+    (root / "ucfTrainTestlist" / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 YoYo\n")
+    (root / "ucfTrainTestlist" / "trainlist01.txt").write_text(
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\nYoYo/v_YoYo_g08_c01.avi 2\n")
+    (root / "ucfTrainTestlist" / "testlist01.txt").write_text("YoYo/v_YoYo_g01_c01.avi\n")
+    for rel in ("ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi", "YoYo/v_YoYo_g08_c01.avi", "YoYo/v_YoYo_g01_c01.avi"):
+        (root / rel).parent.mkdir(exist_ok=True)
+        (root / rel).write_bytes(b"")
+    out = snakemake("-n", "--cores", "all", "--config", "preset=ucf101", f"data={{dataset: ucf101, root: {root}}}",
+                    cwd=tmp_path)
+    jobs = planned_jobs(out.stdout + out.stderr)
+    assert "generate_builtin" not in jobs and all(jobs.get(r) == 1 for r in ("prepare", "train_supernet", "report"))
+    # after Ctrl-C the same command resumes: Snakemake finds profiles/default by itself, and it reruns the
+    # interrupted job (rerun-incomplete) instead of stopping with IncompleteFilesException; the training command
+    # resumes from last.pt (tests/test_fault_tolerance.py)
+    assert f"workflow specific profile {REPO / 'profiles' / 'default'}" in out.stdout + out.stderr
+    assert yaml.safe_load((REPO / "profiles/default/config.yaml").read_text())["rerun-incomplete"] is True
+
+
 #: one job of each training rule: their runs wait for a selection (a checkpoint), so they are asked for by name
 TRAINING_TARGETS = ("all", "results/validation/runs/stb.json", "results/fidelity/runs/seed1/sst.json")
 TRAINING_RULES = ("train_supernet", "train_standalone", "train_fidelity")
@@ -133,19 +173,17 @@ def test_default_profile_parses():
     assert profile["cores"] == "all"
 
 
-def _requirement_name(spec: str) -> str:
-    return re.split(r"[<>=!~\[ ;]", spec.strip(), maxsplit=1)[0].lower().replace("_", "-")
+def test_conda_env_installs_this_version_of_stfusion():
+    """`snakemake --use-conda` in a folder written by `stfusion init` (no package there): the environment holds
+    stfusion itself, at the version of the workflow (its dependencies come with it)."""
+    from stfusion import __version__
 
-
-def test_conda_env_lists_the_project_dependencies():
     env = yaml.safe_load((REPO / "workflow/envs/stfusion.yaml").read_text())
     deps = env["dependencies"]
     pip = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
-    conda_names = {_requirement_name(d.split("=")[0]) for d in deps if isinstance(d, str)}
-    assert "python" in conda_names and "pip" in conda_names
-    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
-    assert sorted(_requirement_name(p) for p in pip) == sorted(_requirement_name(p) for p in project)
-    assert sorted(p.replace(" ", "") for p in pip) == sorted(p.replace(" ", "") for p in project)
+    assert "pip" in deps and any(str(d).startswith("python=") for d in deps)
+    assert pip == [f"stfusion=={__version__}"]
+    assert tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["version"] == __version__
 
 
 # ------------------------------------------------------------------------------------------- end to end
@@ -350,19 +388,23 @@ def test_tiny_run_snakemake_report_zip(tiny_run):
 
 
 @pytest.mark.slow
-def test_tiny_run_exports_a_finetuned_network(tiny_run):
-    """pt2 through torch.export, loaded back; ONNX through onnxruntime where the onnx extra is installed; both
-    against the PyTorch network on real clips of the test split, within stfusion.stages.export.TOLERANCE."""
+def test_tiny_run_exports_a_finetuned_network(tiny_run, monkeypatch, capfd):
+    """`stfusion export --strategy best [--format onnx]`: the best derived strategy's finetuned network, named in
+    the log, and nothing else on the console (no exporter noise). pt2 through torch.export, loaded back; ONNX
+    through onnxruntime where the onnx extra is installed; both against the PyTorch network on real clips of the
+    test split, within stfusion.stages.export.TOLERANCE."""
     import torch
 
+    from stfusion.analysis.derive import best_finetuned
+    from stfusion.cli import app as cli
     from stfusion.config.loading import load_params
     from stfusion.config.settings import Settings
     from stfusion.data.transforms import normalize
-    from stfusion.stages.export import TOLERANCE, export, load_network, run_exported
+    from stfusion.stages.export import TOLERANCE, load_network, run_exported
     from stfusion.stages.common import clip_dataset
 
     work, _ = tiny_run
-    best = pd.read_csv(work / "results" / "finetune" / "accuracy.csv").iloc[0]
+    best = best_finetuned(pd.read_csv(work / "results" / "finetune" / "accuracy.csv"))
     kw = dict(checkpoint=work / "checkpoints" / "supernet" / "model.pt", finetuned_dir=work / "checkpoints" / "finetune")
     net, info = load_network(str(best["id"]), **kw)
     assert info["weights"].endswith(f"{best['id']}/model.pt")  # the finetuned weights, not the supernet's
@@ -372,12 +414,18 @@ def test_tiny_run_exports_a_finetuned_network(tiny_run):
     with torch.no_grad():
         expected = net(clips)
     formats = ["pt2"] + (["onnx"] if _has("onnxruntime") and _has("onnxscript") else [])
+    monkeypatch.chdir(work)
     for fmt in formats:
+        capfd.readouterr()
+        assert cli.main(["export", "--strategy", "best", "--format", fmt, "--no-progress"]) == 0
+        lines = capfd.readouterr().err.strip().splitlines()
+        assert lines[0].startswith(f"INFO: best derived strategy: {best['id']} ({best['strategy']})"), lines
+        assert len(lines) == 2 and lines[1].startswith(f"INFO: exported {best['id']} "), lines  # nothing else
         out = work / "results" / "export" / f"{best['id']}.{fmt}"
-        record = export(best["strategy"], fmt, out, **kw)  # the text form names the same network as the id
+        record = json.loads(out.with_name(out.name + ".json").read_text())
         assert record["id"] == best["id"] and record["macs"] == best["macs"] and record["params"] == best["params"]
         assert (run_exported(out, fmt, clips) - expected).abs().max() <= TOLERANCE, fmt
-        assert json.loads(out.with_name(out.name + ".json").read_text())["classes"][0]
+        assert record["classes"][0]
     assert (work / "results" / "export" / f"{best['id']}.pt2").stat().st_size > 0
 
 

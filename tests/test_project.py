@@ -4,6 +4,7 @@ install in a temporary folder that runs init, generate, prepare and train-supern
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 
@@ -41,13 +42,33 @@ def test_params_yaml_overrides_the_defaults(tmp_path, monkeypatch):
 def test_init_writes_the_project_and_refuses_to_overwrite(tmp_path):
     written = init_project(tmp_path / "p", workflow=True)
     names = {p.relative_to(tmp_path / "p").as_posix() for p in written}
-    assert {"params.yaml", "Snakefile", "workflow/Snakefile", "workflow/rules/common.smk",
+    assert {"params.yaml", "Snakefile", "dvc.yaml", ".gitignore", ".dvcignore", "profiles/default/config.yaml",
+            "workflow/Snakefile",
+            "workflow/rules/common.smk",
             "workflow/profiles/slurm/config.yaml", "workflow/envs/stfusion.yaml",
             "workflow/report/workflow.rst"} <= names
     assert (tmp_path / "p" / "params.yaml").read_text().startswith("# The parameters of stfusion")
     with pytest.raises(StfusionError, match="params.yaml already exists"):
         init_project(tmp_path / "p")
     init_project(tmp_path / "p", force=True)
+
+
+@pytest.mark.slow  # git, dvc and the tiny benchmark's generation: 15-30 s
+@pytest.mark.skipif(shutil.which("dvc") is None or shutil.which("git") is None, reason="dvc and git are needed")
+def test_init_project_runs_under_dvc(tmp_path):
+    """`stfusion init proj --workflow`, then `git init && dvc init && dvc repro generate` there: the stage runs
+    (no dependency on a checkout's code) and the project's .gitignore keeps the data out of git."""
+    proj = tmp_path / "proj"
+    init_project(proj, workflow=True)
+    # DVC reads its parameters from params.yaml alone: the file init wrote, every key, with the tiny values
+    params = deep_merge(yaml.safe_load((proj / "params.yaml").read_text()), yaml.safe_load(TINY.read_text()))
+    (proj / "params.yaml").write_text(yaml.safe_dump(params))
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1", "PYTHONPATH": str(REPO)}
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "repro", "generate"]):
+        out = subprocess.run(cmd, cwd=proj, env=env, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, f"{cmd}: {out.stdout[-2000:]}{out.stderr[-2000:]}"
+    assert (proj / "data" / "builtin" / "annotations.csv").is_file()
+    assert subprocess.run(["git", "check-ignore", "-q", "data/builtin"], cwd=proj).returncode == 0
 
 
 @pytest.mark.slow

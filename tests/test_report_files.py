@@ -51,6 +51,9 @@ def test_summary_lines(tmp_path):
     assert lines[1] == "stfusion: HTML report: snakemake --report results/report.zip"
     assert lines[2] == ("stfusion: best strategy S|ST (validation top-1 0.900); all-S gap on motion 0.250; "
                         "Kendall tau 0.600")
+    (tmp_path / "metrics.json").write_text(json.dumps({"all_S_motion_gap": 0.0, "n_standalone": 6}))
+    assert summary_lines(tmp_path, tmp_path / "report.md")[2].endswith(
+        "Kendall tau n/a (undefined, the stand-alone accuracies (or the supernet scores) all tie)")  # why it is blank
 
 
 def test_report_reads_the_layout_and_carries_test_views_as_numbers(tmp_path):
@@ -61,11 +64,17 @@ def test_report_reads_the_layout_and_carries_test_views_as_numbers(tmp_path):
                             "source": ["sample", "family"], "top1": [0.9, 0.5], "log_prob": [-1.0, -2.0],
                             "rank": [1, 2], "test_views": ["1 clip x 1 crop"] * 2, "test_clips": [2, 2], "test_crops": [3, 3]})
     history = pd.DataFrame({"epoch": [1, 2], "phase": ["warmup", "gated"], "train_top1": [0.5, 0.6]})
-    for df, path in ((ranking, layout.ranking), (history, layout.history)):
+    finetuned = pd.DataFrame({"id": ["a", "b"], "strategy": ["S|ST", "S|S"], "top1_val": [0.7, 0.8]})
+    manifest = pd.DataFrame({"split": ["train", "train", "test"], "status": ["ok", "unreadable", "ok"]})
+    for df, path in ((ranking, layout.ranking), (history, layout.history), (finetuned, layout.finetune_table),
+                     (manifest, layout.manifest)):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(path, index=False)
     text, metrics = build_report(layout, seed=3, versions={}, page=tmp_path / "r" / "page" / "report.md")
     assert metrics["test_clips"] == 2 and metrics["test_crops"] == 3 and metrics["seed"] == 3
     assert "Test accuracies (`top1_test*`): 2 clips x 3 crops per video" in text
     assert "History: `../../ck/supernet/history.csv`" in text
+    assert ("The best on validation is `b` (S|S, top-1 0.800): `stfusion export --strategy best` writes it" in
+            text)  # the report names the id the export takes
+    assert "clips: test 1, train 1; skipped by prepare (not used): 1 unreadable (reasons in manifest.csv)." in text
     assert "- `../strategies/candidates.csv`, `../strategies/ranking.csv`: listed and scored strategies" in text

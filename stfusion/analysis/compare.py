@@ -1,21 +1,29 @@
 """``stfusion compare``: one ranked table across experiments (runs of the pipeline with other parameters).
 
 Each experiment is a ``results`` folder (its ``metrics.json``, and ``fidelity/fidelity.json`` when the study
-ran) or an entry of ``dvc exp show --json`` (the metrics file of the standard layout). One row an experiment with
-the columns of :data:`COLUMNS`, ranked by the best sampled strategy's validation top-1 (then by tau); written as
-``compare.csv``, ``compare.md`` and ``compare.png`` (the accuracies and the posterior's figures side by side).
+ran; its parameters from ``params.yaml`` beside it) or an entry of ``dvc exp show --json`` (the metrics file of
+the standard layout and ``params.yaml``). One row an experiment: the parameters that differ between the
+experiments (the swept keys, dotted), the columns of :data:`COLUMNS` and ``missing``, why a figure is empty;
+ranked as :data:`ORDER` says. Written as ``compare.csv`` (a missing figure is an empty cell), ``compare.md`` (the
+order, then the table; a missing figure reads ``n/a``) and ``compare.png`` (the accuracies and the posterior's
+figures side by side).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Sequence
 
 import pandas as pd
+import yaml
 
 from stfusion.config.layout import LAYOUT, RunLayout
+from stfusion.config.loading import PARAMS_FILE, leaves
 from stfusion.errors import StfusionError
+
+log = logging.getLogger(__name__)
 
 #: (column, key in metrics.json) — what the table shows of every experiment
 COLUMNS = (
@@ -32,9 +40,32 @@ COLUMNS = (
 )
 
 
-def row_from_metrics(name: str, metrics: dict, study: dict | None = None) -> dict:
-    """One table row from a run's ``metrics.json`` (and its fidelity study, whose tau then wins)."""
-    row = {"experiment": name}
+#: the rank order of the table, stated in compare.md and the command's log
+ORDER = ("ranked by best_sampled (validation top-1), then tau, then experiment name; an experiment without a "
+         "figure comes after those with one")
+
+
+def _why_missing(row: dict) -> str:
+    """Why the row's empty figures are empty, ``; ``-joined (empty when none is)."""
+    absent = [col for col, _ in COLUMNS if row.get(col) is None and col != "tau"]
+    reasons = [f"not in the run's metrics: {', '.join(absent)}"] if absent else []
+    if row.get("tau") is None:
+        reasons.append(f"tau: {why_no_tau(row.get('tau_n'))}")
+    return "; ".join(reasons)
+
+
+def why_no_tau(n_standalone: int | None) -> str:
+    """Why Kendall tau is empty over ``n_standalone`` stand-alone runs: too few runs, or a ranking of ties (tau
+    is undefined when one side is constant, e.g. every network at chance on a tiny configuration)."""
+    if (n_standalone or 0) < 2:
+        return "fewer than 2 stand-alone runs"
+    return "undefined, the stand-alone accuracies (or the supernet scores) all tie"
+
+
+def row_from_metrics(name: str, metrics: dict, study: dict | None = None, params: dict | None = None) -> dict:
+    """One table row from a run's ``metrics.json`` (and its fidelity study, whose tau then wins); ``params`` (the
+    run's parameters) are kept for the swept-key columns."""
+    row = {"experiment": name, "_params": leaves(params or {})}
     for col, key in COLUMNS:
         value = metrics.get(key)
         row[col] = float(value) if isinstance(value, (int, float)) else None
@@ -45,6 +76,7 @@ def row_from_metrics(name: str, metrics: dict, study: dict | None = None) -> dic
         row["tau_n"] = study.get("n_strategies")
     else:
         row["tau_n"] = metrics.get("n_standalone")
+    row["missing"] = _why_missing(row)
     return row
 
 
@@ -57,7 +89,9 @@ def rows_from_folders(folders: Sequence[str | Path]) -> list[dict]:
             raise StfusionError(f"no {path.name} in {folder} (give the results folder of a finished run)")
         study = json.loads(study_path.read_text()) if study_path.is_file() else None
         name = folder.resolve().parent.name if folder.name == Path(LAYOUT.results).name else folder.name
-        rows.append(row_from_metrics(name, json.loads(path.read_text()), study))
+        params_path = folder.resolve().parent / PARAMS_FILE
+        params = yaml.safe_load(params_path.read_text()) if params_path.is_file() else None
+        rows.append(row_from_metrics(name, json.loads(path.read_text()), study, params))
     return rows
 
 
@@ -74,9 +108,10 @@ def rows_from_dvc(path: str | Path) -> list[dict]:
     def add(entry: dict, fallback: str) -> None:
         d = entry.get("data") or {}
         metrics = ((d.get("metrics") or {}).get(LAYOUT.metrics) or {}).get("data")
+        params = ((d.get("params") or {}).get(PARAMS_FILE) or {}).get("data")
         if metrics:
             rows.append(row_from_metrics(entry.get("name") or d.get("name") or entry.get("rev") or fallback,
-                                         metrics))
+                                         metrics, params=params))
 
     for i, commit in enumerate(data if isinstance(data, list) else []):
         add(commit, f"commit-{i}")
@@ -88,10 +123,20 @@ def rows_from_dvc(path: str | Path) -> list[dict]:
     return rows
 
 
+def swept_keys(rows: list[dict]) -> list[str]:
+    """The parameters whose values differ between the rows' experiments (a key some lack counts), sorted."""
+    keys = sorted({k for row in rows for k in row["_params"]})
+    return [k for k in keys if len({repr(row["_params"].get(k)) for row in rows}) > 1]
+
+
 def rank_table(rows: list[dict]) -> pd.DataFrame:
-    """The rows as a table ranked by ``best_sampled`` (then ``tau``), best first, with a ``rank`` column."""
-    df = pd.DataFrame(rows)
-    df = df.sort_values(["best_sampled", "tau"], ascending=[False, False], na_position="last", kind="stable")
+    """The rows as a table in :data:`ORDER`, best first, with a ``rank`` column and the swept keys after the
+    experiment's name."""
+    swept = swept_keys(rows)
+    df = pd.DataFrame([{"experiment": r["experiment"], **{k: r["_params"].get(k) for k in swept},
+                        **{k: v for k, v in r.items() if k not in ("experiment", "_params")}} for r in rows])
+    df = df.sort_values(["best_sampled", "tau", "experiment"], ascending=[False, False, True], na_position="last",
+                        kind="stable")
     df.insert(0, "rank", range(1, len(df) + 1))
     return df.reset_index(drop=True)
 
@@ -121,13 +166,16 @@ def plot_compare(df: pd.DataFrame, path) -> Path:
 def compare(folders: Sequence[str | Path] = (), *, dvc_json: str | Path | None = None, out_dir) -> pd.DataFrame:
     """Write ``compare.csv|md|png`` to ``out_dir`` for the given result folders or dvc experiments (one of the
     two)."""
-    from stfusion.io.tables import write_table
+    from stfusion.io.files import write_csv, write_text
+    from stfusion.io.tables import to_markdown
 
     if bool(folders) == bool(dvc_json):
         raise StfusionError("give either result folders or --dvc-json FILE (one of the two)")
     rows = rows_from_dvc(dvc_json) if dvc_json else rows_from_folders(folders)
     df = rank_table(rows)
     out_dir = Path(out_dir)
-    write_table(df, out_dir / "compare.csv")
+    write_csv(df, out_dir / "compare.csv")
+    write_text(out_dir / "compare.md", f"{ORDER}.\n\n{to_markdown(df)}\n")
+    log.info("compare: %s", ORDER)
     plot_compare(df, out_dir / "compare.png")
     return df

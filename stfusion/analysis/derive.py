@@ -105,3 +105,13 @@ def derive_strategies(pref: pd.DataFrame, ranked: pd.DataFrame | None, *, top_k:
         rows[strat.id] = {"id": strat.id, "name": rule, "rule": rule, "strategy": strat.text,
                           "log_prob": post.log_prob(strat), **{f"n_{k}": v for k, v in strat.counts().items()}}
     return pd.DataFrame(list(rows.values()))
+
+
+def best_finetuned(table: pd.DataFrame) -> pd.Series:
+    """The derived strategy of the finetune table (``accuracy.csv``: one row a network, ``id``, ``strategy``,
+    ``top1_val``) with the best validation top-1 after finetuning; a tie goes to the first row (the order of
+    derivation). What ``stfusion export --strategy best`` exports and the report names."""
+    scored = table.dropna(subset=["top1_val"])
+    if scored.empty:
+        raise StfusionError("the finetune table holds no validation accuracy: run the finetune stage first")
+    return scored.loc[scored["top1_val"].idxmax()]

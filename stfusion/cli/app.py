@@ -5,7 +5,7 @@ these commands, and so can a person.
 :mod:`stfusion.cli.commands`. Every subcommand takes ``--params`` (default ``params.yaml``), ``--set KEY=VALUE``
 overrides, explicit input and output paths (defaults: the standard layout), ``--log FILE`` and ``--threads N``.
 Errors with a plain explanation end the command with one line ``stfusion: error: ...`` and exit status 2. A
-training command stopped by SIGTERM or SIGUSR1 writes its checkpoint and exits with status 75
+training command stopped by SIGTERM, SIGUSR1 or Ctrl-C writes its checkpoint and exits with status 75
 (``EXIT_RESUME``); running it again resumes.
 """
 
@@ -16,6 +16,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 
@@ -137,10 +138,17 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as one log line: stfusion's own by its message, another with its category and origin."""
+    text = " ".join(str(message).split())
+    return text if category.__module__.startswith("stfusion") else f"{category.__name__}: {text} ({filename}:{lineno})"
+
+
 def setup_logging(log_file: str | None, quiet: bool = False) -> None:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
+        h.close()
     root.setLevel(logging.INFO)
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%Y-%m-%d %H:%M:%S")
     console = logging.StreamHandler(sys.stderr)
@@ -152,6 +160,7 @@ def setup_logging(log_file: str | None, quiet: bool = False) -> None:
         fh = logging.FileHandler(log_file, mode="a")
         fh.setFormatter(fmt)
         root.addHandler(fh)
+    warnings.formatwarning = _one_line_warning
     logging.captureWarnings(True)
 
 
@@ -185,7 +194,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stfusion: {exc}", file=sys.stderr)
         return EXIT_RESUME
     except KeyboardInterrupt:
-        print("stfusion: interrupted", file=sys.stderr)
+        print("stfusion: interrupted; run the same command again: training resumes from last.pt, scoring keeps its "
+              "finished chunks", file=sys.stderr)
         return 130
     return 0
 

@@ -161,7 +161,8 @@ def _study_runs(result: dict, args) -> dict:
 
 def _initialised(written: list, args) -> None:
     log.info("wrote %d file(s) to %s%s", len(written), args.dir,
-             "; run the pipeline there with 'snakemake --cores all'" if args.workflow else "")
+             "; run the pipeline there with 'snakemake --cores all' (or, in a git repository, 'dvc init && dvc "
+             "repro')" if args.workflow else "")
 
 
 def _compared(table, args) -> None:
@@ -326,23 +327,27 @@ COMMANDS: tuple[Command, ...] = (
         "training; output: logits (N, classes). The file is checked against PyTorch on a random batch; a "
         "JSON file beside it records strategy, weights, input normalisation, classes, MACs and parameters.",
         "stfusion.stages.export:export",
-        (Arg("--strategy", {"required": True, "metavar": "ID|TEXT",
-                            "help": "strategy id (e.g. stb) or text (e.g. 'S|ST|S+ST')"}, to="strategy"),
+        (Arg("--strategy", {"required": True, "metavar": "ID|TEXT|best",
+                            "help": "strategy id (e.g. stb), text (e.g. 'S|ST|S+ST') or 'best': the derived "
+                                    "strategy with the best validation top-1 after finetuning"}, to="strategy"),
          Arg("--format", {"default": "pt2", "choices": ["pt2", "onnx"], "help": "file format (default: %(default)s)"},
              to="fmt"),
          CHECKPOINT,
          path("--finetuned", LAYOUT.finetune_ckpt, "CKPT", "finetuned networks, CKPT/<id>/model.pt",
               to="finetuned_dir"),
+         path("--finetune-table", LAYOUT.finetune_table, "CSV", "finetuned accuracies, read by --strategy best",
+              to="finetune_table"),
          Arg("--out", {"default": None, "metavar": "FILE",
                        "help": f"output file (default: {LAYOUT.export_dir}/<id>.<format>)"}, to="out", path="out")),
         params=False,
     ),
     Command(
-        "init", "a new project folder: params.yaml (and the Snakemake workflow)",
+        "init", "a new project folder: params.yaml (and the pipeline for Snakemake and DVC)",
         "Write DIR/params.yaml, the commented defaults every command reads (edit the keys you change; "
-        "the others keep their packaged defaults). With --workflow also the Snakemake workflow: "
-        "DIR/Snakefile and DIR/workflow/ (rules, profiles, conda environment, report captions), so "
-        "'snakemake --cores all' runs the pipeline there.",
+        "the others keep their packaged defaults). With --workflow also the pipeline: DIR/Snakefile and "
+        "DIR/workflow/ (rules, profiles, conda environment, report captions), DIR/profiles/default, DIR/dvc.yaml, "
+        "DIR/.gitignore and DIR/.dvcignore, so 'snakemake --cores all' (also with --use-conda) or 'dvc repro' "
+        "runs the pipeline there.",
         "stfusion.stages.project:init_project",
         (Arg("dir", {"nargs": "?", "default": ".", "metavar": "DIR",
                      "help": "project folder (default: the working folder)"}, to="folder", path="out"),

@@ -133,18 +133,18 @@ def resolve_params(user: dict | None = None, overrides: dict | None = None) -> d
     return params
 
 
-def _leaves(node: dict, prefix: str = "") -> dict:
+def leaves(node: dict, prefix: str = "") -> dict:
     """``{dotted key: value}`` of every leaf of ``node``."""
     out = {}
     for key, value in node.items():
-        out.update(_leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        out.update(leaves(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
     return out
 
 
 def _note_packaged_values(name: str | None, preset: dict, user: dict, params: dict) -> None:
     """Log the keys the user's file holds at their packaged values that the preset ``name`` set otherwise."""
-    written, resolved = _leaves(user), _leaves(params)
-    taken = [k for k, v in _leaves(preset).items() if k in written and written[k] != v == resolved[k]]
+    written, resolved = leaves(user), leaves(params)
+    taken = [k for k, v in leaves(preset).items() if k in written and written[k] != v == resolved[k]]
     if taken:
         log.info("preset %s sets %d key(s) the params file leaves at their packaged values (%s%s); to keep a "
                  "packaged value, give it with --set / --config", name, len(taken), ", ".join(taken[:3]),

@@ -153,7 +153,8 @@ def preprocess(
     skipped = ", ".join(f"{k}={v}" for k, v in sorted(counts.items()) if k != "ok") or "none"
     splits = ", ".join(f"{s}={int(((manifest['split'] == s) & ok).sum())}" for s in ("train", "val", "test"))
     print(
-        f"preprocess: {n_ok}/{len(manifest)} videos cached in {clips_path} ({splits}; {short} short); skipped: {skipped}"
+        f"preprocess: {n_ok}/{len(manifest)} videos cached in {clips_path} ({splits}; {short} short: fewer than "
+        f"{cache_frames} frames, repeated in order to fill the cache, and used); skipped: {skipped} (see manifest.csv)"
     )
     return manifest
 

@@ -179,8 +179,9 @@ class ClipDataset(SplitClips):
         self.cache_frames = int(shape[1])
         if int(frames) > self.cache_frames:
             raise StfusionError(
-                f"frames={frames} is more than the {self.cache_frames} frames per video in the cache "
-                f"(preprocess again with cache_frames >= {frames})"
+                f"data.frames={frames} is more than the {self.cache_frames} frames per video in the cache "
+                f"{self.cache_dir}: prepare it again (`stfusion prepare`; for the built-in benchmark with "
+                f"data.builtin.frames >= {frames})"
             )
         view = view or default_view(train, flip)
         # the cache is square at its own side: no rescaling, and a crop cannot be larger than the frame

@@ -191,7 +191,7 @@ def _unique_ids(ids: list[str], paths: list[str], root: Path) -> list[str]:
 def _check_root(root) -> Path:
     root = Path(root)
     if not root.is_dir():
-        raise StfusionError(f"dataset folder not found: {root}")
+        raise StfusionError(f"dataset folder not found: {root} (set data.root to the folder that holds the videos)")
     return root
 
 

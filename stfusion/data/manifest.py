@@ -145,6 +145,8 @@ def merge_shards(out_dir, n_shards: int, videos: pd.DataFrame, classes: list[str
     assign_splits(df, "id", ok, len(classes), seed=seed, val_fraction=val_fraction, calib_fraction=calib_fraction)
     for rec in df[~ok].itertuples():
         log.warning("%s: %s (%s)", rec.id, rec.status, rec.reason)
+    for rec in df[ok & df["reason"].fillna("").str.contains("decoded by PyAV", regex=False)].itertuples():
+        log.warning("%s: %s", rec.id, rec.reason)  # the one line of each decoder fallback
     stale = out_dir / "clips.npy"
     if stale.is_file():
         log.info("removing %s left by an earlier cache storage", stale)

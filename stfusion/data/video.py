@@ -19,6 +19,9 @@ import functools
 import logging
 import os
 import re
+import sys
+import tempfile
+import threading
 import warnings
 import zipfile
 from contextlib import contextmanager
@@ -30,6 +33,10 @@ import torch  # noqa: F401  (before decord)
 
 try:
     import decord
+
+    # FFmpeg's own messages (``[h264 @ 0x...] error while decoding MB``) would precede stfusion's line, which
+    # names the file and the reason; decord's open errors are held by _held_native_stderr
+    decord.logging.set_level(decord.logging.QUIET)
 except ImportError:  # pragma: no cover - decord is a hard dependency, but keep PyAV usable without it
     decord = None
 
@@ -186,8 +193,33 @@ def _read_images(p: Path, indices) -> tuple[np.ndarray, int]:
 
 
 # ---------------------------------------------------------------------------------------------- decord
+_NATIVE_STDERR = threading.Lock()  # file descriptor 2 is the process's: one redirection at a time
+
+
+@contextmanager
+def _held_native_stderr():
+    """Hold what native code writes to file descriptor 2 (decord's ``ERROR opening ...``, FFmpeg's messages) in a
+    temporary file instead of the console, where it would precede stfusion's own warning; yields a function that
+    returns the text held so far."""
+    with _NATIVE_STDERR, tempfile.TemporaryFile() as held:
+        sys.stderr.flush()
+        saved = os.dup(2)
+        os.dup2(held.fileno(), 2)
+        try:
+            yield lambda: (held.seek(0), held.read().decode(errors="replace"))[1]
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+
+
 def _decord_open(path: Path, threads: int):
-    return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
+    """decord's reader of ``path``; when decord cannot open it, a ``RuntimeError`` whose last line is decord's
+    own reason (which it prints natively rather than raising)."""
+    with _held_native_stderr() as held:
+        try:
+            return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
+        except Exception as exc:
+            raise RuntimeError(f"{exc}\n{held().strip()}".strip()) from None
 
 
 def _decord_batch(vr, idx: np.ndarray) -> np.ndarray:
@@ -338,8 +370,8 @@ def _dispatch(path, backend: str, threads: int, folder_fn, decord_fn, pyav_fn, t
             result = pyav_fn(p)
         except VideoReadError as exc:
             raise VideoReadError(f"{exc} [decord: {reason}]", exc.status) from None
+        # one warning, which the callers log once: preparation on the video's manifest row, the commands as a warning
         warnings.warn(f"decord could not read {p} ({reason}); used PyAV instead", DecoderFallbackWarning, stacklevel=3)
-        log.warning("decord could not read %s (%s); used PyAV instead", p, reason)
         return result
     return pyav_fn(p)
 

@@ -64,7 +64,9 @@ log = logging.getLogger(__name__)
 #: TrainConfig fields that say how often the run is saved, not what it computes: a checkpoint written with other
 #: values is resumed
 RUN_ONLY_FIELDS = ("checkpoint_minutes",)
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+#: signals that stop a run at the end of its step, after a checkpoint: preemption and time limits (SIGTERM, SIGUSR1)
+#: and Ctrl-C (SIGINT; a second Ctrl-C stops at once)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)
 @dataclass
 class TrainConfig:
     """One training run. ``epochs`` counts the gated (or plain) epochs; ``warmup_epochs`` come before them."""
@@ -213,16 +215,21 @@ def batches_per_epoch(n: int, cfg: TrainConfig) -> int:
 
 
 class StopRequest:
-    """While active (``with StopRequest() as stop``), SIGTERM and SIGUSR1 set ``stop.signal`` instead of ending
-    the process; the previous handlers come back afterwards. Outside the main thread it does nothing."""
+    """While active (``with StopRequest() as stop``), SIGTERM, SIGUSR1 and SIGINT set ``stop.signal`` instead of
+    ending the process; a second SIGINT (Ctrl-C twice) raises ``KeyboardInterrupt``. The previous handlers come
+    back afterwards. Outside the main thread it does nothing."""
 
     def __init__(self):
         self.signal: int | None = None
         self._previous: dict = {}
 
     def _handle(self, signum, frame) -> None:
+        if self.signal is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
         if self.signal is None:
-            log.warning("received %s: finishing the step, then writing a checkpoint", signal.Signals(signum).name)
+            again = " (Ctrl-C again stops at once)" if signum == signal.SIGINT else ""
+            log.warning("received %s: finishing the step, then writing a checkpoint%s", signal.Signals(signum).name,
+                        again)
         self.signal = signum
 
     def __enter__(self) -> StopRequest:

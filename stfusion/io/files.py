@@ -16,10 +16,11 @@ if TYPE_CHECKING:
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
-    """Call ``write(tmp)`` on a temporary name in the target's folder, then rename onto ``path``."""
+    """Call ``write(tmp)`` on a temporary name in the target's folder, then rename onto ``path``. The temporary
+    name ends with the target's extension, which some writers check (``torch.export.save``: ``.pt2``)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
     try:
         write(tmp)
         with open(tmp, "rb+") as f:

@@ -11,7 +11,8 @@ if TYPE_CHECKING:  # light at import: the CLI imports this module before any sta
 
 
 def to_markdown(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
-    """A Markdown table (pandas ``to_markdown``); ``|`` inside cells (strategies' text form) is escaped."""
+    """A Markdown table (pandas ``to_markdown``); ``|`` inside cells (strategies' text form) is escaped, a missing
+    value reads ``n/a`` (as in the HTML tables)."""
     import pandas as pd
 
     if df is None or df.empty:
@@ -20,7 +21,8 @@ def to_markdown(df: pd.DataFrame, floatfmt: str = ".4f") -> str:
     for col in df.columns:
         if not pd.api.types.is_numeric_dtype(df[col]):
             df[col] = df[col].map(lambda v: v.replace("|", "\\|") if isinstance(v, str) else v)
-    return df.to_markdown(index=False, floatfmt=floatfmt)
+    df = df.astype(object).where(df.notna(), None)  # tabulate's missingval covers None, not NaN
+    return df.to_markdown(index=False, floatfmt=floatfmt, missingval="n/a")
 
 
 def write_table(df: pd.DataFrame, csv_path: str | Path, markdown: bool = True, floatfmt: str = ".4f") -> None:

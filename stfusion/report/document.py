@@ -29,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from stfusion.analysis.compare import why_no_tau
+from stfusion.analysis.derive import best_finetuned
 from stfusion.analysis.space import preference_summary
 from stfusion.analysis.supernet_side import UNIFORM
 from stfusion.config.layout import RunLayout
@@ -223,9 +225,10 @@ def compute_checks(pref, ranked, fidelity, initial: dict | None = None,
     # 4. ranking fidelity
     if fidelity:
         tau = fidelity.get("kendall_tau")
+        p_value = "" if tau is None else f" (p {_fmt(fidelity.get('kendall_p'))})"
         checks.append({"check": "4. supernet scores predict stand-alone accuracy (Kendall tau > 0)",
                        "ok": None if tau is None else tau > 0, "numbers":
-                       f"n = {fidelity.get('n')}: tau {_fmt(tau)} (p {_fmt(fidelity.get('kendall_p'))}), rho "
+                       f"n = {fidelity.get('n')}: tau {_tau_text(tau, fidelity.get('n'))}{p_value}, rho "
                        f"{_fmt(fidelity.get('spearman_rho'))}; with BN recalibration tau "
                        f"{_fmt(fidelity.get('kendall_tau_recal'))}, plain BN tau "
                        f"{_fmt(fidelity.get('kendall_tau_plain_bn'))}; log-probability tau "
@@ -269,9 +272,20 @@ class ReportInputs:
 
     @property
     def split_sizes(self) -> dict[str, int]:
-        """Clips per split, most first (``{}`` without a manifest)."""
+        """Usable clips per split, most first (``{}`` without a manifest)."""
         m = self.manifest
+        if m is not None and "status" in m:
+            m = m[m["status"] == "ok"]
         return m["split"].value_counts().to_dict() if m is not None and "split" in m else {}
+
+    @property
+    def skipped(self) -> str:
+        """The videos ``prepare`` skipped, counted by status (``""`` when none or without a manifest)."""
+        m = self.manifest
+        if m is None or "status" not in m:
+            return ""
+        bad = m.loc[m["status"] != "ok", "status"].value_counts()
+        return ", ".join(f"{v} {k}" for k, v in sorted(bad.items()))
 
     @property
     def class_kinds(self) -> dict[str, int]:
@@ -382,7 +396,9 @@ def _intro(inp: ReportInputs, seed: int) -> list[str]:
             "template network trained with Variational DropPath, strategies scored with its shared weights, "
             "layer-level preferences, derived networks, and a check of the ranking against networks trained on "
             "their own.", "",
-            f"**Data**: {inp.n_classes} classes ({kinds}); clips: {clips}. **Seed**: {seed}. "
+            f"**Data**: {inp.n_classes} classes ({kinds}); clips: {clips}"
+            f"{f'; skipped by prepare (not used): {inp.skipped} (reasons in manifest.csv)' if inp.skipped else ''}. "
+            f"**Seed**: {seed}. "
             f"**Keep-probability rule**: {inp.summary.get('keep_prob_rule', 'n/a')} "
             "(`paper`: keep = 1 - sqrt(p), Eq. 7; `plain`: keep = 1 - p). Scores are top-1 on the **validation** "
             "split (selection) unless marked *test* (reporting only).", ""]
@@ -425,11 +441,15 @@ def _motion_section(ranked: pd.DataFrame | None) -> list[str]:
 def _finetune_section(finetuned: pd.DataFrame | None, link: Link, layout: RunLayout) -> list[str]:
     if finetuned is None:
         return []
-    cols = [c for c in ["name", "rule", "strategy", "top1_val", "top1_val_motion", "top1_val_appearance",
+    cols = [c for c in ["id", "name", "rule", "strategy", "top1_val", "top1_val_motion", "top1_val_appearance",
                         "top1_test", "top1_test_motion", "top1_test_appearance", "macs", "params"] if c in finetuned]
     figure = f"{layout.report_dir}/{{}}"
+    best = best_finetuned(finetuned) if "top1_val" in finetuned and finetuned["top1_val"].notna().any() else None
+    export = ([f"The best on validation is `{best['id']}` ({best['strategy']}, top-1 {_fmt(best['top1_val'])}): "
+               f"`stfusion export --strategy best` writes it as a deployable file (`--strategy ID` another row).",
+               ""] if best is not None else [])
     return ["Derived networks after finetuning (plain networks holding only their kept convs):", "",
-            _md(finetuned[cols]), "", f"Costs: {CONVENTION}. Test accuracy against MACs:", "",
+            _md(finetuned[cols]), "", *export, f"Costs: {CONVENTION}. Test accuracy against MACs:", "",
             f"![derived networks: accuracy vs MACs]({link(figure.format(PARETO_DERIVED))})", "",
             f"![confusion matrix of the best derived network]({link(figure.format(CONFUSION))})", ""]
 
@@ -610,6 +630,11 @@ def build_report(layout: RunLayout, *, seed: int, versions: dict,
 
 
 # ------------------------------------------------------------------------------------------------ summary
+def _tau_text(tau, n_standalone) -> str:
+    """Kendall tau as the report writes it; an empty one with its reason."""
+    return _fmt(tau) if tau is not None else f"n/a ({why_no_tau(n_standalone)})"
+
+
 def summary_lines(results: Path, report: Path) -> list[str]:
     """The last lines of a run: where the report is, the HTML report command and the three numbers that matter
     (the best sampled strategy, the all-S gap on the motion classes, Kendall tau)."""
@@ -620,4 +645,4 @@ def summary_lines(results: Path, report: Path) -> list[str]:
     return [f"stfusion: read {report} first (checks, tables, figures)",
             f"stfusion: HTML report: {HTML_COMMAND}",
             f"stfusion: best strategy {where}; all-S gap on motion {_fmt(m.get('all_S_motion_gap'))}; "
-            f"Kendall tau {_fmt(m.get('kendall_tau'))}"]
+            f"Kendall tau {_tau_text(m.get('kendall_tau'), m.get('n_standalone'))}"]

@@ -19,6 +19,8 @@ parameters.
 from __future__ import annotations
 
 import logging
+import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -70,16 +72,37 @@ def write_pt2(net: torch.nn.Module, clip_shape, out: Path) -> None:
     atomic_write(out, lambda tmp: torch.export.save(program, tmp))
 
 
+#: loggers of the ONNX exporter and the level below which their records are dropped: the graph passes log every
+#: step at INFO, and torch warns of torchvision operators it cannot register (a video network uses none)
+_ONNX_LOGGERS = {"onnxscript": logging.WARNING, "onnx_ir": logging.WARNING, "torch.onnx": logging.ERROR}
+
+
+@contextmanager
+def _quiet_onnx():
+    """The ONNX export without its progress records and the deprecation warnings of its own internals."""
+    loggers = {logging.getLogger(name): level for name, level in _ONNX_LOGGERS.items()}
+    before = {lg: lg.level for lg in loggers}
+    try:
+        for lg, level in loggers.items():
+            lg.setLevel(level)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            yield
+    finally:
+        for lg, level in before.items():
+            lg.setLevel(level)
+
+
 def write_onnx(net: torch.nn.Module, clip_shape, out: Path) -> None:
     try:
         import onnx  # noqa: F401
         import onnxscript  # noqa: F401
     except ImportError:
         raise StfusionError("the onnx format needs the onnx extra: pip install 'stfusion[onnx]'") from None
-    logging.getLogger("onnxscript").setLevel(logging.WARNING)  # its graph passes log every step at INFO
-    atomic_write(out, lambda tmp: torch.onnx.export(
-        net, (_example(clip_shape),), str(tmp), dynamo=True, dynamic_shapes=({0: _batch_dim()},),
-        input_names=["clips"], output_names=["logits"], external_data=False, verbose=False))
+    with _quiet_onnx():
+        atomic_write(out, lambda tmp: torch.onnx.export(
+            net, (_example(clip_shape),), str(tmp), dynamo=True, dynamic_shapes=({0: _batch_dim()},),
+            input_names=["clips"], output_names=["logits"], external_data=False, verbose=False))
 
 
 def run_exported(path: Path, fmt: str, clips: torch.Tensor) -> torch.Tensor:
@@ -96,17 +119,36 @@ def run_exported(path: Path, fmt: str, clips: torch.Tensor) -> torch.Tensor:
     return torch.from_numpy(session.run(None, {"clips": clips.numpy()})[0])
 
 
+def resolve_best(strategy: str, finetune_table: str | Path) -> str:
+    """``strategy``, or for ``best`` the id of the derived strategy with the best validation top-1 after
+    finetuning (:func:`~stfusion.analysis.derive.best_finetuned`)."""
+    if strategy != "best":
+        return strategy
+    import pandas as pd
+
+    from stfusion.analysis.derive import best_finetuned
+
+    if not Path(finetune_table).is_file():
+        raise StfusionError(f"--strategy best reads {finetune_table}, which does not exist: run the pipeline up to "
+                            f"finetuning first (snakemake --cores all {finetune_table}), or give --strategy ID")
+    best = best_finetuned(pd.read_csv(finetune_table))
+    log.info("best derived strategy: %s (%s), validation top-1 %.4f after finetuning", best["id"],
+             best["strategy"], best["top1_val"])
+    return str(best["id"])
+
+
 def export(strategy: str, fmt: str, out: str | Path | None, *, checkpoint: str | Path,
-           finetuned_dir: str | Path) -> dict:
-    """Write the network of ``strategy`` as ``fmt`` to ``out`` (``None``: ``<id>.<fmt>`` in the standard layout's
-    export folder) and the JSON record beside it (``out`` + ``.json``), after checking the file against PyTorch;
-    returns the record."""
+           finetuned_dir: str | Path, finetune_table: str | Path) -> dict:
+    """Write the network of ``strategy`` (an id, a text, or ``best``: :func:`resolve_best`) as ``fmt`` to ``out``
+    (``None``: ``<id>.<fmt>`` in the standard layout's export folder) and the JSON record beside it (``out`` +
+    ``.json``), after checking the file against PyTorch; returns the record."""
     from stfusion.core.costs import CONVENTION, network_costs
     from stfusion.data.dataset import MEAN, STD
     from stfusion.io.files import write_json
 
     if fmt not in FORMATS:
         raise StfusionError(f"unknown export format {fmt!r} (use {' or '.join(FORMATS)})")
+    strategy = resolve_best(strategy, finetune_table)
     net, info = load_network(strategy, checkpoint=checkpoint, finetuned_dir=finetuned_dir)
     out = Path(out) if out is not None else Path(LAYOUT.export_dir) / f"{info['id']}.{fmt}"
     shape = info["clip_shape"]

@@ -1,6 +1,7 @@
 """``stfusion init DIR``: a new project folder with a commented ``params.yaml`` (the packaged defaults) and, with
-``workflow=True``, the Snakemake workflow (``Snakefile``, ``workflow/``: rules, profiles, conda environment,
-report captions).
+``workflow=True``, the pipeline for Snakemake and DVC alike (``Snakefile``, ``workflow/``: rules, profiles, conda
+environment, report captions; ``dvc.yaml`` without the package's code as dependencies; ``.gitignore``,
+``.dvcignore``).
 
 The workflow files come from the installed package (``stfusion/project/``, copied in by the build, see
 ``setup.py``) or, in an editable install, from the checkout the package lies in.
@@ -8,6 +9,7 @@ The workflow files come from the installed package (``stfusion/project/``, copie
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -15,6 +17,14 @@ from stfusion.config.loading import DEFAULTS_PATH, PARAMS_FILE
 from stfusion.errors import StfusionError
 
 PACKAGE_DIR = Path(__file__).parents[1]  # the stfusion package
+#: files of the project folder copied as they are (besides ``Snakefile`` and ``workflow/``)
+PROJECT_FILES = (".gitignore", ".dvcignore", "profiles/default/config.yaml")
+DVC_FILE = "dvc.yaml"
+#: a dependency of a DVC stage on the package's own code: a checkout's, absent from a project folder
+_CODE_DEP = re.compile(r"^\s+- stfusion(/\S*)?\n", re.MULTILINE)
+_NO_DEPS = re.compile(r"^\s+deps:\n(?!\s+- )", re.MULTILINE)
+_DVC_NOTE = ("# Written by `stfusion init`: the pipeline of the installed stfusion, whose code is not a dependency\n"
+             "# here; after upgrading stfusion, `dvc repro --force` reruns every stage.\n")
 
 
 def workflow_source() -> Path:
@@ -31,11 +41,19 @@ def _targets(folder: Path, workflow: bool) -> list[tuple[Path, Path]]:
     pairs = [(DEFAULTS_PATH, folder / PARAMS_FILE)]
     if workflow:
         src = workflow_source()
-        pairs.append((src / "Snakefile", folder / "Snakefile"))
+        pairs += [(src / name, folder / name) for name in ("Snakefile", DVC_FILE, *PROJECT_FILES)]
         for path in sorted((src / "workflow").rglob("*")):
             if path.is_file() and "__pycache__" not in path.parts:
                 pairs.append((path, folder / path.relative_to(src)))
     return pairs
+
+
+def _copy(src: Path, dst: Path) -> None:
+    """Copy ``src`` to ``dst``; ``dvc.yaml`` loses its dependencies on the package's code."""
+    if dst.name != DVC_FILE:
+        shutil.copyfile(src, dst)
+        return
+    dst.write_text(_DVC_NOTE + _NO_DEPS.sub("", _CODE_DEP.sub("", src.read_text())))
 
 
 def init_project(folder: str | Path, *, workflow: bool = False, force: bool = False) -> list[Path]:
@@ -48,5 +66,5 @@ def init_project(folder: str | Path, *, workflow: bool = False, force: bool = Fa
         raise StfusionError(f"{existing[0]} already exists (use --force to overwrite the project files)")
     for src, dst in pairs:
         dst.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(src, dst)
+        _copy(src, dst)
     return [dst for _, dst in pairs]

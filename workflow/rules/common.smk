@@ -1,13 +1,14 @@
 # Shared helpers: output layout, the parameters each stage reads, the command that runs a stage.
 import hashlib
 import os
+import sys
 from pathlib import Path
 
 import yaml
 
-# The commands import stfusion from the project folder when it holds the package (a checkout; also inside a
-# --use-conda environment, which holds only the dependencies), else the installed one: the layout and the
-# per-stage parameter lists have one definition, in stfusion/config/layout.py.
+# The commands import stfusion from the project folder when it holds the package (a checkout, also inside a
+# --use-conda environment), else the installed one (a folder written by `stfusion init`; under --use-conda the
+# environment's): the layout and the per-stage parameter lists have one definition, in stfusion/config/layout.py.
 os.environ.update(
     PYTHONPATH=os.pathsep.join(
         [str(PROJECT_DIR)] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
@@ -18,13 +19,24 @@ from stfusion.config import layout  # noqa: E402  (light: no torch / pandas at i
 from stfusion.config.loading import load_params  # noqa: E402
 from stfusion.config.settings import Settings  # noqa: E402
 from stfusion.data import storage as S  # noqa: E402  (light)
+from stfusion.errors import StfusionError  # noqa: E402
 
 CONDA_ENV = "../envs/stfusion.yaml"
 
+
+def one_line(call, *args):
+    """`call(*args)`; a bad input (a wrong key, a missing dataset folder) ends the run with the one line the
+    stfusion commands print, not a traceback."""
+    try:
+        return call(*args)
+    except StfusionError as exc:
+        sys.exit(f"stfusion: error: {exc}")
+
+
 # The parameters in the order of precedence of every stfusion command: the packaged defaults < the preset <
 # params.yaml < --configfile / --config. Rules and commands read this resolved configuration.
-config.update(load_params(None, CONFIG_OVERRIDES))
-SETTINGS = Settings.from_params(config)
+config.update(one_line(load_params, None, CONFIG_OVERRIDES))
+SETTINGS = one_line(Settings.from_params, config)
 
 # Every file of the run (stfusion/config/layout.py): the standard layout, read from the dataset folder data.root.
 LAYOUT = layout.RunLayout(data_root=SETTINGS.data.root)
@@ -42,7 +54,7 @@ def _storage(data):
     return S.choose(data, None if explicit else S.count_videos(data))["storage"]
 
 
-STORAGE = _storage(SETTINGS.data)
+STORAGE = one_line(_storage, SETTINGS.data)
 PREPARE_SHARDS = SETTINGS.data.prepare_shards
 # short names of the files many rules use (the others: LAYOUT.<file>)
 SUPERNET = LAYOUT.supernet
