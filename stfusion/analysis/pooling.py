@@ -33,8 +33,8 @@ N_BOOTSTRAP = 2000
 #: the score columns of a ranking pooled over the seeds (each the mean; ``top1`` also with its interval)
 SCORE_COLUMNS = ("log_prob", "prob", "top1", "top5", "top1_motion", "top1_appearance", "top1_test",
                  "top1_test_motion", "top1_test_appearance", "top1_recal", "top1_plain_bn")
-#: the keys of a replicate's training record that may differ between seeds
-PER_SEED_KEYS = ("seed",)
+#: the keys (dotted) of a replicate's training record (:func:`stfusion.stages.strategies.training_record`) that may differ
+PER_SEED_KEYS = ("config.seed",)
 
 
 def interval_method(n: int) -> str:
@@ -214,3 +214,19 @@ def _first_difference(a, b, prefix: str = "") -> str | None:
                 return found
         return None
     return None if a == b else prefix.rstrip(".")
+
+
+def stability_markdown(stab: dict) -> str:
+    """The stability figures in words, with the between-seed SD of each marginal as a table."""
+    from stfusion.io.tables import to_markdown
+
+    sd = pd.DataFrame([{"layer": str(layer), **v} for layer, v in stab["marginal_sd"].items()])
+    disagree = "; ".join(f"layer {layer}: " + ", ".join(f"seed {s} {u}" for s, u in units.items())
+                         for layer, units in stab["layers_disagreeing"].items()) or "none"
+    return "\n".join([
+        f"Seeds {stab['seeds']} ({int(stab['level'] * 100)}% intervals: {stab['interval']} over seeds).", "",
+        f"- layers whose preferred unit is the same in every seed: {stab['same_preferred']} of {stab['n_layers']} "
+        f"(disagreeing: {disagree})",
+        f"- mean pairwise Kendall tau of the seeds' supernet scores over {stab['n_common_strategies']} common "
+        f"strategies: {stab['tau_mean']:.3f} (bootstrap over strategies: {stab['tau_low']:.3f} to "
+        f"{stab['tau_high']:.3f})", "", "Between-seed SD of each marginal:", "", to_markdown(sd, ".3f"), ""])

@@ -12,7 +12,7 @@ from stfusion.config.layout import RunLayout
 from stfusion.config.settings import Settings
 from stfusion.errors import StfusionError
 from stfusion.io.files import read_table, write_json, write_text
-from stfusion.io.tables import to_markdown, write_table
+from stfusion.io.tables import write_table
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ def pool_seeds(params: dict, *, results: str | Path) -> dict:
     write_table(ranked, top.ranking, markdown=False)
     write_table(space.network_table(ranked), top.network)
     space.plot_preference(pref, top.preference_plot)
+    space.plot_scatter(ranked, top.scatter_plot)
     summary = {**{k: v for k, v in first.items() if k not in AVERAGED and k != "training"},
                **space.preference_summary(pref),
                **{k: float(np.mean([m[k] for m in summaries.values()])) for k in AVERAGED if k in first}}
@@ -57,7 +58,7 @@ def pool_seeds(params: dict, *, results: str | Path) -> dict:
     stab["derived_alone"] = dict(zip(pooled_derived["strategy"], alone))
     stab["per_seed"] = {str(s): {k: summaries[s].get(k) for k in AVERAGED} for s in seeds}
     write_json(top.stability, stab)
-    write_text(top.stability.replace(".json", ".md"), stability_markdown(stab))
+    write_text(top.stability.replace(".json", ".md"), pooling.stability_markdown(stab))
     log.info("pooled %d seeds: %d of %d layers prefer the same unit in every seed; seed-to-seed tau %.2f",
              len(seeds), stab["same_preferred"], stab["n_layers"], stab["tau_mean"])
     return stab
@@ -67,19 +68,3 @@ def _summary(path: str) -> dict:
     if not Path(path).is_file():
         raise StfusionError(f"{path} not found: run 'stfusion analyze' for that seed first")
     return json.loads(Path(path).read_text())
-
-
-def stability_markdown(stab: dict) -> str:
-    """The stability figures in words, with the between-seed SD of each marginal as a table."""
-    import pandas as pd
-
-    sd = pd.DataFrame([{"layer": layer, **v} for layer, v in stab["marginal_sd"].items()])
-    disagree = "; ".join(f"layer {layer}: " + ", ".join(f"seed {s} {u}" for s, u in units.items())
-                         for layer, units in stab["layers_disagreeing"].items()) or "none"
-    return "\n".join([
-        f"Seeds {stab['seeds']} ({int(stab['level'] * 100)}% intervals: {stab['interval']} over seeds).", "",
-        f"- layers whose preferred unit is the same in every seed: {stab['same_preferred']} of {stab['n_layers']} "
-        f"(disagreeing: {disagree})",
-        f"- mean pairwise Kendall tau of the seeds' supernet scores over {stab['n_common_strategies']} common "
-        f"strategies: {stab['tau_mean']:.3f} (bootstrap over strategies: {stab['tau_low']:.3f} to "
-        f"{stab['tau_high']:.3f})", "", "Between-seed SD of each marginal:", "", to_markdown(sd, ".3f"), ""])

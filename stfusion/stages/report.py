@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 def report_layout(results: str | Path, checkpoint_dir: str | Path, cache_dir: str | Path) -> RunLayout:
     """The layout of the run the report reads: ``checkpoint_dir`` is its supernet folder
-    (``<checkpoints>/supernet``)."""
+    (``<checkpoints>/supernet``, holding a ``seed<s>`` folder a replicate)."""
     layout = RunLayout(cache=str(cache_dir), checkpoints=str(Path(checkpoint_dir).parent), results=str(results))
     if Path(layout.supernet_dir) != Path(checkpoint_dir):
         raise StfusionError(f"{checkpoint_dir} is not a supernet folder of a run layout: the supernet's files are "
@@ -34,9 +34,10 @@ def report(params: dict, *, results: str | Path, checkpoint_dir: str | Path, cac
     from stfusion.report.files import write_report_files
 
     layout, versions = report_layout(results, checkpoint_dir, cache_dir), library_versions()
+    settings = Settings.for_stage(params)
     classes = [str(row["name"]) for row in class_groups(layout.cache)[0]]
-    write_report_files(layout, classes)
-    text, scalars = build_report(layout, seed=Settings.for_stage(params).seed, versions=versions, page=out)
+    write_report_files(layout, classes, layout.of_seed(settings.seeds[0]))
+    text, scalars = build_report(layout, seed=settings.seed, seeds=settings.seeds, versions=versions, page=out)
     write_text(out, text)
     write_json(metrics, scalars)
     write_json(layout.versions, versions)

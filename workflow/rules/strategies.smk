@@ -100,6 +100,12 @@ rule pool_seeds:
             category="1. Probability space",
             labels={"kind": "figure", "name": "preference heatmap"},
         ),
+        scatter=report(
+            LAYOUT.scatter_plot,
+            caption="../report/scatter.rst",
+            category="2. Strategies",
+            labels={"kind": "figure", "name": "log-probability vs score, pooled"},
+        ),
         network=LAYOUT.network,
         network_md=LAYOUT.network.replace(".csv", ".md"),
         summary=LAYOUT.analysis_summary,
