@@ -232,6 +232,8 @@ def seed_fidelity(ranked: pd.DataFrame | None, standalone: pd.DataFrame | None) 
     if len(both) < 3:
         return None
     tau = stats.kendalltau(both["top1"], both["standalone_top1_test"])
+    if math.isnan(tau.statistic):  # constant scores: no ranking to compare
+        return None
     return {"n": len(both), "kendall_tau": float(tau.statistic), "kendall_p": float(tau.pvalue)}
 
 
