@@ -44,6 +44,8 @@ def planned_jobs(output: str) -> dict[str, int]:
     return jobs
 
 
+#: the rules run once per seed of `seeds` (a job each)
+PER_SEED_RULES = ("train_supernet", "sample_strategies", "score_strategies", "analyze")
 STAGE_RULES = ("generate_builtin", "prepare", "train_supernet", "sample_strategies", "score_strategies", "analyze",
                "derive", "select_standalone", "finetune_table", "validate_ranking", "report")
 
@@ -54,8 +56,9 @@ def test_dry_run_plans_every_stage(tmp_path, snakefile, target):
     working folder the packaged defaults drive it."""
     out = snakemake("-n", "--cores", "2", "-d", str(tmp_path), snakefile=REPO / snakefile)
     jobs = planned_jobs(out.stdout + out.stderr)
-    for rule in (*STAGE_RULES, target):
-        assert jobs.get(rule) == 1, (rule, jobs)
+    n_seeds = len(yaml.safe_load((REPO / "params.yaml").read_text())["seeds"])
+    for rule in (*STAGE_RULES, "pool_seeds", target):
+        assert jobs.get(rule) == (n_seeds if rule in PER_SEED_RULES else 1), (rule, jobs)
 
 
 def test_lint_is_clean():
