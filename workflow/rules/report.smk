@@ -52,7 +52,7 @@ rule report:
     params:
         values=stage_values("report"),
         results=dirname("report", "output"),
-        checkpoint_dir=LAYOUT.supernet_dir,
+        checkpoint_dir=dirname("history", up=2),
         cache=dirname("manifest"),
     shell:
         "python -m stfusion.cli report --results {params.results} "

@@ -118,7 +118,7 @@ rule pool_seeds:
         CONDA_ENV
     params:
         values=stage_values("pool_seeds"),
-        results=LAYOUT.results,
+        results=dirname("ranking", "output", up=2),
     shell:
         "python -m stfusion.cli pool-seeds --results {params.results} --timing {output.timing} --log {log} "
         "--no-progress"
