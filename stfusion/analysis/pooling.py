@@ -230,3 +230,43 @@ def stability_markdown(stab: dict) -> str:
         f"- mean pairwise Kendall tau of the seeds' supernet scores over {stab['n_common_strategies']} common "
         f"strategies: {stab['tau_mean']:.3f} (bootstrap over strategies: {stab['tau_low']:.3f} to "
         f"{stab['tau_high']:.3f})", "", "Between-seed SD of each marginal:", "", to_markdown(sd, ".3f"), ""])
+
+
+# ------------------------------------------------------------------------------------------ run figures
+#: the uniform strategies' names and the key of each in a run's figures
+UNIFORM_KEYS = {"all-S": "all_S", "all-ST": "all_ST", "all-S+ST": "all_SST"}
+
+
+def run_figures(summary: Mapping, ranked: pd.DataFrame | None) -> dict[str, float]:
+    """The headline figures of one supernet (its analysis summary and ranking), under the keys of
+    ``metrics.json``: posterior entropy, its ratio to the start, the drop-rate spread, the best sampled
+    strategy's validation top-1 and the uniform strategies' (overall, on appearance and motion classes)."""
+    out: dict[str, float] = {k: float(summary[k]) for k in ("entropy", "drop_rate_spread") if k in summary}
+    if summary.get("entropy") is not None and summary.get("entropy_initial"):
+        out["entropy_ratio"] = float(summary["entropy"]) / float(summary["entropy_initial"])
+    if ranked is None or not len(ranked):
+        return out
+    sampled = ranked[ranked["source"].astype(str).str.contains("sample")]
+    if len(sampled):
+        out["best_sampled_top1"] = float(sampled.sort_values(["top1", "log_prob"], ascending=[False, False],
+                                                             kind="stable").iloc[0]["top1"])
+    for name, key in UNIFORM_KEYS.items():
+        hit = ranked[ranked["name"].astype(str) == name]
+        for col in ("top1", "top1_appearance", "top1_motion"):
+            if len(hit) and col in hit:
+                out[f"{key}_{col}"] = float(hit.iloc[0][col])
+    return out
+
+
+def pool_figures(per_seed: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Figures of several seeds (:func:`run_figures`) pooled: ``<key>_seed_mean``, the mean over the seeds
+    that have it, with ``<key>_seed_low`` / ``<key>_seed_high`` (interval over seeds, :func:`seed_interval`)
+    from two seeds on; ``n_seeds``."""
+    out: dict[str, float] = {"n_seeds": len(per_seed)}
+    for key in dict.fromkeys(k for figures in per_seed for k in figures):
+        values = np.array([[f[key]] for f in per_seed if key in f and f[key] is not None], dtype=float)
+        mean, low, high = seed_interval(values)
+        out[f"{key}_seed_mean"] = float(mean[0])
+        if len(values) > 1:
+            out[f"{key}_seed_low"], out[f"{key}_seed_high"] = float(low[0]), float(high[0])
+    return out

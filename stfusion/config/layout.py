@@ -108,6 +108,11 @@ class RunLayout:
     def _seeded(self, folder: str) -> str:
         return folder if self.replicate is None else f"{folder}/seed{self.replicate}"
 
+    def replicate_seeds(self) -> list[int]:
+        """The seeds whose analysis folder (``seed<s>``) exists below this layout's, in order."""
+        found = Path(self.analysis).glob("seed*") if Path(self.analysis).is_dir() else []
+        return sorted(int(p.name[4:]) for p in found if p.is_dir() and p.name[4:].isdigit())
+
     # the dataset as given (the built-in benchmark is generated here)
     @property
     def annotations(self) -> str:

@@ -365,11 +365,20 @@ def compute_metrics(inp: ReportInputs, checks: list[dict], seed: int) -> dict[st
     return {k: v for k, v in m.items() if isinstance(v, (int, float)) and not math.isnan(v)}
 
 
+def seed_metrics(layout: RunLayout, seeds) -> dict:
+    """Each seed's headline figures pooled (:func:`stfusion.analysis.pooling.pool_figures`: ``<key>_seed_mean``,
+    ``_seed_low``, ``_seed_high``), as ``stfusion compare`` reads them."""
+    from stfusion.analysis.pooling import pool_figures, run_figures
+
+    runs = [layout.of_seed(s) for s in seeds]
+    return pool_figures([run_figures(_read_json(r.analysis_summary) or {}, _read_csv(r.ranking)) for r in runs])
+
+
 def stability_metrics(stability: dict | None) -> dict:
     """The stability figures of the seeds as scalars (nothing without them; NaN left out)."""
     if not stability:
         return {}
-    m = {"n_seeds": stability["n_seeds"], "same_preferred_layers": stability["same_preferred"],
+    m = {"same_preferred_layers": stability["same_preferred"],
          "same_preferred_share": stability["same_preferred_share"], "seed_tau": stability["tau_mean"],
          "seed_tau_low": stability["tau_low"], "seed_tau_high": stability["tau_high"]}
     return {k: v for k, v in m.items() if v is not None and not math.isnan(v)}
@@ -670,7 +679,8 @@ def build_report(layout: RunLayout, *, seed: int, seeds, versions: dict,
              *_fidelity_section(inp.fidelity, inp.standalone, link, layout),
              *fidelity_study_lines(inp.study, link, layout), *_supernet_section(inp.history, link, primary),
              *_timing_section(inp), *_files_section(versions, link, layout)]
-    return "\n".join(lines), {**compute_metrics(inp, checks, seed), **stability_metrics(stability)}
+    return "\n".join(lines), {**compute_metrics(inp, checks, seed), **seed_metrics(layout, seeds),
+                               **stability_metrics(stability)}
 
 
 # ------------------------------------------------------------------------------------------------ summary
