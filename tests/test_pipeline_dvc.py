@@ -19,7 +19,7 @@ import yaml
 from conftest import REPO
 from stfusion.cli.commands import COMMANDS
 from stfusion.config.loading import deep_merge
-from stfusion.config.layout import STAGE_PARAMS
+from stfusion.config.layout import LAYOUT, STAGE_PARAMS
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 pytestmark = pytest.mark.skipif(shutil.which("dvc") is None or shutil.which("git") is None,
@@ -28,9 +28,20 @@ GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COM
            "GIT_COMMITTER_EMAIL": "t@example.com", "DVC_NO_ANALYTICS": "1"}
 
 
+FIRST_SEED = yaml.safe_load((REPO / "params.yaml").read_text())["seeds"][0]
+
+
+def _load(path: Path) -> dict:
+    """The stages of a dvc.yaml, a `foreach` stage as its `do` for the first seed (as DVC expands it)."""
+    text = path.read_text().replace("${seeds[0]}", str(FIRST_SEED))
+    stages = yaml.safe_load(text)["stages"]
+    return {name: yaml.safe_load(yaml.safe_dump(s["do"]).replace("${item}", str(FIRST_SEED))) if "foreach" in s
+            else s for name, s in stages.items()}
+
+
 def test_dvc_params_match_the_stages():
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    study = yaml.safe_load((REPO / "studies" / "fidelity" / "dvc.yaml").read_text())["stages"]
+    stages = _load(REPO / "dvc.yaml")
+    study = _load(REPO / "studies" / "fidelity" / "dvc.yaml")
     assert not set(stages) & set(study) and all(s["wdir"] == "../.." for s in study.values())
     for name, stage in {**stages, **study}.items():
         listed = sorted(stage.get("params", []))
@@ -39,7 +50,7 @@ def test_dvc_params_match_the_stages():
 
 
 def test_dvc_outputs_do_not_overlap():
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    stages = _load(REPO / "dvc.yaml")
     outs = [o if isinstance(o, str) else next(iter(o)) for s in stages.values()
             for o in s.get("outs", []) + s.get("metrics", [])]
     assert len(outs) == len(set(outs))
@@ -93,8 +104,15 @@ def code_closure(command: str) -> set[str]:
 
 
 def _dvc_stages() -> dict[str, dict]:
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    return {**stages, **yaml.safe_load((REPO / "studies" / "fidelity" / "dvc.yaml").read_text())["stages"]}
+    return {**_load(REPO / "dvc.yaml"), **_load(REPO / "studies" / "fidelity" / "dvc.yaml")}
+
+
+def _layout_paths(layout) -> dict[str, str]:
+    return {name: getattr(layout, name) for name, v in vars(type(layout)).items() if isinstance(v, property)}
+
+
+#: a path of the standard layout -> the same file of the first seed's replicate (a `foreach` stage's)
+OF_FIRST_SEED = {p: _layout_paths(LAYOUT.of_seed(FIRST_SEED))[name] for name, p in _layout_paths(LAYOUT).items()}
 
 
 def _command(stage: dict) -> tuple[str, list[str]]:
@@ -133,7 +151,10 @@ def test_dvc_commands_use_the_standard_layout():
             if flag not in args:
                 continue
             default = args[flag].spec.get("default")
-            assert default is None or value == default, f"dvc stage {name}: {flag} {value} (layout: {default})"
+            if not isinstance(default, str):  # no default (or a repeatable option's empty list)
+                continue
+            seeded = {OF_FIRST_SEED.get(default), LAYOUT.of_seed(FIRST_SEED).timing(name)}
+            assert value in {default} | seeded, f"dvc stage {name}: {flag} {value} (layout: {default})"
             assert _covered(value, deps if args[flag].path == "in" else outs), f"dvc stage {name}: {flag} {value}"
 
 

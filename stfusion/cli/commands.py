@@ -235,7 +235,8 @@ COMMANDS: tuple[Command, ...] = (
         "stfusion.stages.strategies:score_strategies",
         (CHECKPOINT, CACHE, path("--candidates", LAYOUT.candidates, "CSV", "strategy list"),
          Arg("--union", {"action": "append", "default": [], "metavar": "CSV",
-                         "help": "another seed's strategy list, whose strategies are scored too (repeatable)"},
+                         "help": "another seed's strategy list, or the folder of every seed's (seed<s>.csv), "
+                                 "whose strategies are scored too (repeatable)"},
              to="union", path="in"),
          path("--out", LAYOUT.ranking, "CSV", "ranking", out=True)),
         progress=True, timed="score_strategies", done=_count,

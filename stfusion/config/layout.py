@@ -18,11 +18,11 @@ Default layout (all paths can be changed on the command line)::
     checkpoints/finetune/<id>/         derived networks, finetuned
     checkpoints/standalone/<id>/       strategies trained from scratch (the ranking-fidelity check)
     checkpoints/fidelity/seed<j>/<id>/ the same for the ranking-fidelity study, a folder a seed index
-    results/strategies/                candidates.csv, ranking.csv (the workflow: pooled over the seeds)
-    results/strategies/seed<s>/        candidates.csv, ranking.csv of replicate seed s (the union of the seeds' lists)
+    results/strategies/                candidates.csv, ranking.csv (the workflow: the ranking pooled over the seeds)
     results/analysis/                  network.csv/.md, preference.csv/.md, preference.png, scatter.png, drop_rates.png
-                                       (the workflow: pooled preference, network table and stability.json|md here)
-    results/analysis/seed<s>/          the same of replicate seed s
+                                       (the workflow: pooled, with stability.json|md)
+    results/seeds/candidates/          seed<s>.csv: the strategies replicate seed s lists
+    results/seeds/seed<s>/             ranking.csv (its scores of the union of the seeds' lists), analysis/
     results/derived/strategies.csv     derived strategies
     results/finetune/                  runs/<id>.json, accuracy.csv/.md
     results/validation/                strategies.csv, runs/<id>.json, standalone.csv/.md, ranking_fidelity.json|md|png
@@ -105,12 +105,19 @@ class RunLayout:
         folder below the standard ones (every other file is shared by the replicates)."""
         return replace(self, replicate=str(seed))
 
-    def _seeded(self, folder: str) -> str:
-        return folder if self.replicate is None else f"{folder}/seed{self.replicate}"
+    @property
+    def seeds_dir(self) -> str:
+        """Every replicate's strategy lists, scores and analysis (and nothing else: DVC's pooling stage reads the
+        folder whole)."""
+        return f"{self.results}/seeds"
+
+    def _seeded(self, folder: str, name: str) -> str:
+        """``folder/name`` of the single run, or ``<seeds_dir>/seed<s>/name`` of replicate ``s``."""
+        return f"{folder}/{name}" if self.replicate is None else f"{self.seeds_dir}/seed{self.replicate}/{name}"
 
     def replicate_seeds(self) -> list[int]:
-        """The seeds whose analysis folder (``seed<s>``) exists below this layout's, in order."""
-        found = Path(self.analysis).glob("seed*") if Path(self.analysis).is_dir() else []
+        """The seeds whose folder (``seed<s>``) exists in :attr:`seeds_dir`, in order."""
+        found = Path(self.seeds_dir).glob("seed*") if Path(self.seeds_dir).is_dir() else []
         return sorted(int(p.name[4:]) for p in found if p.is_dir() and p.name[4:].isdigit())
 
     # the dataset as given (the built-in benchmark is generated here)
@@ -149,7 +156,8 @@ class RunLayout:
     # supernet
     @property
     def supernet_dir(self) -> str:
-        return self._seeded(f"{self.checkpoints}/supernet")
+        folder = f"{self.checkpoints}/supernet"
+        return folder if self.replicate is None else f"{folder}/seed{self.replicate}"
 
     @property
     def supernet(self) -> str:
@@ -175,15 +183,23 @@ class RunLayout:
     # strategies and their analysis
     @property
     def candidates(self) -> str:
-        return f"{self._seeded(f'{self.results}/strategies')}/candidates.csv"
+        if self.replicate is None:
+            return f"{self.results}/strategies/candidates.csv"
+        return f"{self.candidates_dir}/seed{self.replicate}.csv"
+
+    @property
+    def candidates_dir(self) -> str:
+        """The replicates' strategy lists, a file a seed, and nothing else (DVC's scoring stages read it whole:
+        each seed scores the union)."""
+        return f"{self.seeds_dir}/candidates"
 
     @property
     def ranking(self) -> str:
-        return f"{self._seeded(f'{self.results}/strategies')}/ranking.csv"
+        return self._seeded(f"{self.results}/strategies", "ranking.csv")
 
     @property
     def analysis(self) -> str:
-        return self._seeded(f"{self.results}/analysis")
+        return self._seeded(self.results, "analysis")
 
     @property
     def preference(self) -> str:

@@ -75,6 +75,17 @@ def sample_strategies(params: dict, *, checkpoint: str | Path, out: str | Path) 
     return df
 
 
+def list_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Strategy lists named one by one or by their folder (every ``seed<s>.csv`` in it, by seed)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            out += sorted((f for f in p.glob("seed*.csv") if f.stem[4:].isdigit()), key=lambda f: int(f.stem[4:]))
+        else:
+            out.append(p)
+    return out
+
+
 def union_candidates(cand: pd.DataFrame, others: Sequence[pd.DataFrame], post, n_layers: int) -> pd.DataFrame:
     """``cand`` followed by the strategies of the ``others`` lists it lacks (the other seeds' candidates, in
     their order), as listed by another seed: ``source`` ``seed-union``, never drawn here, and the log-probability
@@ -105,8 +116,9 @@ def score_strategies(
     ``top1_plain_bn`` (validation with and without BN recalibration, both always measured), ``rank`` (1 = best
     ``top1``; ties broken by log-probability). With ``scoring.racing`` (:mod:`stfusion.scoring.racing`) also
     ``race_status``, ``race_clips``, ``top1_partial``, ``top1_low``, ``top1_high``; the dropped strategies' score
-    columns are empty (NaN) and they rank last. ``union``: the other seeds' candidate lists, whose strategies are
-    scored too (:func:`union_candidates`), so that every seed's supernet scores the same strategies."""
+    columns are empty (NaN) and they rank last. ``union``: the other seeds' candidate lists (files, or their
+    folder, :func:`list_files`), whose strategies are scored too (:func:`union_candidates`), so that every seed's
+    supernet scores the same strategies."""
     import hashlib
 
     from stfusion.io.files import write_csv
@@ -122,7 +134,7 @@ def score_strategies(
     model, _ = load_supernet(checkpoint)
     settings = Settings.for_stage(params)
     if union:
-        cand = union_candidates(cand, [read_table(p, "strategy list") for p in union],
+        cand = union_candidates(cand, [read_table(p, "strategy list") for p in list_files(union)],
                                 model.posterior(settings.gate.keep_prob), model.n_fusion_layers)
     s = settings.scoring
     device = resolve_device(settings.compute.device)
