@@ -61,11 +61,11 @@ def test_report_reads_the_layout_and_carries_test_views_as_numbers(tmp_path):
                             "source": ["sample", "family"], "top1": [0.9, 0.5], "log_prob": [-1.0, -2.0],
                             "rank": [1, 2], "test_views": ["1 clip x 1 crop"] * 2, "test_clips": [2, 2], "test_crops": [3, 3]})
     history = pd.DataFrame({"epoch": [1, 2], "phase": ["warmup", "gated"], "train_top1": [0.5, 0.6]})
-    for df, path in ((ranking, layout.ranking), (history, layout.history)):
+    for df, path in ((ranking, layout.ranking), (history, layout.of_seed(3).history)):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(path, index=False)
-    text, metrics = build_report(layout, seed=3, versions={}, page=tmp_path / "r" / "page" / "report.md")
+    text, metrics = build_report(layout, seed=3, seeds=(3,), versions={}, page=tmp_path / "r" / "page" / "report.md")
     assert metrics["test_clips"] == 2 and metrics["test_crops"] == 3 and metrics["seed"] == 3
     assert "Test accuracies (`top1_test*`): 2 clips x 3 crops per video" in text
-    assert "History: `../../ck/supernet/history.csv`" in text
+    assert "History: `../../ck/supernet/seed3/history.csv`" in text
     assert "- `../strategies/candidates.csv`, `../strategies/ranking.csv`: listed and scored strategies" in text
