@@ -22,6 +22,7 @@ from stfusion.config.loading import deep_merge
 from stfusion.config.layout import LAYOUT, STAGE_PARAMS
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
+SEED0 = LAYOUT.of_seed(0)  # the tiny configuration's one supernet
 pytestmark = pytest.mark.skipif(shutil.which("dvc") is None or shutil.which("git") is None,
                                 reason="dvc and git are needed")
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
@@ -200,11 +201,13 @@ def dvc_repo(tmp_path_factory):
 @pytest.mark.slow
 def test_dvc_repro_end_to_end(dvc_repo):
     repo, _, out = dvc_repo
-    stages = set(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
-    assert ran_stages(out) == stages
+    seeds = yaml.safe_load((repo / "params.yaml").read_text())["seeds"]
+    declared = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    stages = {f"{name}@{s}" for name, st in declared.items() if "foreach" in st for s in seeds}
+    assert ran_stages(out) == stages | {name for name, st in declared.items() if "foreach" not in st}
     for path in ("results/strategies/ranking.csv", "results/analysis/preference.csv", "results/analysis/preference.png",
                  "results/validation/ranking_fidelity.json", "results/metrics.json", "results/report.md",
-                 "checkpoints/supernet/model.pt", "results/finetune/accuracy.csv"):
+                 SEED0.supernet, LAYOUT.stability, "results/finetune/accuracy.csv"):
         assert (repo / path).is_file(), path
     shown = run(["dvc", "metrics", "show"], repo)
     assert "seed" in shown and "checks_passed" in shown and "torch" not in shown  # numbers only
@@ -237,7 +240,7 @@ def test_dvc_push_pull_restores_outputs(dvc_repo):
     assert not (clone / "checkpoints").exists()
     assert md5(clone / "results" / "metrics.json") == md5(repo / "results" / "metrics.json")  # git, not DVC
     run(["dvc", "pull"], clone)
-    for path in ("checkpoints/supernet/model.pt", "checkpoints/supernet/history.csv", "data/cache/manifest.csv",
+    for path in (SEED0.supernet, SEED0.history, "data/cache/manifest.csv",
                  "results/strategies/ranking.csv", "results/analysis/preference.csv", "results/metrics.json",
                  "results/validation/ranking_fidelity.json", "results/report.md"):
         assert md5(clone / path) == md5(repo / path), path
@@ -251,12 +254,12 @@ def test_dvc_exp_run_scoring_parameter_does_not_retrain(dvc_repo):
     run(["git", "add", "-A"], repo)
     if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=repo).returncode:
         run(["git", "commit", "-qm", "results"], repo)
-    model = repo / "checkpoints" / "supernet" / "model.pt"
+    model = repo / SEED0.supernet
     before = (md5(model), model.stat().st_mtime_ns)
     out = run(["dvc", "exp", "run", "-S", "scoring.calib_batches=2"], repo)
     ran = ran_stages(out)
-    assert "score_strategies" in ran and "report" in ran
-    assert not ran & {"generate", "prepare", "train_supernet", "sample_strategies"}, ran
+    assert "score_strategies@0" in ran and "report" in ran
+    assert not ran & {"generate", "prepare", "train_supernet@0", "sample_strategies@0"}, ran
     assert (md5(model), model.stat().st_mtime_ns) == before
     assert yaml.safe_load((repo / "params.yaml").read_text())["scoring"]["calib_batches"] == 2
 
@@ -272,7 +275,7 @@ def test_dvc_reruns_train_supernet_after_a_change_to_code_it_imports(dvc_repo, m
     try:
         path.write_text(original + "# changed\n")
         out = run(["dvc", "status", "train_supernet"], repo)
-        assert "train_supernet:" in out and "changed deps" in out, out
+        assert "train_supernet@0:" in out and "changed deps" in out, out
     finally:
         path.write_text(original)
     assert "up to date" in run(["dvc", "status", "train_supernet"], repo)
