@@ -425,7 +425,7 @@ STAGE_PARAMS: dict[str, list[str]] = {
     ],
     "sample_strategies": ["seed", "preset", "gate.keep_prob", "scoring.n_samples", "scoring.top_k"],
     "score_strategies": [
-        "seed", *_DATA_LOADING, *_TEST_VIEW, "compute.device", "compute.loader_workers", "gate.keep_prob",
+        "seed", "seeds", *_DATA_LOADING, *_TEST_VIEW, "compute.device", "compute.loader_workers", "gate.keep_prob",
         "scoring.recalibrate_bn",
         "scoring.calib_batches", "scoring.batch_size", "scoring.racing", "scoring.keep_top",
         "scoring.race_first_clips", "scoring.race_growth", "scoring.race_confidence",

@@ -75,14 +75,11 @@ def sample_strategies(params: dict, *, checkpoint: str | Path, out: str | Path) 
     return df
 
 
-def list_files(paths: Sequence[str | Path]) -> list[Path]:
-    """Strategy lists named one by one or by their folder (every ``seed<s>.csv`` in it, by seed)."""
+def list_files(paths: Sequence[str | Path], seeds: Sequence[int]) -> list[Path]:
+    """Strategy lists named one by one or by their folder (its ``seed<s>.csv`` of each of ``seeds``)."""
     out: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            out += sorted((f for f in p.glob("seed*.csv") if f.stem[4:].isdigit()), key=lambda f: int(f.stem[4:]))
-        else:
-            out.append(p)
+        out += [p / f"seed{s}.csv" for s in seeds] if p.is_dir() else [p]
     return out
 
 
@@ -117,7 +114,7 @@ def score_strategies(
     ``top1``; ties broken by log-probability). With ``scoring.racing`` (:mod:`stfusion.scoring.racing`) also
     ``race_status``, ``race_clips``, ``top1_partial``, ``top1_low``, ``top1_high``; the dropped strategies' score
     columns are empty (NaN) and they rank last. ``union``: the other seeds' candidate lists (files, or their
-    folder, :func:`list_files`), whose strategies are scored too (:func:`union_candidates`), so that every seed's
+    folder, :func:`list_files`: the lists of ``seeds``), whose strategies are scored too (:func:`union_candidates`), so that every seed's
     supernet scores the same strategies."""
     import hashlib
 
@@ -134,7 +131,7 @@ def score_strategies(
     model, _ = load_supernet(checkpoint)
     settings = Settings.for_stage(params)
     if union:
-        cand = union_candidates(cand, [read_table(p, "strategy list") for p in list_files(union)],
+        cand = union_candidates(cand, [read_table(p, "strategy list") for p in list_files(union, settings.seeds)],
                                 model.posterior(settings.gate.keep_prob), model.n_fusion_layers)
     s = settings.scoring
     device = resolve_device(settings.compute.device)
