@@ -172,7 +172,7 @@ def md5(path):
 
 
 def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([\w-]+)'", output))
+    return set(re.findall(r"Running stage '([\w@-]+)'", output))
 
 
 @pytest.fixture(scope="module")
