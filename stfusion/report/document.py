@@ -211,7 +211,7 @@ def compute_checks(pref, ranked, fidelity, initial: dict | None = None,
     if pref is not None:
         err = product_structure_error(pref, ranked)
         checks.append({"check": "5. marginals obey the product structure (§5)", "ok": err <= PRODUCT_TOL,
-                       "numbers": f"largest deviation {err:.2e} (tolerance {PRODUCT_TOL:.0e})"})
+                       "numbers": f"largest deviation {err:.2e} (tolerance {PRODUCT_TOL:.0e})", "value": err})
     return checks
 
 
@@ -258,8 +258,9 @@ def pool_checks(pooled: list[dict], per_seed: dict[int, list[dict]]) -> list[dic
         known = [ok for ok in oks if ok is not None]
         c = {**c, "holds": f"{sum(known)} of {len(known)}" if known else "n/a"}
         if key == "5." and known:
-            c.update(ok=all(known), numbers="largest deviation per seed: " + ", ".join(
-                next(d["numbers"].split()[2] for d in checks if _check_key(d) == key) for checks in per_seed.values()))
+            errs = [next(d["value"] for d in checks if _check_key(d) == key) for checks in per_seed.values()]
+            c.update(ok=all(known), value=max(errs), numbers="largest deviation per seed: "
+                     + ", ".join(f"{e:.2e}" for e in errs) + f" (tolerance {PRODUCT_TOL:.0e})")
         out.append(c)
     return out
 
@@ -417,7 +418,7 @@ def _ranking_metrics(ranked: pd.DataFrame | None) -> dict:
 Link = Callable[[str], str]
 
 
-def _intro(inp: ReportInputs, seed: int) -> list[str]:
+def _intro(inp: ReportInputs, seed: int, seeds) -> list[str]:
     kinds = ", ".join(f"{v} {k}" for k, v in inp.class_kinds.items()) or "kinds unknown"
     clips = ", ".join(f"{k} {v}" for k, v in sorted(inp.split_sizes.items()))
     return ["# stfusion report", "", HTML_POINTER, "",
@@ -425,7 +426,8 @@ def _intro(inp: ReportInputs, seed: int) -> list[str]:
             "template network trained with Variational DropPath, strategies scored with its shared weights, "
             "layer-level preferences, derived networks, and a check of the ranking against networks trained on "
             "their own.", "",
-            f"**Data**: {inp.n_classes} classes ({kinds}); clips: {clips}. **Seed**: {seed}. "
+            f"**Data**: {inp.n_classes} classes ({kinds}); clips: {clips}. **Seed**: {seed}; supernet seeds "
+            f"{', '.join(map(str, seeds))} (pooled). "
             f"**Keep-probability rule**: {inp.summary.get('keep_prob_rule', 'n/a')} "
             "(`paper`: keep = 1 - sqrt(p), Eq. 7; `plain`: keep = 1 - p). Scores are top-1 on the **validation** "
             "split (selection) unless marked *test* (reporting only).", ""]
@@ -671,7 +673,7 @@ def build_report(layout: RunLayout, *, seed: int, seeds, versions: dict,
     def link(path: str) -> str:
         return Path(os.path.relpath(path, here)).as_posix()
 
-    lines = [*_intro(inp, seed), *_checks_section(checks, per_seed), *_seeds_section(stability, inp.ranked,
+    lines = [*_intro(inp, seed, seeds), *_checks_section(checks, per_seed), *_seeds_section(stability, inp.ranked,
                                                                                      inp.derived),
              *_motion_section(inp.ranked),
              *_finetune_section(inp.finetuned, link, layout), *_network_section(inp.ranked, link, layout),
