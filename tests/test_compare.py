@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -66,7 +67,7 @@ def test_compare_reads_dvc_exp_show_json(tmp_path):
 def test_compare_refuses_a_folder_without_metrics(tmp_path, capsys):
     assert cli.main(["compare", str(tmp_path), "--out-dir", str(tmp_path / "o"),
                      "--params", str(cli_params(tmp_path))]) == 2
-    assert "stfusion: error: no metrics.json" in capsys.readouterr().err
+    assert "stfusion: error: no metrics.json and no scored supernet" in capsys.readouterr().err
 
 
 def test_compare_shows_the_swept_key_why_tau_is_missing_and_its_order(tmp_path):
@@ -93,3 +94,32 @@ def test_compare_shows_the_swept_key_why_tau_is_missing_and_its_order(tmp_path):
     md = (out / "compare.md").read_text()
     assert md.startswith("ranked by best_sampled (validation top-1), then tau, then experiment name")
     assert "nan" not in md and "n/a" in md
+
+
+def _partial(folder, bests):
+    """A run stopped after scoring: per seed an analysis summary and a ranking, no metrics.json."""
+    from stfusion.config.layout import RunLayout
+
+    res = folder / "results"
+    for seed, best in enumerate(bests):
+        run = RunLayout(results=str(res)).of_seed(seed)
+        for path in (run.analysis_summary, run.ranking):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(run.analysis_summary).write_text(json.dumps(
+            {"entropy": 3.0, "entropy_initial": 6.0, "drop_rate_spread": 0.5}))
+        pd.DataFrame({"id": ["s", "t", "b"], "name": ["sample-1", "all-S", "all-S+ST"],
+                      "source": ["sample", "family", "family"], "log_prob": [-1.0, -5.0, -2.0],
+                      "top1": [best, 0.2, 0.6]}).to_csv(run.ranking, index=False)
+    return res
+
+
+def test_compare_pools_the_seeds_of_partial_runs(tmp_path):
+    same = _partial(tmp_path / "k3", [0.8, 0.8, 0.8])
+    spread = _partial(tmp_path / "k5", [0.6, 0.7, 0.8])
+    df = compare([same, spread], out_dir=tmp_path / "out")
+    k3, k5 = df.set_index("experiment").loc["k3"], df.set_index("experiment").loc["k5"]
+    assert k3["n_seeds"] == 3 and k3["best_sampled"] == pytest.approx(0.8)
+    assert k3["best_sampled_low"] == pytest.approx(0.8) and k3["best_sampled_high"] == pytest.approx(0.8)
+    assert k5["best_sampled"] == pytest.approx(0.7) and k5["best_sampled_low"] < 0.6 < 0.8 < k5["best_sampled_high"]
+    assert k5["entropy_ratio"] == pytest.approx(0.5) and k5["all_SST"] == pytest.approx(0.6)
+    assert pd.isna(k5["tau"])

@@ -19,18 +19,30 @@ import yaml
 from conftest import REPO
 from stfusion.cli.commands import COMMANDS
 from stfusion.config.loading import deep_merge
-from stfusion.config.layout import STAGE_PARAMS
+from stfusion.config.layout import LAYOUT, STAGE_PARAMS
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
+SEED0 = LAYOUT.of_seed(0)  # the tiny configuration's one supernet
 pytestmark = pytest.mark.skipif(shutil.which("dvc") is None or shutil.which("git") is None,
                                 reason="dvc and git are needed")
 GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
            "GIT_COMMITTER_EMAIL": "t@example.com", "DVC_NO_ANALYTICS": "1"}
 
 
+FIRST_SEED = yaml.safe_load((REPO / "params.yaml").read_text())["seeds"][0]
+
+
+def _load(path: Path) -> dict:
+    """The stages of a dvc.yaml, a `foreach` stage as its `do` for the first seed (as DVC expands it)."""
+    text = path.read_text().replace("${seeds[0]}", str(FIRST_SEED))
+    stages = yaml.safe_load(text)["stages"]
+    return {name: yaml.safe_load(yaml.safe_dump(s["do"]).replace("${item}", str(FIRST_SEED))) if "foreach" in s
+            else s for name, s in stages.items()}
+
+
 def test_dvc_params_match_the_stages():
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    study = yaml.safe_load((REPO / "studies" / "fidelity" / "dvc.yaml").read_text())["stages"]
+    stages = _load(REPO / "dvc.yaml")
+    study = _load(REPO / "studies" / "fidelity" / "dvc.yaml")
     assert not set(stages) & set(study) and all(s["wdir"] == "../.." for s in study.values())
     for name, stage in {**stages, **study}.items():
         listed = sorted(stage.get("params", []))
@@ -39,7 +51,7 @@ def test_dvc_params_match_the_stages():
 
 
 def test_dvc_outputs_do_not_overlap():
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
+    stages = _load(REPO / "dvc.yaml")
     outs = [o if isinstance(o, str) else next(iter(o)) for s in stages.values()
             for o in s.get("outs", []) + s.get("metrics", [])]
     assert len(outs) == len(set(outs))
@@ -93,8 +105,15 @@ def code_closure(command: str) -> set[str]:
 
 
 def _dvc_stages() -> dict[str, dict]:
-    stages = yaml.safe_load((REPO / "dvc.yaml").read_text())["stages"]
-    return {**stages, **yaml.safe_load((REPO / "studies" / "fidelity" / "dvc.yaml").read_text())["stages"]}
+    return {**_load(REPO / "dvc.yaml"), **_load(REPO / "studies" / "fidelity" / "dvc.yaml")}
+
+
+def _layout_paths(layout) -> dict[str, str]:
+    return {name: getattr(layout, name) for name, v in vars(type(layout)).items() if isinstance(v, property)}
+
+
+#: a path of the standard layout -> the same file of the first seed's replicate (a `foreach` stage's)
+OF_FIRST_SEED = {p: _layout_paths(LAYOUT.of_seed(FIRST_SEED))[name] for name, p in _layout_paths(LAYOUT).items()}
 
 
 def _command(stage: dict) -> tuple[str, list[str]]:
@@ -133,7 +152,10 @@ def test_dvc_commands_use_the_standard_layout():
             if flag not in args:
                 continue
             default = args[flag].spec.get("default")
-            assert default is None or value == default, f"dvc stage {name}: {flag} {value} (layout: {default})"
+            if not isinstance(default, str):  # no default (or a repeatable option's empty list)
+                continue
+            seeded = {OF_FIRST_SEED.get(default), LAYOUT.of_seed(FIRST_SEED).timing(name)}
+            assert value in {default} | seeded, f"dvc stage {name}: {flag} {value} (layout: {default})"
             assert _covered(value, deps if args[flag].path == "in" else outs), f"dvc stage {name}: {flag} {value}"
 
 
@@ -150,7 +172,7 @@ def md5(path):
 
 
 def ran_stages(output: str) -> set[str]:
-    return set(re.findall(r"Running stage '([\w-]+)'", output))
+    return set(re.findall(r"Running stage '([\w@-]+)'", output))
 
 
 @pytest.fixture(scope="module")
@@ -180,11 +202,13 @@ def dvc_repo(tmp_path_factory):
 @pytest.mark.slow
 def test_dvc_repro_end_to_end(dvc_repo):
     repo, _, out = dvc_repo
-    stages = set(yaml.safe_load((repo / "dvc.yaml").read_text())["stages"])
-    assert ran_stages(out) == stages
+    seeds = yaml.safe_load((repo / "params.yaml").read_text())["seeds"]
+    declared = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    stages = {f"{name}@{s}" for name, st in declared.items() if "foreach" in st for s in seeds}
+    assert ran_stages(out) == stages | {name for name, st in declared.items() if "foreach" not in st}
     for path in ("results/strategies/ranking.csv", "results/analysis/preference.csv", "results/analysis/preference.png",
                  "results/validation/ranking_fidelity.json", "results/metrics.json", "results/report.md",
-                 "checkpoints/supernet/model.pt", "results/finetune/accuracy.csv"):
+                 SEED0.supernet, LAYOUT.stability, "results/finetune/accuracy.csv"):
         assert (repo / path).is_file(), path
     shown = run(["dvc", "metrics", "show"], repo)
     assert "seed" in shown and "checks_passed" in shown and "torch" not in shown  # numbers only
@@ -198,7 +222,8 @@ def test_dvc_plots_show_renders_every_plot(dvc_repo):
     out = base / "plots"
     run(["dvc", "plots", "show", "-o", str(out)], repo)
     html = (out / "index.html").read_text()
-    declared = yaml.safe_load((repo / "dvc.yaml").read_text())["plots"]
+    first = yaml.safe_load((repo / "params.yaml").read_text())["seeds"][0]
+    declared = yaml.safe_load((repo / "dvc.yaml").read_text().replace("${seeds[0]}", str(first)))["plots"]
     for plot in declared:
         name = plot if isinstance(plot, str) else next(iter(plot))
         assert name in html, name  # every plot is rendered (images by path, data plots by id)
@@ -218,7 +243,7 @@ def test_dvc_push_pull_restores_outputs(dvc_repo):
     assert not (clone / "checkpoints").exists()
     assert md5(clone / "results" / "metrics.json") == md5(repo / "results" / "metrics.json")  # git, not DVC
     run(["dvc", "pull"], clone)
-    for path in ("checkpoints/supernet/model.pt", "checkpoints/supernet/history.csv", "data/cache/manifest.csv",
+    for path in (SEED0.supernet, SEED0.history, "data/cache/manifest.csv",
                  "results/strategies/ranking.csv", "results/analysis/preference.csv", "results/metrics.json",
                  "results/validation/ranking_fidelity.json", "results/report.md"):
         assert md5(clone / path) == md5(repo / path), path
@@ -234,12 +259,12 @@ def test_dvc_exp_run_scoring_parameter_does_not_retrain_and_applies(dvc_repo):
     run(["git", "add", "-A"], repo)
     if subprocess.run(["git", "diff", "--cached", "--quiet"], cwd=repo).returncode:
         run(["git", "commit", "-qm", "results"], repo)
-    model = repo / "checkpoints" / "supernet" / "model.pt"
+    model = repo / SEED0.supernet
     before = (md5(model), model.stat().st_mtime_ns)
     out = run(["dvc", "exp", "run", "-S", "scoring.calib_batches=2"], repo)
     ran = ran_stages(out)
-    assert "score_strategies" in ran and "report" in ran
-    assert not ran & {"generate", "prepare", "train_supernet", "sample_strategies"}, ran
+    assert "score_strategies@0" in ran and "report" in ran
+    assert not ran & {"generate", "prepare", "train_supernet@0", "sample_strategies@0"}, ran
     assert (md5(model), model.stat().st_mtime_ns) == before
     assert yaml.safe_load((repo / "params.yaml").read_text())["scoring"]["calib_batches"] == 2
     assert "No file hash info found" not in out, out
@@ -264,7 +289,7 @@ def test_dvc_reruns_train_supernet_after_a_change_to_code_it_imports(dvc_repo, m
     try:
         path.write_text(original + "# changed\n")
         out = run(["dvc", "status", "train_supernet"], repo)
-        assert "train_supernet:" in out and "changed deps" in out, out
+        assert "train_supernet@0:" in out and "changed deps" in out, out
     finally:
         path.write_text(original)
     assert "up to date" in run(["dvc", "status", "train_supernet"], repo)

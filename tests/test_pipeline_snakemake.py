@@ -15,6 +15,9 @@ import pytest
 import yaml
 
 from conftest import REPO
+from stfusion.config.layout import LAYOUT
+
+SEED0 = LAYOUT.of_seed(0)  # the tiny configuration's one supernet
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake is not installed")
@@ -44,6 +47,8 @@ def planned_jobs(output: str) -> dict[str, int]:
     return jobs
 
 
+#: the rules run once per seed of `seeds` (a job each)
+PER_SEED_RULES = ("train_supernet", "sample_strategies", "score_strategies", "analyze")
 STAGE_RULES = ("generate_builtin", "prepare", "train_supernet", "sample_strategies", "score_strategies", "analyze",
                "derive", "select_standalone", "finetune_table", "validate_ranking", "report")
 
@@ -54,8 +59,9 @@ def test_dry_run_plans_every_stage(tmp_path, snakefile, target):
     working folder the packaged defaults drive it."""
     out = snakemake("-n", "--cores", "2", "-d", str(tmp_path), snakefile=REPO / snakefile)
     jobs = planned_jobs(out.stdout + out.stderr)
-    for rule in (*STAGE_RULES, target):
-        assert jobs.get(rule) == 1, (rule, jobs)
+    n_seeds = len(yaml.safe_load((REPO / "params.yaml").read_text())["seeds"])
+    for rule in (*STAGE_RULES, "pool_seeds", target):
+        assert jobs.get(rule) == (n_seeds if rule in PER_SEED_RULES else 1), (rule, jobs)
 
 
 def test_lint_is_clean():
@@ -211,8 +217,8 @@ def test_tiny_pipeline_outputs(tiny_run):
     pref = pd.read_csv(res / "analysis" / "preference.csv")
     assert {"P(S)", "P(ST)", "P(S+ST)", "P(none)", "p_S", "p_ST", "keep_prob_rule"} <= set(pref.columns)
     assert len(pref) == 3  # tiny template: 1 + 2 fusion layers
-    for png in ("preference.png", "scatter.png", "drop_rates.png"):
-        assert (res / "analysis" / png).read_bytes()[:4] == b"\x89PNG"
+    for png in (LAYOUT.preference_plot, LAYOUT.scatter_plot, SEED0.drop_rates_plot, SEED0.preference_plot):
+        assert (work / png).read_bytes()[:4] == b"\x89PNG"
     fid = json.loads((res / "validation" / "ranking_fidelity.json").read_text())
     assert {"kendall_tau", "spearman_rho", "n"} <= set(fid) and fid["n"] >= 6
     derived = pd.read_csv(res / "derived" / "strategies.csv")
@@ -227,7 +233,7 @@ def test_tiny_pipeline_outputs(tiny_run):
     assert len(re.findall(r"\*\*(PASS|FAIL)\*\*", report)) >= 5
     for stage in ("train_supernet", "score_strategies", "finetune", "validate_ranking"):
         assert re.search(rf"\| {stage}\s+\|", report), stage
-    for log in ("prepare", "train_supernet", "score_strategies", "report"):
+    for log in ("prepare", "train_supernet/seed0", "score_strategies/seed0", "report"):
         assert (work / "logs" / f"{log}.log").stat().st_size > 0
     assert any((work / "logs" / "finetune").glob("*.log"))
     # --configfile changed the configuration: the commands read the effective copy, not params.yaml
@@ -296,7 +302,7 @@ def test_tiny_fidelity_study_is_its_own_target(tiny_run):
 
     text = plan("fidelity", "-R", "train_fidelity")
     assert planned_jobs(text).get("train_fidelity") == 8, planned_jobs(text)
-    supernet = _job(plan("checkpoints/supernet/model.pt", "-R", "train_supernet"), "train_supernet")
+    supernet = _job(plan(SEED0.supernet, "-R", "train_supernet"), "train_supernet")
     job = _job(text, "train_fidelity")
     assert [job[k] for k in ("gres", "nodes", "slurm_extra")] == [supernet[k] for k in ("gres", "nodes", "slurm_extra")]
     assert job["gres"] == "gpu:1" and job["shell"].startswith("python -m stfusion.cli train-fidelity --seed-index ")
@@ -338,7 +344,7 @@ def test_tiny_run_prints_where_to_look(tiny_run):
 def test_tiny_run_curves_costs_and_metrics(tiny_run):
     work, _ = tiny_run
     res = work / "results"
-    hist = pd.read_csv(work / "checkpoints" / "supernet" / "history.csv")
+    hist = pd.read_csv(work / SEED0.history)
     for col in ("val_top1", "val_loss", "val_top1_most_probable_paper", "entropy_paper", "entropy_plain"):
         assert hist[col].notna().all(), col  # eval_every 1: every epoch
     assert hist["val_top1"].between(0, 1).all() and (hist["entropy_paper"] > 0).all()
@@ -405,7 +411,7 @@ def test_tiny_run_exports_a_finetuned_network(tiny_run, monkeypatch, capfd):
 
     work, _ = tiny_run
     best = best_finetuned(pd.read_csv(work / "results" / "finetune" / "accuracy.csv"))
-    kw = dict(checkpoint=work / "checkpoints" / "supernet" / "model.pt", finetuned_dir=work / "checkpoints" / "finetune")
+    kw = dict(checkpoint=work / SEED0.supernet, finetuned_dir=work / "checkpoints" / "finetune")
     net, info = load_network(str(best["id"]), **kw)
     assert info["weights"].endswith(f"{best['id']}/model.pt")  # the finetuned weights, not the supernet's
     params = load_params(next((work / ".snakemake" / "stfusion").glob("params-*.yaml")))  # the run's own
@@ -467,12 +473,40 @@ def test_train_rule_with_two_processes_gives_the_single_process_result(tmp_path)
                "compute": {**tiny["compute"], "gpus_per_node": procs}}
         (work / "cfg.yaml").write_text(yaml.safe_dump(cfg))
         out = snakemake("--cores", "2", "--configfile", str(work / "cfg.yaml"), "-d", str(work), "-p",
-                        "checkpoints/supernet/model.pt", cwd=work)
+                        SEED0.supernet, cwd=work)
         launched = "stfusion.engine.launch --nproc-per-node=2" in out.stdout + out.stderr
         assert launched == (procs == 2)
-        runs[procs] = work / "checkpoints" / "supernet"
+        runs[procs] = work / SEED0.supernet_dir
     h1, h2 = (pd.read_csv(runs[p] / "history.csv") for p in (1, 2))
     assert list(h1["steps"]) == list(h2["steps"]) and list(h1["phase"]) == list(h2["phase"])
     warm1, warm2 = h1[h1.phase == "warmup"], h2[h2.phase == "warmup"]
     for col in ("lr", "loss", "ce", "train_top1"):
         assert warm1[col].to_numpy() == pytest.approx(warm2[col].to_numpy(), rel=1e-4, abs=1e-5), col
+
+
+@pytest.mark.slow
+def test_tiny_run_with_a_second_seed_pools_both(tiny_run, tmp_path):
+    """seeds: [0, 1] over a copy of the tiny run: only seed 1's supernet trains (seed 0's is reused), both seeds
+    score the union of their lists, and the report pools them: intervals, stability, "k of n" on every check."""
+    work = tmp_path / "two"
+    shutil.copytree(tiny_run[0], work, symlinks=True)
+    out = snakemake("--cores", "2", "--configfile", str(TINY), "--config", "seeds=[0, 1]", "-d", str(work),
+                    cwd=work, timeout=900)
+    jobs = planned_jobs(out.stdout + out.stderr)
+    assert jobs["train_supernet"] == 1 and jobs["score_strategies"] == 2 and jobs["pool_seeds"] == 1, jobs
+    seed1 = LAYOUT.of_seed(1)
+    ids = [set(pd.read_csv(work / run.ranking)["id"]) for run in (SEED0, seed1)]
+    assert ids[0] == ids[1]  # every strategy of either list scored in both supernets
+    ranking = pd.read_csv(work / LAYOUT.ranking)
+    assert set(ranking["id"]) == ids[0] and (ranking["n_seeds"] == 2).all()
+    assert (ranking["top1 low"] <= ranking["top1"]).all() and (ranking["top1"] <= ranking["top1 high"]).all()
+    assert ranking["best_in_seeds"].sum() == 2
+    stability = json.loads((work / LAYOUT.stability).read_text())
+    assert stability["seeds"] == [0, 1] and stability["interval"] == "t" and stability["n_layers"] == 3
+    report = (work / LAYOUT.report).read_text()
+    checks = re.findall(r"^\| \d\w?\. .*$", report, re.M)
+    pooled = [c for c in checks if c.count("|") == 5]  # check | result | holds in | numbers
+    assert pooled and all(re.search(r"\| (\d of 2|n/a) \|", c) for c in pooled), pooled
+    assert "| check | seed 0 | seed 1 |" in report and "## Seeds: how far the findings replicate" in report
+    metrics = json.loads((work / LAYOUT.metrics).read_text())
+    assert metrics["n_seeds"] == 2 and "best_sampled_top1_seed_low" in metrics

@@ -66,14 +66,14 @@ def test_report_reads_the_layout_and_carries_test_views_as_numbers(tmp_path):
     history = pd.DataFrame({"epoch": [1, 2], "phase": ["warmup", "gated"], "train_top1": [0.5, 0.6]})
     finetuned = pd.DataFrame({"id": ["a", "b"], "strategy": ["S|ST", "S|S"], "top1_val": [0.7, 0.8]})
     manifest = pd.DataFrame({"split": ["train", "train", "test"], "status": ["ok", "unreadable", "ok"]})
-    for df, path in ((ranking, layout.ranking), (history, layout.history), (finetuned, layout.finetune_table),
+    for df, path in ((ranking, layout.ranking), (history, layout.of_seed(3).history), (finetuned, layout.finetune_table),
                      (manifest, layout.manifest)):
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         df.to_csv(path, index=False)
-    text, metrics = build_report(layout, seed=3, versions={}, page=tmp_path / "r" / "page" / "report.md")
+    text, metrics = build_report(layout, seed=3, seeds=(3,), versions={}, page=tmp_path / "r" / "page" / "report.md")
     assert metrics["test_clips"] == 2 and metrics["test_crops"] == 3 and metrics["seed"] == 3
     assert "Test accuracies (`top1_test*`): 2 clips x 3 crops per video" in text
-    assert "History: `../../ck/supernet/history.csv`" in text
+    assert "History: `../../ck/supernet/seed3/history.csv`" in text
     assert ("The best on validation is `b` (S|S, top-1 0.800): `stfusion export --strategy best` writes it" in
             text)  # the report names the id the export takes
     assert "clips: test 1, train 1; skipped by prepare (not used): 1 unreadable (reasons in manifest.csv)." in text

@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from video_factory import textured_frames, write_source  # noqa: E402
 
 from conftest import REPO  # noqa: E402
+from stfusion.config.layout import LAYOUT  # noqa: E402
 
 pytestmark = pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake is not installed")
 CLASSES = ("ApplyEyeMakeup", "Archery")
@@ -56,7 +57,7 @@ def test_ucf101_preset_runs_end_to_end_through_videos_storage(tmp_path):
         "supernet": {"epochs": 1, "warmup_epochs": 0, "batch_size": 4},
         "compute": {"device": "cpu", "precision": "fp32", "channels_last": False, "loader_workers": 0},
         "scoring": {"n_samples": 2, "top_k": 1, "calib_batches": 1, "batch_size": 8},
-        "derive": {"top_k": 1}, "finetune": {"epochs": 1, "batch_size": 4},
+        "derive": {"top_k": 1}, "finetune": {"epochs": 1, "batch_size": 4}, "seeds": [0],
         "standalone": {"n_strategies": 2, "epochs": 1, "batch_size": 4},
     }
     cmd = ["snakemake", "-s", str(REPO / "Snakefile"), "--cores", "all", "-d", str(work), "--config",
@@ -69,9 +70,9 @@ def test_ucf101_preset_runs_end_to_end_through_videos_storage(tmp_path):
     manifest = pd.read_csv(cache / "manifest.csv")
     assert len(manifest) == 14 and (manifest["status"] == "ok").all() and (manifest["height"] == 128).all()
     assert set(manifest["split"]) == {"train", "val", "test"} and not (cache / "clips.npy").exists()
-    history = pd.read_csv(work / "checkpoints" / "supernet" / "history.csv")
+    history = pd.read_csv(work / LAYOUT.of_seed(0).history)
     assert len(history) == 1 and history["decode_failures"].tolist() == [0]
-    model = __import__("torch").load(work / "checkpoints" / "supernet" / "model.pt", weights_only=False)
+    model = __import__("torch").load(work / LAYOUT.of_seed(0).supernet, weights_only=False)
     assert model["arch"]["backbone"] == "plain"  # --config won over the preset's resnet50
     assert model["build"]["clip_shape"] == [3, 4, 128, 128]  # the evaluation crop, not the training crop
 

@@ -64,11 +64,15 @@ def why_no_tau(n_standalone: int | None) -> str:
 
 def row_from_metrics(name: str, metrics: dict, study: dict | None = None, params: dict | None = None) -> dict:
     """One table row from a run's ``metrics.json`` (and its fidelity study, whose tau then wins); ``params`` (the
-    run's parameters) are kept for the swept-key columns."""
-    row = {"experiment": name, "_params": leaves(params or {})}
+    run's parameters) are kept for the swept-key columns. A run of several seeds gives each figure's mean over its
+    seeds with the interval over seeds (``<column>_low``, ``<column>_high``;
+    :func:`stfusion.analysis.pooling.pool_figures`) and ``n_seeds``."""
+    row = {"experiment": name, "_params": leaves(params or {}), "n_seeds": metrics.get("n_seeds", 1)}
     for col, key in COLUMNS:
-        value = metrics.get(key)
+        value = metrics.get(f"{key}_seed_mean", metrics.get(key))
         row[col] = float(value) if isinstance(value, (int, float)) else None
+        if f"{key}_seed_low" in metrics:
+            row[f"{col}_low"], row[f"{col}_high"] = metrics[f"{key}_seed_low"], metrics[f"{key}_seed_high"]
     if study:
         s = study.get("supernet", {})
         row["tau"] = s.get("kendall_tau")
@@ -80,18 +84,36 @@ def row_from_metrics(name: str, metrics: dict, study: dict | None = None, params
     return row
 
 
+def partial_metrics(files: RunLayout) -> dict | None:
+    """The figures of a run from its supernets' analyses and scores alone (a run stopped after scoring): each
+    seed's (:meth:`~stfusion.config.layout.RunLayout.replicate_seeds`) pooled, or the single run's; None when
+    there are none."""
+    from stfusion.analysis.pooling import pool_figures, run_figures
+
+    runs = [files.of_seed(s) for s in files.replicate_seeds()] or [files]
+    runs = [r for r in runs if Path(r.analysis_summary).is_file() and Path(r.ranking).is_file()]
+    if not runs:
+        return None
+    return pool_figures([run_figures(json.loads(Path(r.analysis_summary).read_text()), pd.read_csv(r.ranking))
+                         for r in runs])
+
+
 def rows_from_folders(folders: Sequence[str | Path]) -> list[dict]:
+    """A row a results folder: from its ``metrics.json``, else (a partial run: supernets and their scores, no
+    report yet) from :func:`partial_metrics`."""
     rows = []
     for folder in folders:
         folder, files = Path(folder), RunLayout(results=str(folder))
         path, study_path = Path(files.metrics), Path(files.fidelity_study)
-        if not path.is_file():
-            raise StfusionError(f"no {path.name} in {folder} (give the results folder of a finished run)")
+        metrics = json.loads(path.read_text()) if path.is_file() else partial_metrics(files)
+        if metrics is None:
+            raise StfusionError(f"no {path.name} and no scored supernet in {folder} (give the results folder of a "
+                                "run that has scored its strategies)")
         study = json.loads(study_path.read_text()) if study_path.is_file() else None
         name = folder.resolve().parent.name if folder.name == Path(LAYOUT.results).name else folder.name
         params_path = folder.resolve().parent / PARAMS_FILE
         params = yaml.safe_load(params_path.read_text()) if params_path.is_file() else None
-        rows.append(row_from_metrics(name, json.loads(path.read_text()), study, params))
+        rows.append(row_from_metrics(name, metrics, study, params))
     return rows
 
 

@@ -97,7 +97,8 @@ def network_table(ranked: pd.DataFrame) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------------------------- figures
 def plot_preference(pref: pd.DataFrame, path: str | Path) -> Path:
-    """Heatmap of the layers x units marginals, with the raw drop rates p_S and p_ST beside it."""
+    """Heatmap of the layers x units marginals, with the raw drop rates p_S and p_ST beside it. A pooled table
+    (:func:`stfusion.analysis.pooling.pool_preference`) has its uncertain cells hatched and marked ``?``."""
     plt = pyplot()
     probs = pref[STATE_COLUMNS].to_numpy()
     n = len(pref)
@@ -108,12 +109,17 @@ def plot_preference(pref: pd.DataFrame, path: str | Path) -> Path:
     labels = [f"{int(r.layer)} (stage {int(r.stage)})" for r in pref.itertuples()]
     ax.set_yticks(range(n), labels)
     ax.set_ylabel("fusion layer (input side at the top)")
+    marked = [f"{c} uncertain" in pref for c in STATE_COLUMNS]
     for i in range(n):
-        for j in range(probs.shape[1]):
-            ax.text(j, i, f"{probs[i, j]:.2f}", ha="center", va="center",
+        for j, col in enumerate(STATE_COLUMNS):
+            mark = marked[j] and bool(pref[f"{col} uncertain"].iloc[i])
+            ax.text(j, i, f"{probs[i, j]:.2f}" + ("?" if mark else ""), ha="center", va="center",
                     color="white" if probs[i, j] < 0.6 else "black", fontsize=8)
+            if mark:
+                ax.add_patch(plt.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, hatch="//", edgecolor="red", lw=0))
     rule = str(pref["keep_prob_rule"].iloc[0]) if "keep_prob_rule" in pref else "?"
-    ax.set_title(f"P(unit) per layer (keep-prob rule: {rule})")
+    pooled = " mean over seeds; ? = interval includes the prior or the next unit" if any(marked) else ""
+    ax.set_title(f"P(unit) per layer (keep-prob rule: {rule}){pooled}", fontsize=9 if pooled else None)
     fig.colorbar(im, ax=ax, fraction=0.046, pad=0.02)
     y = np.arange(n)
     ax2.barh(y - 0.2, pref["p_S"], height=0.4, label="p_S (drop S)")

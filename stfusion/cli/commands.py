@@ -235,6 +235,10 @@ COMMANDS: tuple[Command, ...] = (
         "(reporting). Writes the ranking with columns strategy, log_prob, top1, rank, per-kind accuracies.",
         "stfusion.stages.strategies:score_strategies",
         (CHECKPOINT, CACHE, path("--candidates", LAYOUT.candidates, "CSV", "strategy list"),
+         Arg("--union", {"action": "append", "default": [], "metavar": "CSV",
+                         "help": "another seed's strategy list, or the folder of every seed's (seed<s>.csv), "
+                                 "whose strategies are scored too (repeatable)"},
+             to="union", path="in"),
          path("--out", LAYOUT.ranking, "CSV", "ranking", out=True)),
         progress=True, timed="score_strategies", done=_count,
     ),
@@ -249,6 +253,17 @@ COMMANDS: tuple[Command, ...] = (
          path("--gate-stats", LAYOUT.gate_stats, "CSV", "per-epoch gate statistics, for the drop-rate figure"),
          path("--out-dir", LAYOUT.analysis, "DIR", "output folder", out=True)),
         timed="analyze",
+    ),
+    Command(
+        "pool-seeds", "pool the supernet replicates of the seeds",
+        "Read the ranking and analysis of every seed of 'seeds' (RESULTS/strategies/seed<s>/, "
+        "RESULTS/analysis/seed<s>/), refuse replicates trained with different settings, and write the pooled "
+        "ranking (mean score, interval over seeds, best in k of n seeds), preference (mean marginals, intervals, "
+        "uncertain cells), heatmap, network table and summary where a single run writes them, and "
+        f"{LAYOUT.stability} (stability figures).",
+        "stfusion.stages.pooling:pool_seeds",
+        (path("--results", LAYOUT.results, "DIR", "results folder", out=True),),
+        timed="pool_seeds",
     ),
     Command(
         "derive", "new strategies from the preferences",

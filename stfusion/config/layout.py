@@ -14,11 +14,15 @@ Default layout (all paths can be changed on the command line)::
     data/builtin/                      generated benchmark (videos, annotations.csv, classes.csv)
     data/cache/                        prepared data (clip cache or videos/), manifest with splits, classes.csv, storage.json
     checkpoints/supernet/              model.pt, last.pt (resume), history.csv, drop_rates.csv, gate_stats.csv
+    checkpoints/supernet/seed<s>/      the same for supernet replicate seed s (the workflow: one a value of `seeds`)
     checkpoints/finetune/<id>/         derived networks, finetuned
     checkpoints/standalone/<id>/       strategies trained from scratch (the ranking-fidelity check)
     checkpoints/fidelity/seed<j>/<id>/ the same for the ranking-fidelity study, a folder a seed index
-    results/strategies/                candidates.csv, ranking.csv
+    results/strategies/                candidates.csv, ranking.csv (the workflow: the ranking pooled over the seeds)
     results/analysis/                  network.csv/.md, preference.csv/.md, preference.png, scatter.png, drop_rates.png
+                                       (the workflow: pooled, with stability.json|md)
+    results/seeds/candidates/          seed<s>.csv: the strategies replicate seed s lists
+    results/seeds/seed<s>/             ranking.csv (its scores of the union of the seeds' lists), analysis/
     results/derived/strategies.csv     derived strategies
     results/finetune/                  runs/<id>.json, accuracy.csv/.md
     results/validation/                strategies.csv, runs/<id>.json, standalone.csv/.md, ranking_fidelity.json|md|png
@@ -32,7 +36,7 @@ Default layout (all paths can be changed on the command line)::
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable
 
@@ -92,6 +96,29 @@ class RunLayout:
     cache: str = "data/cache"  #: the prepared dataset: manifest, classes, storage record, clips or videos
     checkpoints: str = "checkpoints"
     results: str = "results"
+    #: the supernet replicate (a seed, or a wildcard such as ``{seed}``) whose supernet, strategy lists and
+    #: analysis these are (:meth:`of_seed`); None: the single run's, or the pooled ones of the workflow
+    replicate: str | None = None
+
+    def of_seed(self, seed: int | str) -> RunLayout:
+        """The layout of supernet replicate ``seed``: its supernet, strategy lists and analysis in a ``seed<s>``
+        folder below the standard ones (every other file is shared by the replicates)."""
+        return replace(self, replicate=str(seed))
+
+    @property
+    def seeds_dir(self) -> str:
+        """Every replicate's strategy lists, scores and analysis (and nothing else: DVC's pooling stage reads the
+        folder whole)."""
+        return f"{self.results}/seeds"
+
+    def _seeded(self, folder: str, name: str) -> str:
+        """``folder/name`` of the single run, or ``<seeds_dir>/seed<s>/name`` of replicate ``s``."""
+        return f"{folder}/{name}" if self.replicate is None else f"{self.seeds_dir}/seed{self.replicate}/{name}"
+
+    def replicate_seeds(self) -> list[int]:
+        """The seeds whose folder (``seed<s>``) exists in :attr:`seeds_dir`, in order."""
+        found = Path(self.seeds_dir).glob("seed*") if Path(self.seeds_dir).is_dir() else []
+        return sorted(int(p.name[4:]) for p in found if p.is_dir() and p.name[4:].isdigit())
 
     # the dataset as given (the built-in benchmark is generated here)
     @property
@@ -129,7 +156,8 @@ class RunLayout:
     # supernet
     @property
     def supernet_dir(self) -> str:
-        return f"{self.checkpoints}/supernet"
+        folder = f"{self.checkpoints}/supernet"
+        return folder if self.replicate is None else f"{folder}/seed{self.replicate}"
 
     @property
     def supernet(self) -> str:
@@ -155,15 +183,23 @@ class RunLayout:
     # strategies and their analysis
     @property
     def candidates(self) -> str:
-        return f"{self.results}/strategies/candidates.csv"
+        if self.replicate is None:
+            return f"{self.results}/strategies/candidates.csv"
+        return f"{self.candidates_dir}/seed{self.replicate}.csv"
+
+    @property
+    def candidates_dir(self) -> str:
+        """The replicates' strategy lists, a file a seed, and nothing else (DVC's scoring stages read it whole:
+        each seed scores the union)."""
+        return f"{self.seeds_dir}/candidates"
 
     @property
     def ranking(self) -> str:
-        return f"{self.results}/strategies/ranking.csv"
+        return self._seeded(f"{self.results}/strategies", "ranking.csv")
 
     @property
     def analysis(self) -> str:
-        return f"{self.results}/analysis"
+        return self._seeded(self.results, "analysis")
 
     @property
     def preference(self) -> str:
@@ -188,6 +224,11 @@ class RunLayout:
     @property
     def analysis_summary(self) -> str:
         return f"{self.analysis}/summary.json"
+
+    @property
+    def stability(self) -> str:
+        """The pooled analysis's record of the seeds: stability figures, per-seed checks (JSON, Markdown beside)."""
+        return f"{self.analysis}/stability.json"
 
     # derived networks, finetuned
     @property
@@ -295,7 +336,8 @@ class RunLayout:
         return f"{self.results}/timing"
 
     def timing(self, stage: str) -> str:
-        return f"{self.timing_dir}/{stage}.json"
+        """A stage's seconds (a replicate's: ``<stage>.seed<s>.json``; the report adds the seeds up)."""
+        return f"{self.timing_dir}/{stage}{'' if self.replicate is None else f'.seed{self.replicate}'}.json"
 
     @property
     def report(self) -> str:
@@ -383,18 +425,20 @@ STAGE_PARAMS: dict[str, list[str]] = {
     ],
     "sample_strategies": ["seed", "preset", "gate.keep_prob", "scoring.n_samples", "scoring.top_k"],
     "score_strategies": [
-        "seed", *_DATA_LOADING, *_TEST_VIEW, "compute.device", "compute.loader_workers", "scoring.recalibrate_bn",
+        "seed", "seeds", *_DATA_LOADING, *_TEST_VIEW, "compute.device", "compute.loader_workers", "gate.keep_prob",
+        "scoring.recalibrate_bn",
         "scoring.calib_batches", "scoring.batch_size", "scoring.racing", "scoring.keep_top",
         "scoring.race_first_clips", "scoring.race_growth", "scoring.race_confidence", "scoring.min_exposure",
     ],
     "analyze": ["preset", "gate.keep_prob"],
+    "pool_seeds": ["preset", "seeds", "derive.top_k", "derive.st_threshold"],
     "derive": ["preset", "derive.top_k", "derive.st_threshold"],
     "finetune": ["seed", *_DATA_LOADING, *_TRAIN_VIEW, *_TEST_VIEW, *_SOLVER, *_COMPUTE, "scoring.batch_size",
                  "finetune"],
     "select_standalone": ["preset", "standalone.n_strategies"],
     "train_standalone": ["seed", *_DATA_LOADING, *_TRAIN_VIEW, *_TEST_VIEW, *_SOLVER, *_COMPUTE, "scoring.batch_size",
                          *_STANDALONE],
-    "report": ["seed", "preset"],
+    "report": ["seed", "seeds", "preset"],
     "select_fidelity": ["preset", "fidelity.n_strategies"],
     "validate_ranking": ["seed", "preset", *_STANDALONE],
 }

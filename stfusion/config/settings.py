@@ -272,6 +272,7 @@ class Settings(_Section):
 
     KEY: ClassVar[str] = ""
     seed: int
+    seeds: tuple[int, ...]
     preset: str | None
     data: Data
     model: Model

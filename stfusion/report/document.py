@@ -240,8 +240,58 @@ def compute_checks(pref, ranked, fidelity, initial: dict | None = None,
     if pref is not None:
         err = product_structure_error(pref, ranked)
         checks.append({"check": "5. marginals obey the product structure (§5)", "ok": err <= PRODUCT_TOL,
-                       "numbers": f"largest deviation {err:.2e} (tolerance {PRODUCT_TOL:.0e})"})
+                       "numbers": f"largest deviation {err:.2e} (tolerance {PRODUCT_TOL:.0e})", "value": err})
     return checks
+
+
+def _check_key(check: dict) -> str:
+    """``"3a."`` of ``"3a. best sampled ..."``: the same check across seeds."""
+    return check["check"].split(" ")[0]
+
+
+def seed_fidelity(ranked: pd.DataFrame | None, standalone: pd.DataFrame | None) -> dict | None:
+    """Kendall tau of one seed's supernet scores (``top1``) against the stand-alone accuracy (test) of the
+    stand-alone runs: check 4 of that seed."""
+    from scipy import stats
+
+    if ranked is None or standalone is None or "standalone_top1_test" not in standalone:
+        return None
+    both = standalone.merge(ranked[["id", "top1"]].astype({"id": str}), left_on=standalone["id"].astype(str),
+                            right_on="id", how="inner")
+    if len(both) < 3:
+        return None
+    tau = stats.kendalltau(both["top1"], both["standalone_top1_test"])
+    if math.isnan(tau.statistic):  # constant scores: no ranking to compare
+        return None
+    return {"n": len(both), "kendall_tau": float(tau.statistic), "kendall_p": float(tau.pvalue)}
+
+
+def seed_checks(layout: RunLayout, seeds, standalone: pd.DataFrame | None) -> dict[int, list[dict]]:
+    """The checks of each replicate alone, from its own ranking, preference and summary."""
+    out = {}
+    for s in seeds:
+        run = layout.of_seed(s)
+        ranked, summary = _read_csv(run.ranking), _read_json(run.analysis_summary) or {}
+        out[int(s)] = compute_checks(_read_csv(run.preference), ranked, seed_fidelity(ranked, standalone),
+                                     summary.get("initial_marginals"), standalone)
+    return out
+
+
+def pool_checks(pooled: list[dict], per_seed: dict[int, list[dict]]) -> list[dict]:
+    """The pooled checks with ``holds``: "k of n seeds". Check 5 (the product structure) holds of each seed's
+    own posterior, not of averaged marginals: its pooled verdict is that it holds in every seed."""
+    out = []
+    for c in pooled:
+        key = _check_key(c)
+        oks = [next((d["ok"] for d in checks if _check_key(d) == key), None) for checks in per_seed.values()]
+        known = [ok for ok in oks if ok is not None]
+        c = {**c, "holds": f"{sum(known)} of {len(known)}" if known else "n/a"}
+        if key == "5." and known:
+            errs = [next(d["value"] for d in checks if _check_key(d) == key) for checks in per_seed.values()]
+            c.update(ok=all(known), value=max(errs), numbers="largest deviation per seed: "
+                     + ", ".join(f"{e:.2e}" for e in errs) + f" (tolerance {PRODUCT_TOL:.0e})")
+        out.append(c)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -298,13 +348,14 @@ class ReportInputs:
         return float(self.timing["seconds"].sum()) if len(self.timing) else float("nan")
 
 
-def load_inputs(layout: RunLayout) -> ReportInputs:
-    """Every input of the report, from the files ``layout`` names."""
+def load_inputs(layout: RunLayout, supernet: RunLayout | None = None) -> ReportInputs:
+    """Every input of the report, from the files ``layout`` names (the supernet's history: ``supernet``'s, the
+    replicate the later stages start from)."""
     return ReportInputs(
         ranked=_read_csv(layout.ranking), pref=_read_csv(layout.preference), derived=_read_csv(layout.derived),
         finetuned=_read_csv(layout.finetune_table), standalone=_read_csv(layout.standalone_table),
         fidelity=_read_json(layout.fidelity), summary=_read_json(layout.analysis_summary) or {},
-        history=_read_csv(layout.history), manifest=_read_csv(layout.manifest), classes=_read_csv(layout.classes),
+        history=_read_csv((supernet or layout).history), manifest=_read_csv(layout.manifest), classes=_read_csv(layout.classes),
         timing=timing_table(Path(layout.timing_dir)), study=_read_json(layout.fidelity_study))
 
 
@@ -355,6 +406,25 @@ def compute_metrics(inp: ReportInputs, checks: list[dict], seed: int) -> dict[st
     return {k: v for k, v in m.items() if isinstance(v, (int, float)) and not math.isnan(v)}
 
 
+def seed_metrics(layout: RunLayout, seeds) -> dict:
+    """Each seed's headline figures pooled (:func:`stfusion.analysis.pooling.pool_figures`: ``<key>_seed_mean``,
+    ``_seed_low``, ``_seed_high``), as ``stfusion compare`` reads them."""
+    from stfusion.analysis.pooling import pool_figures, run_figures
+
+    runs = [layout.of_seed(s) for s in seeds]
+    return pool_figures([run_figures(_read_json(r.analysis_summary) or {}, _read_csv(r.ranking)) for r in runs])
+
+
+def stability_metrics(stability: dict | None) -> dict:
+    """The stability figures of the seeds as scalars (nothing without them; NaN left out)."""
+    if not stability:
+        return {}
+    m = {"same_preferred_layers": stability["same_preferred"],
+         "same_preferred_share": stability["same_preferred_share"], "seed_tau": stability["tau_mean"],
+         "seed_tau_low": stability["tau_low"], "seed_tau_high": stability["tau_high"]}
+    return {k: v for k, v in m.items() if v is not None and not math.isnan(v)}
+
+
 def _posterior_metrics(summary: dict) -> dict:
     if not summary:
         return {}
@@ -388,7 +458,7 @@ def _ranking_metrics(ranked: pd.DataFrame | None) -> dict:
 Link = Callable[[str], str]
 
 
-def _intro(inp: ReportInputs, seed: int) -> list[str]:
+def _intro(inp: ReportInputs, seed: int, seeds) -> list[str]:
     kinds = ", ".join(f"{v} {k}" for k, v in inp.class_kinds.items()) or "kinds unknown"
     clips = ", ".join(f"{k} {v}" for k, v in sorted(inp.split_sizes.items()))
     return ["# stfusion report", "", HTML_POINTER, "",
@@ -398,15 +468,49 @@ def _intro(inp: ReportInputs, seed: int) -> list[str]:
             "their own.", "",
             f"**Data**: {inp.n_classes} classes ({kinds}); clips: {clips}"
             f"{f'; skipped by prepare (not used): {inp.skipped} (reasons in manifest.csv)' if inp.skipped else ''}. "
-            f"**Seed**: {seed}. "
+            f"**Seed**: {seed}; supernet seeds {', '.join(map(str, seeds))} (pooled). "
             f"**Keep-probability rule**: {inp.summary.get('keep_prob_rule', 'n/a')} "
             "(`paper`: keep = 1 - sqrt(p), Eq. 7; `plain`: keep = 1 - p). Scores are top-1 on the **validation** "
             "split (selection) unless marked *test* (reporting only).", ""]
 
 
-def _checks_section(checks: list[dict]) -> list[str]:
-    return (["## Checks (docs/method.md §9)", "", "| check | result | numbers |", "|---|---|---|"]
-            + [f"| {c['check']} | {_verdict(c['ok'])} | {c['numbers']} |" for c in checks] + [""])
+def _checks_section(checks: list[dict], per_seed: dict[int, list[dict]]) -> list[str]:
+    """The checks on the pooled figures, how many seeds each holds in, and each seed's verdicts and numbers."""
+    n = len(per_seed)
+    L = ["## Checks (docs/method.md §9)", "", f"Verdicts on the figures pooled over {n} seed(s) (mean over seeds; "
+         "check 4: the pooled scores); *holds in* counts the seeds where the check passes on that seed's own "
+         "supernet.", "", "| check | result | holds in (seeds) | numbers |", "|---|---|---|---|"]
+    L += [f"| {c['check']} | {_verdict(c['ok'])} | {c.get('holds', 'n/a')} | {c['numbers']} |" for c in checks]
+    L += ["", "Per seed:", "", "| check | " + " | ".join(f"seed {s}" for s in per_seed) + " |",
+          "|---|" + "---|" * n]
+    for c in checks:
+        key = _check_key(c)
+        cells = [next((f"{_verdict(d['ok'])}: {d['numbers']}" for d in per_seed[s] if _check_key(d) == key), "n/a")
+                 for s in per_seed]
+        L.append(f"| {key} | " + " | ".join(cells) + " |")
+    return L + [""]
+
+
+def _seeds_section(stability: dict | None, ranked: pd.DataFrame | None, derived: pd.DataFrame | None) -> list[str]:
+    """The stability figures of the replicates, the pooled ranking with its intervals, and how many seeds would
+    have derived each derived strategy alone."""
+    from stfusion.analysis.pooling import stability_markdown
+
+    if not stability:
+        return []
+    L = ["## Seeds: how far the findings replicate", "", stability_markdown(stability)]
+    if ranked is not None and "top1 low" in ranked:
+        cols = [c for c in ["rank", "name", "strategy", "top1", "top1 low", "top1 high", "top1 sd",
+                            "best_in_seeds"] if c in ranked]
+        L += [f"Best ten strategies by mean validation top-1 over the seeds (every strategy listed by any seed is "
+              f"scored in every seed's supernet; `best_in_seeds`: in how many of {stability['n_seeds']} seeds it "
+              "was the best):", "", _md(ranked[cols].head(10), ".3f"), ""]
+    alone = stability.get("derived_alone") or {}
+    if derived is not None and alone:
+        tab = derived[["name", "strategy"]].assign(seeds_alone=derived["strategy"].map(alone))
+        L += [f"Derived strategies (from the pooled preference) and how many of the {stability['n_seeds']} seeds "
+              "would have derived each alone:", "", _md(tab), ""]
+    return L
 
 
 def _motion_section(ranked: pd.DataFrame | None) -> list[str]:
@@ -492,13 +596,15 @@ def _exposure_text(ranked: pd.DataFrame) -> str:
             "weights were barely trained in those configurations, so their scores are not evidence about them. ")
 
 
-def _layer_section(pref: pd.DataFrame | None, summary: dict, link: Link, layout: RunLayout) -> list[str]:
+def _layer_section(pref: pd.DataFrame | None, summary: dict, link: Link, layout: RunLayout,
+                   supernet: RunLayout) -> list[str]:
     """The marginal probability of each unit per layer, read against its value before training."""
     L = ["## Layer level: preference", ""]
     if pref is None:
         return L
-    cols = [c for c in ["layer", "stage", "P(S)", "P(ST)", "P(S+ST)", "P(none)", "P(ST kept)", "preferred",
-                        "p_S", "p_ST"] if c in pref]
+    cols = [c for c in ["layer", "stage", "P(S)", "P(S) low", "P(S) high", "P(ST)", "P(ST) low", "P(ST) high",
+                        "P(S+ST)", "P(S+ST) low", "P(S+ST) high", "P(none)", "P(ST kept)", "preferred", "p_S",
+                        "p_ST"] if c in pref]
     init = summary.get("initial_marginals") or {}
     init_txt = ", ".join(f"{k} {_fmt(v)}" for k, v in init.items() if k != "P(none)")
     return L + [
@@ -511,11 +617,11 @@ def _layer_section(pref: pd.DataFrame | None, summary: dict, link: Link, layout:
         f"entropy: {_fmt(summary.get('entropy'))} nats, {_fmt(_entropy_ratio(summary))} x its value "
         f"before training ({_fmt(summary.get('entropy_initial'))} nats); the drop rates of the gates spread "
         f"over {_fmt(summary.get('drop_rate_spread'))} (max p - min p). The KL term prices "
-        f"`gate.kl_price` per kept path; `{link(layout.gate_stats)}` has p, ||W||^2 and "
+        f"`gate.kl_price` per kept path; `{link(supernet.gate_stats)}` has p, ||W||^2 and "
         f"||gamma||^2 of every path per epoch (right panels of the drop-rate figure).", "",
         _md(pref[cols]), "",
         f"![preference heatmap]({link(layout.preference_plot)})", "",
-        f"![drop rates]({link(layout.drop_rates_plot)})", ""]
+        f"![drop rates of seed {supernet.replicate}]({link(supernet.drop_rates_plot)})", ""]
 
 
 def _derived_section(derived: pd.DataFrame | None) -> list[str]:
@@ -608,25 +714,33 @@ def _files_section(versions: dict, link: Link, layout: RunLayout) -> list[str]:
 
 
 # ------------------------------------------------------------------------------------------------ report
-def build_report(layout: RunLayout, *, seed: int, versions: dict,
+def build_report(layout: RunLayout, *, seed: int, seeds, versions: dict,
                  page: str | Path | None = None) -> tuple[str, dict]:
     """Markdown text of the report and the metrics dictionary (:func:`compute_metrics`) of the run ``layout``
-    names. ``page``: where the text is written (default ``layout.report``); its links are relative to it."""
-    inp = load_inputs(layout)
-    checks = compute_checks(inp.pref, inp.ranked, inp.fidelity, inp.summary.get("initial_marginals"),
-                            inp.standalone)
+    names, its supernet replicates ``seeds`` pooled at the top of the layout (the first seed's supernet is the
+    one whose training is shown). ``page``: where the text is written (default ``layout.report``); its links are
+    relative to it."""
+    primary = layout.of_seed(seeds[0])
+    inp = load_inputs(layout, primary)
+    per_seed = seed_checks(layout, seeds, inp.standalone)
+    checks = pool_checks(compute_checks(inp.pref, inp.ranked, inp.fidelity, inp.summary.get("initial_marginals"),
+                                        inp.standalone), per_seed)
+    stability = _read_json(layout.stability)
     here = Path(page or layout.report).parent
 
     def link(path: str) -> str:
         return Path(os.path.relpath(path, here)).as_posix()
 
-    lines = [*_intro(inp, seed), *_checks_section(checks), *_motion_section(inp.ranked),
+    lines = [*_intro(inp, seed, seeds), *_checks_section(checks, per_seed), *_seeds_section(stability, inp.ranked,
+                                                                                     inp.derived),
+             *_motion_section(inp.ranked),
              *_finetune_section(inp.finetuned, link, layout), *_network_section(inp.ranked, link, layout),
-             *_layer_section(inp.pref, inp.summary, link, layout), *_derived_section(inp.derived),
+             *_layer_section(inp.pref, inp.summary, link, layout, primary), *_derived_section(inp.derived),
              *_fidelity_section(inp.fidelity, inp.standalone, link, layout),
-             *fidelity_study_lines(inp.study, link, layout), *_supernet_section(inp.history, link, layout),
+             *fidelity_study_lines(inp.study, link, layout), *_supernet_section(inp.history, link, primary),
              *_timing_section(inp), *_files_section(versions, link, layout)]
-    return "\n".join(lines), compute_metrics(inp, checks, seed)
+    return "\n".join(lines), {**compute_metrics(inp, checks, seed), **seed_metrics(layout, seeds),
+                               **stability_metrics(stability)}
 
 
 # ------------------------------------------------------------------------------------------------ summary

@@ -116,7 +116,7 @@ def drop_rate_summary(rates: pd.DataFrame) -> pd.DataFrame:
     return out.reset_index()
 
 
-def write_report_files(layout: RunLayout, classes: list[str]) -> list[Path]:
+def write_report_files(layout: RunLayout, classes: list[str], supernet: RunLayout | None = None) -> list[Path]:
     """Every file of the report folder ``layout.report_dir`` (see the module docstring) from the tables of the
     run ``layout`` names."""
     from stfusion.io.files import write_csv
@@ -138,9 +138,10 @@ def write_report_files(layout: RunLayout, classes: list[str]) -> list[Path]:
     best = finetuned.sort_values("top1_val", ascending=False, kind="stable").iloc[0]
     written.append(plot_confusion(pd.read_csv(layout.finetune_best_predictions), classes, out_dir / CONFUSION,
                                   f"best derived network {best['name']} ({best['id']}) on the test split"))
-    histories = {"supernet": pd.read_csv(layout.history),
+    supernet = supernet or layout  # the replicate whose training curves and drop rates are shown
+    histories = {"supernet": pd.read_csv(supernet.history),
                  "best finetuned": pd.read_csv(layout.finetune_best_history),
                  "best stand-alone": pd.read_csv(layout.standalone_best_history)}
     written.append(plot_curves(histories, out_dir / CURVES))
-    written.append(write_csv(drop_rate_summary(pd.read_csv(layout.drop_rates)), out_dir / "drop_rates.csv"))
+    written.append(write_csv(drop_rate_summary(pd.read_csv(supernet.drop_rates)), out_dir / "drop_rates.csv"))
     return written

@@ -17,12 +17,19 @@ log = logging.getLogger(__name__)
 
 def report_layout(results: str | Path, checkpoint_dir: str | Path, cache_dir: str | Path) -> RunLayout:
     """The layout of the run the report reads: ``checkpoint_dir`` is its supernet folder
-    (``<checkpoints>/supernet``)."""
+    (``<checkpoints>/supernet``, holding a ``seed<s>`` folder a replicate)."""
     layout = RunLayout(cache=str(cache_dir), checkpoints=str(Path(checkpoint_dir).parent), results=str(results))
     if Path(layout.supernet_dir) != Path(checkpoint_dir):
         raise StfusionError(f"{checkpoint_dir} is not a supernet folder of a run layout: the supernet's files are "
                             f"in {Path(LAYOUT.supernet_dir).name}/ below the checkpoints folder")
     return layout
+
+
+def shown_supernet(layout: RunLayout, seeds) -> RunLayout:
+    """The supernet whose training curves and drop rates the report shows: the first replicate seed's (the
+    workflow), or the single supernet of a run whose commands were given by hand (no ``seed<s>`` folders)."""
+    first = layout.of_seed(seeds[0])
+    return first if Path(first.history).is_file() or not Path(layout.history).is_file() else layout
 
 
 def report(params: dict, *, results: str | Path, checkpoint_dir: str | Path, cache_dir: str | Path, out: str | Path,
@@ -34,9 +41,10 @@ def report(params: dict, *, results: str | Path, checkpoint_dir: str | Path, cac
     from stfusion.report.files import write_report_files
 
     layout, versions = report_layout(results, checkpoint_dir, cache_dir), library_versions()
+    settings = Settings.for_stage(params)
     classes = [str(row["name"]) for row in class_groups(layout.cache)[0]]
-    write_report_files(layout, classes)
-    text, scalars = build_report(layout, seed=Settings.for_stage(params).seed, versions=versions, page=out)
+    write_report_files(layout, classes, shown_supernet(layout, settings.seeds))
+    text, scalars = build_report(layout, seed=settings.seed, seeds=settings.seeds, versions=versions, page=out)
     write_text(out, text)
     write_json(metrics, scalars)
     write_json(layout.versions, versions)

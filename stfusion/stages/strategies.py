@@ -7,7 +7,7 @@ import json
 import logging
 import shutil
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 from stfusion.config.layout import LAYOUT, in_folder
 from stfusion.config.settings import Settings
@@ -79,9 +79,35 @@ def sample_strategies(params: dict, *, checkpoint: str | Path, out: str | Path) 
     return df
 
 
+def list_files(paths: Sequence[str | Path], seeds: Sequence[int]) -> list[Path]:
+    """Strategy lists named one by one or by their folder (its ``seed<s>.csv`` of each of ``seeds``)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        out += [p / f"seed{s}.csv" for s in seeds] if p.is_dir() else [p]
+    return out
+
+
+def union_candidates(cand: pd.DataFrame, others: Sequence[pd.DataFrame], post, n_layers: int) -> pd.DataFrame:
+    """``cand`` followed by the strategies of the ``others`` lists it lacks (the other seeds' candidates, in
+    their order), as listed by another seed: ``source`` ``seed-union``, never drawn here, and the log-probability
+    and probability under this supernet's posterior ``post``."""
+    import numpy as np
+    import pandas as pd
+
+    seen, extra = set(cand["id"].astype(str)), []
+    for other in others:
+        for row in other.to_dict("records"):
+            if str(row["id"]) in seen:
+                continue
+            seen.add(str(row["id"]))
+            lp = post.log_prob(strategy_of(row["strategy"], n_layers))
+            extra.append({**row, "source": "seed-union", "log_prob": lp, "prob": float(np.exp(lp)), "n_drawn": 0})
+    return pd.concat([cand, pd.DataFrame(extra, columns=cand.columns)], ignore_index=True) if extra else cand
+
+
 def score_strategies(
     params: dict, *, checkpoint: str | Path, cache_dir: str | Path, candidates: str | Path, out: str | Path,
-    progress: bool = True,
+    union: Sequence[str | Path] = (), progress: bool = True,
 ) -> pd.DataFrame:
     """Stage ``score_strategies``: score every listed strategy with the supernet's shared weights.
 
@@ -92,7 +118,9 @@ def score_strategies(
     strategy's configuration in the supernet's training (:func:`add_exposure`), ``rank`` (1 = best ``top1``; ties
     broken by log-probability). With ``scoring.racing`` (:mod:`stfusion.scoring.racing`) also
     ``race_status``, ``race_clips``, ``top1_partial``, ``top1_low``, ``top1_high``; the dropped strategies' score
-    columns are empty (NaN) and they rank last."""
+    columns are empty (NaN) and they rank last. ``union``: the other seeds' candidate lists (files, or their
+    folder, :func:`list_files`: the lists of ``seeds``), whose strategies are scored too (:func:`union_candidates`), so that every seed's
+    supernet scores the same strategies."""
     import hashlib
 
     from stfusion.io.files import write_csv
@@ -107,6 +135,9 @@ def score_strategies(
     cand = read_table(candidates, "strategy list")
     model, ckpt = load_supernet(checkpoint)
     settings = Settings.for_stage(params)
+    if union:
+        cand = union_candidates(cand, [read_table(p, "strategy list") for p in list_files(union, settings.seeds)],
+                                model.posterior(settings.gate.keep_prob), model.n_fusion_layers)
     s = settings.scoring
     device = resolve_device(settings.compute.device)
     recal, bs = s.recalibrate_bn, s.batch_size
@@ -223,9 +254,20 @@ def analyze(
     p = model.drop_rates()
     summary.update(entropy=post.entropy(), entropy_initial=analysis.initial_entropy(init_p, model.allow_none, rule),
                    drop_rate_spread=float(p.max() - p.min()), keep_prob_rule=rule, init_p=init_p,
-                   initial_marginals=analysis.initial_marginals(init_p, rule))
+                   initial_marginals=analysis.initial_marginals(init_p, rule),
+                   training=training_record(ckpt))
     write_json(in_folder(LAYOUT.analysis_summary, out_dir), summary)
     return summary
+
+
+def training_record(ckpt: dict) -> dict:
+    """What a supernet checkpoint was trained with (its training configuration but the fields that only say how
+    often it was saved, and its ``model`` / ``gate`` build): replicates to pool must agree on all but the seed."""
+    from stfusion.engine.train import RUN_ONLY_FIELDS
+
+    config = {k: v for k, v in (ckpt.get("config") or {}).items() if k not in RUN_ONLY_FIELDS}
+    build = ckpt.get("build") or {}
+    return {"config": config, "model": build.get("model"), "gate": build.get("gate")}
 
 
 def _optional_table(path: str | Path | None, without: str) -> pd.DataFrame | None:

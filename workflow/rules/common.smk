@@ -56,9 +56,15 @@ def _storage(data):
 
 STORAGE = one_line(_storage, SETTINGS.data)
 PREPARE_SHARDS = SETTINGS.data.prepare_shards
+# The supernet replicates: training, sampling, scoring and analysis run once per seed of `seeds` (wildcard
+# `seed`, files of SEED), then pool_seeds writes the pooled ranking and preference where a single run has them
+# (RANKING, PREFERENCE); the later stages read those, and start from the first seed's supernet (SUPERNET).
+SEEDS = list(SETTINGS.seeds)
+SEED = LAYOUT.of_seed("{seed}")
+PRIMARY = LAYOUT.of_seed(SEEDS[0])
+PER_SEED_STAGES = ("train_supernet", "sample_strategies", "score_strategies", "analyze")
 # short names of the files many rules use (the others: LAYOUT.<file>)
-SUPERNET = LAYOUT.supernet
-CANDIDATES = LAYOUT.candidates
+SUPERNET = PRIMARY.supernet
 RANKING = LAYOUT.ranking
 PREFERENCE = LAYOUT.preference
 DERIVED = LAYOUT.derived
@@ -125,6 +131,17 @@ def stage_values(stage):
     return layout.stage_params(config, stage)
 
 
+def seed_values(stage):
+    """The values of the parameters a per-seed stage reads, with `seed` the job's replicate seed (its command
+    runs with `--set seed={seed}`): a rule's `params`."""
+    return lambda wildcards: layout.stage_params({**config, "seed": int(wildcards.seed)}, stage)
+
+
+def other_seeds(pattern):
+    """An input function: the file `pattern` (with `{seed}`) of every seed but the job's."""
+    return lambda wildcards: [pattern.format(seed=s) for s in SEEDS if str(s) != wildcards.seed]
+
+
 def _ids(table):
     import csv
 
@@ -151,3 +168,4 @@ wildcard_constraints:
     sid="[nstb]+",
     shard="[0-9]+",
     fseed=r"\d+",
+    seed=r"\d+",

@@ -5,11 +5,14 @@
 rule report:
     input:
         **CACHE_FILES,
-        history=LAYOUT.history,
-        drop_rates=LAYOUT.drop_rates,
+        history=PRIMARY.history,
+        drop_rates=PRIMARY.drop_rates,
         ranking=RANKING,
         preference=PREFERENCE,
         network=LAYOUT.network,
+        stability=LAYOUT.stability,
+        seed_rankings=expand(SEED.ranking, seed=SEEDS),
+        seed_analyses=expand(SEED.analysis_summary, seed=SEEDS),
         derived=DERIVED,
         finetune=FINETUNE_TABLE,
         finetune_best=LAYOUT.finetune_best_history,
@@ -20,17 +23,9 @@ rule report:
         timing=lambda w: [
             LAYOUT.timing(s)
             for s in (["generate"] if IS_BUILTIN else [])
-            + [
-                "prepare",
-                "train_supernet",
-                "sample_strategies",
-                "score_strategies",
-                "analyze",
-                "derive",
-                "finetune",
-                "validate_ranking",
-            ]
-        ],
+            + ["prepare", "pool_seeds", "derive", "finetune", "validate_ranking"]
+        ]
+        + [LAYOUT.of_seed(seed).timing(s) for s in PER_SEED_STAGES for seed in SEEDS],
     output:
         report=REPORT,
         metrics=METRICS,
@@ -57,7 +52,7 @@ rule report:
     params:
         values=stage_values("report"),
         results=dirname("report", "output"),
-        checkpoint_dir=dirname("history"),
+        checkpoint_dir=dirname("history", up=2),
         cache=dirname("manifest"),
     shell:
         "python -m stfusion.cli report --results {params.results} "

@@ -1,4 +1,4 @@
-# Stage 2: the template network trained with Variational DropPath. OUT/last.pt is deliberately not an output:
+# Stage 2: the template network trained with Variational DropPath, once per seed of `seeds` (wildcard seed). OUT/last.pt is deliberately not an output:
 # a killed or preempted job resumes from it (Snakemake deletes a failed job's outputs, never last.pt).
 #
 # Every training rule (this one, finetune, train_standalone) starts its command with TRAIN_LAUNCH: one process,
@@ -27,13 +27,13 @@ rule train_supernet:
     input:
         **CACHE_FILES,
     output:
-        model=SUPERNET,
-        history=LAYOUT.history,
-        drop_rates=LAYOUT.drop_rates,
-        gate_stats=LAYOUT.gate_stats,
-        timing=LAYOUT.timing("train_supernet"),
+        model=SEED.supernet,
+        history=SEED.history,
+        drop_rates=SEED.drop_rates,
+        gate_stats=SEED.gate_stats,
+        timing=SEED.timing("train_supernet"),
     log:
-        "logs/train_supernet.log",
+        "logs/train_supernet/seed{seed}.log",
     conda:
         CONDA_ENV
     threads: 8
@@ -42,11 +42,11 @@ rule train_supernet:
         mem_mb=8000,
         runtime=60,
     params:
-        values=stage_values("train_supernet"),
+        values=seed_values("train_supernet"),
         cache=dirname("manifest"),
         out=dirname("model", "output"),
         launch=TRAIN_LAUNCH,
         threads=threads_per_process,
     shell:
-        "{params.launch} stfusion.cli train-supernet --cache {params.cache} --out {params.out} "
-        "--threads {params.threads} --timing {output.timing} --log {log} --no-progress"
+        "{params.launch} stfusion.cli train-supernet --set seed={wildcards.seed} --cache {params.cache} "
+        "--out {params.out} --threads {params.threads} --timing {output.timing} --log {log} --no-progress"
