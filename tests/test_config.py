@@ -108,6 +108,10 @@ def test_preset_is_the_base_and_the_users_keys_win(tmp_path, caplog):
     p = load_params(path, cli.parse_overrides(["data.short_side=192", "data.frames=8"]))
     assert p["data"]["short_side"] == 192 and p["data"]["frames"] == 8 and p["data"]["workers"] == 3  # --set wins
     assert load_params(path, {"preset": None})["model"]["backbone"] == "plain"  # --set names the preset too
+    with caplog.at_level("INFO", logger="stfusion.config.loading"):
+        p = load_params(path, {"model": {"backbone": "plain"}})  # another backbone: the preset's model goes
+    assert p["model"]["variant"] == "stfusion" and p["model"]["temporal_stride"] is False and p["data"]["frames"] == 16
+    assert "model.backbone plain replaces preset ucf101's model section" in caplog.text
 
 
 def test_the_snakefile_resolves_as_the_cli_does(tmp_path):

@@ -16,6 +16,7 @@ import yaml
 
 from conftest import REPO
 from stfusion.config.layout import LAYOUT
+from stfusion.config.loading import resolve_params
 
 SEED0 = LAYOUT.of_seed(0)  # the tiny configuration's one supernet
 
@@ -103,7 +104,8 @@ def test_your_ucf101_folder_plans_the_pipeline(tmp_path):
     out = snakemake("-n", "--cores", "all", "--config", "preset=ucf101", f"data={{dataset: ucf101, root: {root}}}",
                     cwd=tmp_path)
     jobs = planned_jobs(out.stdout + out.stderr)
-    assert "generate_builtin" not in jobs and all(jobs.get(r) == 1 for r in ("prepare", "train_supernet", "report"))
+    assert "generate_builtin" not in jobs and all(jobs.get(r) == 1 for r in ("prepare", "pool_seeds", "report"))
+    assert jobs["train_supernet"] == len(resolve_params(None, {"preset": "ucf101"})["seeds"])  # one a seed
     # after Ctrl-C the same command resumes: Snakemake finds profiles/default by itself, and it reruns the
     # interrupted job (rerun-incomplete) instead of stopping with IncompleteFilesException; the training command
     # resumes from last.pt (tests/test_fault_tolerance.py)

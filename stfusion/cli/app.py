@@ -99,9 +99,21 @@ def _processes(distributed: bool):
         dist.cleanup()
 
 
+def _run_supernet(cmd: Command, args: argparse.Namespace, params: dict | None) -> None:
+    """A supernet path left at its default names the run's supernet (:meth:`RunLayout.run_supernet`: after the
+    workflow, the first seed's replicate)."""
+    for arg in cmd.arguments():
+        if arg.spec.get("default") == LAYOUT.supernet and getattr(args, arg.dest) == LAYOUT.supernet:
+            from stfusion.config.loading import load_params
+
+            seeds = (params or load_params(args.params))["seeds"]
+            setattr(args, arg.dest, LAYOUT.run_supernet(seeds).supernet)
+
+
 def run(cmd: Command, args: argparse.Namespace, params: dict | None) -> None:
     """Run ``cmd``'s stage with its part of ``params`` and the parsed ``args``; record its seconds when it is
     timed (the main process of a distributed command only)."""
+    _run_supernet(cmd, args, params)
     if cmd.resolve:
         cmd.resolve(args, params)
     module, _, name = cmd.stage.partition(":")

@@ -38,7 +38,7 @@ from __future__ import annotations
 import copy
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Sequence
 
 # ----------------------------------------------------------------------------------------------- layout
 @dataclass(frozen=True)
@@ -104,6 +104,12 @@ class RunLayout:
         """The layout of supernet replicate ``seed``: its supernet, strategy lists and analysis in a ``seed<s>``
         folder below the standard ones (every other file is shared by the replicates)."""
         return replace(self, replicate=str(seed))
+
+    def run_supernet(self, seeds: Sequence[int]) -> RunLayout:
+        """The supernet a run's later stages read (derive, finetune, the report, export): the first of ``seeds``'s
+        replicate (the workflow), or the single supernet of commands given by hand (no ``seed<s>`` folder)."""
+        first = self.of_seed(seeds[0])
+        return first if Path(first.supernet).is_file() or not Path(self.supernet).is_file() else self
 
     @property
     def seeds_dir(self) -> str:

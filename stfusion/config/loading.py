@@ -123,7 +123,7 @@ def resolve_params(user: dict | None = None, overrides: dict | None = None) -> d
     defaults = _load_yaml(DEFAULTS_PATH)
     changes, overrides = _changes(user or {}, defaults), overrides or {}
     name = overrides.get("preset", changes.get("preset", defaults["preset"]))
-    preset = preset_values(name)
+    preset = _preset_under(name, preset_values(name), (changes, overrides))
     params = defaults
     for layer in (preset, changes, overrides):
         params = deep_merge(params, layer)
@@ -131,6 +131,17 @@ def resolve_params(user: dict | None = None, overrides: dict | None = None) -> d
     Settings.from_params(params)
     _note_packaged_values(name, preset, user or {}, params)
     return params
+
+
+def _preset_under(name: str | None, preset: dict, above: tuple[dict, ...]) -> dict:
+    """The preset's keys under the layers ``above`` it: a ``model.backbone`` chosen there other than the preset's
+    replaces the preset's whole ``model`` section (its unit, widths, variant and strides belong to its backbone)."""
+    chosen = [layer["model"]["backbone"] for layer in above if "backbone" in (layer.get("model") or {})]
+    if not chosen or chosen[-1] == (preset.get("model") or {}).get("backbone"):
+        return preset
+    log.info("model.backbone %s replaces preset %s's model section (%s)", chosen[-1], name,
+             ", ".join(f"{k}: {v}" for k, v in preset["model"].items()))
+    return {key: value for key, value in preset.items() if key != "model"}
 
 
 def leaves(node: dict, prefix: str = "") -> dict:

@@ -25,13 +25,6 @@ def report_layout(results: str | Path, checkpoint_dir: str | Path, cache_dir: st
     return layout
 
 
-def shown_supernet(layout: RunLayout, seeds) -> RunLayout:
-    """The supernet whose training curves and drop rates the report shows: the first replicate seed's (the
-    workflow), or the single supernet of a run whose commands were given by hand (no ``seed<s>`` folders)."""
-    first = layout.of_seed(seeds[0])
-    return first if Path(first.history).is_file() or not Path(layout.history).is_file() else layout
-
-
 def report(params: dict, *, results: str | Path, checkpoint_dir: str | Path, cache_dir: str | Path, out: str | Path,
            metrics: str | Path) -> dict:
     """Stage ``report``: ``report.md`` (at ``out``), ``metrics.json`` (numbers only, at ``metrics``),
@@ -43,7 +36,7 @@ def report(params: dict, *, results: str | Path, checkpoint_dir: str | Path, cac
     layout, versions = report_layout(results, checkpoint_dir, cache_dir), library_versions()
     settings = Settings.for_stage(params)
     classes = [str(row["name"]) for row in class_groups(layout.cache)[0]]
-    write_report_files(layout, classes, shown_supernet(layout, settings.seeds))
+    write_report_files(layout, classes, layout.run_supernet(settings.seeds))
     text, scalars = build_report(layout, seed=settings.seed, seeds=settings.seeds, versions=versions, page=out)
     write_text(out, text)
     write_json(metrics, scalars)
