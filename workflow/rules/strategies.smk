@@ -32,6 +32,7 @@ rule score_strategies:
         CONDA_ENV
     threads: 8
     resources:
+        **SCORE_RESOURCES,
         mem_mb=8000,
         runtime=30,
     params:
