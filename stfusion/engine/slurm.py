@@ -73,7 +73,7 @@ def request_problem(rule: str, request: dict[str, int], nodes: list[dict[str, in
     largest = {k: max((n[k] for n in nodes), default=0) for k in ("cpus", "mem_mb", "gpus")}
     return (f"rule {rule} asks SLURM for {asked}, but {where} has {len(nodes)} node(s), {len(fit)} of them large "
             f"enough (at most {largest['cpus']} CPUs, {largest['mem_mb']} MB, {largest['gpus']} GPU(s) a node): "
-            f"lower the request in your copy of the profile (cores, mem_mb) or params.yaml (compute.device, "
+            f"lower it in your copy of the profile (cores; mem_mb under set-resources) or in params.yaml (compute.device, "
             f"compute.gpus_per_node, compute.nodes)")
 
 

@@ -65,6 +65,8 @@ SlurmctldHost=localhost(127.0.0.1)
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+# a requeued job waits cred_expire + 1 s before it starts again (the default, 120 s, is long for tests)
+AuthInfo=cred_expire=10
 StateSaveLocation=$STATE/spool/ctld
 SlurmdSpoolDir=$STATE/spool/d
 SlurmctldPidFile=$STATE/slurmctld.pid

@@ -190,11 +190,8 @@ def read_every_end():
     plugin.query_job_status = query_job_status
 
 
-ON_SLURM = workflow.executor_plugin is not None and workflow.executor_plugin.name == "slurm"
-if ON_SLURM:
-    read_every_end()
-
-
+# under the SLURM executor (known once the run starts), before the first submission
 onstart:
-    if ON_SLURM:
+    if workflow.executor_plugin is not None and workflow.executor_plugin.name == "slurm":
+        read_every_end()
         check_cluster_requests(workflow.dag.needrun_jobs())
