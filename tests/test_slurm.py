@@ -132,3 +132,28 @@ def test_a_training_job_warned_by_slurm_checkpoints_requeues_itself_and_resumes(
     assert "resuming checkpoints/supernet from epoch" in log, log[-3000:]
     assert _sh("sacct", "-X", "-D", "-n", "-P", "-o", "State", "-j", job).split() == ["REQUEUED", "COMPLETED"]
     assert (root / "checkpoints" / "supernet" / "history.csv").read_bytes() == history
+
+
+def test_a_job_cancelled_by_scancel_ends_the_run_instead_of_hanging(tmp_path):
+    """sacct says `CANCELLED by <uid>`, which the executor plugin alone reads as still running: the workflow reads
+    it as a failure, and the run (retries: 0 here) stops instead of waiting for ever."""
+    profile = _copy_profile(tmp_path, cores=2, retries=0)
+    run = subprocess.Popen(["snakemake", "generate_builtin", "-s", str(REPO / "Snakefile"), "--profile", str(profile),
+                            "-d", str(tmp_path), "--configfile", str(TINY)], cwd=tmp_path,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    jobs = []
+
+    def running():
+        jobs[:] = _sh("squeue", "-h", "-t", "RUNNING", "-o", "%i").split()
+        return bool(jobs)
+
+    try:
+        _wait("the job", running, 90)
+        job = jobs[0]
+        _sh("scancel", job)
+        out, _ = run.communicate(timeout=90)
+    finally:
+        run.kill()
+    assert run.returncode != 0
+    assert f"SLURM-job '{job}' failed, SLURM status is: 'CANCELLED'" in out, out[-3000:]
+    assert _state(job).startswith("CANCELLED by ")
