@@ -103,14 +103,15 @@ def test_slurm_profile_resolves(tmp_path):
     # one GPU, one node, one task; the warning signal 300 s before the time limit; a single process
     assert job["gres"] == "gpu:1" and job["nodes"] == "1" and job["runtime"] == "720"
     assert job["slurm_extra"] == SIGNAL
-    assert job["shell"].startswith("python -m stfusion.engine.slurm python -m stfusion.cli train-supernet ")
+    assert job["shell"].startswith("python -m stfusion.engine.slurm --launch python -m stfusion.cli train-supernet ")
     assert _job(text, "score_strategies")["gres"] == "gpu:1"
     # the stand-alone runs of the default run's check and of the fidelity study: the same request, launch and
     # preemption handling
     for rule in TRAINING_RULES[1:]:
         job = _job(text, rule)
         assert (job["gres"], job["nodes"], job["slurm_extra"], job["runtime"]) == ("gpu:1", "1", SIGNAL, "720")
-        assert job["shell"].startswith(f"python -m stfusion.engine.slurm python -m stfusion.cli {rule.replace('_', '-')} ")
+        command = f"python -m stfusion.engine.slurm --launch python -m stfusion.cli {rule.replace('_', '-')} "
+        assert job["shell"].startswith(command)
     assert "train-fidelity --seed-index 1 --strategy sst " in _job(text, "train_fidelity")["shell"]
 
 
@@ -134,7 +135,8 @@ def test_slurm_dry_run_requests_nodes_and_gpus_and_launches_torchrun(tmp_path):
         assert job["nodes"] == "2" and job["gres"] == "gpu:4", job
         assert job["slurm_extra"] == SIGNAL
         shell = job["shell"]
-        assert shell.startswith("python -m stfusion.engine.slurm srun --overlap --nodes=2 --ntasks-per-node=1 python -m stfusion.engine.launch ")
+        assert shell.startswith("python -m stfusion.engine.slurm --launch srun --overlap --nodes=2 --ntasks-per-node=1 "
+                                "python -m stfusion.engine.launch ")
         for arg in ("--nnodes=2", "--nproc-per-node=4", "--max-restarts=5", "--rdzv-backend=c10d",
                     f"-m stfusion.cli {rule.replace('_', '-')}", f"--threads {threads}"):
             assert arg in shell, (arg, shell)
@@ -272,7 +274,8 @@ def test_tiny_fidelity_study_is_its_own_target(tiny_run):
     job = _job(text, "train_fidelity")
     assert [job[k] for k in ("gres", "nodes", "slurm_extra")] == [supernet[k] for k in ("gres", "nodes", "slurm_extra")]
     assert job["gres"] == "gpu:1" and job["runtime"] == supernet["runtime"]
-    assert job["shell"].startswith("python -m stfusion.engine.slurm python -m stfusion.cli train-fidelity --seed-index ")
+    assert job["shell"].startswith("python -m stfusion.engine.slurm --launch python -m stfusion.cli train-fidelity "
+                                   "--seed-index ")
 
 
 # ----------------------------------------------------------------------------------- the real default run

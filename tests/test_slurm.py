@@ -117,8 +117,8 @@ def test_a_training_job_warned_by_slurm_checkpoints_requeues_itself_and_resumes(
     # the launch of the Snakemake training rules (stfusion.engine.launch.launch_prefix), in a job step as the
     # executor plugin runs it
     script.write_text("#!/bin/bash\nexport OMP_NUM_THREADS=1\n"
-                      "srun python -m stfusion.engine.slurm python -m stfusion.cli train-supernet --no-progress "
-                      "--threads 1\n")
+                      "srun python -m stfusion.engine.slurm --launch python -m stfusion.cli train-supernet "
+                      "--no-progress --threads 1\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     job = subprocess.run(["sbatch", "--parsable", "--requeue", "-c", "1", "--mem", "2000", "-o",
                           str(root / "slurm-%j.out"), "--open-mode", "append", str(script)], cwd=root, env=env,

@@ -1,6 +1,6 @@
 """How the Snakemake training rules start a training command on ``nodes x gpus_per_node`` processes, and the
-torchrun agent they use. Each launch runs under ``python -m stfusion.engine.slurm``, which requeues a SLURM job
-whose training stopped to be resumed (elsewhere it only runs the command):
+torchrun agent they use. Each launch runs under ``python -m stfusion.engine.slurm --launch``, which requeues a
+SLURM job whose training stopped to be resumed (elsewhere it only runs the command):
 
     one process:       python -m stfusion.cli train-supernet ...
     one node, G > 1:   python -m stfusion.engine.launch --standalone --nproc-per-node=G --max-restarts=K -m stfusion.cli ...
@@ -29,7 +29,7 @@ def launch_prefix(gpus_per_node: int = 1, nodes: int = 1, max_restarts: int = 3,
     stopped to be resumed requeues itself; elsewhere it only runs the command)."""
     if gpus_per_node < 1 or nodes < 1:
         raise ValueError(f"gpus_per_node and nodes must be at least 1, got {gpus_per_node} and {nodes}")
-    return f"python -m stfusion.engine.slurm {_processes(gpus_per_node, nodes, max_restarts, port)}"
+    return f"python -m stfusion.engine.slurm --launch {_processes(gpus_per_node, nodes, max_restarts, port)}"
 
 
 def _processes(gpus_per_node: int, nodes: int, max_restarts: int, port: int) -> str:

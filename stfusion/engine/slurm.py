@@ -1,14 +1,16 @@
 """What a training job needs from SLURM: a request checked against the partition before anything is submitted,
 and a job that requeues itself when its training stopped to be resumed.
 
-    python -m stfusion.engine.slurm python -m stfusion.cli train-supernet ...
+    python -m stfusion.engine.slurm --launch python -m stfusion.cli train-supernet ...
 
 runs the command and returns its exit status. Inside a SLURM job, a command that exits with
 :data:`~stfusion.errors.EXIT_RESUME` (it wrote its checkpoint after SLURM's time-limit warning, a preemption's
 SIGTERM or ``scancel --signal=USR1``) makes the job ask SLURM to requeue it: the job keeps its id, waits in the
-queue, and its next run resumes from the checkpoint. A job cancelled by ``scancel`` is not requeued (the user, or
-Snakemake on Ctrl-C, stopped it). While the command runs, SIGUSR1 is ignored here (it reaches every process of
-the job step; the training processes handle it) and SIGTERM and SIGINT are passed on to the command.
+queue, and its next run resumes from the checkpoint (``dvc repro`` in a job step,
+``srun python -m stfusion.engine.slurm dvc repro``, reruns from its first unfinished stage). A job cancelled by
+``scancel`` is not requeued (the user, or Snakemake on Ctrl-C, stopped it). While the command runs, SIGUSR1 is
+ignored (it reaches every process of the job step; the command inherits the disposition, and the training
+processes set their own handler), and SIGTERM and SIGINT are passed on to the command.
 
 This module imports nothing heavy: Snakemake reads :func:`request_problem` while it starts a run.
 """
@@ -22,6 +24,10 @@ import subprocess
 import sys
 
 from stfusion.errors import EXIT_RESUME
+
+#: set for a command run with ``--launch`` (by :func:`stfusion.engine.launch.launch_prefix`): a training command
+#: that finds it is not relaunched (:func:`stfusion.cli.app.relaunch`)
+LAUNCHED = "STFUSION_LAUNCHED"
 
 #: sacct's state of a job that ``scancel`` (of the user, or of Snakemake on Ctrl-C) stopped: ``CANCELLED by <uid>``
 _CANCELLED = re.compile(r"^CANCELLED\b")
@@ -61,7 +67,8 @@ def node_offers(partition: str | None) -> list[dict[str, int]]:
     return nodes
 
 
-def request_problem(rule: str, request: dict[str, int], nodes: list[dict[str, int]], partition: str | None) -> str | None:
+def request_problem(rule: str, request: dict[str, int], nodes: list[dict[str, int]],
+                    partition: str | None) -> str | None:
     """None when ``request`` ({"cpus", "mem_mb", "gpus", "nodes"}: per node, and the node count) fits
     ``request["nodes"]`` of ``nodes``, else one line naming the rule, the request and what the partition offers."""
     where = f"partition {partition}" if partition else "the default partition"
@@ -73,8 +80,8 @@ def request_problem(rule: str, request: dict[str, int], nodes: list[dict[str, in
     largest = {k: max((n[k] for n in nodes), default=0) for k in ("cpus", "mem_mb", "gpus")}
     return (f"rule {rule} asks SLURM for {asked}, but {where} has {len(nodes)} node(s), {len(fit)} of them large "
             f"enough (at most {largest['cpus']} CPUs, {largest['mem_mb']} MB, {largest['gpus']} GPU(s) a node): "
-            f"lower it in your copy of the profile (cores; mem_mb under set-resources) or in params.yaml (compute.device, "
-            f"compute.gpus_per_node, compute.nodes)")
+            f"lower it in your copy of the profile (cores; mem_mb under set-resources) or in params.yaml "
+            f"(compute.device, compute.gpus_per_node, compute.nodes)")
 
 
 def _job_cancelled(job_id: str) -> bool:
@@ -84,10 +91,11 @@ def _job_cancelled(job_id: str) -> bool:
     return any(_CANCELLED.match(s) for s in out.stdout.split())
 
 
-def run(command: list[str]) -> int:
-    """Run ``command``; inside a SLURM job, requeue the job when it exits with EXIT_RESUME (see the module)."""
-    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # the command's processes install their own handler
-    child = subprocess.Popen(command)
+def run(command: list[str], launch: bool = False) -> int:
+    """Run ``command``; inside a SLURM job, requeue the job when it exits with EXIT_RESUME (see the module).
+    ``launch``: the command is a training launch (it is told so through the environment)."""
+    signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # inherited: the training processes install their own handler
+    child = subprocess.Popen(command, env={**os.environ, **({LAUNCHED: "1"} if launch else {})})
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, lambda signum, frame: child.send_signal(signum))
     status = child.wait()
@@ -99,4 +107,5 @@ def run(command: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    launch = sys.argv[1:2] == ["--launch"]
+    sys.exit(run(sys.argv[1 + launch:], launch))
