@@ -118,7 +118,7 @@ def test_a_training_job_warned_by_slurm_checkpoints_requeues_itself_and_resumes(
     # executor plugin runs it
     script.write_text("#!/bin/bash\nexport OMP_NUM_THREADS=1\n"
                       "srun python -m stfusion.engine.slurm --launch python -m stfusion.cli train-supernet "
-                      "--no-progress --threads 1\n")
+                      "--no-progress --threads 1 --log train.log\n")
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     job = subprocess.run(["sbatch", "--parsable", "--requeue", "-c", "1", "--mem", "2000", "-o",
                           str(root / "slurm-%j.out"), "--open-mode", "append", str(script)], cwd=root, env=env,
@@ -126,12 +126,17 @@ def test_a_training_job_warned_by_slurm_checkpoints_requeues_itself_and_resumes(
     last = root / "checkpoints" / "supernet" / "last.pt"
     _wait("the first checkpoint", last.exists, 120)
     _sh("scancel", "--signal=USR1", job)
+    _wait("the requeue", lambda: "PENDING" in _sh("squeue", "-h", "-j", job, "-o", "%T"), 60)
+    (root / "train.log").unlink()  # what Snakemake does before it runs a job again
     _wait("the resumed run", lambda: _state(job) == "COMPLETED", 180)
     log = (root / f"slurm-{job}.out").read_text()
     assert "received SIGUSR1" in log and f"requeueing SLURM job {job}" in log, log[-3000:]
     assert "resuming checkpoints/supernet from epoch" in log, log[-3000:]
     assert _sh("sacct", "-X", "-D", "-n", "-P", "-o", "State", "-j", job).split() == ["REQUEUED", "COMPLETED"]
     assert (root / "checkpoints" / "supernet" / "history.csv").read_bytes() == history
+    # the command's log keeps both runs, as it does when Snakemake deletes it before the second
+    train_log = (root / "train.log").read_text()
+    assert "received SIGUSR1" in train_log and "resuming checkpoints/supernet" in train_log
 
 
 def test_a_job_cancelled_by_scancel_ends_the_run_instead_of_hanging(tmp_path):

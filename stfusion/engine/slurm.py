@@ -10,7 +10,8 @@ queue, and its next run resumes from the checkpoint (``dvc repro`` in a job step
 ``srun python -m stfusion.engine.slurm dvc repro``, reruns from its first unfinished stage). A job cancelled by
 ``scancel`` is not requeued (the user, or Snakemake on Ctrl-C, stopped it). While the command runs, SIGUSR1 is
 ignored (it reaches every process of the job step; the command inherits the disposition, and the training
-processes set their own handler), and SIGTERM and SIGINT are passed on to the command.
+processes set their own handler), and SIGTERM and SIGINT are passed on to the command. The command's ``--log``
+file keeps the log of every attempt (:class:`Attempts`).
 
 This module imports nothing heavy: Snakemake reads :func:`request_problem` while it starts a run.
 """
@@ -22,6 +23,7 @@ import re
 import signal
 import subprocess
 import sys
+from pathlib import Path
 
 from stfusion.errors import EXIT_RESUME
 
@@ -91,14 +93,41 @@ def _job_cancelled(job_id: str) -> bool:
     return any(_CANCELLED.match(s) for s in out.stdout.split())
 
 
+class Attempts:
+    """The command's ``--log`` file keeps every attempt: Snakemake deletes a job's log before each run, so the
+    log of a run that stopped to be resumed is kept beside it (``<log>.earlier``) and put back in front of the
+    next run's, which appends to it; a run that ends otherwise removes the copy."""
+
+    def __init__(self, command: list[str]):
+        log = command[command.index("--log") + 1] if "--log" in command[:-1] else None
+        self.log, self.earlier = (Path(log), Path(f"{log}.earlier")) if log else (None, None)
+
+    def restore(self) -> None:
+        if self.earlier and self.earlier.is_file() and not (self.log.is_file() and self.log.stat().st_size):
+            from stfusion.io.files import write_text
+
+            write_text(self.log, self.earlier.read_text())
+
+    def keep(self, resumed: bool) -> None:
+        if self.earlier and resumed and self.log.is_file():
+            from stfusion.io.files import write_text
+
+            write_text(self.earlier, self.log.read_text())
+        elif self.earlier:
+            self.earlier.unlink(missing_ok=True)
+
+
 def run(command: list[str], launch: bool = False) -> int:
     """Run ``command``; inside a SLURM job, requeue the job when it exits with EXIT_RESUME (see the module).
     ``launch``: the command is a training launch (it is told so through the environment)."""
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)  # inherited: the training processes install their own handler
+    attempts = Attempts(command)
+    attempts.restore()
     child = subprocess.Popen(command, env={**os.environ, **({LAUNCHED: "1"} if launch else {})})
     for s in (signal.SIGTERM, signal.SIGINT):
         signal.signal(s, lambda signum, frame: child.send_signal(signum))
     status = child.wait()
+    attempts.keep(status == EXIT_RESUME)
     job = os.environ.get("SLURM_JOB_ID")
     if status == EXIT_RESUME and job and not _job_cancelled(job):
         print(f"stfusion: training stopped to resume; requeueing SLURM job {job}", file=sys.stderr, flush=True)
