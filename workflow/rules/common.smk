@@ -181,7 +181,9 @@ def read_every_end():
     `retries` resubmits the job (training resumes from its checkpoint), instead of waiting for ever."""
     import snakemake_executor_plugin_slurm as plugin
 
-    query = plugin.query_job_status
+    query = getattr(plugin, "query_job_status", None)
+    if query is None:
+        raise WorkflowError('the SLURM profile needs snakemake-executor-plugin-slurm >= 2.8: pip install -e ".[slurm]"')
 
     async def query_job_status(command, logger):
         states, seconds = await query(command, logger)
