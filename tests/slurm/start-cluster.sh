@@ -82,6 +82,8 @@ AccountingStorageType=accounting_storage/slurmdbd
 AccountingStorageHost=localhost
 JobCompType=jobcomp/none
 MpiDefault=none
+# slurmctld and slurmd listen on 127.0.0.1 only (slurmdbd too: the same line in slurmdbd.conf)
+CommunicationParameters=NoCtldInAddrAny,NoInAddrAny
 ReturnToService=2
 SchedulerType=sched/backfill
 SchedulerParameters=sched_interval=2
@@ -107,6 +109,7 @@ $MARK
 AuthType=auth/munge
 DbdHost=localhost
 DbdAddr=127.0.0.1
+CommunicationParameters=NoInAddrAny
 SlurmUser=root
 PidFile=$STATE/slurmdbd.pid
 LogFile=$STATE/log/slurmdbd.log
