@@ -97,10 +97,11 @@ def test_a_request_the_partition_cannot_hold_stops_the_run_before_any_submission
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    """A folder with the tiny params (supernet: 6 epochs) and a prepared cache, and an uninterrupted run's history."""
+    """A folder with the tiny params (supernet: 25 epochs, so that the signal comes mid-run) and a prepared
+    cache, and an uninterrupted run's history."""
     root = tmp_path_factory.mktemp("slurm")
     params = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), yaml.safe_load(TINY.read_text()))
-    (root / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, {"supernet": {"epochs": 6}})))
+    (root / "params.yaml").write_text(yaml.safe_dump(deep_merge(params, {"supernet": {"epochs": 25}})))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for stage in ("generate", "prepare", "train-supernet"):
         subprocess.run([sys.executable, "-m", "stfusion.cli", stage, "--no-progress"], cwd=root, env=env,
