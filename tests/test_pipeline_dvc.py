@@ -91,9 +91,10 @@ def _imported(path: Path, skip: frozenset[str]) -> set[str]:
 def code_closure(command: str) -> set[str]:
     """The files of stfusion that ``python -m stfusion.cli <command>`` runs: the command line (every module
     of stfusion/cli), the command's stage module, and what they import, transitively. The command line imports
-    stfusion.engine.distributed only for a distributed command."""
+    stfusion.engine.distributed, launch and slurm only for a distributed command."""
     cmd = next(c for c in COMMANDS if c.name == command)
-    skip = frozenset() if cmd.distributed else frozenset({"stfusion.engine.distributed"})
+    skip = frozenset() if cmd.distributed else frozenset(
+        {"stfusion.engine.distributed", "stfusion.engine.launch", "stfusion.engine.slurm"})
     todo = {f"stfusion.cli.{p.stem}" for p in (REPO / "stfusion" / "cli").glob("*.py")}
     todo |= {"stfusion", "stfusion.cli", cmd.stage.partition(":")[0]}
     seen: set[str] = set()

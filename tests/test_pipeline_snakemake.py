@@ -137,26 +137,39 @@ def _job(text: str, rule: str) -> dict[str, str]:
     return out
 
 
+SIGNAL = "--signal=USR1@300 --ntasks-per-node=1 --requeue"
+
+
 def test_slurm_profile_resolves(tmp_path):
     profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
-    assert profile["executor"] == "slurm"
-    res = profile["set-resources"]["train_supernet"]
-    assert {"mem_mb", "runtime", "cpus_per_task"} <= set(res)
-    assert set(profile["preemptible-rules"]) == {"train_supernet", "finetune", *TRAINING_RULES}
-    assert profile["preemptible-retries"] >= 50 and profile["retries"] == 1
+    assert profile["executor"] == "slurm" and profile["retries"] == 1
+    # no preemptible resubmission: a training job requeues itself (stfusion.engine.slurm), other failures retry once
+    assert "preemptible-rules" not in profile and "set-threads" not in profile
+    assert set(profile["set-resources"]) == {"train_supernet", "finetune", *TRAINING_RULES}
     text = _slurm_dry_run(tmp_path)
     job = _job(text, "train_supernet")
     # one GPU, one node, one task; the warning signal 300 s before the time limit; a single process
     assert job["gres"] == "gpu:1" and job["nodes"] == "1" and job["runtime"] == "720"
-    assert job["slurm_extra"] == "--signal=USR1@300 --ntasks-per-node=1"
-    assert job["shell"].startswith("python -m stfusion.cli train-supernet ")
+    assert job["slurm_extra"] == SIGNAL
+    assert job["shell"].startswith("python -m stfusion.engine.slurm --launch python -m stfusion.cli train-supernet ")
+    assert _job(text, "score_strategies")["gres"] == "gpu:1"
     # the stand-alone runs of the default run's check and of the fidelity study: the same request, launch and
     # preemption handling
     for rule in TRAINING_RULES[1:]:
         job = _job(text, rule)
-        assert (job["gres"], job["nodes"], job["slurm_extra"]) == ("gpu:1", "1", "--signal=USR1@300 --ntasks-per-node=1")
-        assert job["runtime"] == "360" and job["shell"].startswith(f"python -m stfusion.cli {rule.replace('_', '-')} ")
+        assert (job["gres"], job["nodes"], job["slurm_extra"], job["runtime"]) == ("gpu:1", "1", SIGNAL, "720")
+        command = f"python -m stfusion.engine.slurm --launch python -m stfusion.cli {rule.replace('_', '-')} "
+        assert job["shell"].startswith(command)
     assert "train-fidelity --seed-index 1 --strategy sst " in _job(text, "train_fidelity")["shell"]
+
+
+def test_slurm_asks_for_no_gpu_when_the_device_is_cpu(tmp_path):
+    """compute.device: cpu: no gres on any job (a CPU-only cluster refuses any); prepare's CPUs are data.workers."""
+    cpu = tmp_path / "cpu.yaml"
+    cpu.write_text(yaml.safe_dump({"compute": {"device": "cpu"}, "data": {"workers": 3}}))
+    text = _slurm_dry_run(tmp_path, cpu)
+    assert "gres=" not in text
+    assert re.search(r"rule prepare:.*?\n\s*threads: 3\n", text, re.S), text[:3000]
 
 
 def test_slurm_dry_run_requests_nodes_and_gpus_and_launches_torchrun(tmp_path):
@@ -168,9 +181,10 @@ def test_slurm_dry_run_requests_nodes_and_gpus_and_launches_torchrun(tmp_path):
     for rule, threads in zip(TRAINING_RULES, (2, 1, 1)):
         job = _job(text, rule)
         assert job["nodes"] == "2" and job["gres"] == "gpu:4", job
-        assert "--ntasks-per-node=1" in job["slurm_extra"] and "--signal=USR1@300" in job["slurm_extra"]
+        assert job["slurm_extra"] == SIGNAL
         shell = job["shell"]
-        assert shell.startswith("srun --overlap --nodes=2 --ntasks-per-node=1 python -m stfusion.engine.launch ")
+        assert shell.startswith("python -m stfusion.engine.slurm --launch srun --overlap --nodes=2 --ntasks-per-node=1 "
+                                "python -m stfusion.engine.launch ")
         for arg in ("--nnodes=2", "--nproc-per-node=4", "--max-restarts=5", "--rdzv-backend=c10d",
                     f"-m stfusion.cli {rule.replace('_', '-')}", f"--threads {threads}"):
             assert arg in shell, (arg, shell)
@@ -295,7 +309,7 @@ def test_tiny_fidelity_study_is_its_own_target(tiny_run):
     assert "Kendall tau-b" in (res / "fidelity.md").read_text()
     assert len(list((work / "checkpoints" / "fidelity").glob("seed*/*/model.pt"))) == 8
     # on a cluster (the SLURM profile, GPUs as in params.yaml), `snakemake -n fidelity` plans the study's 8
-    # training jobs with the request and launch of train_supernet; the profile resubmits them after a preemption
+    # training jobs with the request, launch and preemption handling of train_supernet
     gpus = work / "gpus.yaml"
     gpus.write_text(yaml.safe_dump({"compute": {"device": "auto"}}))
 
@@ -307,9 +321,9 @@ def test_tiny_fidelity_study_is_its_own_target(tiny_run):
     supernet = _job(plan(SEED0.supernet, "-R", "train_supernet"), "train_supernet")
     job = _job(text, "train_fidelity")
     assert [job[k] for k in ("gres", "nodes", "slurm_extra")] == [supernet[k] for k in ("gres", "nodes", "slurm_extra")]
-    assert job["gres"] == "gpu:1" and job["shell"].startswith("python -m stfusion.cli train-fidelity --seed-index ")
-    profile = yaml.safe_load((REPO / "workflow/profiles/slurm/config.yaml").read_text())
-    assert "train_fidelity" in profile["preemptible-rules"]
+    assert job["gres"] == "gpu:1" and job["runtime"] == supernet["runtime"]
+    assert job["shell"].startswith("python -m stfusion.engine.slurm --launch python -m stfusion.cli train-fidelity "
+                                   "--seed-index ")
 
 
 # ----------------------------------------------------------------------------------- the real default run

@@ -15,6 +15,7 @@ import argparse
 import importlib
 import logging
 import os
+import shlex
 import sys
 import warnings
 from contextlib import contextmanager, nullcontext
@@ -110,6 +111,35 @@ def _run_supernet(cmd: Command, args: argparse.Namespace, params: dict | None) -
             setattr(args, arg.dest, LAYOUT.run_supernet(seeds).supernet)
 
 
+def relaunch(cmd: Command, argv: list[str], params: dict | None) -> None:
+    """A distributed command started by itself (a DVC stage, in an ``sbatch`` allocation or not, or by hand)
+    while compute.gpus_per_node x compute.nodes asks for several processes, or inside a SLURM job: replace this
+    process with the same command under the launcher of the Snakemake training rules
+    (:func:`stfusion.engine.launch.launch_prefix`: torchrun on this node or srun + torchrun over the
+    allocation's nodes, under :mod:`stfusion.engine.slurm`, which requeues the job when training stops to be
+    resumed). Returns when there is nothing to relaunch: one process outside SLURM, or a launched command."""
+    if not cmd.distributed:
+        return
+    from stfusion.config.settings import Settings
+    from stfusion.engine.launch import launch_prefix
+    from stfusion.engine.slurm import LAUNCHED
+
+    if LAUNCHED in os.environ or "WORLD_SIZE" in os.environ:
+        return
+
+    compute, in_job = Settings.from_params(params).compute, bool(os.environ.get("SLURM_JOB_ID"))
+    if compute.gpus_per_node * compute.nodes == 1 and not in_job:
+        return
+    if compute.nodes > 1 and not in_job:
+        raise StfusionError(f"compute.nodes: {compute.nodes} needs a SLURM allocation of as many nodes (sbatch "
+                            f"--nodes={compute.nodes}); outside one, set compute.nodes: 1")
+    prefix = launch_prefix(compute.gpus_per_node, compute.nodes, compute.max_restarts)
+    line = f"{prefix} stfusion.cli {shlex.join(argv)}"
+    log.info("%d x %d training processes: %s", compute.nodes, compute.gpus_per_node, line)
+    logging.shutdown()
+    os.execvp("sh", ["sh", "-c", line])
+
+
 def run(cmd: Command, args: argparse.Namespace, params: dict | None) -> None:
     """Run ``cmd``'s stage with its part of ``params`` and the parsed ``args``; record its seconds when it is
     timed (the main process of a distributed command only)."""
@@ -177,6 +207,7 @@ def setup_logging(log_file: str | None, quiet: bool = False) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = build_parser()
     args = parser.parse_args(argv)
     setup_logging(args.log, args.quiet)
@@ -192,6 +223,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.cmd.params:
             params = load_params(args.params, parse_overrides(args.overrides))
             log.info("stfusion %s (params %s)", args.command, args.params or "packaged defaults + ./params.yaml")
+        relaunch(args.cmd, argv, params)
         run(args.cmd, args, params)
     except StfusionError as exc:
         message = " ".join(str(exc).split("\n"))

@@ -1,5 +1,6 @@
 """How the Snakemake training rules start a training command on ``nodes x gpus_per_node`` processes, and the
-torchrun agent they use.
+torchrun agent they use. Each launch runs under ``python -m stfusion.engine.slurm --launch``, which requeues a
+SLURM job whose training stopped to be resumed (elsewhere it only runs the command):
 
     one process:       python -m stfusion.cli train-supernet ...
     one node, G > 1:   python -m stfusion.engine.launch --standalone --nproc-per-node=G --max-restarts=K -m stfusion.cli ...
@@ -24,9 +25,15 @@ import sys
 
 def launch_prefix(gpus_per_node: int = 1, nodes: int = 1, max_restarts: int = 3, port: int = 29500) -> str:
     """The command line before ``stfusion.cli <command> ...`` (a module name follows) for ``nodes`` nodes with
-    ``gpus_per_node`` training processes each."""
+    ``gpus_per_node`` training processes each, run under :mod:`stfusion.engine.slurm` (a SLURM job whose training
+    stopped to be resumed requeues itself; elsewhere it only runs the command)."""
     if gpus_per_node < 1 or nodes < 1:
         raise ValueError(f"gpus_per_node and nodes must be at least 1, got {gpus_per_node} and {nodes}")
+    return f"python -m stfusion.engine.slurm --launch {_processes(gpus_per_node, nodes, max_restarts, port)}"
+
+
+def _processes(gpus_per_node: int, nodes: int, max_restarts: int, port: int) -> str:
+    """The launch of the training processes: one, torchrun on one node, or srun + torchrun on several."""
     if gpus_per_node == 1 and nodes == 1:
         return "python -m"
     agent = f"python -m stfusion.engine.launch --nproc-per-node={gpus_per_node} --max-restarts={max_restarts}"

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import yaml
+from snakemake.exceptions import WorkflowError
 
 # The commands import stfusion from the project folder when it holds the package (a checkout, also inside a
 # --use-conda environment), else the installed one (a folder written by `stfusion init`; under --use-conda the
@@ -20,6 +21,7 @@ from stfusion.config.loading import load_params  # noqa: E402
 from stfusion.config.settings import Settings  # noqa: E402
 from stfusion.data import storage as S  # noqa: E402  (light)
 from stfusion.errors import StfusionError  # noqa: E402
+from stfusion.engine import slurm  # noqa: E402  (light)
 
 CONDA_ENV = "../envs/stfusion.yaml"
 
@@ -169,3 +171,59 @@ wildcard_constraints:
     shard="[0-9]+",
     fseed=r"\d+",
     seed=r"\d+",
+
+
+# ---------------------------------------------------------------------------------------------------- clusters
+# What a job asks SLURM for beyond the profile's block (workflow/profiles/slurm): the GPUs and nodes of the
+# networks' training and scoring come from compute.device, compute.gpus_per_node and compute.nodes; preparation's
+# CPUs are its decoding processes (data.workers).
+PREPARE_THREADS = SETTINGS.data.workers
+GPUS_PER_NODE, NODES = SETTINGS.compute.gpus_per_node, SETTINGS.compute.nodes
+
+
+def gpu_request(gpus):
+    """The `gres` resource of `gpus` GPUs a node when the networks run on GPUs (compute.device not cpu)."""
+    return {} if SETTINGS.compute.device == "cpu" else {"gres": f"gpu:{gpus}"}
+
+
+TRAIN_RESOURCES = {"nodes": NODES, **gpu_request(GPUS_PER_NODE)}
+SCORE_RESOURCES = gpu_request(1)
+
+
+def check_cluster_requests(jobs):
+    """Under the SLURM executor, before the first submission: every job's request fits its partition, or the run
+    stops with one line naming the rule and the request (sbatch would refuse it, or SLURM would keep it pending
+    for ever). Jobs known only after a checkpoint (finetune, train_standalone) ask as train_supernet does."""
+    offers = {}
+    for job in jobs:
+        partition = job.resources.get("slurm_partition") or None
+        if partition not in offers:
+            offers[partition] = slurm.node_offers(partition)
+        request = slurm.job_request(job.resources, job.threads)
+        problem = slurm.request_problem(job.rule.name, request, offers[partition], partition)
+        if problem:
+            raise WorkflowError(problem)
+
+
+def read_every_end():
+    """snakemake-executor-plugin-slurm's status query, wrapped so that a job cancelled by a plain scancel or
+    preempted without a requeue reads as failed (stfusion.engine.slurm.final_state): the run goes on, and
+    `retries` resubmits the job (training resumes from its checkpoint), instead of waiting for ever."""
+    import snakemake_executor_plugin_slurm as plugin
+
+    query = getattr(plugin, "query_job_status", None)
+    if query is None:
+        raise WorkflowError('the SLURM profile needs snakemake-executor-plugin-slurm >= 2.8: pip install -e ".[slurm]"')
+
+    async def query_job_status(command, logger):
+        states, seconds = await query(command, logger)
+        return (states and {job: slurm.final_state(s) for job, s in states.items()}), seconds
+
+    plugin.query_job_status = query_job_status
+
+
+# under the SLURM executor (known once the run starts), before the first submission
+onstart:
+    if workflow.executor_plugin is not None and workflow.executor_plugin.name == "slurm":
+        read_every_end()
+        check_cluster_requests(workflow.dag.needrun_jobs())

@@ -33,7 +33,7 @@ if STORAGE == "cache":
             "logs/prepare.log",
         conda:
             CONDA_ENV
-        threads: 4
+        threads: PREPARE_THREADS
         params:
             values=stage_values("prepare"),
             root=lambda w, input: os.path.dirname(input.annotations) if IS_BUILTIN else input.root,
@@ -56,7 +56,7 @@ else:
             f"logs/prepare/shard-{{shard}}-of-{PREPARE_SHARDS}.log",
         conda:
             CONDA_ENV
-        threads: 4
+        threads: PREPARE_THREADS
         params:
             values=stage_values("prepare"),
             root=lambda w, input: os.path.dirname(input.annotations) if IS_BUILTIN else input.root,

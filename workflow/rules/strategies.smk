@@ -34,6 +34,7 @@ rule score_strategies:
         CONDA_ENV
     threads: 8
     resources:
+        **SCORE_RESOURCES,
         mem_mb=8000,
         runtime=30,
     params:

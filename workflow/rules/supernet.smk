@@ -3,8 +3,9 @@
 #
 # Every training rule (this one, finetune, train_standalone) starts its command with TRAIN_LAUNCH: one process,
 # or torchrun over compute.nodes x compute.gpus_per_node processes (stfusion/engine/launch.py), and asks SLURM for
-# the matching nodes and GPUs per node (TRAIN_RESOURCES). A training command stopped by SIGTERM or SIGUSR1
-# checkpoints and exits with status 75; the SLURM profile resubmits it (preemptible-rules) and it resumes.
+# the matching nodes and GPUs per node (TRAIN_RESOURCES, common.smk). A training command stopped by SIGTERM or
+# SIGUSR1 checkpoints and exits with status 75; in a SLURM job, the job then requeues itself
+# (stfusion/engine/slurm.py) and resumes from the checkpoint under the same job id.
 import signal
 
 from stfusion.engine.launch import launch_prefix
@@ -14,11 +15,7 @@ if os.environ.get("SLURM_JOB_ID"):
     # ignore it (and pass that on to the command); the training processes install their own handler
     signal.signal(signal.SIGUSR1, signal.SIG_IGN)
 
-GPUS_PER_NODE, NODES = SETTINGS.compute.gpus_per_node, SETTINGS.compute.nodes
 TRAIN_LAUNCH = launch_prefix(GPUS_PER_NODE, NODES, SETTINGS.compute.max_restarts)
-TRAIN_RESOURCES = {"nodes": NODES}
-if SETTINGS.compute.device != "cpu":
-    TRAIN_RESOURCES["gres"] = f"gpu:{GPUS_PER_NODE}"
 # the job's threads, shared by the training processes of one node
 threads_per_process = lambda wildcards, threads: max(1, threads // GPUS_PER_NODE)  # noqa: E731
 
