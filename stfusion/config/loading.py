@@ -137,7 +137,7 @@ def _preset_under(name: str | None, preset: dict, above: tuple[dict, ...]) -> di
     """The preset's keys under the layers ``above`` it: a ``model.backbone`` chosen there other than the preset's
     replaces the preset's whole ``model`` section (its unit, widths, variant and strides belong to its backbone)."""
     chosen = [layer["model"]["backbone"] for layer in above if "backbone" in (layer.get("model") or {})]
-    if not chosen or chosen[-1] == (preset.get("model") or {}).get("backbone"):
+    if not chosen or "model" not in preset or chosen[-1] == preset["model"].get("backbone"):
         return preset
     log.info("model.backbone %s replaces preset %s's model section (%s)", chosen[-1], name,
              ", ".join(f"{k}: {v}" for k, v in preset["model"].items()))
