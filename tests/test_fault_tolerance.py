@@ -109,6 +109,16 @@ def _same_training(ref: Path, run: Path) -> None:
         torch.testing.assert_close(a["model"][k], b["model"][k], rtol=1e-5, atol=1e-6, msg=k)
 
 
+def _train_checkpointing_every_step(run):
+    """``stfusion train-supernet`` started in ``run`` on one thread with a checkpoint after every step (a run-only
+    setting: a reference without it must come out the same); the process and its ``last.pt``."""
+    cmd = [sys.executable, "-m", "stfusion.cli", "train-supernet", "--no-progress", "--params", "params.yaml",
+           "--threads", "1", "--set", "compute.checkpoint_minutes=0.00001"]
+    proc = subprocess.Popen(cmd, cwd=run, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return proc, run / "checkpoints" / "supernet" / "last.pt"
+
+
 def test_sigterm_mid_epoch_checkpoints_the_step_and_resumes_exactly(workdir):
     small_batches = {"supernet": {"batch_size": 4, "epochs": 2, "warmup_epochs": 1}}
     ref = _fresh_copy(workdir, "term_ref")
@@ -119,12 +129,7 @@ def test_sigterm_mid_epoch_checkpoints_the_step_and_resumes_exactly(workdir):
 
     run = _fresh_copy(workdir, "term_run")
     (run / "params.yaml").write_text((ref / "params.yaml").read_text())
-    # a checkpoint after every step (a run-only setting: the reference without it must come out the same)
-    cmd = [sys.executable, "-m", "stfusion.cli", "train-supernet", "--no-progress", "--params", "params.yaml",
-           "--threads", "1", "--set", "compute.checkpoint_minutes=0.00001"]
-    proc = subprocess.Popen(cmd, cwd=run, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    last = run / "checkpoints" / "supernet" / "last.pt"
+    proc, last = _train_checkpointing_every_step(run)
     deadline = time.time() + 120
     while proc.poll() is None and time.time() < deadline:
         try:
@@ -151,11 +156,7 @@ def test_ctrl_c_writes_the_checkpoint_and_says_how_to_resume(workdir):
     """`stfusion train-supernet`, Ctrl-C: the step finishes, last.pt is written and the line says so (the resume
     itself is the SIGTERM test's: the same code path)."""
     run = _fresh_copy(workdir, "ctrl_c")
-    cmd = [sys.executable, "-m", "stfusion.cli", "train-supernet", "--no-progress", "--params", "params.yaml",
-           "--threads", "1", "--set", "compute.checkpoint_minutes=0.00001"]
-    proc = subprocess.Popen(cmd, cwd=run, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    last = run / "checkpoints" / "supernet" / "last.pt"
+    proc, last = _train_checkpointing_every_step(run)
     deadline = time.time() + 120
     while proc.poll() is None and not last.exists() and time.time() < deadline:
         time.sleep(0.01)

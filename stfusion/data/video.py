@@ -196,12 +196,22 @@ def _read_images(p: Path, indices) -> tuple[np.ndarray, int]:
 _NATIVE_STDERR = threading.Lock()  # file descriptor 2 is the process's: one redirection at a time
 
 
+@functools.cache
+def _native_stderr_sink(pid: int):
+    """One temporary file a process (``pid``: a forked loader worker gets its own, not its parent's offset) that
+    :func:`_held_native_stderr` empties and reuses for every open: no file created per video on the loading path."""
+    return tempfile.TemporaryFile()
+
+
 @contextmanager
 def _held_native_stderr():
     """Hold what native code writes to file descriptor 2 (decord's ``ERROR opening ...``, FFmpeg's messages) in a
     temporary file instead of the console, where it would precede stfusion's own warning; yields a function that
     returns the text held so far."""
-    with _NATIVE_STDERR, tempfile.TemporaryFile() as held:
+    with _NATIVE_STDERR:
+        held = _native_stderr_sink(os.getpid())
+        held.seek(0)
+        held.truncate()
         sys.stderr.flush()
         saved = os.dup(2)
         os.dup2(held.fileno(), 2)
