@@ -57,6 +57,16 @@ def test_uncertain_cells_include_the_prior_or_overlap_the_next_unit():
     assert pref.loc[1, "P(S) uncertain"]  # S (0.5, 0.2, 0.5) against ST (0.2, 0.5, 0.2): the intervals overlap
 
 
+def test_intervals_stay_in_zero_one_and_an_impossible_unit_is_never_uncertain():
+    # no bypass: P(none) is 0 in every seed and before training; S+ST near 1 with a wide spread over the seeds
+    seeds = [_pref([[0.0, 0.02, 0.98, 0.0]]), _pref([[0.3, 0.1, 0.6, 0.0]]), _pref([[0.0, 0.01, 0.99, 0.0]])]
+    pref = pooling.pool_preference(seeds, {"P(S)": 0.09, "P(ST)": 0.09, "P(S+ST)": 0.81, "P(none)": 0.0})
+    for col in STATE_COLUMNS:
+        assert (pref[f"{col} low"] >= 0).all() and (pref[f"{col} high"] <= 1).all()
+    assert pref.loc[0, "P(S) low"] == 0 and pref.loc[0, "P(S+ST) high"] == 1  # clipped, not cut off
+    assert not pref.loc[0, "P(none) uncertain"]
+
+
 def test_stability_share_is_one_for_identical_posteriors_and_counts_disagreement():
     same = pooling.stability({s: _pref(PROBS) for s in (0, 1, 2)},
                              {s: _ranking([0.5, 0.7, 0.6, 0.2]) for s in (0, 1, 2)})

@@ -73,7 +73,8 @@ def pool_preference(prefs: Sequence[pd.DataFrame], initial: Mapping[str, float])
     row a layer): the per-seed columns averaged over the seeds (``preferred``: the unit of the largest mean
     marginal), and per unit ``X`` of ``P(X)``: ``P(X) low``, ``P(X) high`` (interval over seeds),
     ``P(X) sd`` and ``P(X) uncertain`` (the interval includes the marginal before training, ``initial``, or
-    overlaps that of the layer's next most probable unit). ``keep_S`` / ``keep_ST`` are the mean keep
+    overlaps that of the layer's next most probable unit; never for a unit that has probability 0 in every seed,
+    such as ``none`` in a layer without a bypass). Intervals are clipped to ``[0, 1]``. ``keep_S`` / ``keep_ST`` are the mean keep
     probabilities (the factorised posterior closest to the pooled one); with one seed the table is the seed's."""
     tables = [p.sort_values("layer").reset_index(drop=True) for p in prefs]
     out = tables[0].copy()
@@ -82,6 +83,8 @@ def pool_preference(prefs: Sequence[pd.DataFrame], initial: Mapping[str, float])
         out[col] = np.mean([t[col].to_numpy(float) for t in tables], axis=0)
     values = np.stack([t[STATE_COLUMNS].to_numpy(float) for t in tables])  # (seeds, layers, units)
     mean, low, high = seed_interval(values)
+    low, high = np.clip(low, 0.0, 1.0), np.clip(high, 0.0, 1.0)  # probabilities: the t interval can pass 0 or 1
+    possible = (values > 0).any(axis=0)  # (layers, units): False for `none` in a layer without a bypass
     order = np.argsort(-mean, axis=1, kind="stable")
     out["preferred"] = [STATE_COLUMNS[i][2:-1] for i in order[:, 0]]
     sd = _sd(values)
@@ -93,8 +96,8 @@ def pool_preference(prefs: Sequence[pd.DataFrame], initial: Mapping[str, float])
         for j, col in enumerate(STATE_COLUMNS):
             rival = second if j == first else first
             prior = initial.get(col, np.nan)
-            uncertain[i, j] = bool(low[i, j] <= prior <= high[i, j]
-                                   or (high[i, j] >= low[i, rival] and high[i, rival] >= low[i, j]))
+            overlaps = high[i, j] >= low[i, rival] and high[i, rival] >= low[i, j]
+            uncertain[i, j] = bool(possible[i, j] and (low[i, j] <= prior <= high[i, j] or overlaps))
     for j, col in enumerate(STATE_COLUMNS):
         out[f"{col} uncertain"] = uncertain[:, j]
     return out
