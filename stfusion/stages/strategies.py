@@ -121,8 +121,6 @@ def score_strategies(
     columns are empty (NaN) and they rank last. ``union``: the other seeds' candidate lists (files, or their
     folder, :func:`list_files`: the lists of ``seeds``), whose strategies are scored too (:func:`union_candidates`), so that every seed's
     supernet scores the same strategies."""
-    import hashlib
-
     from stfusion.io.files import write_csv
     from stfusion.core.costs import add_costs
     from stfusion.scoring.prefix import score_strategies_prefix
@@ -150,10 +148,7 @@ def score_strategies(
     strategies = [strategy_of(t, model.n_fusion_layers) for t in cand["strategy"]]
     kw = dict(model=model, num_classes=num_classes(model), calib_batches=calib, groups=groups, device=device,
               progress=progress)
-    # finished chunks survive a kill; their folder is named by everything the scores depend on
-    key = hashlib.sha1(json.dumps([params, file_digest(checkpoint), data_fingerprint(cache_dir)], sort_keys=True,
-                                  default=str).encode()).hexdigest()[:16]
-    partial = Path(out).parent / ".partial" / key
+    partial = _partial_dir(params, checkpoint, cache_dir, out)
 
     def run(dataset, recalibrate, split):
         log.info("scoring %d strategies on %d %s clips (%s BN)", len(strategies), len(dataset), split,
@@ -169,17 +164,7 @@ def score_strategies(
         strategies = [st for st, full in zip(strategies, main_val["race_status"] == "full") if full]
     else:
         main_val = run(val, recal, "val")
-    other_val = run(val, not recal, "val")
-    test_df = run(test, recal, "test")
-    out_df = cand.set_index("id")
-    for col in main_val.columns:
-        out_df[col] = main_val[col]
-    out_df["top1_recal"] = (main_val if recal else other_val)["top1"]
-    out_df["top1_plain_bn"] = (other_val if recal else main_val)["top1"]
-    for col in test_df.columns:
-        if col.startswith("top1"):
-            out_df[col.replace("top1", "top1_test", 1)] = test_df[col]
-    out_df["bn_mode"] = "recalibrated" if recal else "plain"
+    out_df = _score_columns(cand, main_val, run(val, not recal, "val"), run(test, recal, "test"), recal)
     for col, value in reported_views(settings.data).items():
         out_df[col] = value
     out_df = add_exposure(out_df.reset_index(), model, ckpt, checkpoint, s.min_exposure)
@@ -190,6 +175,33 @@ def score_strategies(
         partial.parent.rmdir()
     best = out_df.iloc[0]
     log.info("best on validation: %s (top1 %.3f, test %.3f)", best["strategy"], best["top1"], best["top1_test"])
+    return out_df
+
+
+def _partial_dir(params: dict, checkpoint, cache_dir, out) -> Path:
+    """The folder of the finished scoring chunks, which survive a kill: named by everything the scores depend on
+    (the parameters, the checkpoint's and the data's digests)."""
+    import hashlib
+
+    key = hashlib.sha1(json.dumps([params, file_digest(checkpoint), data_fingerprint(cache_dir)], sort_keys=True,
+                                  default=str).encode()).hexdigest()[:16]
+    return Path(out).parent / ".partial" / key
+
+
+def _score_columns(cand: pd.DataFrame, main_val: pd.DataFrame, other_val: pd.DataFrame, test_df: pd.DataFrame,
+                   recal: bool) -> pd.DataFrame:
+    """The candidates (indexed by ``id``) with the scores of the three passes: ``main_val`` (validation, the
+    configured BN mode) as they are, ``top1_recal`` / ``top1_plain_bn`` from it and ``other_val`` (the other BN
+    mode), the ``top1*`` of ``test_df`` as ``top1_test*``, and ``bn_mode``."""
+    out_df = cand.set_index("id")
+    for col in main_val.columns:
+        out_df[col] = main_val[col]
+    out_df["top1_recal"] = (main_val if recal else other_val)["top1"]
+    out_df["top1_plain_bn"] = (other_val if recal else main_val)["top1"]
+    for col in test_df.columns:
+        if col.startswith("top1"):
+            out_df[col.replace("top1", "top1_test", 1)] = test_df[col]
+    out_df["bn_mode"] = "recalibrated" if recal else "plain"
     return out_df
 
 
