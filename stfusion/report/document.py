@@ -167,81 +167,86 @@ def compute_checks(pref, ranked, fidelity, initial: dict | None = None,
     check 2 (at the usual initial drop rate S+ST is already the most probable state). ``standalone``: the
     stand-alone runs (``validation/standalone.csv``); where they include uniform strategies, check 3c quotes
     their test accuracy on the appearance classes beside the supernet's (information, not part of the verdict)."""
-    checks: list[dict] = []
-    summ = preference_summary(pref) if pref is not None else None
-
-    # 1. depth-dependent preference for ST
-    if summ:
-        ok = (summ["mean_P_ST_last_third"] > summ["mean_P_ST_first_third"] + DEPTH_MARGIN
-              and summ["mean_P_ST_last_third"] > summ["mean_P_S_last_third"] + DEPTH_MARGIN)
-        checks.append({"check": f"1. posterior depth-dependent, P(ST) rising with depth (Obs. II; margin "
-                                f"{DEPTH_MARGIN:.2f})", "ok": ok, "numbers":
-                       f"mean P(ST): last third {_fmt(summ['mean_P_ST_last_third'])} vs first third "
-                       f"{_fmt(summ['mean_P_ST_first_third'])}; mean P(S) last third "
-                       f"{_fmt(summ['mean_P_S_last_third'])} (layers {summ['first_third']} / {summ['last_third']})"})
-        pref_first = summ["preferred_first_third"]
-        ok2 = all(p == "S+ST" for p in pref_first)
-        checks.append({"check": "2. S+ST most probable in the earliest layers (Obs. I)", "ok": ok2, "numbers":
-                       f"most probable unit in layers {summ['first_third']}: {', '.join(pref_first)}; mean "
-                       f"P(S+ST) there {_fmt(summ['mean_P_SST_first_third'])}"
-                       + (f" (before training: {_fmt(initial.get('P(S+ST)'))})" if initial else "")
-                       + ("" if ok2 else " — Obs. I is NOT reproduced here")})
-    else:
-        checks.append({"check": "1-2. preference", "ok": None, "numbers": "preference table missing"})
-
-    # 3. best sampled vs uniform strategies
-    if ranked is not None:
-        best = best_sampled(ranked)
-        uni = _uniform_rows(ranked)
-        if best is not None and uni:
-            ok_a = all(best["top1"] >= r["top1"] for r in uni.values())
-            txt = ", ".join(f"{k} {_fmt(r['top1'])}" for k, r in uni.items())
-            quoted = {"best sampled": best, **uni}
-            checks.append({"check": "3a. best sampled >= uniform strategies (validation)", "ok": ok_a,
-                           "numbers": f"best sampled {_fmt(best['top1'])} (test {_fmt(best.get('top1_test'))}); {txt}"
-                           + extrapolations(quoted)})
-            if "top1_motion" in ranked and "all-S" in uni:
-                top_motion_row = ranked.loc[ranked["top1_motion"].idxmax()]
-                top_motion = float(top_motion_row["top1_motion"])
-                gap = top_motion - float(uni["all-S"]["top1_motion"])
-                checks.append({"check": f"3b. all-S clearly below on motion classes (gap >= {MOTION_GAP:.2f})",
-                               "ok": gap >= MOTION_GAP, "numbers":
-                               f"all-S motion top-1 {_fmt(uni['all-S']['top1_motion'])} vs best "
-                               f"{_fmt(top_motion)} (gap {_fmt(gap)}; best sampled "
-                               f"{_fmt(best.get('top1_motion'))})"
-                               + extrapolations({"all-S": uni["all-S"], "best on motion": top_motion_row})})
-            if "top1_appearance" in ranked:
-                vals = [float(r["top1_appearance"]) for r in uni.values()] + [float(best["top1_appearance"])]
-                spread = max(vals) - min(vals)
-                checks.append({"check": f"3c. appearance classes within {APPEARANCE_SPREAD:.2f}", "ok":
-                               spread <= APPEARANCE_SPREAD, "numbers":
-                               "appearance top-1: "
-                               + ", ".join(f"{k} {_fmt(r['top1_appearance'])}" for k, r in uni.items())
-                               + f", best sampled {_fmt(best['top1_appearance'])} (spread {_fmt(spread)})"
-                               + extrapolations(quoted) + _standalone_appearance(standalone)})
-    else:
-        checks.append({"check": "3. network-level comparison", "ok": None, "numbers": "ranking missing"})
-
-    # 4. ranking fidelity
-    if fidelity:
-        tau = fidelity.get("kendall_tau")
-        p_value = "" if tau is None else f" (p {_fmt(fidelity.get('kendall_p'))})"
-        checks.append({"check": "4. supernet scores predict stand-alone accuracy (Kendall tau > 0)",
-                       "ok": None if tau is None else tau > 0, "numbers":
-                       f"n = {fidelity.get('n')}: tau {_tau_text(tau, fidelity.get('n'))}{p_value}, rho "
-                       f"{_fmt(fidelity.get('spearman_rho'))}; with BN recalibration tau "
-                       f"{_fmt(fidelity.get('kendall_tau_recal'))}, plain BN tau "
-                       f"{_fmt(fidelity.get('kendall_tau_plain_bn'))}; log-probability tau "
-                       f"{_fmt(fidelity.get('kendall_tau_log_prob'))}" + _fidelity_exposure(fidelity)})
-    else:
-        checks.append({"check": "4. ranking fidelity", "ok": None, "numbers": "stand-alone runs missing"})
-
-    # 5. product structure
-    if pref is not None:
+    checks = _preference_checks(pref, initial)
+    checks += _network_checks(ranked, standalone)
+    checks.append(_fidelity_check(fidelity))
+    if pref is not None:  # 5. product structure
         err = product_structure_error(pref, ranked)
         checks.append({"check": "5. marginals obey the product structure (§5)", "ok": err <= PRODUCT_TOL,
                        "numbers": f"largest deviation {err:.2e} (tolerance {PRODUCT_TOL:.0e})", "value": err})
     return checks
+
+
+def _preference_checks(pref, initial: dict | None) -> list[dict]:
+    """Checks 1 (depth-dependent preference for ST) and 2 (S+ST first) of the preference table ``pref``."""
+    summ = preference_summary(pref) if pref is not None else None
+    if not summ:
+        return [{"check": "1-2. preference", "ok": None, "numbers": "preference table missing"}]
+    ok = (summ["mean_P_ST_last_third"] > summ["mean_P_ST_first_third"] + DEPTH_MARGIN
+          and summ["mean_P_ST_last_third"] > summ["mean_P_S_last_third"] + DEPTH_MARGIN)
+    first = {"check": f"1. posterior depth-dependent, P(ST) rising with depth (Obs. II; margin "
+                      f"{DEPTH_MARGIN:.2f})", "ok": ok, "numbers":
+             f"mean P(ST): last third {_fmt(summ['mean_P_ST_last_third'])} vs first third "
+             f"{_fmt(summ['mean_P_ST_first_third'])}; mean P(S) last third "
+             f"{_fmt(summ['mean_P_S_last_third'])} (layers {summ['first_third']} / {summ['last_third']})"}
+    pref_first = summ["preferred_first_third"]
+    ok2 = all(p == "S+ST" for p in pref_first)
+    second = {"check": "2. S+ST most probable in the earliest layers (Obs. I)", "ok": ok2, "numbers":
+              f"most probable unit in layers {summ['first_third']}: {', '.join(pref_first)}; mean "
+              f"P(S+ST) there {_fmt(summ['mean_P_SST_first_third'])}"
+              + (f" (before training: {_fmt(initial.get('P(S+ST)'))})" if initial else "")
+              + ("" if ok2 else " — Obs. I is NOT reproduced here")}
+    return [first, second]
+
+
+def _network_checks(ranked, standalone: pd.DataFrame | None) -> list[dict]:
+    """Checks 3a-3c: the best sampled strategy against the uniform ones in the ranking ``ranked``."""
+    if ranked is None:
+        return [{"check": "3. network-level comparison", "ok": None, "numbers": "ranking missing"}]
+    best, uni = best_sampled(ranked), _uniform_rows(ranked)
+    if best is None or not uni:
+        return []
+    quoted = {"best sampled": best, **uni}
+    txt = ", ".join(f"{k} {_fmt(r['top1'])}" for k, r in uni.items())
+    checks = [{"check": "3a. best sampled >= uniform strategies (validation)",
+               "ok": all(best["top1"] >= r["top1"] for r in uni.values()),
+               "numbers": f"best sampled {_fmt(best['top1'])} (test {_fmt(best.get('top1_test'))}); {txt}"
+               + extrapolations(quoted)}]
+    if "top1_motion" in ranked and "all-S" in uni:
+        top_motion_row = ranked.loc[ranked["top1_motion"].idxmax()]
+        top_motion = float(top_motion_row["top1_motion"])
+        gap = top_motion - float(uni["all-S"]["top1_motion"])
+        checks.append({"check": f"3b. all-S clearly below on motion classes (gap >= {MOTION_GAP:.2f})",
+                       "ok": gap >= MOTION_GAP, "numbers":
+                       f"all-S motion top-1 {_fmt(uni['all-S']['top1_motion'])} vs best "
+                       f"{_fmt(top_motion)} (gap {_fmt(gap)}; best sampled "
+                       f"{_fmt(best.get('top1_motion'))})"
+                       + extrapolations({"all-S": uni["all-S"], "best on motion": top_motion_row})})
+    if "top1_appearance" in ranked:
+        vals = [float(r["top1_appearance"]) for r in uni.values()] + [float(best["top1_appearance"])]
+        spread = max(vals) - min(vals)
+        checks.append({"check": f"3c. appearance classes within {APPEARANCE_SPREAD:.2f}", "ok":
+                       spread <= APPEARANCE_SPREAD, "numbers":
+                       "appearance top-1: "
+                       + ", ".join(f"{k} {_fmt(r['top1_appearance'])}" for k, r in uni.items())
+                       + f", best sampled {_fmt(best['top1_appearance'])} (spread {_fmt(spread)})"
+                       + extrapolations(quoted) + _standalone_appearance(standalone)})
+    return checks
+
+
+def _fidelity_check(fidelity: dict | None) -> dict:
+    """Check 4: the supernet's scores against the stand-alone accuracies (``validation/fidelity.json``)."""
+    if not fidelity:
+        return {"check": "4. ranking fidelity", "ok": None, "numbers": "stand-alone runs missing"}
+    tau = fidelity.get("kendall_tau")
+    p_value = "" if tau is None else f" (p {_fmt(fidelity.get('kendall_p'))})"
+    return {"check": "4. supernet scores predict stand-alone accuracy (Kendall tau > 0)",
+            "ok": None if tau is None else tau > 0, "numbers":
+            f"n = {fidelity.get('n')}: tau {_tau_text(tau, fidelity.get('n'))}{p_value}, rho "
+            f"{_fmt(fidelity.get('spearman_rho'))}; with BN recalibration tau "
+            f"{_fmt(fidelity.get('kendall_tau_recal'))}, plain BN tau "
+            f"{_fmt(fidelity.get('kendall_tau_plain_bn'))}; log-probability tau "
+            f"{_fmt(fidelity.get('kendall_tau_log_prob'))}" + _fidelity_exposure(fidelity)}
 
 
 def _check_key(check: dict) -> str:
