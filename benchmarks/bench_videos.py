@@ -134,7 +134,7 @@ def _train_one_epoch(folder: Path, leak: bool) -> None:
     this process), then its own memory figures (:func:`epoch_peak_rss`) as JSON."""
     import torch
 
-    from peak_memory import own_peak_bytes, own_rss_bytes
+    from peak_memory import own_peak_bytes, reset_peak
     from stfusion.config.settings import Settings
     from stfusion.data.transforms import ViewSpec
     from stfusion.data.video_dataset import VideoDataset
@@ -158,7 +158,7 @@ def _train_one_epoch(folder: Path, leak: bool) -> None:
     dataset = LeakyVideoDataset if leak else VideoDataset
     ds = dataset(folder, "train", frames=EPOCH_FRAMES, stride=2, view=ViewSpec("train", 48, (64, 72), flip=True))
     model = build_model(Settings.for_stage(params), 2)
-    before = own_rss_bytes()
+    before = reset_peak()
     with tempfile.TemporaryDirectory() as out:
         fit(model, ds, TrainConfig(epochs=1, batch_size=8, lr=0.01, device="cpu"), out, progress=False)
     print(json.dumps({"peak": own_peak_bytes(), "before": before, "videos": len(ds)}))
