@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # before torch loads: idle threads must not spin on 2 cores
 
@@ -10,7 +13,32 @@ import pytest
 import torch
 from torch.utils.data import TensorDataset
 
-REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[1]
+
+#: git and DVC in a test's repository: a committer, and no analytics
+GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
+           "GIT_COMMITTER_EMAIL": "t@example.com", "DVC_NO_ANALYTICS": "1"}
+
+
+def dvc_project(repo: Path, remote: Path, params: dict) -> None:
+    """A git + DVC repository at ``repo`` holding the project (the package, dvc.yaml and the fidelity study, a
+    pipeline of its own that `dvc repro` leaves out) with ``params`` as its params.yaml and a local DVC remote
+    at ``remote``, committed."""
+    import yaml
+
+    repo.mkdir(parents=True)
+    remote.mkdir(parents=True)
+    shutil.copytree(REPO / "stfusion", repo / "stfusion", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(REPO / "studies", repo / "studies")
+    for name in ("dvc.yaml", ".gitignore", "pyproject.toml", ".dvcignore"):
+        if (REPO / name).exists():
+            shutil.copy(REPO / name, repo / name)
+    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["dvc", "init", "-q"], ["dvc", "remote", "add", "-d", "local", str(remote)],
+                ["git", "add", "-A"], ["git", "commit", "-qm", "project"]):
+        out = subprocess.run(cmd, cwd=repo, capture_output=True, text=True, timeout=120, env={**os.environ, **GIT_ENV})
+        if out.returncode != 0:
+            raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}): {out.stdout[-2000:]}{out.stderr[-2000:]}")
 
 
 def motion_clips(n: int, frames: int = 6, size: int = 16, seed: int = 0) -> TensorDataset:

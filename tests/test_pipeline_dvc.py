@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import REPO
+from conftest import GIT_ENV, REPO, dvc_project
 from stfusion.cli.commands import COMMANDS
 from stfusion.config.loading import deep_merge
 from stfusion.config.layout import LAYOUT, STAGE_PARAMS
@@ -25,8 +25,6 @@ TINY = REPO / "tests" / "configs" / "tiny.yaml"
 SEED0 = LAYOUT.of_seed(0)  # the tiny configuration's one supernet
 pytestmark = pytest.mark.skipif(shutil.which("dvc") is None or shutil.which("git") is None,
                                 reason="dvc and git are needed")
-GIT_ENV = {"GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com", "GIT_COMMITTER_NAME": "t",
-           "GIT_COMMITTER_EMAIL": "t@example.com", "DVC_NO_ANALYTICS": "1"}
 
 
 FIRST_SEED = yaml.safe_load((REPO / "params.yaml").read_text())["seeds"][0]
@@ -180,22 +178,9 @@ def ran_stages(output: str) -> set[str]:
 def dvc_repo(tmp_path_factory):
     """A git + DVC repository holding the project (tiny parameters) with a local remote, after `dvc repro`."""
     base = tmp_path_factory.mktemp("dvc")
-    repo, remote = base / "repo", base / "remote"
-    repo.mkdir()
-    remote.mkdir()
-    shutil.copytree(REPO / "stfusion", repo / "stfusion", ignore=shutil.ignore_patterns("__pycache__"))
-    shutil.copytree(REPO / "studies", repo / "studies")  # a pipeline of its own that `dvc repro` leaves out
-    for name in ("dvc.yaml", ".gitignore", "pyproject.toml"):
-        shutil.copy(REPO / name, repo / name)
-    if (REPO / ".dvcignore").exists():
-        shutil.copy(REPO / ".dvcignore", repo / ".dvcignore")
+    repo = base / "repo"
     params = deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()), yaml.safe_load(TINY.read_text()))
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], repo)
-    run(["dvc", "init", "-q"], repo)
-    run(["dvc", "remote", "add", "-d", "local", str(remote)], repo)
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "project"], repo)
+    dvc_project(repo, base / "remote", params)
     out = run(["dvc", "repro"], repo)
     return repo, base, out
 

@@ -1,14 +1,17 @@
 """On a real SLURM (tests/slurm/start-cluster.sh starts one node on this machine; .ci/run does): a job runs and sacct
 lists it; a request the partition cannot hold stops a Snakemake run before anything is submitted; a training job
 warned with SIGUSR1 checkpoints, exits 75, requeues itself and resumes, and its history equals an uninterrupted
-run's; a job cancelled with a plain scancel ends the Snakemake run instead of leaving it waiting.
+run's; a job cancelled with a plain scancel ends the Snakemake run instead of leaving it waiting; the README's
+sbatch script of `dvc repro` runs the tiny pipeline in one job, its training stages under the launcher.
 
-Each SLURM job costs seconds here (the whole tiny pipeline on the cluster takes minutes and is not a test), so
-these tests submit the fewest jobs that show each behaviour."""
+Each SLURM job costs seconds here (the whole tiny pipeline as Snakemake's one job a rule takes minutes and is
+not a test; as one `dvc repro` job it takes about as long as without SLURM), so these tests submit the fewest
+jobs that show each behaviour."""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -19,8 +22,10 @@ import pytest
 import yaml
 
 from stfusion.config.loading import deep_merge
+from stfusion.engine.launch import launch_prefix
+from stfusion.engine.slurm import node_offers
 
-from conftest import REPO
+from conftest import GIT_ENV, REPO, dvc_project
 
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
 
@@ -164,3 +169,39 @@ def test_a_job_cancelled_by_scancel_ends_the_run_instead_of_hanging(tmp_path):
     assert run.returncode != 0
     assert f"SLURM-job '{job}' failed, SLURM status is: 'CANCELLED'" in out, out[-3000:]
     assert _state(job).startswith("CANCELLED by ")
+
+
+def test_dvc_repro_in_the_readmes_sbatch_job_runs_every_stage_and_trains_through_the_launcher(tmp_path):
+    """The README's sbatch script of `dvc repro`, submitted from a git + DVC project (tiny parameters, a local
+    remote): the job, its batch step and its srun step complete in sacct, every stage of dvc.yaml runs in it, and
+    each training stage, started by DVC as one process inside the job, relaunches itself under the launcher of the
+    Snakemake training rules (stfusion.cli.app.relaunch: stfusion.engine.slurm --launch) and finishes there."""
+    repo = tmp_path / "repo"
+    dvc_project(repo, tmp_path / "remote", deep_merge(yaml.safe_load((REPO / "params.yaml").read_text()),
+                                                      yaml.safe_load(TINY.read_text())))
+    blocks = re.findall(r"```bash\n(#!/bin/bash\n.*?)```", (REPO / "README.md").read_text(), re.S)
+    script = next(b for b in blocks if "dvc repro" in b)
+    (repo / "repro.sbatch").write_text(script)
+    # the script's memory (8000 MB), or what this node has when less: a command-line option overrides #SBATCH
+    mem = min(8000, max(n["mem_mb"] for n in node_offers(None)))
+    job = subprocess.run(["sbatch", "--parsable", f"--mem={mem}", "repro.sbatch"], cwd=repo, capture_output=True,
+                         text=True, check=True, env={**os.environ, **GIT_ENV}).stdout.strip()
+    try:
+        _wait("the dvc repro job", lambda: _state(job) not in ("", "PENDING", "RUNNING"), 600)
+    finally:
+        subprocess.run(["scancel", job], capture_output=True, timeout=60)
+    log = (repo / f"slurm-{job}.out").read_text()  # sbatch's default output: the project folder
+    steps = _sh("sacct", "-n", "-P", "-o", "JobID,JobName,State,ExitCode", "-j", job).split()
+    assert steps == [f"{job}|stfusion-dvc|COMPLETED|0:0", f"{job}.batch|batch|COMPLETED|0:0",
+                     f"{job}.0|python|COMPLETED|0:0"], log[-3000:]
+    declared = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
+    stages = {f"{name}@0" if "foreach" in stage else name for name, stage in declared.items()}
+    assert set(re.findall(r"Running stage '([\w@-]+)'", log)) == stages
+    # each training command logs its start twice: started by DVC, then launched, with the launch line between
+    for log_name, command in (("train_supernet/seed0", "train-supernet"), ("finetune", "finetune"),
+                              ("train_standalone", "train-standalone")):
+        lines = (repo / "logs" / f"{log_name}.log").read_text().splitlines()
+        starts = [i for i, line in enumerate(lines) if f"INFO stfusion: stfusion {command} (params" in line]
+        relaunch = [i for i, line in enumerate(lines) if "training processes:" in line]
+        assert len(starts) == 2 and len(relaunch) == 1 and starts[0] < relaunch[0] < starts[1], lines[:5]
+        assert f"1 x 1 training processes: {launch_prefix(1, 1)} stfusion.cli {command} " in lines[relaunch[0]]

@@ -213,7 +213,10 @@ def read_every_end():
 
     query = getattr(plugin, "query_job_status", None)
     if query is None:
-        raise WorkflowError('the SLURM profile needs snakemake-executor-plugin-slurm >= 2.8: pip install -e ".[slurm]"')
+        raise WorkflowError(
+            'the SLURM profile needs snakemake-executor-plugin-slurm >= 2.8: pip install "stfusion[slurm]" '
+            '(in a checkout: pip install -e ".[slurm]")'
+        )
 
     async def query_job_status(command, logger):
         states, seconds = await query(command, logger)
