@@ -137,14 +137,15 @@ def crop_boxes(h: int, w: int, spec: ViewSpec, rng=None) -> np.ndarray:
 def cut(frames: np.ndarray, box, size: int | None, flip: bool = False) -> torch.Tensor:
     """One view of decoded frames ``uint8 (T, H, W, 3)``: the ``box`` region, resized to ``size`` x ``size``
     (no resize when it already has that side or ``size`` is None), mirrored when ``flip``, as ``uint8 (3, T,
-    size, size)``."""
+    size, size)``. One copy of the region without a resize; with one, the resize reads the ``(T, h, w, 3)`` copy
+    as channels-last frames (the same pixels as from a channels-first copy, without converting)."""
     top, left, bottom, right = (int(v) for v in box)
-    region = frames[:, top:bottom, left:right]
-    if flip:
-        region = region[:, :, ::-1]
-    x = torch.from_numpy(np.ascontiguousarray(region)).permute(0, 3, 1, 2)  # (T, 3, h, w)
-    if size is not None and (x.shape[-2] != size or x.shape[-1] != size):
-        x = F.interpolate(x.contiguous(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    x = torch.from_numpy(frames if frames.flags.writeable else frames.copy())[:, top:bottom, left:right]
+    if size is None or (x.shape[1] == size and x.shape[2] == size):
+        x = x.permute(3, 0, 1, 2).contiguous()  # (3, T, h, w)
+        return x.flip(-1) if flip else x
+    x = (x.flip(2) if flip else x.contiguous()).permute(0, 3, 1, 2)  # (T, 3, h, w), channels-last strides
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return x.permute(1, 0, 2, 3).contiguous()
 
 

@@ -232,13 +232,21 @@ def _decord_open(path: Path, threads: int):
             raise RuntimeError(f"{exc}\n{held().strip()}".strip()) from None
 
 
+def _in_order(frames: np.ndarray, uniq: np.ndarray, idx: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    """``uint8 (len(idx), H, W, 3)``: ``frames`` of the sorted distinct indices ``uniq`` in the order (and with
+    the repeats) of ``idx``; no copy when ``idx`` is ``uniq`` (a sorted clip without repeated frames)."""
+    if len(uniq) == len(idx) and np.array_equal(uniq, idx):
+        return np.ascontiguousarray(frames, dtype=np.uint8)
+    return np.ascontiguousarray(frames[inverse], dtype=np.uint8)
+
+
 def _decord_batch(vr, idx: np.ndarray) -> np.ndarray:
     uniq, inverse = np.unique(idx, return_inverse=True)
     batch = vr.get_batch(uniq.tolist())
     arr = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)
     if arr.ndim != 4 or arr.shape[0] != len(uniq) or arr.shape[-1] != 3:
         raise RuntimeError(f"decord returned frames of shape {arr.shape}")
-    return np.ascontiguousarray(arr[inverse], dtype=np.uint8)
+    return _in_order(arr, uniq, idx, inverse)
 
 
 def _read_decord(path: Path, indices, threads: int) -> tuple[np.ndarray, int]:
@@ -281,7 +289,7 @@ def _read_torchcodec(path: Path, indices, threads: int) -> tuple[np.ndarray, int
     idx = np.arange(n) if indices is None else _as_indices(indices, n)
     uniq, inverse = np.unique(idx, return_inverse=True)
     frames = decoder.get_frames_at(uniq.tolist()).data.cpu().numpy()
-    return np.ascontiguousarray(frames[inverse], dtype=np.uint8), n
+    return _in_order(frames, uniq, idx, inverse), n
 
 
 # ------------------------------------------------------------------------------------------------ PyAV
