@@ -12,10 +12,10 @@ import pytest
 import torch
 
 from stfusion.data.dataset import MEAN, STD, ClipDataset
-from stfusion.data.sampling import segment_test_clips, spatial_crops, test_clips
-from stfusion.data.transforms import (ViewSpec, inference_clip_shape, normalize, reported_views, view_from_params,
+from stfusion.data.sampling import TorchRNG, segment_test_clips, spatial_crops, test_clips, train_indices
+from stfusion.data.transforms import (ViewSpec, crop_boxes, inference_clip_shape, normalize, reported_views, view_from_params,
                                       views_text)
-from stfusion.data.video_dataset import ClipDecodeError, VideoDataset, open_clips
+from stfusion.data.video_dataset import ClipDecodeError, DecodeFailures, VideoDataset, open_clips, split_failures
 from stfusion.errors import StfusionError
 from stfusion.config.settings import Settings
 from stfusion.models import build_model
@@ -23,7 +23,7 @@ from stfusion.scoring.prefix import score_strategies_prefix
 from stfusion.engine.evaluation import eval_loader, evaluate, view_logits
 from stfusion.scoring.naive import score_strategies
 from stfusion.core.strategies import families
-from stfusion.engine.train import TrainConfig, fit
+from stfusion.engine.train import TrainConfig, batches_per_epoch, epoch_loader, fit
 
 from conftest import settings_with
 from conftest_data import write_clip
@@ -259,3 +259,123 @@ def test_cache_views_keep_the_default_and_crop_where_asked(small_cache):
     assert cropped[0][0].shape == (3, 4, 24, 24)
     test = ClipDataset(tmp_path / "cache", "test", frames=4, train=False, view=ViewSpec("test", crop=40, clips=2, crops=3))
     assert test[0][0].shape == (6, 3, 4, 32, 32)  # a crop larger than the cache is the whole frame
+
+
+# ------------------------------------------------------------------ several training clips from one decode
+def _old_cut(frames, box, size, flip):
+    """A view as the loader cut it before clips_per_decode: numpy's mirror, a channels-first copy, then the
+    antialiased bilinear resize; ``uint8 (3, T, size, size)``."""
+    top, left, bottom, right = box
+    region = frames[:, top:bottom, left:right]
+    x = torch.from_numpy(np.ascontiguousarray(region[:, :, ::-1] if flip else region)).permute(0, 3, 1, 2)
+    if x.shape[-1] != size:
+        x = torch.nn.functional.interpolate(x.contiguous(), size=(size, size), mode="bilinear", align_corners=False,
+                                            antialias=True)
+    return x.permute(1, 0, 2, 3).contiguous()
+
+
+def _expected_clips(video, view, k, seed):
+    """The ``k`` clips an item should hold under ``seed``: one draw of the frames, then ``k`` draws of box and
+    flip in turn, cut from the lossless video's frames ``(T, H, W, 3)``."""
+    torch.manual_seed(seed)
+    rng = TorchRNG()
+    frames = video[train_indices(N_FRAMES, 4, 2, rng)]
+    clips = []
+    for _ in range(k):
+        box = [int(v) for v in crop_boxes(H, W, view, rng)[0]]
+        flip = bool(torch.rand(()) < 0.5)
+        clips.append(_old_cut(frames, box, view.crop, flip))
+    return torch.stack(clips)
+
+
+class _CountedDecodes(VideoDataset):
+    """The videos storage, counting its (real) decodes."""
+
+    decodes = 0
+
+    def _decode(self, i, t):
+        self.decodes += 1
+        return super()._decode(i, t)
+
+
+VIEW = ViewSpec("train", crop=32, short_side=(40, 56), flip=True)  # a resize and a mirror half of the time
+
+
+def test_one_clip_per_decode_is_the_clip_of_earlier_versions(prepared):
+    folder, manifest = prepared
+    ds = VideoDataset(folder, "train", frames=4, stride=2, view=VIEW)
+    for seed in range(6):
+        torch.manual_seed(seed)
+        x, y, _ = ds[seed % 6]
+        assert y == seed % 2 and torch.equal(x, _expected_clips(_frames_of(manifest, "train", seed % 6), VIEW, 1,
+                                                                 seed)[0]), seed
+
+
+def test_k_clips_per_decode_are_k_views_of_one_decode(prepared):
+    folder, manifest = prepared
+    ds = _CountedDecodes(folder, "train", frames=4, stride=2, view=VIEW, clips_per_decode=3)
+    torch.manual_seed(5)
+    x, y, failure = ds[4]
+    assert x.shape == (3, 3, 4, 32, 32) and y == 0 and failure == "" and ds.decodes == 1
+    assert torch.equal(x, _expected_clips(_frames_of(manifest, "train", 4), VIEW, 3, 5))
+    assert len({c.numpy().tobytes() for c in x}) == 3
+
+
+def _epoch(ds, batch_size, k):
+    """The batches of epoch 0 of a training loader over ``ds`` at ``k`` clips an item, and the decodes."""
+    ds.clips_per_decode, ds.decodes = k, 0
+    batches = [split_failures(b) for b in epoch_loader(ds, TrainConfig(epochs=1, batch_size=batch_size, lr=0.1), 0)]
+    return batches, ds.decodes
+
+
+@pytest.mark.parametrize("batch_size,k", [(2, 2), (4, 2), (8, 2), (8, 4)])
+def test_an_epoch_keeps_its_clips_and_batches_at_k_clips_a_decode(prepared, batch_size, k):
+    folder, _ = prepared
+    ds = _CountedDecodes(folder, "train", frames=4, stride=2, view=VIEW)
+    one, one_decodes = _epoch(ds, batch_size, 1)
+    many, decodes = _epoch(ds, batch_size, k)
+    cfg = TrainConfig(epochs=1, batch_size=batch_size, lr=0.1)
+    assert len(many) == len(one) == batches_per_epoch(6, cfg)
+    assert [len(x) for x, _, _ in many] == [len(x) for x, _, _ in one] and len(one[0][0]) == min(batch_size, 6)
+    assert one_decodes == sum(len(x) for x, _, _ in one) and decodes == -(-one_decodes // k)
+    for x, y, _ in many:  # whole videos: k clips after each other, each with its video's label
+        assert x.shape[1:] == (3, 4, 32, 32) and torch.equal(y[::k].repeat_interleave(k)[:len(y)], y)
+
+
+def test_k_clips_per_decode_train_and_count_failures_per_video(tmp_path, tiny_params):
+    folder, _, bad = _damaged(tmp_path)
+    torch.manual_seed(0)
+    model = build_model(Settings.for_stage(tiny_params), 2)
+    ds = VideoDataset(folder, "train", frames=4, stride=2, view=VIEW, clips_per_decode=2, max_decode_failures=0.5)
+    hist = fit(model, ds, TrainConfig(epochs=2, batch_size=4, lr=0.01, device="cpu", loader_workers=1),
+               tmp_path / "run", progress=False)
+    assert len(hist) == 2 and hist["decode_failures"].isin([0, 1]).all() and np.isfinite(hist["loss"]).all()
+    strict = DecodeFailures(ds, 4)  # 4 clips of 2 videos: one failed video is half of them
+    strict.limit = 0.49
+    with pytest.raises(StfusionError, match=rf"1 of the epoch's 2 videos failed .*{bad.name}"):
+        strict.add([f"{bad}: damaged"])
+
+
+@pytest.mark.parametrize("value", [0, -2, "two", 1.5, None])
+def test_a_bad_clips_per_decode_is_refused_naming_the_key(prepared, value):
+    with pytest.raises(StfusionError, match=r"^invalid parameter data\.clips_per_decode: ") as err:
+        settings_with({"data": {"clips_per_decode": value}})
+    assert "\n" not in str(err.value)
+    folder, _ = prepared
+    with pytest.raises(StfusionError, match=r"^data\.clips_per_decode must be a whole number"):
+        VideoDataset(folder, "train", frames=4, view=VIEW, clips_per_decode=value)
+
+
+def test_clips_per_decode_must_divide_the_batch_and_train_views_only(prepared, tiny_params, tmp_path):
+    folder, _ = prepared
+    ds = VideoDataset(folder, "train", frames=4, stride=2, view=VIEW, clips_per_decode=2)
+    model = build_model(Settings.for_stage(tiny_params), 2)
+    with pytest.raises(StfusionError, match=r"^data\.clips_per_decode = 2 does not divide the 3 clips of a batch"):
+        fit(model, ds, TrainConfig(epochs=1, batch_size=3, lr=0.01, device="cpu"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(StfusionError, match=r"^data\.clips_per_decode = 2 applies to training clips only"):
+        VideoDataset(folder, "val", frames=4, train=False, view=ViewSpec("eval", crop=32), clips_per_decode=2)
+    data = settings_with({"data": {"frames": 4, "stride": 2, "size": 32, "clips_per_decode": 2}}).data
+    assert open_clips(data, folder, "train", train=True).clips_per_decode == 2
+    assert open_clips(data, folder, "train", train=True, views="eval").clips_per_decode == 1  # BN calibration
+    assert open_clips(data, folder, "val", train=False)[0][0].shape == (3, 4, 32, 32)

@@ -74,20 +74,22 @@ def load_video_manifest(cache_dir) -> pd.DataFrame:
 class VideoDataset(SplitClips):
     """Clips of one split of a ``videos`` folder, decoded on the fly (see the module docstring).
 
-    Arguments as :class:`~stfusion.data.dataset.ClipDataset`, frame indices counting the prepared file's
-    frames, plus ``backend`` (decord | pyav | torchcodec), ``replace_failures`` (None: when ``train``) and
+    Arguments as :class:`~stfusion.data.dataset.ClipDataset` (``clips_per_decode`` clips an item, cut from one
+    decode: :class:`~stfusion.data.dataset.SplitClips`), frame indices counting the prepared file's frames, plus
+    ``backend`` (decord | pyav | torchcodec), ``replace_failures`` (None: when ``train``) and
     ``max_decode_failures`` (the share of an epoch's items that may be replaced before training stops; read by
     :class:`DecodeFailures`). Items: ``(uint8 clip, label)``, and ``(clip, label, failure)`` when replacing.
     """
 
     def __init__(self, cache_dir, split: str, *, frames: int, stride: int = 1, sampling: str = "dense",
                  train: bool = True, flip: bool = False, calib_only: bool = False, view: ViewSpec | None = None,
-                 backend: str = "decord", replace_failures: bool | None = None, max_decode_failures: float = 0.0):
+                 backend: str = "decord", replace_failures: bool | None = None, max_decode_failures: float = 0.0,
+                 clips_per_decode: int = 1):
         self.cache_dir = Path(cache_dir)
         classes = load_classes(self.cache_dir)
         rows = split_rows(load_video_manifest(self.cache_dir), split, calib_only)
         self._setup(classes, rows, split, frames=frames, stride=stride, sampling=sampling, train=train,
-                    view=view or default_view(train, flip))
+                    view=view or default_view(train, flip), clips_per_decode=clips_per_decode)
         self._paths = [str(self.cache_dir / p) for p in rows["path"]]
         self._frame_counts = rows["frames"].to_numpy(dtype=np.int64)
         if len(rows) and self._frame_counts.min() < 1:
@@ -139,12 +141,14 @@ def split_failures(batch) -> tuple:
 
 
 class DecodeFailures:
-    """Replaced videos of one training epoch of ``n_items`` items; :meth:`add` logs each and stops training
-    (one line naming the first failing file) once their share exceeds ``dataset.max_decode_failures``."""
+    """Replaced videos of one training epoch of ``n_clips`` clips (from ``n_clips / dataset.clips_per_decode``
+    videos); :meth:`add` logs each and stops training (one line naming the first failing file) once their share
+    of the epoch's videos exceeds ``dataset.max_decode_failures``."""
 
-    def __init__(self, dataset, n_items: int):
+    def __init__(self, dataset, n_clips: int):
         self.limit = float(getattr(dataset, "max_decode_failures", 0.0))
-        self.n_items, self.count, self.first = max(int(n_items), 1), 0, None
+        videos = -(-int(n_clips) // int(getattr(dataset, "clips_per_decode", 1)))
+        self.n_items, self.count, self.first = max(videos, 1), 0, None
 
     def add(self, failures) -> None:
         for text in failures:
@@ -163,10 +167,11 @@ def open_clips(data: Data, cache_dir, split: str, *, train: bool, views: str | N
     """The dataset of one split of a prepared folder, whichever its storage (``storage.json``), from the
     ``data`` settings. ``train``: random temporal positions (in videos storage failed videos are replaced, up to
     ``data.max_decode_failures`` of a training epoch); ``views``: train | eval | test
-    (:func:`~stfusion.data.transforms.view_from_params`; default train when ``train``, else eval)."""
+    (:func:`~stfusion.data.transforms.view_from_params`; default train when ``train``, else eval). Training views
+    hold ``data.clips_per_decode`` clips an item (:class:`~stfusion.data.dataset.SplitClips`)."""
     view = view_from_params(data, views or ("train" if train else "eval"))
     kw = dict(frames=data.frames, stride=data.stride, sampling=data.sampling, train=train, calib_only=calib_only,
-              view=view)
+              view=view, clips_per_decode=data.clips_per_decode if view.mode == "train" else 1)
     if read_storage(cache_dir)["storage"] == "cache":
         return ClipDataset(cache_dir, split, **kw)
     if view.mode == "train":  # what a training epoch tolerates (fit reads it)
