@@ -13,9 +13,11 @@ import torch
 
 from stfusion.data.dataset import MEAN, STD, ClipDataset
 from stfusion.data.sampling import TorchRNG, segment_test_clips, spatial_crops, test_clips, train_indices
-from stfusion.data.transforms import (ViewSpec, crop_boxes, inference_clip_shape, normalize, reported_views, view_from_params,
+from stfusion.data.transforms import (ViewSpec, crop_boxes, cut, inference_clip_shape, normalize, reported_views, view_from_params,
                                       views_text)
-from stfusion.data.video_dataset import ClipDecodeError, DecodeFailures, VideoDataset, open_clips, split_failures
+from stfusion.data.video import read_frames, write_video
+from stfusion.data.video_dataset import (ClipDecodeError, DecodeFailures, VideoDataset, decode_size, open_clips,
+                                         split_failures)
 from stfusion.errors import StfusionError
 from stfusion.config.settings import Settings
 from stfusion.models import build_model
@@ -32,15 +34,21 @@ H, W, N_FRAMES = 48, 64, 12  # prepared at short side 48
 SPLITS = {"train": 6, "val": 3, "test": 3}
 
 
-def write_prepared(folder, h=H, w=W, n=N_FRAMES) -> pd.DataFrame:
+def write_prepared(folder, h=H, w=W, n=N_FRAMES, content=None) -> pd.DataFrame:
     """A ``videos`` folder as preparation leaves it: lossless mp4 files, manifest.csv, classes.csv, storage.json.
-    Returns the manifest with a ``frames_data`` column holding each video's decoded frames."""
+    Returns the manifest with a ``frames_data`` column holding each video's decoded frames. ``content(n, h, w,
+    seed)``: the frames (default :func:`conftest_data.smooth_frames`)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows, seed = [], 0
     for split, count in SPLITS.items():
         for k in range(count):
             rel = f"videos/{split}_{k}.mp4"
-            frames = write_clip(folder / rel, n=n, h=h, w=w, seed=seed)
+            if content is None:
+                frames = write_clip(folder / rel, n=n, h=h, w=w, seed=seed)
+            else:
+                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                frames = content(n, h, w, seed)
+                write_video(folder / rel, frames)
             rows.append({"id": f"{split}_{k}", "path": rel, "label": f"c{k % 2}", "label_idx": k % 2, "split": split,
                          "calib": k < 2, "frames": n, "fps": 12, "width": w, "height": h, "status": "ok",
                          "reason": "", "frames_data": frames})
@@ -379,3 +387,37 @@ def test_clips_per_decode_must_divide_the_batch_and_train_views_only(prepared, t
     assert open_clips(data, folder, "train", train=True).clips_per_decode == 2
     assert open_clips(data, folder, "train", train=True, views="eval").clips_per_decode == 1  # BN calibration
     assert open_clips(data, folder, "val", train=False)[0][0].shape == (3, 4, 32, 32)
+
+
+# ------------------------------------------------------------------ files larger than a view needs
+def _low_frequency(n, h, w, seed):
+    """``uint8 (n, h, w, 3)``: colour waves of a few cycles a frame, moving: content a rescale keeps."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    waves = [[127 + 100 * np.sin(0.06 * x + 0.04 * (c + 1) * y + 0.3 * t + seed) for c in range(3)] for t in range(n)]
+    return np.clip(np.array(waves).transpose(0, 2, 3, 1), 0, 255).astype(np.uint8)
+
+
+def test_files_larger_than_the_view_are_decoded_at_its_short_side(tmp_path):
+    manifest = write_prepared(tmp_path, h=96, w=128, content=_low_frequency)  # short side 96
+    ds = VideoDataset(tmp_path, "val", frames=4, stride=2, train=False, view=ViewSpec("eval", 48, (64, 64)))
+    t = test_clips(N_FRAMES, 4, 2, 1)[0]
+    decoded = read_frames(tmp_path / "videos" / "val_0.mp4", t, size=(85, 64))
+    assert ds._decode(0, t).shape == decoded.shape == (4, 64, 85, 3)
+    x = ds[0][0]
+    top, left, bottom, right = spatial_crops(64, 85, 48, 1)[0]  # exact: the centre 48 pixels at short side 64
+    np.testing.assert_array_equal(x.permute(1, 2, 3, 0).numpy(), decoded[:, top:bottom, left:right])
+    full = [int(v) for v in spatial_crops(96, 128, 72, 1)[0]]  # the same view of the full-size frames
+    expected = _old_cut(_frames_of(manifest, "val", 0)[t], full, 48, False)
+    shifted = _old_cut(_frames_of(manifest, "val", 0)[t], [v + 4 for v in full], 48, False)
+    error, wrong = ((x.float() - e.float()).abs() for e in (expected, shifted))
+    assert error.mean() < 4 and error.max() < 16 and wrong.mean() > 20  # up to interpolation; a 4 px shift is not
+    train = VideoDataset(tmp_path, "train", frames=4, stride=2, view=ViewSpec("train", 32, (40, 64), flip=True))
+    assert train._decode(0, t).shape == (4, 64, 85, 3) and train[0][0].shape == (3, 4, 32, 32)
+    same = VideoDataset(tmp_path, "val", frames=4, stride=2, train=False, view=ViewSpec("eval", 48, (96, 128)))
+    assert same._decode(0, t).shape == (4, 96, 128, 3)  # never scaled up
+
+
+def test_decode_size_keeps_the_aspect_and_avoids_decords_bad_widths():
+    assert decode_size(128, 96, 64) == (85, 64) and decode_size(120, 160, 60) == (60, 80)  # portrait
+    assert decode_size(128, 96, 96) is None and decode_size(0, 0, 64) is None and decode_size(128, 96, None) is None
+    assert decode_size(64, 48, 36) is None  # width 48: decord 0.6.0 returns 4 channels

@@ -13,6 +13,12 @@ in the scaled frame is mapped back to the decoded frame (side ``c * short / s`` 
 to ``c`` (bilinear, antialiased, uint8 in and out). ``short_side=None`` keeps the decoded scale, so on the
 square clip cache with ``crop`` equal to its side every transform is the identity.
 
+Files larger than a view needs (videos storage: :func:`decode_short_side` below the file's short side) are
+decoded smaller: decord's scaler brings them to that short side while decoding, and the box is cut there. At the
+evaluation short side the crop is then exact: the centre ``crop`` pixels of the scaled frames, no resize after.
+Frames equal the ones of a full-size decode up to the interpolation (FFmpeg's bicubic scaler instead of the
+antialiased bilinear resize of the box); smaller files are decoded at their own size, as before.
+
 Clips stay ``uint8`` until they reach the device: :func:`normalize` turns a batch into floats there (a quarter
 of the bytes through the pinned host-to-device copy), one function for training, calibration and scoring.
 """
@@ -32,7 +38,7 @@ from stfusion.data.sampling import spatial_crops
 if TYPE_CHECKING:
     from stfusion.config.settings import Data
 
-__all__ = ["MEAN", "STD", "MODES", "ViewSpec", "view_from_params", "crop_boxes", "cut", "normalize", "average_views", "views_text",
+__all__ = ["MEAN", "STD", "MODES", "ViewSpec", "view_from_params", "decode_short_side", "crop_boxes", "cut", "normalize", "average_views", "views_text",
            "reported_views", "inference_clip_shape"]
 
 #: per-channel normalisation on the 0-255 scale (the usual video constants 0.45 / 0.225)
@@ -88,6 +94,14 @@ def view_from_params(data: Data, mode: str) -> ViewSpec:
     test = mode == "test"
     return ViewSpec(mode, data.eval_crop or data.size, (short, short) if short else None,
                     clips=data.test_clips if test else 1, crops=data.test_crops if test else 1)
+
+
+def decode_short_side(spec: ViewSpec) -> int | None:
+    """The largest short side ``spec`` rescales frames to (the top of the training range; the evaluation short
+    side), None where it keeps the decoded size: frames decoded at that short side lose nothing the view uses."""
+    if spec.short_side is None:
+        return None
+    return spec.short_side[1] if spec.mode == "train" else spec.short_side[0]
 
 
 def inference_clip_shape(data: Data) -> tuple[int, int, int, int]:

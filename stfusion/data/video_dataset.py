@@ -32,13 +32,13 @@ import pandas as pd
 from stfusion.errors import StfusionError
 from stfusion.data.storage import read_storage
 from stfusion.data.dataset import ClipDataset, SplitClips, default_view, load_classes, split_rows
-from stfusion.data.transforms import ViewSpec, view_from_params
-from stfusion.data.video import read_frames, usable_backend
+from stfusion.data.transforms import ViewSpec, decode_short_side, view_from_params
+from stfusion.data.video import DECORD_BAD_WIDTHS, read_frames, usable_backend
 
 if TYPE_CHECKING:
     from stfusion.config.settings import Data
 
-__all__ = ["ClipDecodeError", "DecodeFailures", "VideoDataset", "load_video_manifest", "open_clips",
+__all__ = ["ClipDecodeError", "DecodeFailures", "VideoDataset", "decode_size", "load_video_manifest", "open_clips",
            "split_failures"]
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ class VideoDataset(SplitClips):
             bad = rows["path"].iloc[int(self._frame_counts.argmin())]
             raise StfusionError(f"{self.cache_dir / 'manifest.csv'}: video {bad} has no frames (prepare again)")
         self.backend = usable_backend(backend)  # here, before DataLoader workers fork
+        self._sizes = _decode_sizes(rows, decode_short_side(self.view))
         self.replace_failures = self.train if replace_failures is None else bool(replace_failures)
         self.max_decode_failures = float(max_decode_failures)
 
@@ -103,7 +104,7 @@ class VideoDataset(SplitClips):
         return int(self._frame_counts[i])
 
     def _decode(self, i: int, t: np.ndarray) -> np.ndarray:
-        return read_frames(self._paths[i], t, self.backend)
+        return read_frames(self._paths[i], t, self.backend, size=self._sizes[i])
 
     def _try(self, i: int):
         """The clip of video ``i`` or, after a second failed read, the reason as a string."""
@@ -131,6 +132,26 @@ class VideoDataset(SplitClips):
                 return other, int(self._labels[j]), failure
         raise ClipDecodeError(f"cannot decode {failure}, nor the {REPLACEMENT_TRIES} videos after it in the "
                               f"{self.split} split (is the prepared folder {self.cache_dir} readable?)")
+
+
+def decode_size(width: int, height: int, short_side: int | None) -> tuple[int, int] | None:
+    """``(width, height)`` to decode a ``width`` x ``height`` video at so that its short side is ``short_side``
+    (aspect kept), or None to decode it at its own size: not larger than ``short_side`` (never scaled up), size
+    unknown (0), or a scaled width decord 0.6.0 mis-decodes (:data:`~stfusion.data.video.DECORD_BAD_WIDTHS`)."""
+    short = min(int(width), int(height))
+    if short_side is None or short <= short_side:
+        return None
+    size = (short_side, round(height * short_side / width)) if width <= height else \
+        (round(width * short_side / height), short_side)
+    return None if size[0] in DECORD_BAD_WIDTHS else size
+
+
+def _decode_sizes(rows: pd.DataFrame, short_side: int | None) -> list:
+    """:func:`decode_size` of each video of a manifest's ``rows`` (None for all without size columns)."""
+    if short_side is None or not {"width", "height"} <= set(rows.columns):
+        return [None] * len(rows)
+    width, height = (pd.to_numeric(rows[c], errors="coerce").fillna(0).astype(int) for c in ("width", "height"))
+    return [decode_size(w, h, short_side) for w, h in zip(width, height)]
 
 
 def split_failures(batch) -> tuple:
