@@ -25,7 +25,7 @@ from stfusion.scoring.prefix import score_strategies_prefix
 from stfusion.engine.evaluation import eval_loader, evaluate, view_logits
 from stfusion.scoring.naive import score_strategies
 from stfusion.core.strategies import families
-from stfusion.engine.train import TrainConfig, batches_per_epoch, epoch_loader, fit
+from stfusion.engine.train import TrainConfig, batches_per_epoch, epoch_loader, epoch_order, fit
 
 from conftest import settings_with
 from conftest_data import write_clip
@@ -346,8 +346,10 @@ def test_an_epoch_keeps_its_clips_and_batches_at_k_clips_a_decode(prepared, batc
     assert len(many) == len(one) == batches_per_epoch(6, cfg)
     assert [len(x) for x, _, _ in many] == [len(x) for x, _, _ in one] and len(one[0][0]) == min(batch_size, 6)
     assert one_decodes == sum(len(x) for x, _, _ in one) and decodes == -(-one_decodes // k)
-    for x, y, _ in many:  # whole videos: k clips after each other, each with its video's label
-        assert x.shape[1:] == (3, 4, 32, 32) and torch.equal(y[::k].repeat_interleave(k)[:len(y)], y)
+    assert all(x.shape == (len(y), 3, 4, 32, 32) for x, y, _ in many)
+    videos = epoch_order(6, cfg, 0)[:decodes]  # the first 1/k of the epoch's order, k clips each, in turn
+    labels = torch.from_numpy(ds._labels[videos]).repeat_interleave(k)[:len(one[0][0]) * len(one)]
+    assert torch.equal(torch.cat([y for _, y, _ in many]), labels)
 
 
 def test_k_clips_per_decode_train_and_count_failures_per_video(tmp_path, tiny_params):
