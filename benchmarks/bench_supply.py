@@ -134,7 +134,8 @@ def run(quick: bool, device: str = "cpu", names=None, note=print, backend: str |
             note(f"supply_{name}: one worker supplies {res['clips_per_cpu_s']:.1f} clips per CPU second "
                  f"({res['clips_per_s']:.1f} per wall second; {res['frames']} frames, {res['sampling']} sampling, "
                  f"short side {res['train_short_side']} from files at {res['short_side']}, {res['crop']} crop, "
-                 f"{res['backend']} decoding, {res['clips_per_decode']} clip(s) a decode); the {res['backbone']} supernet step (batch {res['batch']}) consumes "
+                 f"{res['backend']} decoding, {res['clips_per_decode']} clip(s) a decode); the {res['backbone']} "
+                 f"supernet step (batch {res['batch']}) consumes "
                  f"{rate:.0f} clips/s, {source}")
     return results
 

@@ -13,8 +13,8 @@ import torch
 
 from stfusion.data.dataset import MEAN, STD, ClipDataset
 from stfusion.data.sampling import TorchRNG, segment_test_clips, spatial_crops, test_clips, train_indices
-from stfusion.data.transforms import (ViewSpec, crop_boxes, cut, inference_clip_shape, normalize, reported_views, view_from_params,
-                                      views_text)
+from stfusion.data.transforms import (ViewSpec, crop_boxes, inference_clip_shape, normalize, reported_views,
+                                      view_from_params, views_text)
 from stfusion.data.video import read_frames, write_video
 from stfusion.data.video_dataset import (ClipDecodeError, DecodeFailures, VideoDataset, decode_size, open_clips,
                                          split_failures)

@@ -17,8 +17,8 @@ from stfusion.errors import StfusionError
 from stfusion.data.sampling import TorchRNG, segment_indices, segment_test_clips, test_clips, train_indices
 from stfusion.data.transforms import MEAN, STD, ViewSpec, crop_boxes, cut
 
-__all__ = ["ClipDataset", "SplitClips", "check_clips_per_decode", "default_view", "split_rows", "load_classes", "load_manifest", "MEAN", "STD", "SPLITS",
-           "SAMPLINGS"]
+__all__ = ["ClipDataset", "SplitClips", "check_clips_per_decode", "default_view", "split_rows", "load_classes",
+           "load_manifest", "MEAN", "STD", "SPLITS", "SAMPLINGS"]
 
 SPLITS = ("train", "val", "test")
 SAMPLINGS = ("dense", "segment")

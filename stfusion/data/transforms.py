@@ -38,8 +38,8 @@ from stfusion.data.sampling import spatial_crops
 if TYPE_CHECKING:
     from stfusion.config.settings import Data
 
-__all__ = ["MEAN", "STD", "MODES", "ViewSpec", "view_from_params", "decode_short_side", "crop_boxes", "cut", "normalize", "average_views", "views_text",
-           "reported_views", "inference_clip_shape"]
+__all__ = ["MEAN", "STD", "MODES", "ViewSpec", "view_from_params", "decode_short_side", "crop_boxes", "cut",
+           "normalize", "average_views", "views_text", "reported_views", "inference_clip_shape"]
 
 #: per-channel normalisation on the 0-255 scale (the usual video constants 0.45 / 0.225)
 MEAN = (114.75, 114.75, 114.75)
