@@ -201,11 +201,12 @@ class SeededSamples(Dataset):
 def clips_per_item(train_set: Dataset, cfg: TrainConfig) -> int:
     """The clips each item of ``train_set`` holds (its ``clips_per_decode``, 1 without one); it must divide the
     ``batch_size / world`` clips of a batch on each rank, so that a batch holds whole items."""
-    k = int(getattr(train_set, "clips_per_decode", 1))
-    local = cfg.batch_size // max(distributed.world_size(), 1)
+    k, world = int(getattr(train_set, "clips_per_decode", 1)), max(distributed.world_size(), 1)
+    local = cfg.batch_size // world
     if local % k:
         raise StfusionError(f"data.clips_per_decode = {k} does not divide the {local} clips of a batch per process "
-                            f"(batch size {cfg.batch_size} over {distributed.world_size()}): choose a divisor")
+                            f"(batch size {cfg.batch_size} over {world} process{'es' if world > 1 else ''}): "
+                            "choose a divisor")
     return k
 
 
