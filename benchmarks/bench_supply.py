@@ -1,6 +1,6 @@
 """Supply and demand of training clips for each paper preset (``stfusion/config/presets``).
 
-    python benchmarks/bench_supply.py [--quick] [--device cuda] [--preset NAME ...]
+    python benchmarks/bench_supply.py [--quick] [--device cuda] [--preset NAME ...] [--clips-per-decode K]
 
 For each preset, one goal line ``supply_<preset>: ratio <workers> (goal <= 8.00)``: the DataLoader workers one
 GPU needs, i.e. the clips per second the preset's supernet step consumes on one GPU over the clips per second one
@@ -9,7 +9,8 @@ loader worker supplies at the preset's training clip.
 - **Supply**: training clips per CPU second of one process (one decoder thread, as a DataLoader worker) reading
   the preset's training clip (frames, stride or segment sampling, short-side jitter, crop, flip) with
   :func:`stfusion.data.video_dataset.open_clips` from generated footage prepared as ``stfusion prepare`` writes
-  it (the preset's ``data.short_side``, a key frame every 16 frames), with the preset's ``data.backend``.
+  it (the preset's ``data.short_side``, a key frame every 16 frames), with the preset's ``data.backend`` and
+  ``data.clips_per_decode`` (``--clips-per-decode K``: K instead; every clip of an item is counted).
 - **Demand**: with ``--device cuda``, the preset's gated supernet training step (its backbone and batch, bf16
   and channels_last_3d as the presets set them) timed on the GPU. Without a GPU, no step of a preset has been
   measured on one (``benchmarks/RESULTS.md`` records none): the demand is then the *estimate* of
@@ -45,25 +46,28 @@ def presets() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def preset_settings(name: str, backend: str | None = None):
-    """``(params, Settings)`` of the preset ``name``, with ``data.backend`` replaced by ``backend`` if given."""
+def preset_settings(name: str, backend: str | None = None, clips_per_decode: int | None = None):
+    """``(params, Settings)`` of the preset ``name``, with ``data.backend`` and ``data.clips_per_decode`` replaced
+    by ``backend`` and ``clips_per_decode`` where given."""
     from stfusion.config.loading import resolve_params
     from stfusion.config.settings import Settings
 
-    params = resolve_params(None, {"preset": name, **({"data": {"backend": backend}} if backend else {})})
+    data = {k: v for k, v in (("backend", backend), ("clips_per_decode", clips_per_decode)) if v is not None}
+    params = resolve_params(None, {"preset": name, **({"data": data} if data else {})})
     return params, Settings.for_stage(params)
 
 
 def supply(name: str, tmp: Path, items: int, videos: int = 2, backend: str | None = None,
-           quick: bool = False) -> dict:
-    """Training clips per CPU second (and per wall second) of one process at the preset's training clip (with
-    ``quick``, from videos just long enough for one clip: a smoke run)."""
+           quick: bool = False, clips_per_decode: int | None = None) -> dict:
+    """Training clips per CPU second (and per wall second) of one process at the preset's training clip, over
+    ``items`` items of ``data.clips_per_decode`` clips each (with ``quick``, from videos just long enough for one
+    clip: a smoke run)."""
     import torch
     from bench_videos import prepared_folder
 
     from stfusion.data.video_dataset import open_clips
 
-    params, settings = preset_settings(name, backend)
+    params, settings = preset_settings(name, backend, clips_per_decode)
     data = settings.data
     frames_total, source = FOOTAGE[data.dataset]
     if quick:
@@ -78,9 +82,11 @@ def supply(name: str, tmp: Path, items: int, videos: int = 2, backend: str | Non
     for i in range(items):
         clip = ds[i % len(ds)][0]
     cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
-    crop = data.crop or data.size
-    assert tuple(clip.shape) == (3, data.frames, crop, crop), clip.shape
-    return {"clips_per_cpu_s": items / cpu, "clips_per_s": items / wall, "frames": data.frames, "crop": crop,
+    crop, k = data.crop or data.size, data.clips_per_decode
+    assert tuple(clip.shape) == ((k,) if k > 1 else ()) + (3, data.frames, crop, crop), clip.shape
+    clips = items * k
+    return {"clips_per_cpu_s": clips / cpu, "clips_per_s": clips / wall, "frames": data.frames, "crop": crop,
+            "clips_per_decode": k,
             "short_side": data.short_side, "train_short_side": data.train_short_side, "sampling": data.sampling,
             "backend": ds.backend, "backbone": settings.model.backbone, "batch": settings.supernet.batch_size}
 
@@ -111,12 +117,14 @@ def demand_estimate(frames: int, crop: int) -> float:
     return rate * voxels / (frames * crop * crop)
 
 
-def run(quick: bool, device: str = "cpu", names=None, note=print, backend: str | None = None) -> dict[str, float]:
+def run(quick: bool, device: str = "cpu", names=None, note=print, backend: str | None = None,
+        clips_per_decode: int | None = None) -> dict[str, float]:
     """``{"supply_<preset>": workers needed a GPU}`` for each preset in ``names`` (default every preset)."""
     results = {}
     with tempfile.TemporaryDirectory(prefix="stfusion-supply-") as tmp:
         for name in names or presets():
-            res = supply(name, Path(tmp), 2 if quick else 12, videos=1 if quick else 2, backend=backend, quick=quick)
+            res = supply(name, Path(tmp), 2 if quick else 12, videos=1 if quick else 2, backend=backend, quick=quick,
+                         clips_per_decode=clips_per_decode)
             if device == "cuda":
                 rate, source = demand_gpu(name), f"measured on {device}"
             else:
@@ -126,7 +134,8 @@ def run(quick: bool, device: str = "cpu", names=None, note=print, backend: str |
             note(f"supply_{name}: one worker supplies {res['clips_per_cpu_s']:.1f} clips per CPU second "
                  f"({res['clips_per_s']:.1f} per wall second; {res['frames']} frames, {res['sampling']} sampling, "
                  f"short side {res['train_short_side']} from files at {res['short_side']}, {res['crop']} crop, "
-                 f"{res['backend']} decoding); the {res['backbone']} supernet step (batch {res['batch']}) consumes "
+                 f"{res['backend']} decoding, {res['clips_per_decode']} clip(s) a decode); the {res['backbone']} "
+                 f"supernet step (batch {res['batch']}) consumes "
                  f"{rate:.0f} clips/s, {source}")
     return results
 
@@ -137,8 +146,10 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu", help="cuda: measure each preset's supernet step on the GPU")
     ap.add_argument("--preset", action="append", help="only this preset (repeatable)")
     ap.add_argument("--backend", help="decode with this data.backend instead of the preset's (e.g. torchcodec)")
+    ap.add_argument("--clips-per-decode", type=int, help="data.clips_per_decode instead of the preset's")
     args = ap.parse_args(argv)
     for key, value in run(args.quick, args.device, args.preset, backend=args.backend,
+                          clips_per_decode=args.clips_per_decode,
                           note=lambda text: print(f"  [{text}]", file=sys.stderr, flush=True)).items():
         print(f"{key}: ratio {value:.3f} (goal <= {GOAL_WORKERS:.2f})", flush=True)
     return 0

@@ -12,10 +12,12 @@ import pytest
 import torch
 
 from stfusion.data.dataset import MEAN, STD, ClipDataset
-from stfusion.data.sampling import segment_test_clips, spatial_crops, test_clips
-from stfusion.data.transforms import (ViewSpec, inference_clip_shape, normalize, reported_views, view_from_params,
-                                      views_text)
-from stfusion.data.video_dataset import ClipDecodeError, VideoDataset, open_clips
+from stfusion.data.sampling import TorchRNG, segment_test_clips, spatial_crops, test_clips, train_indices
+from stfusion.data.transforms import (ViewSpec, crop_boxes, inference_clip_shape, normalize, reported_views,
+                                      view_from_params, views_text)
+from stfusion.data.video import read_frames, write_video
+from stfusion.data.video_dataset import (ClipDecodeError, DecodeFailures, VideoDataset, decode_size, open_clips,
+                                         split_failures)
 from stfusion.errors import StfusionError
 from stfusion.config.settings import Settings
 from stfusion.models import build_model
@@ -23,7 +25,7 @@ from stfusion.scoring.prefix import score_strategies_prefix
 from stfusion.engine.evaluation import eval_loader, evaluate, view_logits
 from stfusion.scoring.naive import score_strategies
 from stfusion.core.strategies import families
-from stfusion.engine.train import TrainConfig, fit
+from stfusion.engine.train import TrainConfig, batches_per_epoch, epoch_loader, epoch_order, fit
 
 from conftest import settings_with
 from conftest_data import write_clip
@@ -32,15 +34,21 @@ H, W, N_FRAMES = 48, 64, 12  # prepared at short side 48
 SPLITS = {"train": 6, "val": 3, "test": 3}
 
 
-def write_prepared(folder, h=H, w=W, n=N_FRAMES) -> pd.DataFrame:
+def write_prepared(folder, h=H, w=W, n=N_FRAMES, content=None) -> pd.DataFrame:
     """A ``videos`` folder as preparation leaves it: lossless mp4 files, manifest.csv, classes.csv, storage.json.
-    Returns the manifest with a ``frames_data`` column holding each video's decoded frames."""
+    Returns the manifest with a ``frames_data`` column holding each video's decoded frames. ``content(n, h, w,
+    seed)``: the frames (default :func:`conftest_data.smooth_frames`)."""
     folder.mkdir(parents=True, exist_ok=True)
     rows, seed = [], 0
     for split, count in SPLITS.items():
         for k in range(count):
             rel = f"videos/{split}_{k}.mp4"
-            frames = write_clip(folder / rel, n=n, h=h, w=w, seed=seed)
+            if content is None:
+                frames = write_clip(folder / rel, n=n, h=h, w=w, seed=seed)
+            else:
+                (folder / rel).parent.mkdir(parents=True, exist_ok=True)
+                frames = content(n, h, w, seed)
+                write_video(folder / rel, frames)
             rows.append({"id": f"{split}_{k}", "path": rel, "label": f"c{k % 2}", "label_idx": k % 2, "split": split,
                          "calib": k < 2, "frames": n, "fps": 12, "width": w, "height": h, "status": "ok",
                          "reason": "", "frames_data": frames})
@@ -259,3 +267,159 @@ def test_cache_views_keep_the_default_and_crop_where_asked(small_cache):
     assert cropped[0][0].shape == (3, 4, 24, 24)
     test = ClipDataset(tmp_path / "cache", "test", frames=4, train=False, view=ViewSpec("test", crop=40, clips=2, crops=3))
     assert test[0][0].shape == (6, 3, 4, 32, 32)  # a crop larger than the cache is the whole frame
+
+
+# ------------------------------------------------------------------ several training clips from one decode
+def _old_cut(frames, box, size, flip):
+    """A view as the loader cut it before clips_per_decode: numpy's mirror, a channels-first copy, then the
+    antialiased bilinear resize; ``uint8 (3, T, size, size)``."""
+    top, left, bottom, right = box
+    region = frames[:, top:bottom, left:right]
+    x = torch.from_numpy(np.ascontiguousarray(region[:, :, ::-1] if flip else region)).permute(0, 3, 1, 2)
+    if x.shape[-1] != size:
+        x = torch.nn.functional.interpolate(x.contiguous(), size=(size, size), mode="bilinear", align_corners=False,
+                                            antialias=True)
+    return x.permute(1, 0, 2, 3).contiguous()
+
+
+def _expected_clips(video, view, k, seed):
+    """The ``k`` clips an item should hold under ``seed``: one draw of the frames, then ``k`` draws of box and
+    flip in turn, cut from the lossless video's frames ``(T, H, W, 3)``."""
+    torch.manual_seed(seed)
+    rng = TorchRNG()
+    frames = video[train_indices(N_FRAMES, 4, 2, rng)]
+    clips = []
+    for _ in range(k):
+        box = [int(v) for v in crop_boxes(H, W, view, rng)[0]]
+        flip = bool(torch.rand(()) < 0.5)
+        clips.append(_old_cut(frames, box, view.crop, flip))
+    return torch.stack(clips)
+
+
+class _CountedDecodes(VideoDataset):
+    """The videos storage, counting its (real) decodes."""
+
+    decodes = 0
+
+    def _decode(self, i, t):
+        self.decodes += 1
+        return super()._decode(i, t)
+
+
+VIEW = ViewSpec("train", crop=32, short_side=(40, 56), flip=True)  # a resize and a mirror half of the time
+
+
+def test_one_clip_per_decode_is_the_clip_of_earlier_versions(prepared):
+    folder, manifest = prepared
+    ds = VideoDataset(folder, "train", frames=4, stride=2, view=VIEW)
+    for seed in range(6):
+        torch.manual_seed(seed)
+        x, y, _ = ds[seed % 6]
+        assert y == seed % 2 and torch.equal(x, _expected_clips(_frames_of(manifest, "train", seed % 6), VIEW, 1,
+                                                                 seed)[0]), seed
+
+
+def test_k_clips_per_decode_are_k_views_of_one_decode(prepared):
+    folder, manifest = prepared
+    ds = _CountedDecodes(folder, "train", frames=4, stride=2, view=VIEW, clips_per_decode=3)
+    torch.manual_seed(5)
+    x, y, failure = ds[4]
+    assert x.shape == (3, 3, 4, 32, 32) and y == 0 and failure == "" and ds.decodes == 1
+    assert torch.equal(x, _expected_clips(_frames_of(manifest, "train", 4), VIEW, 3, 5))
+    assert len({c.numpy().tobytes() for c in x}) == 3
+
+
+def _epoch(ds, batch_size, k):
+    """The batches of epoch 0 of a training loader over ``ds`` at ``k`` clips an item, and the decodes."""
+    ds.clips_per_decode, ds.decodes = k, 0
+    batches = [split_failures(b) for b in epoch_loader(ds, TrainConfig(epochs=1, batch_size=batch_size, lr=0.1), 0)]
+    return batches, ds.decodes
+
+
+@pytest.mark.parametrize("batch_size,k", [(2, 2), (4, 2), (8, 2), (8, 4)])
+def test_an_epoch_keeps_its_clips_and_batches_at_k_clips_a_decode(prepared, batch_size, k):
+    folder, _ = prepared
+    ds = _CountedDecodes(folder, "train", frames=4, stride=2, view=VIEW)
+    one, one_decodes = _epoch(ds, batch_size, 1)
+    many, decodes = _epoch(ds, batch_size, k)
+    cfg = TrainConfig(epochs=1, batch_size=batch_size, lr=0.1)
+    assert len(many) == len(one) == batches_per_epoch(6, cfg)
+    assert [len(x) for x, _, _ in many] == [len(x) for x, _, _ in one] and len(one[0][0]) == min(batch_size, 6)
+    assert one_decodes == sum(len(x) for x, _, _ in one) and decodes == -(-one_decodes // k)
+    assert all(x.shape == (len(y), 3, 4, 32, 32) for x, y, _ in many)
+    videos = epoch_order(6, cfg, 0)[:decodes]  # the first 1/k of the epoch's order, k clips each, in turn
+    labels = torch.from_numpy(ds._labels[videos]).repeat_interleave(k)[:len(one[0][0]) * len(one)]
+    assert torch.equal(torch.cat([y for _, y, _ in many]), labels)
+
+
+def test_k_clips_per_decode_train_and_count_failures_per_video(tmp_path, tiny_params):
+    folder, _, bad = _damaged(tmp_path)
+    torch.manual_seed(0)
+    model = build_model(Settings.for_stage(tiny_params), 2)
+    ds = VideoDataset(folder, "train", frames=4, stride=2, view=VIEW, clips_per_decode=2, max_decode_failures=0.5)
+    hist = fit(model, ds, TrainConfig(epochs=2, batch_size=4, lr=0.01, device="cpu", loader_workers=1),
+               tmp_path / "run", progress=False)
+    assert len(hist) == 2 and hist["decode_failures"].isin([0, 1]).all() and np.isfinite(hist["loss"]).all()
+    strict = DecodeFailures(ds, 4)  # 4 clips of 2 videos: one failed video is half of them
+    strict.limit = 0.49
+    with pytest.raises(StfusionError, match=rf"1 of the epoch's 2 videos failed .*{bad.name}"):
+        strict.add([f"{bad}: damaged"])
+
+
+@pytest.mark.parametrize("value", [0, -2, "two", 1.5, None])
+def test_a_bad_clips_per_decode_is_refused_naming_the_key(prepared, value):
+    with pytest.raises(StfusionError, match=r"^invalid parameter data\.clips_per_decode: ") as err:
+        settings_with({"data": {"clips_per_decode": value}})
+    assert "\n" not in str(err.value)
+    folder, _ = prepared
+    with pytest.raises(StfusionError, match=r"^data\.clips_per_decode must be a whole number"):
+        VideoDataset(folder, "train", frames=4, view=VIEW, clips_per_decode=value)
+
+
+def test_clips_per_decode_must_divide_the_batch_and_train_views_only(prepared, tiny_params, tmp_path):
+    folder, _ = prepared
+    ds = VideoDataset(folder, "train", frames=4, stride=2, view=VIEW, clips_per_decode=2)
+    model = build_model(Settings.for_stage(tiny_params), 2)
+    with pytest.raises(StfusionError, match=r"^data\.clips_per_decode = 2 does not divide the 3 clips of a batch"):
+        fit(model, ds, TrainConfig(epochs=1, batch_size=3, lr=0.01, device="cpu"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(StfusionError, match=r"^data\.clips_per_decode = 2 applies to training clips only"):
+        VideoDataset(folder, "val", frames=4, train=False, view=ViewSpec("eval", crop=32), clips_per_decode=2)
+    data = settings_with({"data": {"frames": 4, "stride": 2, "size": 32, "clips_per_decode": 2}}).data
+    assert open_clips(data, folder, "train", train=True).clips_per_decode == 2
+    assert open_clips(data, folder, "train", train=True, views="eval").clips_per_decode == 1  # BN calibration
+    assert open_clips(data, folder, "val", train=False)[0][0].shape == (3, 4, 32, 32)
+
+
+# ------------------------------------------------------------------ files larger than a view needs
+def _low_frequency(n, h, w, seed):
+    """``uint8 (n, h, w, 3)``: colour waves of a few cycles a frame, moving: content a rescale keeps."""
+    y, x = np.mgrid[0:h, 0:w].astype(np.float32)
+    waves = [[127 + 100 * np.sin(0.06 * x + 0.04 * (c + 1) * y + 0.3 * t + seed) for c in range(3)] for t in range(n)]
+    return np.clip(np.array(waves).transpose(0, 2, 3, 1), 0, 255).astype(np.uint8)
+
+
+def test_files_larger_than_the_view_are_decoded_at_its_short_side(tmp_path):
+    manifest = write_prepared(tmp_path, h=96, w=128, content=_low_frequency)  # short side 96
+    ds = VideoDataset(tmp_path, "val", frames=4, stride=2, train=False, view=ViewSpec("eval", 48, (64, 64)))
+    t = test_clips(N_FRAMES, 4, 2, 1)[0]
+    decoded = read_frames(tmp_path / "videos" / "val_0.mp4", t, size=(85, 64))
+    assert ds._decode(0, t).shape == decoded.shape == (4, 64, 85, 3)
+    x = ds[0][0]
+    top, left, bottom, right = spatial_crops(64, 85, 48, 1)[0]  # exact: the centre 48 pixels at short side 64
+    np.testing.assert_array_equal(x.permute(1, 2, 3, 0).numpy(), decoded[:, top:bottom, left:right])
+    full = [int(v) for v in spatial_crops(96, 128, 72, 1)[0]]  # the same view of the full-size frames
+    expected = _old_cut(_frames_of(manifest, "val", 0)[t], full, 48, False)
+    shifted = _old_cut(_frames_of(manifest, "val", 0)[t], [v + 4 for v in full], 48, False)
+    error, wrong = ((x.float() - e.float()).abs() for e in (expected, shifted))
+    assert error.mean() < 4 and error.max() < 16 and wrong.mean() > 20  # up to interpolation; a 4 px shift is not
+    train = VideoDataset(tmp_path, "train", frames=4, stride=2, view=ViewSpec("train", 32, (40, 64), flip=True))
+    assert train._decode(0, t).shape == (4, 64, 85, 3) and train[0][0].shape == (3, 4, 32, 32)
+    same = VideoDataset(tmp_path, "val", frames=4, stride=2, train=False, view=ViewSpec("eval", 48, (96, 128)))
+    assert same._decode(0, t).shape == (4, 96, 128, 3)  # never scaled up
+
+
+def test_decode_size_keeps_the_aspect_and_avoids_decords_bad_widths():
+    assert decode_size(128, 96, 64) == (85, 64) and decode_size(120, 160, 60) == (60, 80)  # portrait
+    assert decode_size(128, 96, 96) is None and decode_size(0, 0, 64) is None and decode_size(128, 96, None) is None
+    assert decode_size(64, 48, 36) is None  # width 48: decord 0.6.0 returns 4 channels

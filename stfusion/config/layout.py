@@ -402,7 +402,8 @@ def in_folder(path: str, folder: str | Path) -> Path:
 _DATA_LOADING = ["preset", "data.frames", "data.stride", "data.sampling", "data.size", "data.backend"]
 #: the views of :func:`stfusion.data.transforms.view_from_params`: training, evaluation (validation, calibration,
 #: and the input size costs are counted at), test
-_TRAIN_VIEW = ["data.flip", "data.crop", "data.train_short_side", "data.max_decode_failures"]
+_TRAIN_VIEW = ["data.flip", "data.crop", "data.train_short_side", "data.clips_per_decode",
+               "data.max_decode_failures"]
 _EVAL_VIEW = ["data.eval_crop", "data.eval_short_side"]
 _TEST_VIEW = [*_EVAL_VIEW, "data.test_clips", "data.test_crops"]
 

@@ -116,6 +116,7 @@ class Data(_Section):
     flip: bool
     crop: int | None
     train_short_side: tuple[int, int] | None
+    clips_per_decode: int
     eval_crop: int | None
     eval_short_side: int | None
     test_clips: int

@@ -17,8 +17,8 @@ from stfusion.errors import StfusionError
 from stfusion.data.sampling import TorchRNG, segment_indices, segment_test_clips, test_clips, train_indices
 from stfusion.data.transforms import MEAN, STD, ViewSpec, crop_boxes, cut
 
-__all__ = ["ClipDataset", "SplitClips", "default_view", "split_rows", "load_classes", "load_manifest", "MEAN", "STD", "SPLITS",
-           "SAMPLINGS"]
+__all__ = ["ClipDataset", "SplitClips", "check_clips_per_decode", "default_view", "split_rows", "load_classes",
+           "load_manifest", "MEAN", "STD", "SPLITS", "SAMPLINGS"]
 
 SPLITS = ("train", "val", "test")
 SAMPLINGS = ("dense", "segment")
@@ -65,6 +65,15 @@ def default_view(train: bool, flip: bool = False) -> ViewSpec:
     return ViewSpec("train" if train else "eval", flip=bool(flip) and train)
 
 
+def check_clips_per_decode(k, view: ViewSpec) -> int:
+    """``data.clips_per_decode`` as an int: a whole number of at least 1, above 1 only for training views."""
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+        raise StfusionError(f"data.clips_per_decode must be a whole number of at least 1, got {k!r}")
+    if k > 1 and view.mode != "train":
+        raise StfusionError(f"data.clips_per_decode = {k} applies to training clips only, not to {view.mode} views")
+    return int(k)
+
+
 class SplitClips(Dataset):
     """Clips of one split: ``dataset[i] -> (uint8 (3, T, H, W), int label)``; in ``test`` view mode the clip is
     every view of the video, ``uint8 (V, 3, T, H, W)`` with ``V = clips * crops`` (clip-major), all cut from
@@ -78,12 +87,17 @@ class SplitClips(Dataset):
     (:class:`~stfusion.data.transforms.ViewSpec`: random crop and flip, centre crop, or test views). Random draws use torch's global RNG, so restoring a
     checkpointed torch RNG state reproduces them.
 
+    ``clips_per_decode`` (``K``, train view only): an item holds ``K`` clips ``uint8 (K, 3, T, H, W)`` of the same
+    frames, decoded once, each with its own draw of short side, crop position and flip (PySlowFast's
+    ``AUG.NUM_SAMPLE``); ``K = 1``: one clip ``(3, T, H, W)``, the draws of earlier versions exactly.
+    :func:`stfusion.data.loader.clip_loader` makes batches of clips of such items.
+
     Subclasses give the rows (``manifest``, filtered to the split), ``_n_frames(i)`` and ``_decode(i, t)``
     (``uint8 (len(t), H, W, 3)`` for sorted frame indices ``t``).
     """
 
     def _setup(self, classes: pd.DataFrame, manifest: pd.DataFrame, split: str, *, frames: int, stride: int,
-               sampling: str, train: bool, view: ViewSpec) -> None:
+               sampling: str, train: bool, view: ViewSpec, clips_per_decode: int = 1) -> None:
         if sampling not in SAMPLINGS:
             raise StfusionError(f"unknown sampling {sampling!r} (choose one of: {', '.join(SAMPLINGS)})")
         if int(frames) < 1 or int(stride) < 1:
@@ -93,6 +107,7 @@ class SplitClips(Dataset):
         if view.mode == "test" and train:
             raise StfusionError("test views are deterministic: build the dataset with train=False")
         self.train, self.flip = bool(train), view.flip
+        self.clips_per_decode = check_clips_per_decode(clips_per_decode, view)
         self._labels = manifest["label_idx"].to_numpy(dtype=np.int64)
         self.labels = torch.from_numpy(self._labels.copy())
         self.num_classes = len(classes)
@@ -122,13 +137,26 @@ class SplitClips(Dataset):
         return train_indices(n, self.frames, self.stride, rng)
 
     def clip(self, i: int) -> torch.Tensor:
-        """The transformed clip (or test views) of video ``i``, ``uint8``."""
+        """The transformed clip of video ``i``, ``uint8 (3, T, H, W)``: ``(K, 3, T, H, W)`` with
+        ``clips_per_decode`` K > 1, the test views ``(V, 3, T, H, W)`` in test mode."""
+        if self.view.mode == "test":
+            return self._test_views(i)
+        frames = self._decode(i, self.clip_indices(i, self._rng if self.train else None))
+        if self.clips_per_decode == 1:
+            return self._view_of(frames)
+        return torch.stack([self._view_of(frames) for _ in range(self.clips_per_decode)])
+
+    def _view_of(self, frames: np.ndarray) -> torch.Tensor:
+        """One train or eval view of decoded frames ``uint8 (T, H, W, 3)`` as ``uint8 (3, T, crop, crop)``: its
+        box (a random one in training), mirrored half of the time when the view flips."""
         view = self.view
-        if view.mode != "test":
-            frames = self._decode(i, self.clip_indices(i, self._rng if self.train else None))
-            box = crop_boxes(frames.shape[1], frames.shape[2], view, self._rng)[0]
-            flip = view.mode == "train" and view.flip and bool(torch.rand(()) < 0.5)
-            return cut(frames, box, view.crop, flip)
+        box = crop_boxes(frames.shape[1], frames.shape[2], view, self._rng)[0]
+        flip = view.mode == "train" and view.flip and bool(torch.rand(()) < 0.5)
+        return cut(frames, box, view.crop, flip)
+
+    def _test_views(self, i: int) -> torch.Tensor:
+        """Every test view of video ``i``, ``uint8 (V, 3, T, crop, crop)`` (clip-major), from one decode."""
+        view = self.view
         idx = self.clip_indices(i)
         union = np.unique(idx)  # one decode for every view
         frames = self._decode(i, union)
@@ -167,6 +195,7 @@ class ClipDataset(SplitClips):
         flip: bool = False,
         calib_only: bool = False,
         view: ViewSpec | None = None,
+        clips_per_decode: int = 1,
     ):
         self.cache_dir = Path(cache_dir)
         classes = load_classes(self.cache_dir)
@@ -187,7 +216,7 @@ class ClipDataset(SplitClips):
         # the cache is square at its own side: no rescaling, and a crop cannot be larger than the frame
         view = replace(view, short_side=None, crop=None if view.crop is None else min(view.crop, shape[2]))
         self._setup(classes, rows, split, frames=frames, stride=stride,
-                    sampling=sampling, train=train, view=view)
+                    sampling=sampling, train=train, view=view, clips_per_decode=clips_per_decode)
         idx = self.manifest["cache_index"].to_numpy(dtype=np.int64)
         if len(idx) and (idx.min() < 0 or idx.max() >= len(self.clips)):
             raise StfusionError(f"manifest and clips.npy of {self.cache_dir} do not match (preprocess again)")

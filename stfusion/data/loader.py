@@ -10,20 +10,34 @@ costs a fork, and nothing is opened before it.
 
 from __future__ import annotations
 
-import torch
-from torch.utils.data import DataLoader, Dataset
+import functools
 
-__all__ = ["PREFETCH", "clip_loader"]
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+__all__ = ["PREFETCH", "clip_loader", "flat_clips"]
 
 #: batches prepared ahead by each worker process
 PREFETCH = 4
 
 
+def flat_clips(items: list, limit: int | None = None) -> tuple:
+    """A batch of items of ``K`` clips each, ``(uint8 (K, 3, T, H, W), label[, failure])``, as a batch of clips:
+    ``x (N * K, 3, T, H, W)`` and ``y (N * K,)`` (each item's label for each of its clips), the first ``limit``
+    of them; the items' other fields (decode failures: one per video) as the default collation gives them."""
+    x, y, *rest = default_collate(items)
+    return (x.flatten(0, 1)[:limit], y.repeat_interleave(x.shape[1])[:limit], *rest)
+
+
 def clip_loader(dataset: Dataset, batch_size: int, *, sampler=None, drop_last: bool = False,
-                workers: int = 0, generator: torch.Generator | None = None) -> DataLoader:
-    """Batches of ``dataset`` in ``sampler``'s order (a sampler or a list of items; None: in order), loaded by
-    ``workers`` processes (0: in this one). ``generator`` draws the workers' base seed (None: the global RNG)."""
+                workers: int = 0, generator: torch.Generator | None = None, clips_per_item: int = 1,
+                max_clips: int | None = None) -> DataLoader:
+    """Batches of ``batch_size`` items of ``dataset`` in ``sampler``'s order (a sampler or a list of items; None:
+    in order), loaded by ``workers`` processes (0: in this one). ``generator`` draws the workers' base seed (None:
+    the global RNG). ``clips_per_item`` > 1: items of that many clips (``data.clips_per_decode``), batched as
+    :func:`flat_clips` (``batch_size * clips_per_item`` clips a batch, at most ``max_clips``)."""
     workers = int(workers)
+    collate = None if clips_per_item == 1 else functools.partial(flat_clips, limit=max_clips)
     return DataLoader(dataset, batch_size=batch_size, sampler=sampler, shuffle=False, drop_last=drop_last,
-                      num_workers=workers, pin_memory=torch.cuda.is_available(),
+                      num_workers=workers, pin_memory=torch.cuda.is_available(), collate_fn=collate,
                       prefetch_factor=PREFETCH if workers else None, generator=generator)

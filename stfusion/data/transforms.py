@@ -13,6 +13,12 @@ in the scaled frame is mapped back to the decoded frame (side ``c * short / s`` 
 to ``c`` (bilinear, antialiased, uint8 in and out). ``short_side=None`` keeps the decoded scale, so on the
 square clip cache with ``crop`` equal to its side every transform is the identity.
 
+Files larger than a view needs (videos storage: :func:`decode_short_side` below the file's short side) are
+decoded smaller: decord's scaler brings them to that short side while decoding, and the box is cut there. At the
+evaluation short side the crop is then exact: the centre ``crop`` pixels of the scaled frames, no resize after.
+Frames equal the ones of a full-size decode up to the interpolation (FFmpeg's bicubic scaler instead of the
+antialiased bilinear resize of the box); smaller files are decoded at their own size, as before.
+
 Clips stay ``uint8`` until they reach the device: :func:`normalize` turns a batch into floats there (a quarter
 of the bytes through the pinned host-to-device copy), one function for training, calibration and scoring.
 """
@@ -32,8 +38,8 @@ from stfusion.data.sampling import spatial_crops
 if TYPE_CHECKING:
     from stfusion.config.settings import Data
 
-__all__ = ["MEAN", "STD", "MODES", "ViewSpec", "view_from_params", "crop_boxes", "cut", "normalize", "average_views", "views_text",
-           "reported_views", "inference_clip_shape"]
+__all__ = ["MEAN", "STD", "MODES", "ViewSpec", "view_from_params", "decode_short_side", "crop_boxes", "cut",
+           "normalize", "average_views", "views_text", "reported_views", "inference_clip_shape"]
 
 #: per-channel normalisation on the 0-255 scale (the usual video constants 0.45 / 0.225)
 MEAN = (114.75, 114.75, 114.75)
@@ -90,6 +96,14 @@ def view_from_params(data: Data, mode: str) -> ViewSpec:
                     clips=data.test_clips if test else 1, crops=data.test_crops if test else 1)
 
 
+def decode_short_side(spec: ViewSpec) -> int | None:
+    """The largest short side ``spec`` rescales frames to (the top of the training range; the evaluation short
+    side), None where it keeps the decoded size: frames decoded at that short side lose nothing the view uses."""
+    if spec.short_side is None:
+        return None
+    return spec.short_side[1] if spec.mode == "train" else spec.short_side[0]
+
+
 def inference_clip_shape(data: Data) -> tuple[int, int, int, int]:
     """``(3, T, H, W)`` of one evaluation clip of the ``data`` settings: ``frames`` frames at the evaluation
     crop. A network's input at inference, so the one input size every network's cost (MACs) is counted at."""
@@ -137,14 +151,15 @@ def crop_boxes(h: int, w: int, spec: ViewSpec, rng=None) -> np.ndarray:
 def cut(frames: np.ndarray, box, size: int | None, flip: bool = False) -> torch.Tensor:
     """One view of decoded frames ``uint8 (T, H, W, 3)``: the ``box`` region, resized to ``size`` x ``size``
     (no resize when it already has that side or ``size`` is None), mirrored when ``flip``, as ``uint8 (3, T,
-    size, size)``."""
+    size, size)``. One copy of the region without a resize; with one, the resize reads the ``(T, h, w, 3)`` copy
+    as channels-last frames (the same pixels as from a channels-first copy, without converting)."""
     top, left, bottom, right = (int(v) for v in box)
-    region = frames[:, top:bottom, left:right]
-    if flip:
-        region = region[:, :, ::-1]
-    x = torch.from_numpy(np.ascontiguousarray(region)).permute(0, 3, 1, 2)  # (T, 3, h, w)
-    if size is not None and (x.shape[-2] != size or x.shape[-1] != size):
-        x = F.interpolate(x.contiguous(), size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+    x = torch.from_numpy(frames if frames.flags.writeable else frames.copy())[:, top:bottom, left:right]
+    if size is None or (x.shape[1] == size and x.shape[2] == size):
+        x = x.permute(3, 0, 1, 2).contiguous()  # (3, T, h, w)
+        return x.flip(-1) if flip else x
+    x = (x.flip(2) if flip else x.contiguous()).permute(0, 3, 1, 2)  # (T, 3, h, w), channels-last strides
+    x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return x.permute(1, 0, 2, 3).contiguous()
 
 

@@ -222,14 +222,24 @@ def _held_native_stderr():
             os.close(saved)
 
 
-def _decord_open(path: Path, threads: int):
-    """decord's reader of ``path``; when decord cannot open it, a ``RuntimeError`` whose last line is decord's
-    own reason (which it prints natively rather than raising)."""
+def _decord_open(path: Path, threads: int, size: tuple[int, int] | None = None):
+    """decord's reader of ``path`` (frames scaled to ``size = (width, height)`` by FFmpeg's scaler while decoding,
+    when given); when decord cannot open it, a ``RuntimeError`` whose last line is decord's own reason (which it
+    prints natively rather than raising)."""
+    scaled = {} if size is None else {"width": int(size[0]), "height": int(size[1])}
     with _held_native_stderr() as held:
         try:
-            return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads)
+            return decord.VideoReader(str(path), ctx=decord.cpu(0), num_threads=threads, **scaled)
         except Exception as exc:
             raise RuntimeError(f"{exc}\n{held().strip()}".strip()) from None
+
+
+def _in_order(frames: np.ndarray, uniq: np.ndarray, idx: np.ndarray, inverse: np.ndarray) -> np.ndarray:
+    """``uint8 (len(idx), H, W, 3)``: ``frames`` of the sorted distinct indices ``uniq`` in the order (and with
+    the repeats) of ``idx``; no copy when ``idx`` is ``uniq`` (a sorted clip without repeated frames)."""
+    if len(uniq) == len(idx) and np.array_equal(uniq, idx):
+        return np.ascontiguousarray(frames, dtype=np.uint8)
+    return np.ascontiguousarray(frames[inverse], dtype=np.uint8)
 
 
 def _decord_batch(vr, idx: np.ndarray) -> np.ndarray:
@@ -238,11 +248,11 @@ def _decord_batch(vr, idx: np.ndarray) -> np.ndarray:
     arr = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)
     if arr.ndim != 4 or arr.shape[0] != len(uniq) or arr.shape[-1] != 3:
         raise RuntimeError(f"decord returned frames of shape {arr.shape}")
-    return np.ascontiguousarray(arr[inverse], dtype=np.uint8)
+    return _in_order(arr, uniq, idx, inverse)
 
 
-def _read_decord(path: Path, indices, threads: int) -> tuple[np.ndarray, int]:
-    vr = _decord_open(path, threads)
+def _read_decord(path: Path, indices, threads: int, size: tuple[int, int] | None = None) -> tuple[np.ndarray, int]:
+    vr = _decord_open(path, threads, size)
     try:
         n = len(vr)
         if n < 1:
@@ -281,7 +291,7 @@ def _read_torchcodec(path: Path, indices, threads: int) -> tuple[np.ndarray, int
     idx = np.arange(n) if indices is None else _as_indices(indices, n)
     uniq, inverse = np.unique(idx, return_inverse=True)
     frames = decoder.get_frames_at(uniq.tolist()).data.cpu().numpy()
-    return np.ascontiguousarray(frames[inverse], dtype=np.uint8), n
+    return _in_order(frames, uniq, idx, inverse), n
 
 
 # ------------------------------------------------------------------------------------------------ PyAV
@@ -386,7 +396,8 @@ def _dispatch(path, backend: str, threads: int, folder_fn, decord_fn, pyav_fn, t
     return pyav_fn(p)
 
 
-def read_frames(path, indices=None, backend: str = "decord", *, threads: int = 1) -> np.ndarray:
+def read_frames(path, indices=None, backend: str = "decord", *, threads: int = 1,
+                size: tuple[int, int] | None = None) -> np.ndarray:
     """Decode frames of a video file or JPEG frame folder as ``uint8 (T, H, W, 3)`` RGB.
 
     ``indices``: frame numbers to return, in the order given (repeats allowed); None = every frame.
@@ -395,7 +406,9 @@ def read_frames(path, indices=None, backend: str = "decord", *, threads: int = 1
     be loaded, :func:`usable_backend`; PyAV where it fails on a file).  A directory is read as sorted
     ``.jpg``/``.jpeg``/``.png`` frames, a ``.jpgpack`` file
     (:mod:`stfusion.data.packed`) as the frames it packs.  ``threads``: decoder
-    threads (0 = FFmpeg's choice).  Raises :class:`VideoReadError` (a :class:`StfusionError`) for missing,
+    threads (0 = FFmpeg's choice).  ``size = (width, height)``: decord scales the frames to it while decoding
+    (FFmpeg's scaler, bicubic, with the colour conversion); the other readers return frames at the file's own size.
+    Raises :class:`VideoReadError` (a :class:`StfusionError`) for missing,
     empty, corrupt, truncated or non-video files and :class:`StfusionError` for out-of-range indices.
     """
     frames, _ = _dispatch(
@@ -403,7 +416,7 @@ def read_frames(path, indices=None, backend: str = "decord", *, threads: int = 1
         backend,
         threads,
         lambda p: _read_images(p, indices),
-        lambda p: _read_decord(p, indices, threads),
+        lambda p: _read_decord(p, indices, threads, size),
         lambda p: _read_pyav(p, indices, threads),
         lambda p: _read_torchcodec(p, indices, threads),
     )

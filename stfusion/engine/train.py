@@ -198,14 +198,39 @@ class SeededSamples(Dataset):
                 torch.set_rng_state(state)
 
 
+def clips_per_item(train_set: Dataset, cfg: TrainConfig) -> int:
+    """The clips each item of ``train_set`` holds (its ``clips_per_decode``, 1 without one); it must divide the
+    ``batch_size / world`` clips of a batch on each rank, so that a batch holds whole items."""
+    k, world = int(getattr(train_set, "clips_per_decode", 1)), max(distributed.world_size(), 1)
+    local = cfg.batch_size // world
+    if local % k:
+        raise StfusionError(f"data.clips_per_decode = {k} does not divide the {local} clips of a batch per process "
+                            f"(batch size {cfg.batch_size} over {world} process{'es' if world > 1 else ''}): "
+                            "choose a divisor")
+    return k
+
+
+def epoch_videos(order: list[int], k: int, local: int, drop_last: bool) -> list[int]:
+    """The videos a rank decodes in an epoch whose order is ``order``, at ``k`` clips a video and ``local`` clips a
+    batch: as many clips as one clip a video gives (every batch full with ``drop_last``, else ``len(order)``),
+    from the first ``1 / k`` of the order."""
+    if k == 1:
+        return order
+    clips = len(order) // local * local if drop_last else len(order)
+    return order[: -(-clips // k)]
+
+
 def epoch_loader(train_set: Dataset, cfg: TrainConfig, epoch: int, skip_batches: int = 0) -> DataLoader:
-    """The epoch's batches (of ``batch_size / world`` samples on this rank), the first ``skip_batches`` left out."""
+    """The epoch's batches (of ``batch_size / world`` clips on this rank), the first ``skip_batches`` left out.
+    Items of ``k`` clips (``data.clips_per_decode``): batches of ``batch_size / world / k`` videos, the epoch's
+    clips from the first ``1 / k`` of its order (:func:`epoch_videos`); the same batches and clips per epoch."""
     local = cfg.batch_size // max(distributed.world_size(), 1)
+    k, drop_last = clips_per_item(train_set, cfg), len(train_set) > cfg.batch_size
     order = epoch_order(len(train_set), cfg, epoch)
-    items = [(i, epoch) for i in order[skip_batches * local:]]
-    return clip_loader(SeededSamples(train_set, cfg.seed), local, sampler=items,
-                       drop_last=len(train_set) > cfg.batch_size, workers=cfg.loader_workers,
-                       generator=torch.Generator().manual_seed(cfg.seed))
+    items = [(i, epoch) for i in epoch_videos(order, k, local, drop_last)[skip_batches * local // k:]]
+    return clip_loader(SeededSamples(train_set, cfg.seed), local // k, sampler=items, drop_last=drop_last,
+                       workers=cfg.loader_workers, generator=torch.Generator().manual_seed(cfg.seed),
+                       clips_per_item=k, max_clips=None if drop_last else len(order))
 
 
 def batches_per_epoch(n: int, cfg: TrainConfig) -> int:
@@ -321,8 +346,8 @@ def fit(
     record: dict | None = None,
     on_stale: str = "refuse",
 ) -> pd.DataFrame:
-    """Train ``model`` on ``train_set`` (items ``(uint8 (3, T, H, W), label[, decode failure])``), resuming from
-    ``out_dir/last.pt``.
+    """Train ``model`` on ``train_set`` (items ``(uint8 (3, T, H, W), label[, decode failure])``, or ``K`` clips
+    ``(K, 3, T, H, W)`` an item with ``clips_per_decode``: :func:`epoch_loader`), resuming from ``out_dir/last.pt``.
 
     With ``cfg.kl_k`` set, the model is a supernet: gate-free for ``warmup_epochs``, then gated with loss
     ``CE + KL`` (docs/method.md §4). ``evaluate(model, epoch)`` (1-based epoch; see :mod:`stfusion.engine.evaluation`) runs
@@ -334,6 +359,7 @@ def fit(
     """
     if on_stale not in STALE_POLICIES:
         raise ValueError(f"on_stale must be one of {STALE_POLICIES}, got {on_stale!r}")
+    clips_per_item(train_set, cfg)  # a batch of whole items, checked before anything starts
     run = _start(model, train_set, cfg, Path(out_dir), on_stale)
     state, main = run.state, distributed.is_main()
     bar = tqdm(range(state.epoch, cfg.total_epochs), desc=f"train {run.out_dir.name}",
