@@ -15,6 +15,7 @@ fail ("DECORDArrayCopyFromTo: The size must exactly match").  Such reads are det
 
 from __future__ import annotations
 
+import atexit
 import functools
 import logging
 import os
@@ -199,8 +200,11 @@ _NATIVE_STDERR = threading.Lock()  # file descriptor 2 is the process's: one red
 @functools.cache
 def _native_stderr_sink(pid: int):
     """One temporary file a process (``pid``: a forked loader worker gets its own, not its parent's offset) that
-    :func:`_held_native_stderr` empties and reuses for every open: no file created per video on the loading path."""
-    return tempfile.TemporaryFile()
+    :func:`_held_native_stderr` empties and reuses for every open: no file created per video on the loading path.
+    Closed when the process exits (no unclosed-file warning)."""
+    sink = tempfile.TemporaryFile()
+    atexit.register(sink.close)
+    return sink
 
 
 @contextmanager
