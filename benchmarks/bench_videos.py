@@ -156,7 +156,10 @@ def _train_one_epoch(folder: Path, leak: bool) -> None:
                                    "stem_width": 8},
               "gate": {"init_p": 0.1, "temperature": 0.2, "rescale": False, "kl_k": 5.0, "kl_form": "linear"}}
     dataset = LeakyVideoDataset if leak else VideoDataset
-    ds = dataset(folder, "train", frames=EPOCH_FRAMES, stride=2, view=ViewSpec("train", 48, (64, 72), flip=True))
+    # short side from the files' own 256 up: the clips are decoded at full size (a view asking for less is decoded
+    # at its short side, and a kept clip would then be too small for a leak to show at these sizes)
+    view = ViewSpec("train", 48, (EPOCH_SHORT_SIDE, EPOCH_SHORT_SIDE + 8), flip=True)
+    ds = dataset(folder, "train", frames=EPOCH_FRAMES, stride=2, view=view)
     model = build_model(Settings.for_stage(params), 2)
     before = reset_peak()
     with tempfile.TemporaryDirectory() as out:
