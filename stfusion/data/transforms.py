@@ -154,7 +154,8 @@ def cut(frames: np.ndarray, box, size: int | None, flip: bool = False) -> torch.
     size, size)``. One copy of the region without a resize; with one, the resize reads the ``(T, h, w, 3)`` copy
     as channels-last frames (the same pixels as from a channels-first copy, without converting)."""
     top, left, bottom, right = (int(v) for v in box)
-    x = torch.from_numpy(frames if frames.flags.writeable else frames.copy())[:, top:bottom, left:right]
+    region = frames[:, top:bottom, left:right]  # a read-only source (the memory-mapped cache): copy the box only
+    x = torch.from_numpy(region if region.flags.writeable else region.copy())
     if size is None or (x.shape[1] == size and x.shape[2] == size):
         x = x.permute(3, 0, 1, 2).contiguous()  # (3, T, h, w)
         return x.flip(-1) if flip else x
