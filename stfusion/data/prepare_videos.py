@@ -3,8 +3,8 @@
 Per video (``data.prepare``):
 
 ``reencode``  PyAV decodes the source and writes ``videos/<id>.mp4``: H.264 (libx264, CRF :data:`CRF`, preset
-              :data:`PRESET`), yuv420p, a key frame every :data:`KEYINT` frames (seeking a clip decodes at most
-              that many frames first), constant frame rate (the source's average rate: a frame goes to the
+              :data:`PRESET`, tune :data:`TUNE`), yuv420p, a key frame every :data:`KEYINT` frames (seeking a clip
+              decodes at most that many frames first), constant frame rate (the source's average rate: a frame goes to the
               output frame of its timestamp, so a variable-rate source has frames repeated in its gaps and
               dropped where they crowd; AVI, without presentation times, maps one to one), no audio, short
               side ``short_side`` (width and height even).
@@ -45,8 +45,8 @@ from stfusion.data.manifest import SHARD_COLUMNS, shard_path, summarise
 from stfusion.data.packed import PACK_SUFFIX, pack_frames
 from stfusion.data.video import DecoderFallbackWarning, VideoReadError, _check_path, _frame_files, _one_line, count_frames, read_frames
 
-__all__ = ["CRF", "FRAME_FOLDER_FPS", "KEYINT", "MODES", "PRESET", "prepare_shard", "prepared_name", "reencode",
-           "scaled_size"]
+__all__ = ["CRF", "FRAME_FOLDER_FPS", "KEYINT", "MODES", "PRESET", "TUNE", "prepare_shard", "prepared_name",
+           "reencode", "scaled_size"]
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,10 @@ MODES = ("reencode", "link")
 KEYINT = 16
 CRF = 23
 PRESET = "veryfast"
+#: x264's ``fastdecode`` tune (CAVLC instead of CABAC, no deblocking, no weighted prediction): a DataLoader worker
+#: decodes a clip 1.5-1.8x faster at the same quality against a lossless encode, for 10-13% more bytes
+#: (benchmarks/RESULTS.md, "Prepared files for fast decoding")
+TUNE = "fastdecode"
 FRAME_FOLDER_FPS = 12.0
 #: what a journal line must match to be reused (changing any of these redoes the videos)
 FORMAT_VERSION = 1
@@ -134,7 +138,7 @@ def reencode(src, dst, short_side: int) -> dict:
                         stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
                         stream.codec_context.time_base = 1 / rate
                         stream.codec_context.thread_count = 1
-                        stream.options = {"crf": str(CRF), "preset": PRESET,
+                        stream.options = {"crf": str(CRF), "preset": PRESET, "tune": TUNE,
                                           "x264-params": f"keyint={KEYINT}:min-keyint={KEYINT}:scenecut=0"}
                     slot, t0 = _slot(frame.time if use_times else None, t0, count, float(rate))
                     if slot < count:  # a second frame within one output frame's time: dropped
@@ -301,7 +305,7 @@ def prepare_shard(videos: pd.DataFrame, classes: list[str], out_dir, shard: int,
     out_dir = Path(out_dir)
     (out_dir / "shards").mkdir(parents=True, exist_ok=True)
     settings = {"version": FORMAT_VERSION, "prepare": mode, "short_side": int(short_side), "keyint": KEYINT,
-                "crf": CRF, "preset": PRESET}
+                "crf": CRF, "preset": PRESET, "tune": TUNE}
     index_of = {c: i for i, c in enumerate(classes)}
     mine = videos.iloc[shard::n_shards]
     finished = _finished(out_dir, settings)
