@@ -112,10 +112,7 @@ def race_strategies(
     ends = round_ends(len(dataset), first_clips, growth)
     alive = np.ones(len(strategies), bool)
     protected = np.array([s.id in set(protect) for s in strategies])
-    totals = {"correct1": np.zeros(len(strategies)), "correct5": np.zeros(len(strategies)),
-              "loss": np.zeros(len(strategies)), **{g: np.zeros(len(strategies)) for g in groups}}
-    group_n = dict.fromkeys(groups, 0)
-    seen = np.zeros(len(strategies), int)
+    tally = _Tally(len(strategies), groups)
     low, high = np.zeros(len(strategies)), np.ones(len(strategies))
     bn_cache: dict = {}
     macs, rounds = 0, []
@@ -126,42 +123,59 @@ def race_strategies(
         df = score_strategies_prefix(model, [strategies[i] for i in idx], loader, num_classes,
                                      calib_batches=calib_batches, recalibrate=recalibrate, groups=groups,
                                      device=device, progress=progress, bn_cache=bn_cache)
-        n = end - start
         macs += df.attrs["macs_executed"]
-        ys = torch.cat(loader.labels).cpu().numpy() if loader.labels else np.zeros(0, int)
-        totals["correct1"][idx] += np.rint(df["top1"].to_numpy() * n)
-        totals["correct5"][idx] += np.rint(df["top5"].to_numpy() * n)
-        totals["loss"][idx] += df["loss"].to_numpy() * n
-        for g, members in groups.items():
-            m = int(np.isin(ys, list(members)).sum())
-            group_n[g] += m
-            if m:
-                totals[g][idx] += np.rint(df[f"top1_{g}"].to_numpy() * m)
-        seen[idx] = end
-        low[idx], high[idx] = wilson_interval(totals["correct1"][idx], end, confidence)
+        tally.add(idx, df, end - start, loader.labels, end)
+        low[idx], high[idx] = wilson_interval(tally.sums["correct1"][idx], end, confidence)
         out = np.zeros(len(strategies), bool)
         if end < len(dataset):
-            out[idx] = drops(totals["correct1"][idx] / end, low[idx], high[idx], keep_top, protected[idx])
+            out[idx] = drops(tally.sums["correct1"][idx] / end, low[idx], high[idx], keep_top, protected[idx])
             alive &= ~out
         rounds.append({"clips": end, "scored": len(idx), "dropped": int(out.sum())})
         log.info("racing round %d: %d strategies on clips %d-%d, %d dropped", r + 1, len(idx), start, end,
                  int(out.sum()))
         start = end
-    rows = []
-    for i, s in enumerate(strategies):
-        full = bool(alive[i])
-        k = seen[i]
-        row = {"strategy": s.text, "id": s.id, "top1": totals["correct1"][i] / k if full else np.nan,
-               "top5": totals["correct5"][i] / k if full else np.nan,
-               "loss": totals["loss"][i] / k if full else np.nan, "n": int(k)}
-        for g in groups:
-            row[f"top1_{g}"] = totals[g][i] / group_n[g] if full and group_n[g] else np.nan
-        row.update(race_status=FULL if full else DROPPED, race_clips=int(k),
-                   top1_partial=totals["correct1"][i] / k, top1_low=low[i], top1_high=high[i])
-        rows.append(row)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame([tally.row(i, s, bool(alive[i]), low[i], high[i]) for i, s in enumerate(strategies)])
     table.attrs.update(macs_executed=int(macs), rounds=rounds)
     return table
+
+
+class _Tally:
+    """Each strategy's running sums over the rounds: correct top-1 and top-5 clips, loss, correct clips of each
+    class group, and the clips it was scored on."""
+
+    def __init__(self, n: int, groups: dict[str, Sequence[int]]):
+        self.groups = groups
+        self.sums = {"correct1": np.zeros(n), "correct5": np.zeros(n), "loss": np.zeros(n),
+                     **{g: np.zeros(n) for g in groups}}
+        self.group_n = dict.fromkeys(groups, 0)
+        self.seen = np.zeros(n, int)
+
+    def add(self, idx: np.ndarray, df: pd.DataFrame, n: int, labels: list[torch.Tensor], end: int) -> None:
+        """Add one round's scores ``df`` of the strategies ``idx`` on ``n`` clips (of labels ``labels``), the
+        first ``end`` clips of the order scored so far."""
+        ys = torch.cat(labels).cpu().numpy() if labels else np.zeros(0, int)
+        self.sums["correct1"][idx] += np.rint(df["top1"].to_numpy() * n)
+        self.sums["correct5"][idx] += np.rint(df["top5"].to_numpy() * n)
+        self.sums["loss"][idx] += df["loss"].to_numpy() * n
+        for g, members in self.groups.items():
+            m = int(np.isin(ys, list(members)).sum())
+            self.group_n[g] += m
+            if m:
+                self.sums[g][idx] += np.rint(df[f"top1_{g}"].to_numpy() * m)
+        self.seen[idx] = end
+
+    def row(self, i: int, strategy: Strategy, full: bool, low: float, high: float) -> dict:
+        """Strategy ``i``'s row: scores where it ran the whole split (``full``), else NaN beside its partial
+        top-1 and Wilson interval."""
+        k, sums = self.seen[i], self.sums
+        row = {"strategy": strategy.text, "id": strategy.id, "top1": sums["correct1"][i] / k if full else np.nan,
+               "top5": sums["correct5"][i] / k if full else np.nan,
+               "loss": sums["loss"][i] / k if full else np.nan, "n": int(k)}
+        for g in self.groups:
+            row[f"top1_{g}"] = sums[g][i] / self.group_n[g] if full and self.group_n[g] else np.nan
+        row.update(race_status=FULL if full else DROPPED, race_clips=int(k),
+                   top1_partial=sums["correct1"][i] / k, top1_low=low, top1_high=high)
+        return row
 
 
 def fully_scored(table: pd.DataFrame) -> pd.DataFrame:
