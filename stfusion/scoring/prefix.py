@@ -250,13 +250,8 @@ def score_strategies_prefix(
     """
     device = torch.device(device)
     naive = (model, strategies, val_loader, num_classes, calib_batches, recalibrate, groups, device, progress)
-    try:
-        chain = _Chain(model, model.sequence())
-    except NotImplementedError:
-        log.info("%s exposes no module chain (sequence()); scoring strategies one by one", type(model).__name__)
-        return _naive(*naive)
-    except StfusionError as exc:
-        log.warning("%s; scoring strategies one by one", exc)
+    chain = _chain_or_none(model)
+    if chain is None:
         return _naive(*naive)
     if recalibrate and not calib_batches:
         raise ValueError("recalibrate=True needs calibration batches")
@@ -269,30 +264,49 @@ def score_strategies_prefix(
         return df
     for s in dict.fromkeys(strategies):  # the naive scorer's checks and messages, before any work
         model.set_strategy(s)
-    saved = bn_state(model)
     metrics = {s: Metrics(num_classes) for s in strategies}
     calib = [normalize(x, device) for x in calib_batches] if recalibrate else []
     unique = list(dict.fromkeys(strategies))
+    try:
+        walk = _walk_tree(model, chain, unique, metrics, calib, recalibrate, bn_cache,
+                          _chunks(val_loader, chunk_batches, device), progress)
+    except _NotTheForward as exc:
+        log.warning("%s; scoring strategies one by one", exc)
+        return _naive(*naive)
+    df = pd.DataFrame([result_row(s, metrics[s].result(), groups) for s in strategies])
+    return _with_work(df, walk, strategies, unique)
+
+
+def _chain_or_none(model: FusionNetwork) -> _Chain | None:
+    """The network's module chain, or None (logged) where it exposes none or one the prefix walk cannot use."""
+    try:
+        return _Chain(model, model.sequence())
+    except NotImplementedError:
+        log.info("%s exposes no module chain (sequence()); scoring strategies one by one", type(model).__name__)
+    except StfusionError as exc:
+        log.warning("%s; scoring strategies one by one", exc)
+    return None
+
+
+def _walk_tree(model: FusionNetwork, chain: _Chain, unique: list[Strategy], metrics: dict, calib: list[Tensor],
+               recalibrate: bool, bn_cache: dict | None, chunks: Iterable, progress: bool) -> _PrefixWalk:
+    """Every chunk of validation batches down the prefix tree of ``unique``, counting MACs; the model's BN state
+    and strategy are restored afterwards, also when the chain turns out not to be the forward."""
+    saved = bn_state(model)
     bar = tqdm(desc="score (prefix)", disable=not progress, leave=False)
     try:
         with MacCounter(model) as counter:
             walk = _PrefixWalk(model, chain, unique, metrics, recalibrate, {} if bn_cache is None else bn_cache,
                                counter, bar)
-            for ci, chunk in enumerate(_chunks(val_loader, chunk_batches, device)):
+            for ci, chunk in enumerate(chunks):
                 walk.root_input[:] = [x for x, _, _ in chunk]
                 walk.visit(0, unique, calib, walk.root_input, [(y, v) for _, y, v in chunk], ci == 0)
-    except _NotTheForward as exc:
-        log.warning("%s; scoring strategies one by one", exc)
-        model.load_state_dict(saved, strict=False)
-        model.set_strategy(None)
-        return _naive(*naive)
+        return walk
     finally:
         bar.close()
         model.load_state_dict(saved, strict=False)
         model.set_strategy(None)
         model.eval()
-    df = pd.DataFrame([result_row(s, metrics[s].result(), groups) for s in strategies])
-    return _with_work(df, walk, strategies, unique)
 
 
 def _with_work(df: pd.DataFrame, walk: _PrefixWalk, strategies: list[Strategy], unique: list[Strategy]):
