@@ -125,7 +125,7 @@ def score_strategies(
     from stfusion.core.costs import add_costs
     from stfusion.scoring.prefix import score_strategies_prefix
     from stfusion.data.transforms import inference_clip_shape, reported_views
-    from stfusion.scoring.naive import calibration_batches, score_resumable
+    from stfusion.scoring.naive import score_resumable
     from stfusion.engine.evaluation import eval_loader
     from stfusion.engine.train import resolve_device
 
@@ -138,13 +138,8 @@ def score_strategies(
                                 model.posterior(settings.gate.keep_prob), model.n_fusion_layers)
     s = settings.scoring
     device = resolve_device(settings.compute.device)
-    recal, bs = s.recalibrate_bn, s.batch_size
-    _, groups = class_groups(cache_dir)
-    val = clip_dataset(settings, cache_dir, "val", train=False)
-    test = clip_dataset(settings, cache_dir, "test", train=False, views="test")
-    calib_set = clip_dataset(settings, cache_dir, "train", train=True, views="eval", calib_only=True)
-    workers = settings.compute.loader_workers
-    calib = calibration_batches(calib_set, bs, s.calib_batches, seed=settings.seed)
+    recal, bs, workers = s.recalibrate_bn, s.batch_size, settings.compute.loader_workers
+    val, test, calib, groups = _scoring_data(settings, cache_dir)
     strategies = [strategy_of(t, model.n_fusion_layers) for t in cand["strategy"]]
     kw = dict(model=model, num_classes=num_classes(model), calib_batches=calib, groups=groups, device=device,
               progress=progress)
@@ -176,6 +171,19 @@ def score_strategies(
     best = out_df.iloc[0]
     log.info("best on validation: %s (top1 %.3f, test %.3f)", best["strategy"], best["top1"], best["top1_test"])
     return out_df
+
+
+def _scoring_data(settings: Settings, cache_dir) -> tuple:
+    """``(val, test, calib, groups)``: the validation and test clip sets (the test views), the calibration batches
+    (from the training split's calibration subset) and the class groups of per-kind scores."""
+    from stfusion.scoring.naive import calibration_batches
+
+    s = settings.scoring
+    _, groups = class_groups(cache_dir)
+    val = clip_dataset(settings, cache_dir, "val", train=False)
+    test = clip_dataset(settings, cache_dir, "test", train=False, views="test")
+    calib_set = clip_dataset(settings, cache_dir, "train", train=True, views="eval", calib_only=True)
+    return val, test, calibration_batches(calib_set, s.batch_size, s.calib_batches, seed=settings.seed), groups
 
 
 def _partial_dir(params: dict, checkpoint, cache_dir, out) -> Path:
