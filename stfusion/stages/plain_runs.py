@@ -31,23 +31,12 @@ def train_plain_runs(
     another supernet or other data is never resumed."""
     origin = origin or {}
     from stfusion.engine import distributed
-    from stfusion.data.transforms import inference_clip_shape, reported_views
     from stfusion.io.files import write_csv
-    from stfusion.core.costs import network_costs
     from stfusion.engine.evaluation import plain_evaluator, run_files, test_predictions
-    from stfusion.engine.evaluation import eval_loader, evaluate
-    from stfusion.scoring.naive import group_accuracy
     from stfusion.engine.train import fit, plain_config, resolve_device
 
     require_cache(cache_dir)
-    known = list(strategies["id"].astype(str))
-    if ids:
-        unknown = [i for i in ids if i not in known]
-        if unknown:
-            raise StfusionError(
-                f"strategy {unknown[0]!r} is not listed in the {what} table (listed: {', '.join(known)})"
-            )
-    todo = strategies[strategies["id"].astype(str).isin(ids)] if ids else strategies
+    todo = _selected(strategies, ids, what)
     settings = Settings.for_stage(params)
     train_set = clip_dataset(settings, cache_dir, "train", train=True)
     val = clip_dataset(settings, cache_dir, "val", train=False)
@@ -68,15 +57,9 @@ def train_plain_runs(
         validation = plain_evaluator(val, bs, num_classes(net), every=settings.solver.eval_every,
                                      total_epochs=cfg.total_epochs)
         hist = fit(net, train_set, cfg, run_dir, progress=progress, evaluate=validation, on_stale="restart")
-        res = {"id": sid, "strategy": row["strategy"], "name": row.get("name", sid)}
-        for split, ds in (("val", val), ("test", test)):
-            r = evaluate(net, eval_loader(ds, bs, cfg.loader_workers), num_classes(net), device)
-            res[f"top1_{split}"] = r["top1"]
-            res[f"top5_{split}"] = r["top5"]
-            for k, v in group_accuracy(r, groups).items():
-                res[k.replace("top1", f"top1_{split}", 1)] = v
-        res.update(reported_views(settings.data))
-        res.update(network_costs(net, inference_clip_shape(settings.data)))
+        res = {"id": sid, "strategy": row["strategy"], "name": row.get("name", sid),
+               **_accuracies_and_costs(net, {"val": val, "test": test}, settings, cfg.loader_workers, groups,
+                                       device)}
         files = run_files(runs_dir, sid)
         write_csv(hist.drop(columns=["seconds"], errors="ignore"), files["history"])
         write_csv(test_predictions(net, test, bs), files["predictions"])
@@ -88,6 +71,34 @@ def train_plain_runs(
         log.info("%s %s: val %.3f test %.3f (%.0f s)", what, sid, res["top1_val"], res["top1_test"], res["seconds"])
         results.append(res)
     return results
+
+
+def _selected(strategies: pd.DataFrame, ids: Sequence[str] | None, what: str) -> pd.DataFrame:
+    """The rows of ``strategies`` whose id is in ``ids`` (all rows without ``ids``); an id not listed stops with
+    one line naming it."""
+    known = list(strategies["id"].astype(str))
+    unknown = [i for i in ids or () if i not in known]
+    if unknown:
+        raise StfusionError(f"strategy {unknown[0]!r} is not listed in the {what} table (listed: {', '.join(known)})")
+    return strategies[strategies["id"].astype(str).isin(ids)] if ids else strategies
+
+
+def _accuracies_and_costs(net, splits: dict, settings: Settings, workers: int, groups: dict, device) -> dict:
+    """A trained network's ``top1_<split>``, ``top5_<split>`` and per-kind ``top1_<split>_<group>`` on each of
+    ``splits`` (name: clip set), the views they were read with, its MACs and parameters."""
+    from stfusion.core.costs import network_costs
+    from stfusion.data.transforms import inference_clip_shape, reported_views
+    from stfusion.engine.evaluation import eval_loader, evaluate
+    from stfusion.scoring.naive import group_accuracy
+
+    res = {}
+    for split, ds in splits.items():
+        r = evaluate(net, eval_loader(ds, settings.scoring.batch_size, workers), num_classes(net), device)
+        res[f"top1_{split}"] = r["top1"]
+        res[f"top5_{split}"] = r["top5"]
+        for k, v in group_accuracy(r, groups).items():
+            res[k.replace("top1", f"top1_{split}", 1)] = v
+    return {**res, **reported_views(settings.data), **network_costs(net, inference_clip_shape(settings.data))}
 
 
 def gather_runs(ids: Iterable[str], runs_dir: str | Path, command: str) -> pd.DataFrame:
