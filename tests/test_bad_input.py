@@ -92,6 +92,16 @@ def test_unknown_strategy_text():
         Strategy.parse("S|SX|ST")
 
 
+def test_a_run_of_an_unlisted_strategy_id_names_it():
+    from stfusion.stages.plain_runs import _selected
+
+    table = pd.DataFrame({"id": ["a1", "b2"], "strategy": ["S|ST", "ST|S"]})
+    with pytest.raises(StfusionError, match="strategy 'zz' is not listed in the stand-alone table \\(listed: a1, b2\\)"):
+        _selected(table, ["a1", "zz"], "stand-alone")
+    assert list(_selected(table, ["b2"], "stand-alone")["id"]) == ["b2"]
+    assert list(_selected(table, None, "stand-alone")["id"]) == ["a1", "b2"]
+
+
 def test_strategy_with_wrong_number_of_layers():
     model = build_model(Settings.for_stage(TINY_PARAMS), 2)
     with pytest.raises(StfusionError, match="has 2 layers but the network has 3"):
