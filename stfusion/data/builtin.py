@@ -390,6 +390,23 @@ def _write_csv_atomic(df: pd.DataFrame, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _check_arguments(texture: str, clips_per_class: int, extra_test_clips: int, frames: int, size: int,
+                     test_fraction: float) -> None:
+    """:func:`generate`'s arguments, each refused with one line naming it."""
+    if texture not in TEXTURES:
+        raise StfusionError(f"unknown texture {texture!r} (choose one of: {', '.join(TEXTURES)})")
+    if clips_per_class < 2:
+        raise StfusionError(f"clips_per_class must be at least 2, got {clips_per_class}")
+    if extra_test_clips < 0:
+        raise StfusionError(f"extra_test_clips must be at least 0, got {extra_test_clips}")
+    if frames < 2:
+        raise StfusionError(f"frames must be at least 2, got {frames}")
+    if size < 16 or size % 2:
+        raise StfusionError(f"size must be an even number of pixels >= 16, got {size}")
+    if not 0 < test_fraction < 1:
+        raise StfusionError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+
+
 def generate(
     root,
     *,
@@ -408,22 +425,11 @@ def generate(
     Layout: ``root/videos/<class>/<class>_<nnnn>.mp4``, ``root/annotations.csv`` (path relative to ``root``,
     label, split in {train, test}: ``round(clips_per_class * test_fraction)`` random clips of each class are
     test, and ``extra_test_clips`` more of each class, numbered after them, are test too: they enlarge the test
-    split and leave the other clips and their split as they are), ``root/classes.csv`` (name, kind).  The same arguments give the same decoded frames: every clip has
-    its own random stream seeded by ``(seed, class index, clip index)``, so a class subset (``classes``, see
+    split and leave the other clips and their split as they are), ``root/classes.csv`` (name, kind). The same
+    arguments give the same decoded frames: every clip has its own random stream seeded by ``(seed, class index, clip index)``, so a class subset (``classes``, see
     :func:`select_classes`) holds exactly the clips the full benchmark has of those classes.
     """
-    if texture not in TEXTURES:
-        raise StfusionError(f"unknown texture {texture!r} (choose one of: {', '.join(TEXTURES)})")
-    if clips_per_class < 2:
-        raise StfusionError(f"clips_per_class must be at least 2, got {clips_per_class}")
-    if extra_test_clips < 0:
-        raise StfusionError(f"extra_test_clips must be at least 0, got {extra_test_clips}")
-    if frames < 2:
-        raise StfusionError(f"frames must be at least 2, got {frames}")
-    if size < 16 or size % 2:
-        raise StfusionError(f"size must be an even number of pixels >= 16, got {size}")
-    if not 0 < test_fraction < 1:
-        raise StfusionError(f"test_fraction must be between 0 and 1, got {test_fraction}")
+    _check_arguments(texture, clips_per_class, extra_test_clips, frames, size, test_fraction)
     subset = {name for name, _ in select_classes(classes)}
     stills = _load_stills(size) if texture == "footage" else None
     root = Path(root)
