@@ -102,6 +102,17 @@ def _slot(time: float | None, t0: float | None, count: int, rate: float) -> tupl
     return slot, t0
 
 
+def _output_stream(out, rate, width: int, height: int):
+    """The H.264 stream of a prepared file in the open output container ``out`` (the module docstring)."""
+    stream = out.add_stream("libx264", rate=rate)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    stream.codec_context.time_base = 1 / rate
+    stream.codec_context.thread_count = 1
+    stream.options = {"crf": str(CRF), "preset": PRESET, "tune": TUNE,
+                      "x264-params": f"keyint={KEYINT}:min-keyint={KEYINT}:scenecut=0"}
+    return stream
+
+
 def reencode(src, dst, short_side: int) -> dict:
     """Re-encode ``src`` into the mp4 ``dst`` (see the module docstring), atomically; returns ``frames, fps,
     width, height, reason``.  Raises :class:`VideoReadError` for a file that cannot be used."""
@@ -134,12 +145,7 @@ def reencode(src, dst, short_side: int) -> dict:
                     decoded += 1
                     if stream is None:
                         width, height = scaled_size(frame.width, frame.height, short_side)
-                        stream = out.add_stream("libx264", rate=rate)
-                        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-                        stream.codec_context.time_base = 1 / rate
-                        stream.codec_context.thread_count = 1
-                        stream.options = {"crf": str(CRF), "preset": PRESET, "tune": TUNE,
-                                          "x264-params": f"keyint={KEYINT}:min-keyint={KEYINT}:scenecut=0"}
+                        stream = _output_stream(out, rate, width, height)
                     slot, t0 = _slot(frame.time if use_times else None, t0, count, float(rate))
                     if slot < count:  # a second frame within one output frame's time: dropped
                         continue
