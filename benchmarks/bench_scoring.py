@@ -210,28 +210,17 @@ def naive_macs(model, strategies, clip: torch.Tensor, clips: int) -> int:
     return sum(per_clip[s] for s in strategies) * clips
 
 
-def racing(quick: bool = False, folder=None, device: str = "cpu", naive_sample: int = 16) -> dict:
-    """Racing + prefix sharing against naive full scoring (every strategy through the whole network on every
-    validation clip, :func:`stfusion.scoring.naive.score_strategies`) of 256 strategies (32 with ``quick``) drawn from
-    the posterior of a small supernet (6 fusion layers, widths 8/16/32, 4 frames of 16 x 16) trained briefly on a
-    built-in benchmark generated with a validation split of over 1,000 clips (128 videos a class, 80% of the
-    labelled training videos held out; 16 a class with ``quick``).
-
-    Naive full scoring of all 256 would take most of an hour on 2 cores, so it is measured on ``naive_sample``
-    strategies drawn at random from the 256 and extrapolated: its MACs exactly (:func:`naive_macs`), its time as
-    the sample's time x (all strategies' naive MACs / the sample's). The reference ranking is the one-pass
-    prefix-shared scoring of all 256 on the whole split, whose scores equal the naive scorer's (checked here on
-    the sample, and in tests/test_prefix_scoring.py). Best strategy and top-5 set by :func:`ranking`."""
+def _race_supernet(folder: Path, quick: bool, device: str) -> tuple:
+    """The racing benchmark's supernet (6 fusion layers, widths 8/16/32, 4 frames of 16 x 16) trained briefly on a
+    built-in benchmark generated under ``folder`` with over 1,000 validation clips: ``(model, train, val, groups,
+    num_classes, seconds of data, seconds of training)``."""
     from stfusion.data.builtin import class_kinds, generate
     from stfusion.data.cache import preprocess
     from stfusion.data.formats import read_annotations
-    from stfusion.scoring.racing import fully_scored, race_strategies
 
     params = load_params()
     params["model"].update(widths=[8, 16, 32], layers_per_stage=[2, 2, 2], stem_width=8)
     params["data"].update(frames=4, size=16)
-    tmp = tempfile.TemporaryDirectory(prefix="stfusion-race-") if folder is None else None
-    folder = Path(folder or tmp.name)
     t = time.perf_counter()
     with contextlib.redirect_stdout(sys.stderr):
         generate(folder / "builtin", clips_per_class=16 if quick else 128, frames=12, size=32, progress=False)
@@ -248,8 +237,41 @@ def racing(quick: bool = False, folder=None, device: str = "cpu", naive_sample: 
     t = time.perf_counter()
     with tempfile.TemporaryDirectory() as ckpt:
         fit(model, train, cfg, ckpt, progress=False)
-    train_s = time.perf_counter() - t
     model.eval()
+    return model, train, val, groups, num_classes, data_s, time.perf_counter() - t
+
+
+def _naive_sample(model, sample, loader, num_classes, reference, clip, n_clips, kw) -> tuple[float, int]:
+    """Naive full scoring of the ``sample`` strategies: ``(seconds, MACs)``; its scores must equal the prefix-shared
+    ``reference``'s and its counted MACs :func:`naive_macs`."""
+    t = time.perf_counter()
+    with count_macs(model) as c:
+        naive_sample_df = score_strategies(model, sample, loader, num_classes, **kw)
+    sample_s, sample_macs = time.perf_counter() - t, c.total
+    ref_by_id = reference.drop_duplicates("id").set_index("id")
+    diff = float(np.abs(naive_sample_df.set_index("id")[SCORE_COLUMNS].to_numpy(float)
+                        - ref_by_id.loc[naive_sample_df["id"], SCORE_COLUMNS].to_numpy(float)).max())
+    assert diff <= 1e-5, f"prefix scores differ from the naive scorer by {diff}"
+    assert abs(naive_macs(model, sample, clip, n_clips) - sample_macs) <= 1e-6 * sample_macs, "MAC count mismatch"
+    return sample_s, sample_macs
+
+
+def racing(quick: bool = False, folder=None, device: str = "cpu", naive_sample: int = 16) -> dict:
+    """Racing + prefix sharing against naive full scoring (every strategy through the whole network on every
+    validation clip, :func:`stfusion.scoring.naive.score_strategies`) of 256 strategies (32 with ``quick``) drawn from
+    the posterior of a small supernet (6 fusion layers, widths 8/16/32, 4 frames of 16 x 16) trained briefly on a
+    built-in benchmark generated with a validation split of over 1,000 clips (128 videos a class, 80% of the
+    labelled training videos held out; 16 a class with ``quick``).
+
+    Naive full scoring of all 256 would take most of an hour on 2 cores, so it is measured on ``naive_sample``
+    strategies drawn at random from the 256 and extrapolated: its MACs exactly (:func:`naive_macs`), its time as
+    the sample's time x (all strategies' naive MACs / the sample's). The reference ranking is the one-pass
+    prefix-shared scoring of all 256 on the whole split, whose scores equal the naive scorer's (checked here on
+    the sample, and in tests/test_prefix_scoring.py). Best strategy and top-5 set by :func:`ranking`."""
+    from stfusion.scoring.racing import fully_scored, race_strategies
+
+    tmp = tempfile.TemporaryDirectory(prefix="stfusion-race-") if folder is None else None
+    model, train, val, groups, num_classes, data_s, train_s = _race_supernet(Path(folder or tmp.name), quick, device)
     order = torch.randperm(len(train), generator=torch.Generator().manual_seed(2))[:64].tolist()
     xs = torch.stack([train[i][0] for i in order])
     calib = [xs[i : i + 32] for i in range(0, len(xs), 32)]
@@ -267,18 +289,10 @@ def racing(quick: bool = False, folder=None, device: str = "cpu", naive_sample: 
     prefix_s = time.perf_counter() - t
     sample = [strategies[i] for i in torch.randperm(len(strategies), generator=torch.Generator().manual_seed(3))
               [: min(naive_sample, len(strategies))].tolist()]
-    t = time.perf_counter()
-    with count_macs(model) as c:
-        naive_sample_df = score_strategies(model, sample, loader, num_classes, **kw)
-    sample_s, sample_macs = time.perf_counter() - t, c.total
-    ref_by_id = reference.drop_duplicates("id").set_index("id")
-    diff = float(np.abs(naive_sample_df.set_index("id")[SCORE_COLUMNS].to_numpy(float)
-                        - ref_by_id.loc[naive_sample_df["id"], SCORE_COLUMNS].to_numpy(float)).max())
-    assert diff <= 1e-5, f"prefix scores differ from the naive scorer by {diff}"
     clip = normalize(val[0][0][None], device)  # uint8 items, normalised as every scorer does
     n_clips = len(val) + sum(len(b) for b in calib)
+    sample_s, sample_macs = _naive_sample(model, sample, loader, num_classes, reference, clip, n_clips, kw)
     macs_naive = naive_macs(model, strategies, clip, n_clips)
-    assert abs(naive_macs(model, sample, clip, n_clips) - sample_macs) <= 1e-6 * sample_macs, "MAC count mismatch"
     naive_s = sample_s * macs_naive / sample_macs
     full = fully_scored(raced)
     best_naive, best_race = ranking(reference.drop_duplicates("id")), ranking(full.drop_duplicates("id"))
