@@ -154,6 +154,31 @@ class Transition3d(nn.Module):
         return self.pool(self.paths(x))
 
 
+
+def _checked(variant: str, unit: str, stem_temporal_kernel: int, block_config) -> list[int]:
+    """The DenseNet's arguments checked (one line naming the wrong one); ``block_config`` as a list of ints."""
+    if variant not in VARIANTS:
+        raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+    if unit not in UNITS:
+        raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
+    if stem_temporal_kernel < 1 or stem_temporal_kernel % 2 == 0:
+        raise ValueError(f"stem_temporal_kernel must be odd and >= 1, got {stem_temporal_kernel}")
+    if not block_config or any(int(n) < 1 for n in block_config):
+        raise ValueError(f"block_config needs at least one block of at least one layer, got {block_config}")
+    return [int(n) for n in block_config]
+
+
+def _stem(c: int, kt: int, kp: int) -> OrderedDict[str, nn.Module]:
+    """torchvision's DenseNet stem in 3D, ``(N, 3, T, H, W) -> (N, c, T, H/4, W/4)``: a ``kt x 7 x 7`` conv of
+    spatial stride 2, BN, ReLU, a ``kp x 3 x 3`` max-pool of spatial stride 2 (state-dict keys ``conv0`` to
+    ``pool0``)."""
+    return OrderedDict(
+        conv0=nn.Conv3d(3, c, (kt, 7, 7), stride=(1, 2, 2), padding=(kt // 2, 3, 3), bias=False),
+        norm0=nn.BatchNorm3d(c),
+        relu0=nn.ReLU(inplace=True),
+        pool0=nn.MaxPool3d((kp, 3, 3), stride=(1, 2, 2), padding=(kp // 2, 1, 1)),
+    )
+
 class DenseNet121Template(FusionNetwork):
     """DenseNet-121 template in 3D. Input ``(N, 3, T, H, W)``, output logits ``(N, num_classes)``.
 
@@ -185,15 +210,7 @@ class DenseNet121Template(FusionNetwork):
         variant: str = "stfusion",
     ):
         super().__init__()
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        if unit not in UNITS:
-            raise ValueError(f"unit must be one of {UNITS}, got {unit!r}")
-        if stem_temporal_kernel < 1 or stem_temporal_kernel % 2 == 0:
-            raise ValueError(f"stem_temporal_kernel must be odd and >= 1, got {stem_temporal_kernel}")
-        if not block_config or any(int(n) < 1 for n in block_config):
-            raise ValueError(f"block_config needs at least one block of at least one layer, got {block_config}")
-        block_config = [int(n) for n in block_config]
+        block_config = _checked(variant, unit, stem_temporal_kernel, block_config)
         self.arch = dict(
             backbone="densenet121", num_classes=num_classes, unit=unit, width_multiplier=float(width_multiplier),
             block_config=block_config, growth_rate=growth_rate, bn_size=bn_size, stem_width=stem_width,
@@ -204,14 +221,7 @@ class DenseNet121Template(FusionNetwork):
         growth = scaled(growth_rate, width_multiplier)
         bottleneck = bn_size * growth
         c = scaled(stem_width, width_multiplier)
-        kt = stem_temporal_kernel
-
-        layers: OrderedDict[str, nn.Module] = OrderedDict(
-            conv0=nn.Conv3d(3, c, (kt, 7, 7), stride=(1, 2, 2), padding=(kt // 2, 3, 3), bias=False),
-            norm0=nn.BatchNorm3d(c),
-            relu0=nn.ReLU(inplace=True),
-            pool0=nn.MaxPool3d((kp, 3, 3), stride=(1, 2, 2), padding=(kp // 2, 1, 1)),
-        )
+        layers = _stem(c, stem_temporal_kernel, kp)
         stage_of_layer: list[int] = []
         for bi, n in enumerate(block_config):
             layers[f"denseblock{bi + 1}"] = DenseBlock3d(n, c, growth, bottleneck, unit, gate)
