@@ -426,8 +426,9 @@ def generate(
     label, split in {train, test}: ``round(clips_per_class * test_fraction)`` random clips of each class are
     test, and ``extra_test_clips`` more of each class, numbered after them, are test too: they enlarge the test
     split and leave the other clips and their split as they are), ``root/classes.csv`` (name, kind). The same
-    arguments give the same decoded frames: every clip has its own random stream seeded by ``(seed, class index, clip index)``, so a class subset (``classes``, see
-    :func:`select_classes`) holds exactly the clips the full benchmark has of those classes.
+    arguments give the same decoded frames: every clip has its own random stream seeded by ``(seed, class index,
+    clip index)``, so a class subset (``classes``, see :func:`select_classes`) holds exactly the clips the full
+    benchmark has of those classes.
     """
     _check_arguments(texture, clips_per_class, extra_test_clips, frames, size, test_fraction)
     subset = {name for name, _ in select_classes(classes)}

@@ -4,9 +4,9 @@ Per video (``data.prepare``):
 
 ``reencode``  PyAV decodes the source and writes ``videos/<id>.mp4``: H.264 (libx264, CRF :data:`CRF`, preset
               :data:`PRESET`, tune :data:`TUNE`), yuv420p, a key frame every :data:`KEYINT` frames (seeking a clip
-              decodes at most that many frames first), constant frame rate (the source's average rate: a frame goes to the
-              output frame of its timestamp, so a variable-rate source has frames repeated in its gaps and
-              dropped where they crowd; AVI, without presentation times, maps one to one), no audio, short
+              decodes at most that many frames first), constant frame rate (the source's average rate: a frame
+              goes to the output frame of its timestamp, so a variable-rate source has frames repeated in its gaps
+              and dropped where they crowd; AVI, without presentation times, maps one to one), no audio, short
               side ``short_side`` (width and height even).
 ``link``      the user's file is used as it is (the manifest holds its absolute path); it is only probed: frame
               count, rate and size, and its first and last frames decoded.
@@ -58,6 +58,9 @@ PRESET = "veryfast"
 #: decodes a clip 1.5-1.8x faster at the same quality against a lossless encode, for 10-13% more bytes
 #: (benchmarks/RESULTS.md, "Prepared files for fast decoding")
 TUNE = "fastdecode"
+#: libx264's options of every prepared file; a preparation journal records them, so changing one redoes the videos
+ENCODER_OPTIONS = {"crf": str(CRF), "preset": PRESET, "tune": TUNE,
+                   "x264-params": f"keyint={KEYINT}:min-keyint={KEYINT}:scenecut=0"}
 FRAME_FOLDER_FPS = 12.0
 #: what a journal line must match to be reused (changing any of these redoes the videos)
 FORMAT_VERSION = 1
@@ -108,8 +111,7 @@ def _output_stream(out, rate, width: int, height: int):
     stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
     stream.codec_context.time_base = 1 / rate
     stream.codec_context.thread_count = 1
-    stream.options = {"crf": str(CRF), "preset": PRESET, "tune": TUNE,
-                      "x264-params": f"keyint={KEYINT}:min-keyint={KEYINT}:scenecut=0"}
+    stream.options = dict(ENCODER_OPTIONS)
     return stream
 
 
@@ -310,8 +312,7 @@ def prepare_shard(videos: pd.DataFrame, classes: list[str], out_dir, shard: int,
         raise StfusionError(f"shard {shard}/{n_shards}: the shard index must be in 0..{n_shards - 1}")
     out_dir = Path(out_dir)
     (out_dir / "shards").mkdir(parents=True, exist_ok=True)
-    settings = {"version": FORMAT_VERSION, "prepare": mode, "short_side": int(short_side), "keyint": KEYINT,
-                "crf": CRF, "preset": PRESET, "tune": TUNE}
+    settings = {"version": FORMAT_VERSION, "prepare": mode, "short_side": int(short_side), **ENCODER_OPTIONS}
     index_of = {c: i for i, c in enumerate(classes)}
     mine = videos.iloc[shard::n_shards]
     finished = _finished(out_dir, settings)
